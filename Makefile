@@ -1,0 +1,65 @@
+# tripletlab: `make run` trains the default run, `make test` runs the test suite.
+# Both do the whole set-up first (venv, package, data); a second call redoes nothing.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# TensorFlow build: the CUDA one where nvidia-smi sees a GPU, the CPU one elsewhere.
+TF_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+EXTRAS := $(TF_EXTRA),dev,joblib,optuna,slurm
+STAMP := $(VENV)/.installed-$(TF_EXTRA)
+DATASET ?= fashion_mnist
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data run test test-slow sweep bench lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON_SYS) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP) ## create .venv and install the package (TensorFlow CPU or CUDA build)
+
+data: setup ## make sure Fashion-MNIST is present (Debian package, else the official download)
+	@if ! $(PY) -m tripletlab.data fetch --no-download $(DATASET) 2>/dev/null; then \
+	  if [ "$(DATASET)" = fashion_mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || true; \
+	  fi; \
+	  $(PY) -m tripletlab.data fetch $(DATASET); \
+	fi
+
+run: data ## train the default run (Fashion-MNIST, small CNN, semi-hard); ARGS="..." adds overrides
+	$(PY) run.py $(ARGS)
+
+test: data ## the whole default test suite (fast; slow tests are excluded)
+	$(PY) -m pytest $(ARGS)
+
+test-slow: data ## only the slow tests (full datasets, long runs)
+	$(PY) -m pytest -m slow $(ARGS)
+
+sweep: data ## the models x mining grid, then summary.csv; ARGS="..." adds overrides
+	./sweep.sh $(ARGS)
+
+bench: setup ## loss and training benchmarks (prints tables, writes CSVs under outputs/bench)
+	$(PY) -m tripletlab.bench losses
+	$(PY) -m tripletlab.bench train
+
+lint: setup ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## ruff format and fix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean: ## remove the venv and caches (keeps outputs/)
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

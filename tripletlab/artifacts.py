@@ -1,0 +1,33 @@
+"""Everything a finished run leaves besides metrics: plots and the projector folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` items, the same for the same seed."""
+    if max_points <= 0 or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def write_artifacts(run_dir: Path, rows: list[dict], embeddings, data, max_points: int) -> None:
+    """plots/ (curves and a 2-D PCA view) and projector/ for the test split's embeddings.
+
+    The projector gets the very same images, in the same order, as its embeddings.
+    """
+    from tripletlab.plots import plot_curves, plot_embeddings_2d
+    from tripletlab.projector import write_projector
+
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    if rows:
+        plot_curves(rows, plots)
+    keep = subsample(len(embeddings), max_points)
+    emb, labels = np.asarray(embeddings)[keep], np.asarray(data.y_test)[keep]
+    plot_embeddings_2d(emb, labels, data.class_names, plots / "embeddings_pca.png")
+    write_projector(run_dir / "projector", emb, labels, data.class_names, data.x_test[keep])

@@ -1,0 +1,79 @@
+"""Embedding backbones (Keras 3 functional models).
+
+Unlike the seed, ``embedding_size`` is honoured and the embedding has no ReLU (a ReLU would
+confine it to the positive orthant). L2 normalisation is optional. The last layers run in
+float32 under mixed precision, so the embedding the loss sees is always float32.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from tripletlab.config import MODELS
+from tripletlab.errors import ConfigError
+
+
+def _conv(filters: int, kernel: int, reg, use_bias: bool = True) -> layers.Conv2D:
+    return layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, kernel_regularizer=reg)
+
+
+def _lenet(x, cfg, reg):
+    x = _conv(32, 5, reg)(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = _conv(64, 5, reg)(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D(2)(x)
+    return layers.Flatten()(x)
+
+
+def _conv_bn_relu(x, filters: int, batch_norm: bool, reg):
+    # With batch norm the conv bias is redundant (BN's beta does its job).
+    x = _conv(filters, 3, reg, use_bias=not batch_norm)(x)
+    if batch_norm:
+        x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+def _small_cnn(x, cfg, reg):
+    for filters in (cfg.num_channels, 2 * cfg.num_channels):
+        x = _conv_bn_relu(x, filters, cfg.batch_norm, reg)
+        x = layers.MaxPooling2D(2)(x)
+    return layers.Flatten()(x)
+
+
+def _vgg_gap(x, cfg, reg):
+    """Two conv-conv-pool blocks, then global average pooling (the deeper option)."""
+    for filters in (cfg.num_channels, 2 * cfg.num_channels):
+        x = _conv_bn_relu(x, filters, cfg.batch_norm, reg)
+        x = _conv_bn_relu(x, filters, cfg.batch_norm, reg)
+        x = layers.MaxPooling2D(2)(x)
+    x = _conv_bn_relu(x, 4 * cfg.num_channels, cfg.batch_norm, reg)
+    return layers.GlobalAveragePooling2D()(x)
+
+
+_BACKBONES = {"lenet": _lenet, "small_cnn": _small_cnn, "vgg_gap": _vgg_gap}
+assert set(_BACKBONES) == set(MODELS)
+
+
+def build_model(cfg, input_shape: tuple[int, int, int], weight_decay: float = 0.0) -> keras.Model:
+    """The embedding model: images float [B, H, W, C] in [0, 1] -> float32 [B, embedding_size].
+
+    ``cfg`` has name, embedding_size, l2_normalize, num_channels and batch_norm.
+    ``weight_decay`` adds an L2 penalty on kernels to ``model.losses``.
+    """
+    if cfg.name not in _BACKBONES:
+        raise ConfigError(
+            f"model.name={cfg.name!r} is not valid; choose one of: {', '.join(MODELS)}"
+        )
+    reg = keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
+    inputs = keras.Input(shape=tuple(input_shape), name="images")
+    features = _BACKBONES[cfg.name](inputs, cfg, reg)
+    # No activation: the embedding may take any sign. float32 for a stable loss.
+    x = layers.Dense(cfg.embedding_size, kernel_regularizer=reg, dtype="float32", name="embedding")(
+        features
+    )
+    if cfg.l2_normalize:
+        x = layers.UnitNormalization(axis=-1, dtype="float32", name="l2_normalize")(x)
+    return keras.Model(inputs, x, name=cfg.name)

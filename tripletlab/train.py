@@ -1,0 +1,501 @@
+"""Training and evaluation of one configuration into one run folder.
+
+The loop follows the Keras guide "writing a training loop from scratch": one compiled train
+step, one compiled embed step, metrics reset every epoch. It knows nothing of YAML: ``cfg``
+is any object with the attributes of :class:`tripletlab.config.Config`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tripletlab.config import normalize_precision, to_container, validate
+from tripletlab.errors import DataError, TrainingError, TripletLabError
+
+log = logging.getLogger("tripletlab")
+
+METRIC_COLUMNS = [
+    "epoch",
+    "step",
+    "loss",
+    "fraction_positive",
+    "embedding_norm",
+    "embedding_spread",
+    "learning_rate",
+    "precision_at_1",
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "map_at_r",
+    "knn_accuracy",
+    "epoch_seconds",
+    "eval_seconds",
+    "images_per_second",
+]
+RETRIEVAL_METRICS = [
+    "precision_at_1",
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "map_at_r",
+    "knn_accuracy",
+]
+MODEL_FILE = "embedding_model.keras"
+
+# A collapsed epoch: the loss sits at its value for identical embeddings (the margin, or
+# softplus(0) = ln 2 with a soft margin) while the batch's embeddings have almost no spread.
+COLLAPSE_LOSS_TOLERANCE = 0.02  # relative to that value
+COLLAPSE_SPREAD_RATIO = 0.01  # spread / norm
+
+
+def is_collapsed(loss: float, spread: float, norm: float, margin: float, soft: bool) -> bool:
+    """Whether an epoch's mean loss, embedding spread and norm look like a collapse."""
+    at = math.log(2.0) if soft else margin
+    if at <= 0:
+        return False
+    return abs(loss - at) <= COLLAPSE_LOSS_TOLERANCE * at and spread <= COLLAPSE_SPREAD_RATIO * max(
+        norm, 1e-2
+    )
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _clean(row: dict) -> dict:
+    """Metrics for JSON: floats, NaN -> None."""
+    out = {}
+    for key, value in row.items():
+        v = _as_float(value)
+        out[key] = None if math.isnan(v) else (int(v) if key in ("epoch", "step") else v)
+    return out
+
+
+class Run:
+    """One training run in ``run_dir``; ``run()`` returns the optimised metric."""
+
+    def __init__(self, cfg, run_dir: str | Path):
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.csv"
+        self.summary_path = self.run_dir / "summary.json"
+        self.started = time.time()
+
+    # ----------------------------------------------------------------- set-up
+    def _setup_tf(self):
+        import keras
+        import tensorflow as tf
+
+        cfg = self.cfg.trainer
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialised in this process
+                pass
+        jit = str(cfg.jit_compile).lower()
+        self.jit_compile = bool(gpus) if jit == "auto" else jit == "true"
+        precision = normalize_precision(cfg.mixed_precision)
+        policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+        keras.mixed_precision.set_global_policy(policy[precision])
+        self.precision = precision
+        keras.utils.set_random_seed(int(self.cfg.seed))
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        self.device = "GPU" if gpus else "CPU"
+        log.info(
+            "device %s, jit_compile=%s, precision=%s", self.device, self.jit_compile, precision
+        )
+
+    def _load_data(self):
+        from tripletlab.data import load_dataset
+
+        data = load_dataset(self.cfg.dataset)
+        classes, counts = np.unique(data.y_train, return_counts=True)
+        if len(classes) < 2:
+            raise DataError(
+                f"dataset {data.name!r} has {len(classes)} class in its training split; "
+                "a triplet needs at least two classes"
+            )
+        if counts.min() < 2:
+            lonely = [data.class_names[int(c)] for c in classes[counts < 2]]
+            raise DataError(
+                f"class(es) {lonely} of {data.source} have fewer than 2 training images; "
+                "a triplet needs two images of a class: add images or remove the class"
+            )
+        log.info(
+            "data %s from %s: train %s, test %s, %d classes",
+            data.name,
+            data.source,
+            data.x_train.shape,
+            data.x_test.shape,
+            data.num_classes,
+        )
+        return data
+
+    def _build(self, data):
+        import keras
+        import tensorflow as tf
+
+        from tripletlab.models import build_model
+        from tripletlab.pipeline import TrainPipeline, effective_batch_size
+        from tripletlab.schedules import WarmupCosine
+
+        cfg = self.cfg
+        self.batch_size = effective_batch_size(cfg.sampler, cfg.trainer.batch_size)
+        self.pipeline = TrainPipeline(
+            data.x_train,
+            data.y_train,
+            cfg.sampler,
+            cfg.trainer.batch_size,
+            cfg.seed,
+            augment=cfg.trainer.augment,
+        )
+        steps = self.pipeline.steps_per_epoch
+        self.model = build_model(cfg.model, data.image_shape, cfg.trainer.weight_decay)
+        schedule = WarmupCosine(
+            peak=cfg.trainer.learning_rate,
+            warmup_steps=int(round(cfg.trainer.warmup_epochs * steps)),
+            total_steps=steps * cfg.trainer.epochs,
+            cosine=cfg.trainer.schedule == "cosine",
+        )
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        if self.precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, epoch=self.epoch_var
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.run_dir / "checkpoints"), max_to_keep=3
+        )
+        log.info(
+            "model %s: %d parameters, embedding %d; %d steps of %d images per epoch",
+            cfg.model.name,
+            self.model.count_params(),
+            cfg.model.embedding_size,
+            steps,
+            self.batch_size,
+        )
+
+    def _compile_steps(self):
+        import tensorflow as tf
+
+        from tripletlab.losses import triplet_loss
+
+        model, optimizer, mining = self.model, self.optimizer, self.cfg.mining
+        scales_loss = self.precision == "float16"
+
+        def train_step(images, labels):
+            with tf.GradientTape() as tape:
+                embeddings = model(images, training=True)
+                loss, fraction = triplet_loss(
+                    labels,
+                    embeddings,
+                    strategy=mining.strategy,
+                    margin=mining.margin,
+                    squared=mining.squared,
+                    soft_margin=mining.soft_margin,
+                )
+                total = loss
+                if model.losses:
+                    total = total + tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+                scaled = optimizer.scale_loss(total) if scales_loss else total
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            emb = tf.cast(embeddings, tf.float32)
+            norm = tf.reduce_mean(tf.norm(emb, axis=1))
+            spread = tf.reduce_mean(tf.norm(emb - tf.reduce_mean(emb, axis=0), axis=1))
+            return loss, fraction, norm, spread
+
+        def embed_step(images):
+            return tf.cast(model(images, training=False), tf.float32)
+
+        self.train_step = tf.function(train_step, jit_compile=self.jit_compile)
+        self.embed_step = tf.function(embed_step, jit_compile=self.jit_compile)
+
+    # --------------------------------------------------------------- evaluation
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        from tripletlab.pipeline import eval_dataset
+
+        parts = [self.embed_step(x).numpy() for x in eval_dataset(images, self.cfg.eval.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.cfg.model.embedding_size))
+
+    def evaluate(self, data) -> tuple[dict, np.ndarray]:
+        from tripletlab.metrics import evaluate_embeddings
+
+        test_emb = self.embed(data.x_test)
+        train_emb = self.embed(data.x_train)
+        metrics = evaluate_embeddings(
+            test_emb,
+            data.y_test,
+            train_emb,
+            data.y_train,
+            knn_k=self.cfg.eval.knn_k,
+            chunk_size=self.cfg.eval.chunk_size,
+        )
+        return metrics, test_emb
+
+    # ------------------------------------------------------------- bookkeeping
+    def _write_metrics(self, rows: list[dict]) -> None:
+        from tripletlab.io_utils import atomic_write_csv
+
+        atomic_write_csv(self.metrics_path, rows, METRIC_COLUMNS)
+
+    def _write_summary(self, status: str, rows: list[dict], error: str | None = None) -> dict:
+        from tripletlab.io_utils import atomic_write_json
+
+        metric = self.cfg.optimized_metric
+        evaluated = [r for r in rows if not math.isnan(_as_float(r.get(metric)))]
+        last_eval = evaluated[-1] if evaluated else {}
+        best = max(evaluated, key=lambda r: _as_float(r[metric])) if evaluated else None
+        final = dict(rows[-1]) if rows else {}
+        for key in RETRIEVAL_METRICS:  # the last evaluated values, if the last epoch had none
+            if math.isnan(_as_float(final.get(key))) and key in last_eval:
+                final[key] = last_eval[key]
+        speeds = [_as_float(r["images_per_second"]) for r in rows]
+        summary = {
+            "status": status,
+            "error": error,
+            "metrics": _clean(final) if final else {},
+            "best": {
+                "metric": metric,
+                "value": _as_float(best[metric]) if best else None,
+                "epoch": int(_as_float(best["epoch"])) if best else None,
+            },
+            "epochs_done": len(rows),
+            "wall_seconds": round(time.time() - self.started + self._previous_wall, 3),
+            "train_seconds": round(sum(_as_float(r["epoch_seconds"]) for r in rows), 3),
+            "images_per_second": round(float(np.median(speeds)), 1) if speeds else None,
+            "device": getattr(self, "device", None),
+            "config": to_container(self.cfg) if hasattr(self.cfg, "_metadata") else None,
+        }
+        atomic_write_json(self.summary_path, summary)
+        return summary
+
+    def _previous_summary(self) -> dict:
+        import json
+
+        if not self.summary_path.exists():
+            return {}
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    # --------------------------------------------------------------- the loop
+    def run(self) -> float:
+        previous = self._previous_summary()
+        self._previous_wall = float(previous.get("wall_seconds") or 0.0)
+        rows: list[dict] = []
+        try:
+            return self._run(previous, rows)
+        except TripletLabError as err:
+            self._write_summary("failed", rows, error=str(err))
+            raise
+        except KeyboardInterrupt:
+            self._write_summary("interrupted", rows, error="interrupted by the user")
+            raise
+
+    def _run(self, previous: dict, rows: list[dict]) -> float:
+        import tensorflow as tf
+
+        cfg = self.cfg
+        metric = cfg.optimized_metric
+        model_path = self.run_dir / "model" / MODEL_FILE
+        if previous.get("status") in ("ok", "collapsed") and model_path.exists():
+            value = (previous.get("metrics") or {}).get(metric)
+            log.info(
+                "run already finished (%s) in %s; not training again",
+                previous["status"],
+                self.run_dir,
+            )
+            rows.extend(read_metrics_csv(self.metrics_path))
+            return float("nan") if value is None else float(value)
+
+        self._setup_tf()
+        data = self._load_data()
+        self._build(data)
+        self._compile_steps()
+
+        start_epoch = 0
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).expect_partial()
+            start_epoch = int(self.epoch_var.numpy())
+            done = [
+                r for r in read_metrics_csv(self.metrics_path) if int(r["epoch"]) <= start_epoch
+            ]
+            rows.extend(done)
+            log.info("resuming from %s after epoch %d", self.manager.latest_checkpoint, start_epoch)
+
+        writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        steps = self.pipeline.steps_per_epoch
+        collapsed_epochs = 0
+        status = "ok"
+        test_emb = None
+        for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
+            row = self._train_epoch(epoch, steps)
+            evaluate_now = epoch % cfg.eval.every == 0 or epoch == cfg.trainer.epochs
+            if evaluate_now:
+                t0 = time.perf_counter()
+                scores, test_emb = self.evaluate(data)
+                row.update(scores)
+                row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+            rows.append(row)
+            self.epoch_var.assign(epoch)
+            if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
+                self.manager.save(checkpoint_number=epoch)
+            self._write_metrics(rows)
+            with writer.as_default(step=int(row["step"])):
+                for key, value in row.items():
+                    if key not in ("epoch", "step") and not math.isnan(_as_float(value)):
+                        tf.summary.scalar(key, _as_float(value))
+            writer.flush()
+            self._log_epoch(row)
+            if is_collapsed(
+                row["loss"],
+                row["embedding_spread"],
+                row["embedding_norm"],
+                cfg.mining.margin,
+                cfg.mining.soft_margin,
+            ):
+                collapsed_epochs += 1
+                log.warning(
+                    "epoch %d looks collapsed: loss %.4f sits at the margin and the embeddings "
+                    "have almost no spread (%.2e). Lower the learning rate, use "
+                    "model.l2_normalize=true, sampler=pk or mining=semi_hard.",
+                    epoch,
+                    row["loss"],
+                    row["embedding_spread"],
+                )
+            else:
+                collapsed_epochs = 0
+            self._write_summary("running", rows)
+            if collapsed_epochs and (
+                collapsed_epochs >= max(cfg.trainer.collapse_patience, 1)
+                or epoch == cfg.trainer.epochs
+            ):
+                status = "collapsed"
+                break
+        writer.close()
+        self._finish(data, rows, test_emb)
+        summary = self._write_summary(status, rows, error=self._collapse_message(status))
+        if status == "collapsed":
+            log.error(summary["error"])
+        value = summary["metrics"].get(metric)
+        log.info("done: %s = %s; run folder %s", metric, value, self.run_dir)
+        return float("nan") if value is None else float(value)
+
+    @staticmethod
+    def _collapse_message(status: str) -> str | None:
+        if status != "collapsed":
+            return None
+        return (
+            "training collapsed: every embedding moved to the same point and the loss sits at "
+            "the margin. Try a lower trainer.learning_rate, model.l2_normalize=true, sampler=pk, "
+            "or mining=semi_hard."
+        )
+
+    def _train_epoch(self, epoch: int, steps: int) -> dict:
+        import keras
+
+        means = {k: keras.metrics.Mean() for k in ("loss", "fraction", "norm", "spread")}
+        for m in means.values():
+            m.reset_state()
+        show_bar = self.cfg.trainer.progress == "bar" or (
+            self.cfg.trainer.progress == "auto" and sys.stdout.isatty()
+        )
+        bar = (
+            keras.utils.Progbar(steps, stateful_metrics=["loss", "fraction", "img/s"])
+            if show_bar
+            else None
+        )
+        first_step = (epoch - 1) * steps
+        t0 = time.perf_counter()
+        for i, (images, labels) in enumerate(self.pipeline.epoch(epoch)):
+            loss, fraction, norm, spread = self.train_step(images, labels)
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise TrainingError(
+                    f"the loss became {loss_value} at epoch {epoch}, step {first_step + i + 1}; "
+                    "training stopped and the last good checkpoint "
+                    f"({self.manager.latest_checkpoint or 'none yet'}) is kept. "
+                    "Lower trainer.learning_rate or use model.l2_normalize=true."
+                )
+            for key, value in zip(means, (loss_value, fraction, norm, spread), strict=True):
+                means[key].update_state(value)
+            if bar is not None:
+                rate = (i + 1) * self.batch_size / (time.perf_counter() - t0)
+                bar.update(
+                    i + 1,
+                    values=[
+                        ("loss", float(means["loss"].result())),
+                        ("fraction", float(means["fraction"].result())),
+                        ("img/s", rate),
+                    ],
+                )
+        seconds = time.perf_counter() - t0
+        step = epoch * steps
+        return {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(means["loss"].result()),
+            "fraction_positive": float(means["fraction"].result()),
+            "embedding_norm": float(means["norm"].result()),
+            "embedding_spread": float(means["spread"].result()),
+            "learning_rate": float(self.schedule(step)),
+            "epoch_seconds": round(seconds, 3),
+            "images_per_second": round(steps * self.batch_size / seconds, 1),
+        }
+
+    def _log_epoch(self, row: dict) -> None:
+        parts = [f"epoch {row['epoch']}/{self.cfg.trainer.epochs}"]
+        for key in ("loss", "fraction_positive", "precision_at_1", "map_at_r", "knn_accuracy"):
+            value = _as_float(row.get(key))
+            if not math.isnan(value):
+                parts.append(f"{key} {value:.4f}")
+        parts.append(f"{row['epoch_seconds']:.1f}s ({row['images_per_second']:.0f} img/s)")
+        if "eval_seconds" in row:
+            parts.append(f"eval {row['eval_seconds']:.1f}s")
+        log.info(", ".join(parts))
+
+    def _finish(self, data, rows: list[dict], test_emb) -> None:
+        """Model, plots and projector after the last epoch."""
+        from tripletlab.artifacts import write_artifacts
+
+        model_dir = self.run_dir / "model"
+        model_dir.mkdir(exist_ok=True)
+        tmp = model_dir / f".tmp-{MODEL_FILE}"
+        self.model.save(tmp)
+        tmp.replace(model_dir / MODEL_FILE)
+        if test_emb is None:
+            test_emb = self.embed(data.x_test)
+        write_artifacts(self.run_dir, rows, test_emb, data, max_points=self.cfg.eval.max_points)
+
+
+def train(cfg, run_dir: str | Path) -> float:
+    """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); the optimised metric."""
+    return Run(cfg, run_dir).run()
