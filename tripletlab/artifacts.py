@@ -30,4 +30,23 @@ def write_artifacts(run_dir: Path, rows: list[dict], embeddings, data, max_point
     keep = subsample(len(embeddings), max_points)
     emb, labels = np.asarray(embeddings)[keep], np.asarray(data.y_test)[keep]
     plot_embeddings_2d(emb, labels, data.class_names, plots / "embeddings_pca.png")
-    write_projector(run_dir / "projector", emb, labels, data.class_names, data.x_test[keep])
+    projector_dir = run_dir / "projector"
+    write_projector(projector_dir, emb, labels, data.class_names, data.x_test[keep])
+    mark_as_tensorboard_run(projector_dir, len(keep))
+
+
+def mark_as_tensorboard_run(folder: Path, points: int) -> None:
+    """Write one event file so that TensorBoard treats ``folder`` as a run.
+
+    The projector plugin only looks into the logdir itself or into runs (folders holding
+    event files), so without it ``tensorboard --logdir RUN_DIR`` (or a sweep folder) would
+    show the scalars but not the embeddings.
+    """
+    import tensorflow as tf
+
+    for old in Path(folder).glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = tf.summary.create_file_writer(str(folder))
+    with writer.as_default(step=0):
+        tf.summary.scalar("projector_points", float(points))
+    writer.close()

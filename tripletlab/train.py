@@ -7,6 +7,7 @@ is any object with the attributes of :class:`tripletlab.config.Config`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -110,10 +111,8 @@ class Run:
         cfg = self.cfg.trainer
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
-            try:
+            with contextlib.suppress(RuntimeError):  # already initialised in this process
                 tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:  # already initialised in this process
-                pass
         jit = str(cfg.jit_compile).lower()
         self.jit_compile = bool(gpus) if jit == "auto" else jit == "true"
         precision = normalize_precision(cfg.mixed_precision)

@@ -1,0 +1,79 @@
+"""Atomic file writes.
+
+Every writer puts the content into a temporary file in the destination folder and then
+``os.replace``-s it onto the final name, so a reader (TensorBoard, a crashed run being resumed,
+a person tailing ``metrics.csv``) sees either the old file or the new one, never half of one.
+The temporary file lives in the same folder because ``os.replace`` is only atomic within one
+filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_csv",
+    "atomic_write_json",
+    "atomic_write_text",
+]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent folders. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name, so two writers of the same path never share a temporary file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            # Without fsync a power loss right after the rename can leave an empty file.
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave the temporary file behind, whatever went wrong (even KeyboardInterrupt).
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically. Newlines are written as given."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as JSON (indent 2, keys in insertion order, trailing newline)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def atomic_write_csv(
+    path: str | os.PathLike,
+    rows: Iterable[Mapping[str, Any]],
+    fieldnames: Sequence[str],
+) -> Path:
+    """Write ``rows`` as a CSV file with a header of ``fieldnames``.
+
+    Keys missing from a row are written as empty cells; keys not in ``fieldnames`` are an
+    error (``ValueError``), because silently dropping a column hides a bug. ``None`` is
+    written as an empty cell.
+    """
+    buf = io.StringIO()
+    # lineterminator "\n": the csv default "\r\n" is surprising in files read on Linux.
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return atomic_write_text(path, buf.getvalue())

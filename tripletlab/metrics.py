@@ -1,0 +1,269 @@
+"""Retrieval and k-NN metrics for embeddings, in plain TensorFlow.
+
+Distances are Euclidean. Neighbours are ranked by the score ``2 q.g - |g|^2``, which is
+``|q|^2 - |q - g|^2``: the same order as the squared distance, without the per-query constant
+and without a square root. Work is done in chunks of ``chunk_size`` queries, so memory is
+``O(chunk_size * N)`` and never ``N x N``; within a chunk everything is vectorised.
+
+Ties are broken deterministically: ``tf.math.top_k`` puts the lower gallery index first
+among equal scores. Distances that are equal on paper may differ in the last bit after
+rounding, which decides such ties instead; either way the result is reproducible.
+
+Queries whose label has no other item in the set ("lone" queries, R = 0) are left out of
+every retrieval metric, as pytorch-metric-learning's ``AccuracyCalculator`` does: they have no
+correct answer to find. If every query is lone, each retrieval metric is 0.0 (again as in
+pytorch-metric-learning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tripletlab.errors import ConfigError, DataError
+
+__all__ = ["evaluate_embeddings", "knn_accuracy", "retrieval_metrics"]
+
+_HALF_DTYPES = (tf.float16, tf.bfloat16)
+
+
+def _as_embeddings(x: Any, name: str) -> tf.Tensor:
+    """Validate and convert embeddings to a float tensor [N, D] (half precision -> float32)."""
+    try:
+        t = tf.convert_to_tensor(x)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name} cannot be converted to a tensor: {e}") from e
+    if t.shape.rank != 2:
+        raise DataError(f"{name} must have shape [N, D], got shape {t.shape.as_list()}")
+    if t.dtype in _HALF_DTYPES or t.dtype.is_integer:
+        # Half precision loses ranking accuracy in the matmul; integers cannot go into it.
+        t = tf.cast(t, tf.float32)
+    elif not t.dtype.is_floating:
+        raise DataError(f"{name} must be a float array, got dtype {t.dtype.name}")
+    if t.shape[0] == 0:
+        raise DataError(f"{name} is empty (0 items)")
+    if t.shape[1] == 0:
+        raise DataError(f"{name} has 0 dimensions per item")
+    if not bool(tf.reduce_all(tf.math.is_finite(t))):
+        raise DataError(f"{name} contains NaN or inf")
+    return t
+
+
+def _as_labels(y: Any, n: int, name: str) -> tf.Tensor:
+    """Validate and convert labels to an int64 tensor [N]."""
+    try:
+        t = tf.convert_to_tensor(y)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name} cannot be converted to a tensor: {e}") from e
+    if t.shape.rank != 1:
+        raise DataError(f"{name} must have shape [N], got shape {t.shape.as_list()}")
+    if not t.dtype.is_integer:
+        raise DataError(f"{name} must be integers, got dtype {t.dtype.name}")
+    if t.shape[0] != n:
+        raise DataError(f"{name} has {t.shape[0]} entries but the embeddings have {n} rows")
+    return tf.cast(t, tf.int64)
+
+
+def _check_chunk_size(chunk_size: int) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be a positive integer, got {chunk_size}")
+    return int(chunk_size)
+
+
+def _check_ks(ks: Iterable[int]) -> list[int]:
+    ks = list(ks)
+    if not ks:
+        raise ConfigError("ks must name at least one k for recall@k")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"every k in ks must be a positive integer, got {k!r}")
+    return sorted({int(k) for k in ks})
+
+
+def _scores(queries: tf.Tensor, gallery: tf.Tensor, gallery_sq_norms: tf.Tensor) -> tf.Tensor:
+    """Similarity [B, M] = 2 q.g - |g|^2 for queries [B, D] and gallery [M, D]; higher = nearer."""
+    return 2.0 * tf.matmul(queries, gallery, transpose_b=True) - gallery_sq_norms[None, :]
+
+
+def retrieval_metrics(
+    embeddings: Any,
+    labels: Any,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Leave-one-out retrieval metrics of a labelled set of embeddings.
+
+    Every item is a query against all the others (the set is both queries and gallery; the
+    query itself is left out).
+
+    Args:
+        embeddings: [N, D] float (numpy or tf; float16/bfloat16 are cast to float32).
+        labels: [N] integer class ids (any integers, not necessarily contiguous).
+        ks: the k of each ``recall_at_k``; values above N - 1 see all N - 1 other items.
+        chunk_size: number of queries scored at once (memory ~ chunk_size * N).
+
+    Returns:
+        ``precision_at_1``: share of queries whose nearest neighbour has their label (always
+        equal to ``recall_at_1``; both are kept because both names are in common use).
+        ``recall_at_{k}``: share of queries with at least one same-label item among their
+        k nearest (the metric-learning Recall@K, not the information-retrieval recall).
+        ``map_at_r``: MAP@R (Musgrave et al. 2020, "A Metric Learning Reality Check"): with
+        R = number of other items sharing the query's label,
+        ``AP@R = (1/R) * sum_{i<=R} P(i) * rel(i)``, averaged over queries.
+        Lone queries (R = 0) are excluded from all of them (see the module docstring).
+    """
+    ks = _check_ks(ks)
+    chunk_size = _check_chunk_size(chunk_size)
+    emb = _as_embeddings(embeddings, "embeddings")
+    n = int(emb.shape[0])
+    lab = _as_labels(labels, n, "labels")
+
+    # R per item: how many *other* items share its label.
+    _, label_idx = tf.unique(lab)
+    class_counts = tf.math.bincount(tf.cast(label_idx, tf.int32), dtype=tf.int64)
+    r_all = tf.gather(class_counts, label_idx) - 1  # [N]
+    num_valid = int(tf.reduce_sum(tf.cast(r_all > 0, tf.int64)))
+
+    names = ["precision_at_1", *[f"recall_at_{k}" for k in ks], "map_at_r"]
+    if num_valid == 0:
+        return dict.fromkeys(names, 0.0)
+
+    # One top-k depth for every chunk: deep enough for the largest k and for the largest R
+    # (MAP@R looks at the first R neighbours), and never more than the N - 1 other items.
+    max_r = int(tf.reduce_max(r_all))
+    depth = min(max(ks[-1], max_r), n - 1)
+    ranks = tf.range(1, depth + 1, dtype=tf.float64)  # [depth], 1-based rank i
+
+    sq_norms = tf.reduce_sum(tf.square(emb), axis=1)  # [N]
+    # k = 1 is always scored: precision@1 is recall@1, wanted even when ks lacks 1.
+    hits_at = {k: tf.constant(0.0, tf.float64) for k in sorted({1, *ks})}
+    ap_sum = tf.constant(0.0, tf.float64)
+    neg_inf = tf.constant(-np.inf, emb.dtype)
+    for start in range(0, n, chunk_size):
+        end = min(start + chunk_size, n)
+        scores = _scores(emb[start:end], emb, sq_norms)  # [B, N]
+        # Leave each query out of its own gallery: its own column becomes -inf.
+        own = tf.range(start, end, dtype=tf.int64)[:, None] == tf.range(n, dtype=tf.int64)
+        scores = tf.where(own, neg_inf, scores)
+        _, nn_idx = tf.math.top_k(scores, k=depth, sorted=True)  # [B, depth]
+
+        q_lab = lab[start:end]
+        q_r = r_all[start:end]  # [B]
+        valid = tf.cast(q_r > 0, tf.float64)  # [B]; lone queries count for nothing
+        rel = tf.cast(tf.gather(lab, nn_idx) == q_lab[:, None], tf.float64)  # [B, depth]
+
+        for k in hits_at:
+            found = tf.reduce_max(rel[:, : min(k, depth)], axis=1)  # [B]
+            hits_at[k] += tf.reduce_sum(found * valid)
+
+        # AP@R: only ranks i <= R count; P(i) = (relevant among the first i) / i.
+        q_r_f = tf.cast(q_r, tf.float64)
+        rel_r = rel * tf.cast(ranks[None, :] <= q_r_f[:, None], tf.float64)  # [B, depth]
+        precision_i = tf.cumsum(rel_r, axis=1) / ranks[None, :]
+        ap = tf.reduce_sum(precision_i * rel_r, axis=1) / tf.maximum(q_r_f, 1.0)  # [B]
+        ap_sum += tf.reduce_sum(ap * valid)
+
+    out = {"precision_at_1": float(hits_at[1] / num_valid)}
+    for k in ks:
+        out[f"recall_at_{k}"] = float(hits_at[k] / num_valid)
+    out["map_at_r"] = float(ap_sum / num_valid)
+    return out
+
+
+def knn_accuracy(
+    train_embeddings: Any,
+    train_labels: Any,
+    test_embeddings: Any,
+    test_labels: Any,
+    k: int = 10,
+    chunk_size: int = 1024,
+) -> float:
+    """Accuracy of a k-nearest-neighbour classifier fitted on the train embeddings.
+
+    Each test item [D] gets the majority label of its k nearest train items (Euclidean).
+    A tie between classes goes to the tied class whose nearest member ranks first, i.e.
+    the nearest neighbour's label among the tied classes. ``k`` above the train size uses
+    the whole train set. Test labels absent from the train set are always wrong.
+
+    Args:
+        train_embeddings: [M, D] float; train_labels: [M] integers.
+        test_embeddings: [T, D] float; test_labels: [T] integers.
+        k: number of neighbours that vote.
+        chunk_size: number of test items scored at once (memory ~ chunk_size * M).
+
+    Returns:
+        The share of test items classified correctly, as a python float.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"k for k-NN accuracy must be a positive integer, got {k!r}")
+    chunk_size = _check_chunk_size(chunk_size)
+    train = _as_embeddings(train_embeddings, "train embeddings")
+    test = _as_embeddings(test_embeddings, "test embeddings")
+    if train.shape[1] != test.shape[1]:
+        raise DataError(
+            f"train embeddings have {train.shape[1]} dimensions but test embeddings have "
+            f"{test.shape[1]}"
+        )
+    # One dtype for the matmul: the wider of the two.
+    if train.dtype != test.dtype:
+        train, test = tf.cast(train, tf.float64), tf.cast(test, tf.float64)
+    m, t = int(train.shape[0]), int(test.shape[0])
+    train_lab = _as_labels(train_labels, m, "train labels")
+    test_lab = _as_labels(test_labels, t, "test labels")
+
+    k = min(int(k), m)
+    # Rank of each of the k neighbours, used to prefer the nearest among tied classes.
+    rank = tf.range(k, dtype=tf.int64)
+    sq_norms = tf.reduce_sum(tf.square(train), axis=1)
+    correct = tf.constant(0, tf.int64)
+    for start in range(0, t, chunk_size):
+        end = min(start + chunk_size, t)
+        _, nn_idx = tf.math.top_k(_scores(test[start:end], train, sq_norms), k=k)  # [B, k]
+        nn_lab = tf.gather(train_lab, nn_idx)  # [B, k]
+        # Votes for the class of neighbour j = neighbours sharing its label. Comparing the k
+        # labels pairwise ([B, k, k]) avoids a [B, k, num_classes] one-hot.
+        votes = tf.reduce_sum(
+            tf.cast(nn_lab[:, :, None] == nn_lab[:, None, :], tf.int64), axis=2
+        )  # [B, k]
+        # votes * (k + 1) - rank is unique per row: most votes wins, and among equal votes
+        # the smallest rank, which is the nearest member of the first tied class.
+        winner = tf.argmax(votes * (k + 1) - rank[None, :], axis=1)  # [B]
+        pred = tf.gather(nn_lab, winner, batch_dims=1)  # [B]
+        correct += tf.reduce_sum(tf.cast(pred == test_lab[start:end], tf.int64))
+    return float(int(correct) / t)
+
+
+def evaluate_embeddings(
+    test_emb: Any,
+    test_labels: Any,
+    train_emb: Any | None = None,
+    train_labels: Any | None = None,
+    knn_k: int = 10,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Retrieval metrics on the test set, plus ``knn_accuracy`` when a train set is given.
+
+    Args:
+        test_emb: [T, D] float; test_labels: [T] integers.
+        train_emb: optional [M, D] float; train_labels: [M] integers (give both or neither).
+        knn_k: k of the k-NN classifier.
+        chunk_size: queries scored at once.
+
+    Returns:
+        The keys of :func:`retrieval_metrics` (default ks), then ``knn_accuracy`` if a train
+        set was given.
+    """
+    if (train_emb is None) != (train_labels is None):
+        # A bug in the calling code rather than bad user input, hence not a TripletLabError.
+        raise ValueError("train_emb and train_labels must be given together")
+    out = retrieval_metrics(test_emb, test_labels, chunk_size=chunk_size)
+    if train_emb is not None:
+        out["knn_accuracy"] = knn_accuracy(
+            train_emb, train_labels, test_emb, test_labels, k=knn_k, chunk_size=chunk_size
+        )
+    return out
