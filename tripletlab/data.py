@@ -1,0 +1,808 @@
+"""Datasets as uint8 numpy arrays: Fashion-MNIST and MNIST (IDX files), scikit-learn's digits,
+and a folder of images with one sub-folder per class.
+
+Only numpy and PIL are imported here (TensorFlow takes seconds to import), so loading and
+checking data stays fast. Every problem with the input raises one
+:class:`~tripletlab.errors.DataError` naming the file or folder, the problem and the fix;
+nothing is silently skipped.
+
+``python -m tripletlab.data fetch fashion_mnist`` makes sure the IDX files are present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import http.client
+import logging
+import math
+import os
+import secrets
+import shutil
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tripletlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
+# Debian's dataset-* packages install here; a module constant so tests can point it elsewhere.
+SYSTEM_DATASETS = Path("/usr/share/datasets")
+DATA_ENV = "TRIPLETLAB_DATA"
+DOWNLOAD_TIMEOUT = 60.0  # seconds a connection may stay silent before the download fails
+
+IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions
+LABELS_MAGIC = 0x00000801  # uint8, 1 dimension
+# IDX type codes; multi-byte values are big-endian in the file.
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+# Stems of the four IDX files, each found as-is or with a .gz suffix.
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class _IdxSpec:
+    folder: str  # sub-folder name under each search location
+    url: str  # official mirror
+    classes: list[str]
+    apt_package: str | None  # Debian package that installs the files, if any
+
+
+IDX_DATASETS = {
+    "fashion_mnist": _IdxSpec(
+        "fashion-mnist",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        FASHION_MNIST_CLASSES,
+        "dataset-fashion-mnist",
+    ),
+    "mnist": _IdxSpec(
+        "mnist", "https://storage.googleapis.com/cvdf-datasets/mnist/", DIGIT_CLASSES, None
+    ),
+}
+DATASET_NAMES = (*IDX_DATASETS, "digits", "image_folder")
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Train and test images (uint8, [N, H, W, C]) with int64 labels indexing class_names."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    source: str  # where it was read from: a folder, "scikit-learn" or a URL
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __repr__(self) -> str:
+        # The default repr would print the arrays.
+        return (
+            f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
+            f"image_shape={self.image_shape}, classes={self.num_classes}, source={self.source!r})"
+        )
+
+
+# --------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzip-compressed if the name ends in .gz) into a native-endian array.
+
+    ``expected_magic`` (e.g. IMAGES_MAGIC) makes any other magic number an error.
+    """
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), str(path), expected_magic)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an array as an IDX file, gzip-compressed if the name ends in .gz."""
+    arr = np.asarray(array)
+    code = next(
+        (
+            c
+            for c, dt in _IDX_DTYPES.items()
+            if (dt.kind, dt.itemsize) == (arr.dtype.kind, arr.dtype.itemsize)
+        ),
+        None,
+    )
+    if code is None or not 1 <= arr.ndim <= 255:
+        raise ValueError(f"IDX cannot store a {arr.ndim}-d {arr.dtype} array")
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    payload = header + np.ascontiguousarray(arr, dtype=_IDX_DTYPES[code]).tobytes()
+    path = Path(path)
+    if path.name.lower().endswith(".gz"):
+        payload = gzip.compress(payload, mtime=0)  # mtime=0: the same array gives the same bytes
+    with _atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not raw:
+        raise DataError(f"{path} is empty (0 bytes): delete it and download or copy it again")
+    if path.name.lower().endswith(".gz"):
+        return _gunzip(raw, str(path))
+    return raw
+
+
+def _gunzip(raw: bytes, where: str) -> bytes:
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"{where} is not a valid gzip file ({exc}): it is corrupt or incomplete; "
+            "delete it and download or copy it again"
+        ) from None
+
+
+def _describe_magic(magic: int) -> str:
+    code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
+    dtype = _IDX_DTYPES.get(code)
+    if magic >> 16 or dtype is None:
+        return f"0x{magic:08x}"
+    return f"0x{magic:08x} ({dtype.name}, {ndim} dimension{'s' if ndim != 1 else ''})"
+
+
+def _parse_idx(data: bytes, where: str, expected_magic: int | None) -> np.ndarray:
+    if len(data) < 4:
+        raise DataError(
+            f"{where} is truncated: an IDX header needs at least 4 bytes, found {len(data)}"
+        )
+    magic = int.from_bytes(data[:4], "big")
+    code, ndim = data[2], data[3]
+    valid = magic >> 16 == 0 and code in _IDX_DTYPES and ndim > 0
+    if (expected_magic is not None and magic != expected_magic) or not valid:
+        expected = (
+            f"expected {_describe_magic(expected_magic)}"
+            if expected_magic is not None
+            else "expected 0x0000 then a type code and the number of dimensions"
+        )
+        hint = ""
+        if data[:2] == b"\x1f\x8b":
+            hint = "; the file looks gzip-compressed: give it a .gz suffix"
+        elif expected_magic == IMAGES_MAGIC and magic == LABELS_MAGIC:
+            hint = "; this is a labels file: are the images and labels files swapped?"
+        elif expected_magic == LABELS_MAGIC and magic == IMAGES_MAGIC:
+            hint = "; this is an images file: are the images and labels files swapped?"
+        raise DataError(
+            f"{where} has the wrong magic number for an IDX file: {expected}, "
+            f"found {_describe_magic(magic)}{hint}"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(
+            f"{where} is truncated: its {ndim}-dimension IDX header needs {header} bytes, "
+            f"found {len(data)}"
+        )
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = _IDX_DTYPES[code]
+    count = math.prod(shape)
+    expected_size = header + count * dtype.itemsize
+    if len(data) != expected_size:
+        problem = "is truncated" if len(data) < expected_size else "has extra bytes at the end"
+        raise DataError(
+            f"{where} {problem}: expected {expected_size} bytes from its header "
+            f"(shape {shape}, {dtype.name}), found {len(data)}; "
+            "delete it and download or copy it again"
+        )
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(shape)
+    # Copy: frombuffer views the (read-only) bytes; callers expect a writable native array.
+    return arr.astype(dtype.newbyteorder("="))
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it becomes ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffix, so a .gz stays readable as .gz while it is checked.
+    """
+    # Not mkstemp: its files are private (0600), and the data folder may be shared.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- finding IDX data
+
+
+def _idx_spec(name: str) -> _IdxSpec:
+    try:
+        return IDX_DATASETS[name]
+    except KeyError:
+        raise DataError(
+            f"{name!r} is not an IDX dataset; choose one of: {', '.join(IDX_DATASETS)}"
+        ) from None
+
+
+def _root_path(root: Any) -> Path | None:
+    # Hydra users write `dataset.root=` for "unset", which arrives as "" or None.
+    if root is None or str(root) == "":
+        return None
+    return Path(os.path.expandvars(str(root))).expanduser()
+
+
+def search_locations(name: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """Folders searched for ``name``'s IDX files, in order; a given ``root`` is the only one."""
+    spec = _idx_spec(name)
+    root_path = _root_path(root)
+    if root_path is not None:
+        return [root_path]
+    locations = []
+    env = os.environ.get(DATA_ENV)
+    if env:
+        locations.append(Path(env).expanduser() / spec.folder)
+    locations.append(SYSTEM_DATASETS / spec.folder)
+    locations.append(Path.home() / ".keras" / "datasets" / spec.folder)
+    return list(dict.fromkeys(locations))  # TRIPLETLAB_DATA may be ~/.keras/datasets
+
+
+def _find_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """The IDX files in ``folder`` (uncompressed preferred) and the stems that are missing."""
+    found, missing = {}, []
+    for key, stem in IDX_FILES.items():
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            missing.append(stem)
+    return found, missing
+
+
+def find_idx_folder(name: str, root: str | os.PathLike | None = None) -> Path | None:
+    """The first search location holding all four IDX files of ``name``, or None."""
+    for location in search_locations(name, root):
+        if location.is_dir() and not _find_files(location)[1]:
+            return location
+    return None
+
+
+def _location_status(location: Path) -> str:
+    if not location.exists():
+        return "does not exist"
+    if not location.is_dir():
+        return "is not a folder"
+    found, missing = _find_files(location)
+    if not found:
+        return "has none of the files"
+    return "lacks " + ", ".join(f"{stem}[.gz]" for stem in missing)
+
+
+def _download_dir(spec: _IdxSpec) -> Path:
+    env = os.environ.get(DATA_ENV)
+    base = Path(env).expanduser() if env else Path.home() / ".keras" / "datasets"
+    return base / spec.folder
+
+
+def _missing_message(
+    name: str, locations: Sequence[Path], base_url: str, download_error: str | None
+) -> str:
+    spec = _idx_spec(name)
+    files = ", ".join(f"{stem}.gz" for stem in IDX_FILES.values())
+    lines = [f"{name}: the IDX files were not found. Searched, in order:"]
+    lines += [f"  - {loc}: {_location_status(loc)}" for loc in locations]
+    if not os.environ.get(DATA_ENV):
+        lines.append(f"  ({DATA_ENV} is not set)")
+    if download_error is None:
+        lines.append("Downloading is off (dataset.download=false).")
+    else:
+        lines.append(f"Downloading into {_download_dir(spec)} failed: {download_error}")
+    lines.append("To fix it, do one of:")
+    if spec.apt_package:
+        lines.append(
+            f"  - install the Debian package: sudo apt-get install {spec.apt_package} "
+            f"(files in {SYSTEM_DATASETS / spec.folder})"
+        )
+    lines.append(
+        f"  - put the 4 files ({files}) in <dir>/{spec.folder} and set {DATA_ENV}=<dir>, "
+        "or put them in any folder and set dataset.root=<that folder>"
+    )
+    if download_error is None:
+        lines.append(f"  - allow the download with dataset.download=true (needs {base_url})")
+    else:
+        lines.append(
+            f"  - check the network or dataset.url, or fetch the files by hand from {base_url}"
+        )
+    return "\n".join(lines)
+
+
+def _locate(name: str, root: Any, download: bool, url: str | None) -> tuple[Path, str | None]:
+    """Find (or download) ``name``'s IDX folder; return it and the URL if it was downloaded."""
+    spec = _idx_spec(name)
+    root_path = _root_path(root)
+    if root_path is not None:
+        # A given root is the user's explicit choice: never fall back to other places.
+        if not root_path.exists():
+            raise DataError(
+                f"dataset.root={root_path} does not exist; set it to the folder holding the "
+                f"{name} IDX files, or unset it to search the usual places"
+            )
+        if not root_path.is_dir():
+            raise DataError(f"dataset.root={root_path} is not a folder")
+        missing = _find_files(root_path)[1]
+        if missing:
+            raise DataError(
+                f"dataset.root={root_path} lacks "
+                + ", ".join(f"{stem}[.gz]" for stem in missing)
+                + f": {name} needs all 4 IDX files there. With dataset.root set only that "
+                "folder is used; add the files or unset dataset.root to search the usual "
+                "places (and download)"
+            )
+        return root_path, None
+    locations = search_locations(name)
+    found = find_idx_folder(name)
+    if found is not None:
+        return found, None
+    base_url = url or spec.url
+    if not download:
+        raise DataError(_missing_message(name, locations, base_url, None))
+    target = _download_dir(spec)
+    created = [p for p in (target, *target.parents) if not p.exists()]  # deepest first
+    try:
+        _download(name, target, base_url)
+    except DataError as exc:
+        # A failed download leaves no trace: remove the folders it created if still empty.
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise DataError(_missing_message(name, locations, base_url, str(exc))) from None
+    return target, base_url
+
+
+def _download(name: str, target: Path, base_url: str) -> None:
+    """Download the missing IDX files of ``name`` into ``target``, checking each one."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {target}: {exc.strerror or exc}") from None
+    missing = _find_files(target)[1]  # files kept from an interrupted earlier download
+    for stem in missing:
+        file_url = base_url.rstrip("/") + "/" + stem + ".gz"
+        log.info("downloading %s", file_url)
+        with _atomic_path(target / f"{stem}.gz") as tmp:
+            try:
+                with (
+                    urllib.request.urlopen(file_url, timeout=DOWNLOAD_TIMEOUT) as response,
+                    tmp.open("wb") as out,
+                ):
+                    shutil.copyfileobj(response, out, 1 << 20)
+            # URLError, HTTPError and timeouts are OSErrors; ValueError: a malformed URL.
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # URLError's reason drops the URL noise, but HTTPError's would drop the status.
+                plain_url_error = isinstance(exc, urllib.error.URLError) and not isinstance(
+                    exc, urllib.error.HTTPError
+                )
+                reason = exc.reason if plain_url_error else exc
+                raise DataError(f"{file_url}: {reason or type(exc).__name__}") from None
+            # Check before the file takes its real name, so a bad download never looks like data.
+            magic = IMAGES_MAGIC if "images" in stem else LABELS_MAGIC
+            _parse_idx(_gunzip(tmp.read_bytes(), file_url), file_url, magic)
+
+
+def _load_idx(name: str, folder: Path) -> tuple[np.ndarray, ...]:
+    files = _find_files(folder)[0]
+    num_classes = len(_idx_spec(name).classes)
+    arrays: list[np.ndarray] = []
+    for split in ("train", "test"):
+        images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
+        x = read_idx(images_path, IMAGES_MAGIC)
+        y = read_idx(labels_path, LABELS_MAGIC)
+        if len(x) != len(y):
+            raise DataError(
+                f"{images_path} holds {len(x)} images but {labels_path} holds {len(y)} labels; "
+                "both must come from the same release: replace them"
+            )
+        if len(x) == 0:
+            raise DataError(f"{images_path} holds no images")
+        if y.max() >= num_classes:
+            raise DataError(
+                f"{labels_path} has label {int(y.max())}, but {name} has {num_classes} classes "
+                f"(labels 0..{num_classes - 1})"
+            )
+        arrays += [x[..., None], y.astype(np.int64)]
+    return tuple(arrays)
+
+
+def ensure_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    url: str | None = None,
+) -> Path:
+    """Make sure ``name``'s files are present (downloading if allowed) and readable."""
+    return _ensure(name, root, download, url)[0]
+
+
+def _ensure(name: str, root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+    if name == "digits":
+        sklearn_datasets = _import_sklearn_datasets()
+        return Path(sklearn_datasets.__file__).parent / "data", "bundled with scikit-learn in"
+    if name == "image_folder":
+        # Nothing to download: only check that the user's folder is there.
+        root_path = _require_root(root)
+        _class_folders(root_path / "train" if (root_path / "train").is_dir() else root_path)
+        return root_path, "found in"
+    if name not in IDX_DATASETS:
+        raise DataError(f"dataset {name!r} is unknown; choose one of: {', '.join(DATASET_NAMES)}")
+    folder, url_used = _locate(name, root, download, url)
+    _load_idx(name, folder)  # read everything now, so corrupt files fail here and not mid-run
+    return folder, f"downloaded from {url_used} to" if url_used else "found in"
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _import_sklearn_datasets() -> Any:
+    # Imported on demand: scikit-learn is slow to import and only digits needs it.
+    try:
+        import sklearn.datasets
+    except ImportError:
+        raise DataError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
+    return sklearn.datasets
+
+
+def _load_digits(test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
+    digits = _import_sklearn_datasets().load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
+    labels = digits.target.astype(np.int64)
+    train, test = _stratified_split(labels, test_fraction, seed)
+    return images[train], labels[train], images[test], labels[test]
+
+
+def _stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled train and test indices; every class (>= 2 items) keeps >= 1 item on each side."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        n_test = min(max(round(len(indices) * test_fraction), 1), len(indices) - 1)
+        test.append(indices[:n_test])
+        train.append(indices[n_test:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")  # .DS_Store, .ipynb_checkpoints, ...
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    entries = sorted(p for p in folder.iterdir() if not _is_hidden(p))
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if images:
+        raise DataError(
+            f"{folder} holds images directly ({images[0].name}"
+            + (f" and {len(images) - 1} more" if len(images) > 1 else "")
+            + f"): put each image in a sub-folder named after its class ({folder}/<class>/<image>)"
+        )
+    for p in entries:
+        if not p.is_dir():
+            log.warning("ignoring %s: not a class folder", p)
+    classes = [p for p in entries if p.is_dir()]
+    if not classes:
+        raise DataError(
+            f"{folder} has no class sub-folders: image_folder needs one sub-folder per class "
+            f"holding its images ({folder}/<class>/<image>.png)"
+        )
+    if len(classes) < 2:
+        raise DataError(
+            f"{folder} has only one class sub-folder ({classes[0].name}): a triplet needs a "
+            "negative from another class, so add at least one more class"
+        )
+    return classes
+
+
+def _class_images(class_dir: Path, min_images: int) -> list[Path]:
+    images = []
+    for p in sorted(class_dir.iterdir()):
+        if _is_hidden(p):
+            continue
+        if p.is_dir():
+            raise DataError(
+                f"{p} is a folder inside class folder {class_dir}: nested folders are not "
+                "supported; move its images up or remove it"
+            )
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(
+                f"{p} is not a supported image (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
+                "convert it or move it out of the dataset"
+            )
+        images.append(p)
+    if not images:
+        raise DataError(
+            f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
+            "or remove the folder"
+        )
+    if len(images) < min_images:
+        raise DataError(
+            f"class {class_dir.name!r} has only {len(images)} image ({class_dir}): a triplet needs "
+            f"{min_images} images of a class; add images or remove the folder"
+        )
+    return images
+
+
+def _decode(path: Path, channels: int | None, size: int | None) -> np.ndarray:
+    """Decode one image to uint8 [H, W, 1 or 3]; channels None keeps colour only if it has any."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode.startswith("I;16") or im.mode == "I":
+                # PIL's convert("L") clips 16-bit samples at 255 instead of scaling them.
+                im = Image.fromarray(
+                    (np.asarray(im, np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+                )
+            gray_mode = im.mode in ("1", "L", "LA", "F")
+            mode = "L" if channels == 1 or (channels is None and gray_mode) else "RGB"
+            im = im.convert(mode)
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(im)
+    # PIL raises many types for corrupt files (OSError, SyntaxError, struct.error, ...).
+    except Exception as exc:
+        raise DataError(
+            f"cannot read image {path}: {exc}; it is corrupt or not an image: fix or remove it"
+        ) from None
+    if arr.ndim == 2:
+        return arr[..., None]
+    if (
+        channels is None
+        and (arr[..., 0] == arr[..., 1]).all()
+        and (arr[..., 1] == arr[..., 2]).all()
+    ):
+        return arr[..., :1]  # an RGB file with grey content counts as grayscale
+    return arr
+
+
+def _stack(
+    images: list[np.ndarray], paths: list[Path], channels: int | None, size: int | None
+) -> np.ndarray:
+    if size is None:
+        first = images[0].shape[:2]
+        for arr, path in zip(images, paths, strict=True):
+            if arr.shape[:2] != first:
+                raise DataError(
+                    f"images differ in size: {paths[0]} is {first[1]}x{first[0]} but {path} is "
+                    f"{arr.shape[1]}x{arr.shape[0]}; set dataset.image_size=N to resize them all "
+                    "to N x N"
+                )
+    if channels is None and any(arr.shape[-1] == 3 for arr in images):
+        images = [np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr for arr in images]
+    return np.stack(images)
+
+
+def _read_class_tree(class_dirs: list[Path], min_images: int) -> tuple[list[Path], np.ndarray]:
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        files = _class_images(class_dir, min_images)
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _require_root(root: Any) -> Path:
+    root_path = _root_path(root)
+    if root_path is None:
+        raise DataError("image_folder needs dataset.root: the folder with one sub-folder per class")
+    if not root_path.exists():
+        raise DataError(f"dataset.root={root_path} does not exist")
+    if not root_path.is_dir():
+        raise DataError(f"dataset.root={root_path} is not a folder")
+    return root_path
+
+
+def _load_image_folder(
+    root: Path, channels: int | None, size: int | None, test_fraction: float, seed: int
+) -> tuple[Any, ...]:
+    train_dir, test_dir = root / "train", root / "test"
+    if train_dir.is_dir() != test_dir.is_dir():
+        present, absent = (train_dir, test_dir) if train_dir.is_dir() else (test_dir, train_dir)
+        raise DataError(
+            f"{root} has {present.name}/ but no {absent.name}/: use both train/ and test/ "
+            "(each with class sub-folders), or neither (class sub-folders directly in "
+            f"{root}); if {present.name!r} is a class, rename it"
+        )
+    if train_dir.is_dir():
+        for p in root.iterdir():
+            if p.name not in ("train", "test") and not _is_hidden(p):
+                log.warning("ignoring %s: with train/ and test/ only those are read", p)
+        train_classes, test_classes = _class_folders(train_dir), _class_folders(test_dir)
+        train_names = [p.name for p in train_classes]
+        test_names = [p.name for p in test_classes]
+        if train_names != test_names:
+            only_train = sorted(set(train_names) - set(test_names))
+            only_test = sorted(set(test_names) - set(train_names))
+            raise DataError(
+                f"the class folders of {train_dir} and {test_dir} differ: only in train/: "
+                f"{only_train or 'none'}; only in test/: {only_test or 'none'}; both need the "
+                "same classes"
+            )
+        # Training needs 2 images of a class for a triplet; test only needs the class present.
+        train_paths, y_train = _read_class_tree(train_classes, 2)
+        test_paths, y_test = _read_class_tree(test_classes, 1)
+        paths = train_paths + test_paths
+        n_train = len(train_paths)
+    else:
+        classes = _class_folders(root)
+        train_names = [p.name for p in classes]
+        paths, labels = _read_class_tree(classes, 2)
+        train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
+        paths = [paths[i] for i in train_idx] + [paths[i] for i in test_idx]
+        y_train, y_test = labels[train_idx], labels[test_idx]
+        n_train = len(train_idx)
+    # Decode both splits together: channels=None and the size check span the whole dataset.
+    x = _stack([_decode(p, channels, size) for p in paths], paths, channels, size)
+    return x[:n_train], y_train, x[n_train:], y_test, train_names
+
+
+# --------------------------------------------------------------------------- common
+
+
+def _limit(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: int) -> tuple:
+    """Keep ``n`` images, picked by a shuffle (seeded by split_seed) so classes stay mixed."""
+    if n is None or n >= len(x):
+        return x, y
+    keep = np.random.default_rng([seed, stream]).permutation(len(x))[:n]
+    return x[keep], y[keep]
+
+
+def _to_gray(x: np.ndarray) -> np.ndarray:
+    # PIL's convert("L") formula (ITU-R 601-2 luma) in its fixed-point form, vectorised.
+    x = x.astype(np.uint32)
+    gray = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
+    return gray.astype(np.uint8)[..., None]
+
+
+def _adapt(x: np.ndarray, size: int | None, channels: int | None) -> np.ndarray:
+    """Resize to size x size and convert to ``channels`` (None: keep)."""
+    if channels == 1 and x.shape[-1] == 3:
+        x = _to_gray(x)
+    if size is not None and x.shape[1:3] != (size, size):
+        out = np.empty((len(x), size, size, x.shape[-1]), np.uint8)
+        for i, img in enumerate(x):
+            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+            out[i] = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR)).reshape(
+                out.shape[1:]
+            )
+        x = out
+    if channels == 3 and x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x
+
+
+def _opt(cfg: Any, key: str, default: Any = None) -> Any:
+    # A DictConfig built by hand may lack keys that the DatasetConfig schema would supply.
+    value = getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def load_dataset(cfg: Any) -> Dataset:
+    """Load the dataset described by ``cfg`` (a DatasetConfig or a DictConfig like one)."""
+    name = str(_opt(cfg, "name", ""))
+    channels = _opt(cfg, "channels")
+    size = _opt(cfg, "image_size")
+    test_fraction = float(_opt(cfg, "test_fraction", 0.2))
+    seed = int(_opt(cfg, "split_seed", 0))
+    if name not in DATASET_NAMES:
+        raise ConfigError(
+            f"dataset.name={name!r} is not valid; choose one of: {', '.join(DATASET_NAMES)}"
+        )
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"dataset.channels={channels!r} is not valid; use 1, 3 or null")
+    if size is not None and int(size) < 1:
+        raise ConfigError(f"dataset.image_size={size!r} must be > 0")
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"dataset.test_fraction={test_fraction!r} must be between 0 and 1")
+    size = None if size is None else int(size)
+    root = _opt(cfg, "root")
+
+    if name in IDX_DATASETS:
+        folder, url_used = _locate(name, root, bool(_opt(cfg, "download", True)), _opt(cfg, "url"))
+        x_train, y_train, x_test, y_test = _load_idx(name, folder)
+        source = url_used or str(folder.absolute())
+        class_names = list(IDX_DATASETS[name].classes)
+    elif name == "digits":
+        x_train, y_train, x_test, y_test = _load_digits(test_fraction, seed)
+        class_names, source = list(DIGIT_CLASSES), "scikit-learn"
+    else:
+        root_path = _require_root(root)
+        x_train, y_train, x_test, y_test, class_names = _load_image_folder(
+            root_path, channels, size, test_fraction, seed
+        )
+        source = str(root_path.absolute())
+
+    # Truncate before adapting so tiny runs do not resize images they then drop.
+    x_train, y_train = _limit(x_train, y_train, _opt(cfg, "max_train"), seed, 1)
+    x_test, y_test = _limit(x_test, y_test, _opt(cfg, "max_test"), seed, 2)
+    return Dataset(
+        name=name,
+        x_train=np.ascontiguousarray(_adapt(x_train, size, channels)),
+        y_train=y_train,
+        x_test=np.ascontiguousarray(_adapt(x_test, size, channels)),
+        y_test=y_test,
+        class_names=class_names,
+        source=source,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tripletlab.data fetch NAME``: make sure a dataset is present."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tripletlab.data", description="Make sure a dataset's files are present."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser(
+        "fetch", help="find the dataset's files, downloading them if needed"
+    )
+    fetch.add_argument("name", choices=DATASET_NAMES)
+    fetch.add_argument("--root", help="folder holding the files (then only it is used)")
+    fetch.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    fetch.add_argument("--url", help="mirror to download from (default: the official one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        folder, how = _ensure(args.name, args.root, not args.no_download, args.url)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {how} {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
