@@ -85,6 +85,7 @@ class TrainerConfig:
     mixed_precision: str = "off"  # off | float16 | bfloat16
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
+    threads: int = 0  # TensorFlow intra-op threads; 0: TensorFlow's default (all cores)
     shuffle_buffer: int = 60000
     checkpoint_every: int = 1  # epochs
     collapse_patience: int = 2  # epochs a collapse must last before the run stops
@@ -180,6 +181,7 @@ def validate(cfg: DictConfig | Config) -> None:
         ("trainer.warmup_epochs", c.trainer.warmup_epochs),
         ("trainer.weight_decay", c.trainer.weight_decay),
         ("trainer.collapse_patience", c.trainer.collapse_patience),
+        ("trainer.threads", c.trainer.threads),
         ("eval.max_points", c.eval.max_points),
     ):
         _positive(path, value, allow_zero=True)

@@ -109,6 +109,11 @@ class Run:
         import tensorflow as tf
 
         cfg = self.cfg.trainer
+        if cfg.threads:
+            # Parallel jobs on one machine split the cores instead of oversubscribing them.
+            with contextlib.suppress(RuntimeError):  # already initialised in this process
+                tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+                tf.config.threading.set_inter_op_parallelism_threads(min(cfg.threads, 2))
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             with contextlib.suppress(RuntimeError):  # already initialised in this process
@@ -201,40 +206,13 @@ class Run:
         )
 
     def _compile_steps(self):
-        import tensorflow as tf
-
-        from tripletlab.losses import triplet_loss
-
-        model, optimizer, mining = self.model, self.optimizer, self.cfg.mining
-        scales_loss = self.precision == "float16"
-
-        def train_step(images, labels):
-            with tf.GradientTape() as tape:
-                embeddings = model(images, training=True)
-                loss, fraction = triplet_loss(
-                    labels,
-                    embeddings,
-                    strategy=mining.strategy,
-                    margin=mining.margin,
-                    squared=mining.squared,
-                    soft_margin=mining.soft_margin,
-                )
-                total = loss
-                if model.losses:
-                    total = total + tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
-                scaled = optimizer.scale_loss(total) if scales_loss else total
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-            emb = tf.cast(embeddings, tf.float32)
-            norm = tf.reduce_mean(tf.norm(emb, axis=1))
-            spread = tf.reduce_mean(tf.norm(emb - tf.reduce_mean(emb, axis=0), axis=1))
-            return loss, fraction, norm, spread
-
-        def embed_step(images):
-            return tf.cast(model(images, training=False), tf.float32)
-
-        self.train_step = tf.function(train_step, jit_compile=self.jit_compile)
-        self.embed_step = tf.function(embed_step, jit_compile=self.jit_compile)
+        self.train_step, self.embed_step = make_steps(
+            self.model,
+            self.optimizer,
+            self.cfg.mining,
+            scales_loss=self.precision == "float16",
+            jit_compile=self.jit_compile,
+        )
 
     # --------------------------------------------------------------- evaluation
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -493,6 +471,49 @@ class Run:
         if test_emb is None:
             test_emb = self.embed(data.x_test)
         write_artifacts(self.run_dir, rows, test_emb, data, max_points=self.cfg.eval.max_points)
+
+
+def make_steps(model, optimizer, mining, scales_loss: bool = False, jit_compile: bool = False):
+    """The compiled train step and embed step for ``model``.
+
+    train_step(images [B,H,W,C], labels [B]) -> (loss, fraction, mean norm, mean spread), all
+    float32 scalars; embed_step(images) -> float32 [B, D]. ``mining`` has strategy, margin,
+    squared and soft_margin. ``scales_loss``: float16 mixed precision (a LossScaleOptimizer).
+    """
+    import tensorflow as tf
+
+    from tripletlab.losses import triplet_loss
+
+    def train_step(images, labels):
+        with tf.GradientTape() as tape:
+            embeddings = model(images, training=True)
+            loss, fraction = triplet_loss(
+                labels,
+                embeddings,
+                strategy=mining.strategy,
+                margin=mining.margin,
+                squared=mining.squared,
+                soft_margin=mining.soft_margin,
+            )
+            total = loss
+            if model.losses:
+                total = total + tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+            scaled = optimizer.scale_loss(total) if scales_loss else total
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        emb = tf.cast(embeddings, tf.float32)
+        norm = tf.reduce_mean(tf.norm(emb, axis=1))
+        # Mean distance to the batch's centroid: near zero when the embeddings collapse.
+        spread = tf.reduce_mean(tf.norm(emb - tf.reduce_mean(emb, axis=0), axis=1))
+        return loss, fraction, norm, spread
+
+    def embed_step(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    return (
+        tf.function(train_step, jit_compile=jit_compile),
+        tf.function(embed_step, jit_compile=jit_compile),
+    )
 
 
 def train(cfg, run_dir: str | Path) -> float:

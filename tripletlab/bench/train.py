@@ -1,0 +1,204 @@
+"""Training-speed benchmark: images/s per backbone, share of the CPU's FP32 peak, eval time.
+
+``python -m tripletlab.bench train`` times the real train step (model, loss, Adam) on the
+real pipeline (Fashion-MNIST if present, else random images of the same shape) and prints
+one table; evaluation (embedding train + test, then the retrieval metrics) is timed
+separately. On a GPU it also reports mixed precision and XLA when asked
+(``--precision bfloat16 --jit true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+DEFAULT_CSV = Path("outputs/bench/train.csv")
+TRAIN_SIZE = 60000
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """FP32 peak of this machine's CPU cores available to us, and how it was derived.
+
+    cores x clock x FLOPs per cycle: 64 with AVX-512 (two 16-wide FMA units), 32 with
+    AVX2 + FMA, 16 otherwise. The clock is /proc/cpuinfo's current MHz (no turbo).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
+    ghz = float(mhz.group(1)) / 1000 if mhz else 2.0
+    flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split()) if "flags" in text else set()
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16
+    peak = cores * ghz * per_cycle
+    return peak, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle"
+
+
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of the conv and dense layers for one image (the bulk of the work)."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1]
+            total += 2 * h * w * c_out * kh * kw * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def load_images(dataset: str):
+    """(x_train, y_train, x_test, y_test): the real data if it is here, else random images."""
+    from tripletlab.data import find_idx_folder, load_dataset
+
+    if dataset == "fashion_mnist" and find_idx_folder("fashion_mnist") is not None:
+        d = load_dataset(SimpleNamespace(name="fashion_mnist", download=False))
+        return d.x_train, d.y_train, d.x_test, d.y_test, "fashion_mnist"
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (TRAIN_SIZE, 28, 28, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, TRAIN_SIZE)
+    return x, y, x[:10000], y[:10000], "random 28x28 images"
+
+
+def bench_model(name: str, data, args) -> dict:
+    import keras
+    import tensorflow as tf
+
+    from tripletlab.models import build_model
+    from tripletlab.pipeline import TrainPipeline
+    from tripletlab.train import make_steps
+
+    x_train, y_train, x_test, y_test = data
+    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    keras.mixed_precision.set_global_policy(policy[args.precision])
+    gpus = tf.config.list_physical_devices("GPU")
+    jit = bool(gpus) if args.jit == "auto" else args.jit == "true"
+    model_cfg = SimpleNamespace(
+        name=name, embedding_size=64, l2_normalize=True, num_channels=32, batch_norm=True
+    )
+    model = build_model(model_cfg, x_train.shape[1:])
+    optimizer = keras.optimizers.Adam(1e-3)
+    if args.precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    mining = SimpleNamespace(strategy=args.mining, margin=0.2, squared=False, soft_margin=False)
+    train_step, embed_step = make_steps(
+        model, optimizer, mining, scales_loss=args.precision == "float16", jit_compile=jit
+    )
+    sampler = SimpleNamespace(name="pk", classes_per_batch=8, images_per_class=args.batch_size // 8)
+    pipe = TrainPipeline(x_train, y_train, sampler, args.batch_size, seed=0)
+    batch = pipe.batch_indices(0).shape[1]
+
+    # The input pipeline alone.
+    t0 = time.perf_counter()
+    n = sum(1 for _ in pipe.epoch(1).take(args.steps))
+    pipeline_ips = n * batch / (time.perf_counter() - t0)
+
+    # The train step on the real pipeline, after warm-up (tracing, autotuning).
+    dataset = pipe.epoch(2)
+    it = iter(dataset)
+    for _ in range(args.warmup):
+        float(train_step(*next(it))[0])
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = train_step(*next(it))[0]
+    float(loss)
+    step_s = (time.perf_counter() - t0) / args.steps
+    ips = batch / step_s
+
+    # Evaluation: embed train + test, then the retrieval metrics and kNN.
+    from tripletlab.metrics import evaluate_embeddings
+    from tripletlab.pipeline import eval_dataset
+
+    def embed(images):
+        return np.concatenate([embed_step(b).numpy() for b in eval_dataset(images, 1024)])
+
+    embed(x_test[:1024])  # trace
+    t0 = time.perf_counter()
+    test_emb, train_emb = embed(x_test), embed(x_train)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate_embeddings(test_emb, y_test, train_emb, y_train, knn_k=10)
+    metrics_s = time.perf_counter() - t0
+    keras.mixed_precision.set_global_policy("float32")
+
+    flops = 3 * forward_flops(model)  # forward + backward (about 2x forward)
+    return {
+        "model": name,
+        "batch": batch,
+        "precision": args.precision,
+        "jit": jit,
+        "ms_per_step": round(step_s * 1000, 2),
+        "images_per_second": round(ips, 1),
+        "epoch_seconds": round(len(x_train) / ips, 2),
+        "pipeline_images_per_second": round(pipeline_ips, 1),
+        "mflop_per_image": round(flops / 1e6, 2),
+        "gflops": round(flops * ips / 1e9, 1),
+        "embed_seconds": round(embed_s, 2),
+        "metrics_seconds": round(metrics_s, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tripletlab.bench train", description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["lenet", "small_cnn", "vgg_gap"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--mining", default="semi_hard")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--precision", choices=["off", "float16", "bfloat16"], default="off")
+    parser.add_argument("--jit", choices=["auto", "true", "false"], default="auto")
+    parser.add_argument("--dataset", choices=["fashion_mnist", "random"], default="fashion_mnist")
+    parser.add_argument("--peak-gflops", type=float, help="override the computed FP32 peak")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    *arrays, source = load_images(args.dataset)
+    gpus = tf.config.list_physical_devices("GPU")
+    device = "CPU"
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        device = f"GPU ({details.get('device_name', gpus[0].name)})"
+    peak, how = (args.peak_gflops, "given") if args.peak_gflops else cpu_peak_gflops()
+    rows = [bench_model(name, arrays, args) for name in args.models]
+    for row in rows:
+        row["device"] = device
+        row["peak_share"] = None if gpus else round(row["gflops"] / peak, 3)
+
+    print(f"\ndata: {source}; device: {device}; mining {args.mining}")
+    if not gpus:
+        print(f"CPU FP32 peak {peak:.0f} GFLOP/s ({how})")
+    header = (
+        "| model | batch | ms/step | images/s | epoch s (60k) | pipeline img/s | MFLOP/img "
+        "| GFLOP/s | % of peak | embed 70k s | metrics s |"
+    )
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for r in rows:
+        share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.0f}%"
+        print(
+            f"| {r['model']} | {r['batch']} | {r['ms_per_step']} | {r['images_per_second']:.0f} "
+            f"| {r['epoch_seconds']} | {r['pipeline_images_per_second']:.0f} "
+            f"| {r['mflop_per_image']} | {r['gflops']} | {share} | {r['embed_seconds']} "
+            f"| {r['metrics_seconds']} |"
+        )
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with args.csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
