@@ -615,7 +615,7 @@ def test_idx_resize_and_channels(tmp_path):
 
 def test_rgb_to_gray_matches_pil():
     rgb = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
-    gray = data._adapt(rgb, None, 1)
+    gray = data.adapt_images(rgb, None, 1)
     expected = np.stack([np.asarray(Image.fromarray(img).convert("L")) for img in rgb])
     np.testing.assert_array_equal(gray[..., 0], expected)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +15,43 @@ def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
 
 
-def write_artifacts(run_dir: Path, rows: list[dict], embeddings, data, max_points: int) -> None:
-    """plots/ (curves and a 2-D PCA view) and projector/ for the test split's embeddings.
+def write_artifacts(run_dir: Path, rows: list[dict], embeddings, data, max_points: int) -> int:
+    """plots/ and projector/ after training, for the test split's embeddings."""
+    return write_views(
+        Path(run_dir), rows, embeddings, data.y_test, data.x_test, data.class_names, max_points
+    )
 
-    The projector gets the very same images, in the same order, as its embeddings.
+
+def write_views(
+    run_dir: Path,
+    rows: list[dict],
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    images: np.ndarray,
+    class_names: Sequence[str],
+    max_points: int,
+) -> int:
+    """plots/ (curves and a 2-D PCA view) and projector/ for one split's embeddings.
+
+    Returns the number of points shown. The projector gets the very same images, in the same
+    order, as its embeddings.
     """
     from tripletlab.plots import plot_curves, plot_embeddings_2d
     from tripletlab.projector import write_projector
 
-    run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     if rows:
         plot_curves(rows, plots)
     keep = subsample(len(embeddings), max_points)
-    emb, labels = np.asarray(embeddings)[keep], np.asarray(data.y_test)[keep]
-    plot_embeddings_2d(emb, labels, data.class_names, plots / "embeddings_pca.png")
+    emb, lab = np.asarray(embeddings)[keep], np.asarray(labels)[keep]
+    plot_embeddings_2d(
+        emb, lab, class_names, plots / "embeddings_pca.png", max_points=max(len(keep), 1)
+    )
     projector_dir = run_dir / "projector"
-    write_projector(projector_dir, emb, labels, data.class_names, data.x_test[keep])
+    write_projector(projector_dir, emb, lab, class_names, np.asarray(images)[keep])
     mark_as_tensorboard_run(projector_dir, len(keep))
+    return len(keep)
 
 
 def mark_as_tensorboard_run(folder: Path, points: int) -> None:

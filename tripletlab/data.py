@@ -577,7 +577,7 @@ def _class_images(class_dir: Path, min_images: int) -> list[Path]:
     return images
 
 
-def _decode(path: Path, channels: int | None, size: int | None) -> np.ndarray:
+def decode_image(path: Path, channels: int | None, size: int | None) -> np.ndarray:
     """Decode one image to uint8 [H, W, 1 or 3]; channels None keeps colour only if it has any."""
     try:
         with Image.open(path) as im:
@@ -686,7 +686,7 @@ def _load_image_folder(
         y_train, y_test = labels[train_idx], labels[test_idx]
         n_train = len(train_idx)
     # Decode both splits together: channels=None and the size check span the whole dataset.
-    x = _stack([_decode(p, channels, size) for p in paths], paths, channels, size)
+    x = _stack([decode_image(p, channels, size) for p in paths], paths, channels, size)
     return x[:n_train], y_train, x[n_train:], y_test, train_names
 
 
@@ -708,7 +708,7 @@ def _to_gray(x: np.ndarray) -> np.ndarray:
     return gray.astype(np.uint8)[..., None]
 
 
-def _adapt(x: np.ndarray, size: int | None, channels: int | None) -> np.ndarray:
+def adapt_images(x: np.ndarray, size: int | None, channels: int | None) -> np.ndarray:
     """Resize to size x size and convert to ``channels`` (None: keep)."""
     if channels == 1 and x.shape[-1] == 3:
         x = _to_gray(x)
@@ -771,9 +771,9 @@ def load_dataset(cfg: Any) -> Dataset:
     x_test, y_test = _limit(x_test, y_test, _opt(cfg, "max_test"), seed, 2)
     return Dataset(
         name=name,
-        x_train=np.ascontiguousarray(_adapt(x_train, size, channels)),
+        x_train=np.ascontiguousarray(adapt_images(x_train, size, channels)),
         y_train=y_train,
-        x_test=np.ascontiguousarray(_adapt(x_test, size, channels)),
+        x_test=np.ascontiguousarray(adapt_images(x_test, size, channels)),
         y_test=y_test,
         class_names=class_names,
         source=source,

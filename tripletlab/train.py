@@ -91,6 +91,32 @@ def _clean(row: dict) -> dict:
     return out
 
 
+def setup_tf(trainer) -> tuple[bool, str, str]:
+    """Threads, GPU memory growth and the precision policy from ``trainer`` (TrainerConfig).
+
+    Returns (jit_compile, precision, device): ``trainer.jit_compile=auto`` means XLA on a GPU
+    and not on a CPU, where it made the step 3x slower.
+    """
+    import keras
+    import tensorflow as tf
+
+    if trainer.threads:
+        # Parallel jobs on one machine split the cores instead of oversubscribing them.
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
+            tf.config.threading.set_intra_op_parallelism_threads(trainer.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(trainer.threads, 2))
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    jit = str(trainer.jit_compile).lower()
+    jit_compile = bool(gpus) if jit == "auto" else jit == "true"
+    precision = normalize_precision(trainer.mixed_precision)
+    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    keras.mixed_precision.set_global_policy(policy[precision])
+    return jit_compile, precision, "GPU" if gpus else "CPU"
+
+
 class Run:
     """One training run in ``run_dir``; ``run()`` returns the optimised metric."""
 
@@ -108,28 +134,15 @@ class Run:
         import keras
         import tensorflow as tf
 
-        cfg = self.cfg.trainer
-        if cfg.threads:
-            # Parallel jobs on one machine split the cores instead of oversubscribing them.
-            with contextlib.suppress(RuntimeError):  # already initialised in this process
-                tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-                tf.config.threading.set_inter_op_parallelism_threads(min(cfg.threads, 2))
-        gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:
-            with contextlib.suppress(RuntimeError):  # already initialised in this process
-                tf.config.experimental.set_memory_growth(gpu, True)
-        jit = str(cfg.jit_compile).lower()
-        self.jit_compile = bool(gpus) if jit == "auto" else jit == "true"
-        precision = normalize_precision(cfg.mixed_precision)
-        policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-        keras.mixed_precision.set_global_policy(policy[precision])
-        self.precision = precision
+        self.jit_compile, self.precision, self.device = setup_tf(self.cfg.trainer)
         keras.utils.set_random_seed(int(self.cfg.seed))
-        if cfg.deterministic:
+        if self.cfg.trainer.deterministic:
             tf.config.experimental.enable_op_determinism()
-        self.device = "GPU" if gpus else "CPU"
         log.info(
-            "device %s, jit_compile=%s, precision=%s", self.device, self.jit_compile, precision
+            "device %s, jit_compile=%s, precision=%s",
+            self.device,
+            self.jit_compile,
+            self.precision,
         )
 
     def _load_data(self):
@@ -303,7 +316,11 @@ class Run:
         cfg = self.cfg
         metric = cfg.optimized_metric
         model_path = self.run_dir / "model" / MODEL_FILE
-        if previous.get("status") in ("ok", "collapsed") and model_path.exists():
+        finished = previous.get("status") == "collapsed" or (
+            previous.get("status") == "ok"
+            and int(previous.get("epochs_done") or 0) >= cfg.trainer.epochs
+        )
+        if finished and model_path.exists():
             value = (previous.get("metrics") or {}).get(metric)
             log.info(
                 "run already finished (%s) in %s; not training again",

@@ -1,0 +1,167 @@
+"""Evaluate a trained run again, from its folder: ``python -m tripletlab.evaluate RUN_DIR``.
+
+The config comes from the run's ``.hydra/config.yaml``; overrides change it for this
+evaluation only (``dataset=image_folder dataset.root=/my/images``, ``dataset.max_test=500``).
+Every metric is recomputed with the saved model on the test split (or ``--split train``),
+printed as a table and written to ``RUN_DIR/eval/<name>.json``. ``metrics.csv`` and
+``summary.json`` stay as training left them.
+
+On the run's own data this reproduces the run's final metrics exactly: the images, their
+preprocessing, the batch size (``eval.batch_size``), the compiled embedding step and the
+metric function (``eval.knn_k``, ``eval.chunk_size``) are the ones training used.
+
+With ``--split train`` the training split is both queries and gallery (leave-one-out) and
+``knn_accuracy`` is not computed: every image would find itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tripletlab import rundir
+from tripletlab.errors import ConfigError
+
+log = logging.getLogger("tripletlab")
+
+EVAL_DIR = "eval"
+_NAME_RE = re.compile(r"[A-Za-z0-9._=,+-]+")
+_MAX_NAME = 100
+
+
+def default_name(dataset: str, split: str, overrides: Sequence[str]) -> str:
+    """``<dataset>-<split>`` plus the overrides, made safe as a file name."""
+    name = f"{dataset}-{split}"
+    if overrides:
+        name += "-" + re.sub(r"[^A-Za-z0-9._=,+-]+", "_", ",".join(overrides)).strip("_")
+    if len(name) > _MAX_NAME:  # keep it a valid, still unique, file name
+        digest = hashlib.sha1(",".join(overrides).encode()).hexdigest()[:8]
+        name = f"{name[: _MAX_NAME - 9]}-{digest}"
+    return name
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"--name {name!r} is not a valid file name: use letters, digits and . _ - = , +"
+        )
+    return name
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    name: str | None = None,
+) -> dict:
+    """Recompute the metrics of the run in ``run_dir``; write and return eval/<name>.json."""
+    run_dir = rundir.check_run_dir(run_dir)
+    if split not in rundir.SPLITS:
+        raise ConfigError(f"--split {split!r} is not valid; choose one of: test, train")
+    run_cfg = rundir.load_config(run_dir, overrides)
+    cfg = run_cfg.cfg
+    name = _check_name(name) if name else default_name(cfg.dataset.name, split, overrides)
+    rundir.model_path(run_dir)  # a clear error before TensorFlow is imported
+    from tripletlab.config import to_container
+    from tripletlab.io_utils import atomic_write_json
+    from tripletlab.metrics import evaluate_embeddings, retrieval_metrics
+
+    embedder = rundir.open_model(run_dir, cfg)
+    data = rundir.load_data(run_cfg, embedder.input_shape)
+
+    t0 = time.perf_counter()
+    if split == "test":
+        test_emb = embedder.embed(data.x_test)
+        train_emb = embedder.embed(data.x_train)
+        # The very call Run.evaluate makes at the end of each evaluated epoch.
+        metrics = evaluate_embeddings(
+            test_emb,
+            data.y_test,
+            train_emb,
+            data.y_train,
+            knn_k=cfg.eval.knn_k,
+            chunk_size=cfg.eval.chunk_size,
+        )
+        queries, gallery = len(test_emb), len(train_emb)
+    else:
+        train_emb = embedder.embed(data.x_train)
+        metrics = retrieval_metrics(train_emb, data.y_train, chunk_size=cfg.eval.chunk_size)
+        queries, gallery = len(train_emb), 0
+    seconds = time.perf_counter() - t0
+
+    same_data = split == "test" and not overrides
+    training = (rundir.read_summary(run_dir).get("metrics") or {}) if same_data else {}
+    result = {
+        "run_dir": str(run_dir.resolve()),
+        "name": name,
+        "split": split,
+        "overrides": list(overrides),
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "queries": queries,
+            "knn_gallery": gallery,
+            "image_shape": list(embedder.input_shape),
+        },
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "training_metrics": {k: training.get(k) for k in metrics} if training else None,
+        "eval_seconds": round(seconds, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": to_container(cfg),
+    }
+    path = atomic_write_json(run_dir / EVAL_DIR / f"{name}.json", result)
+    result["path"] = str(path)
+    return result
+
+
+def format_result(result: dict) -> str:
+    metrics, training = result["metrics"], result.get("training_metrics")
+    header = ["metric", "value"] + (["at training"] if training else [])
+    rows = []
+    for key, value in metrics.items():
+        row = [key, value]
+        if training:
+            t = training.get(key)
+            row.append(math.nan if t is None else float(t))
+        rows.append(row)
+    ds = result["dataset"]
+    title = (
+        f"{result['run_dir']}: {ds['name']} {result['split']} split, {ds['queries']} queries"
+        + (f", k-NN gallery {ds['knn_gallery']} train images" if ds["knn_gallery"] else "")
+        + (f" ({' '.join(result['overrides'])})" if result["overrides"] else "")
+    )
+    return f"{title}\n{rundir.format_table(rows, header)}\nwrote {result['path']}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tripletlab.evaluate",
+        description="Recompute a trained run's metrics with its saved model, from its folder.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (run.py's output)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="changes to the run's config for this evaluation, e.g. dataset=image_folder "
+        "dataset.root=/my/images, or dataset.max_test=500",
+    )
+    parser.add_argument("--split", choices=rundir.SPLITS, default="test", help="default: test")
+    parser.add_argument(
+        "--name", help="file name (without .json) in RUN_DIR/eval/; default from the data"
+    )
+    args = parser.parse_intermixed_args(argv)
+    result = evaluate_run(args.run_dir, args.overrides, args.split, args.name)
+    print(format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(rundir.run_cli(main))

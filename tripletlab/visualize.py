@@ -1,0 +1,100 @@
+"""Rebuild a run's projector/ and plots/ from its saved model: ``python -m tripletlab.visualize``.
+
+``python -m tripletlab.visualize RUN_DIR [--max-points N] [--split test|train] [overrides]``
+embeds the chosen split with the saved model (the same path as training's evaluation) and
+writes, in place of what training left:
+
+- ``projector/``: TensorBoard's Embedding Projector (checkpoint, projector_config.pbtxt,
+  metadata.tsv, sprite.png in the same order, vectors.tsv), marked as a TensorBoard run so
+  that ``tensorboard --logdir RUN_DIR`` shows it;
+- ``plots/``: the loss and metric curves (from metrics.csv) and the 2-D PCA view of the
+  embeddings.
+
+With the defaults (test split, ``eval.max_points`` points) it writes what training wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tripletlab import artifacts, rundir
+from tripletlab.errors import ConfigError
+
+log = logging.getLogger("tripletlab")
+
+
+def visualize_run(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    split: str = "test",
+    max_points: int | None = None,
+) -> dict:
+    """Rebuild projector/ and plots/ of the run in ``run_dir``; returns what was written."""
+    run_dir = rundir.check_run_dir(run_dir)
+    if split not in rundir.SPLITS:
+        raise ConfigError(f"--split {split!r} is not valid; choose one of: test, train")
+    if max_points is not None and max_points < 0:
+        raise ConfigError(f"--max-points {max_points} must be >= 0 (0: every point)")
+    run_cfg = rundir.load_config(run_dir, overrides)
+    cfg = run_cfg.cfg
+    max_points = int(cfg.eval.max_points if max_points is None else max_points)
+    rundir.model_path(run_dir)  # a clear error before TensorFlow is imported
+    embedder = rundir.open_model(run_dir, cfg)
+    data = rundir.load_data(run_cfg, embedder.input_shape)
+    images, labels = rundir.split_arrays(data, split)
+    embeddings = embedder.embed(images)
+    shown = artifacts.write_views(
+        run_dir,
+        rundir.read_metrics_rows(run_dir),
+        embeddings,
+        labels,
+        images,
+        data.class_names,
+        max_points,
+    )
+    return {
+        "run_dir": str(run_dir),
+        "dataset": data.name,
+        "split": split,
+        "points": shown,
+        "of": len(embeddings),
+        "projector": str(run_dir / "projector"),
+        "plots": str(run_dir / "plots"),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tripletlab.visualize",
+        description="Rebuild a run's TensorBoard projector and plots from its saved model.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (run.py's output)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="changes to the run's config, e.g. dataset=image_folder dataset.root=/my/images",
+    )
+    parser.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help="points in the projector and the PCA plot (default: eval.max_points; 0: all)",
+    )
+    parser.add_argument("--split", choices=rundir.SPLITS, default="test", help="default: test")
+    args = parser.parse_intermixed_args(argv)
+    out = visualize_run(args.run_dir, args.overrides, args.split, args.max_points)
+    print(
+        f"{out['dataset']} {out['split']} split: {out['points']} of {out['of']} points\n"
+        f"wrote {out['projector']} and {out['plots']}\n"
+        f"view: tensorboard --logdir {out['run_dir']}  (PROJECTOR tab)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(rundir.run_cli(main))
