@@ -14,6 +14,62 @@ from tripletlab.config import MODELS
 from tripletlab.errors import ConfigError
 
 
+@keras.saving.register_keras_serializable(package="tripletlab")
+class FusedBatchNorm(layers.Layer):
+    """Batch normalisation over the channels of NHWC images with TensorFlow's fused kernel.
+
+    Same maths and defaults as ``keras.layers.BatchNormalization`` (momentum 0.99,
+    epsilon 1e-3), but Keras 3 computes moments and normalisation as separate ops, which made
+    the small CNN's train step twice as slow on CPU; ``FusedBatchNormV3`` does one pass
+    forward and one backward (oneDNN on CPU, cuDNN on GPU).
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=channels, initializer="zeros", trainable=False, name="moving_mean"
+        )
+        self.moving_variance = self.add_weight(
+            shape=channels, initializer="ones", trainable=False, name="moving_variance"
+        )
+
+    def call(self, x, training=False):
+        import tensorflow as tf
+
+        gamma, beta = tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32")
+        if training:
+            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                x, gamma, beta, epsilon=self.epsilon, is_training=True
+            )
+            decay = 1.0 - self.momentum
+            self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
+            self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
+            return y
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x,
+            gamma,
+            beta,
+            mean=self.moving_mean,
+            variance=self.moving_variance,
+            epsilon=self.epsilon,
+            is_training=False,
+        )
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+
+
 def _conv(filters: int, kernel: int, reg, use_bias: bool = True) -> layers.Conv2D:
     return layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, kernel_regularizer=reg)
 
@@ -32,7 +88,7 @@ def _conv_bn_relu(x, filters: int, batch_norm: bool, reg):
     # With batch norm the conv bias is redundant (BN's beta does its job).
     x = _conv(filters, 3, reg, use_bias=not batch_norm)(x)
     if batch_norm:
-        x = layers.BatchNormalization()(x)
+        x = FusedBatchNorm()(x)
     return layers.ReLU()(x)
 
 

@@ -431,15 +431,20 @@ class Run:
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(self.pipeline.epoch(epoch)):
             loss, fraction, norm, spread = self.train_step(images, labels)
-            loss_value = float(loss)
-            if not math.isfinite(loss_value):
+            loss_value, norm_value = float(loss), float(norm)
+            # Non-finite embeddings can leave a finite loss (every comparison with NaN is
+            # False, so nothing is mined): the mean norm catches them.
+            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                what = "loss" if not math.isfinite(loss_value) else "embeddings' norm"
+                value = loss_value if what == "loss" else norm_value
                 raise TrainingError(
-                    f"the loss became {loss_value} at epoch {epoch}, step {first_step + i + 1}; "
+                    f"training diverged at epoch {epoch}, step {first_step + i + 1}: the "
+                    f"{what} became {value}; "
                     "training stopped and the last good checkpoint "
                     f"({self.manager.latest_checkpoint or 'none yet'}) is kept. "
                     "Lower trainer.learning_rate or use model.l2_normalize=true."
                 )
-            for key, value in zip(means, (loss_value, fraction, norm, spread), strict=True):
+            for key, value in zip(means, (loss_value, fraction, norm_value, spread), strict=True):
                 means[key].update_state(value)
             if bar is not None:
                 rate = (i + 1) * self.batch_size / (time.perf_counter() - t0)

@@ -1,0 +1,453 @@
+"""Triplet losses: exactness against brute force, gradients, graph size, dtypes, XLA, bench."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tripletlab import losses
+from tripletlab.bench import __main__ as bench_cli
+from tripletlab.bench import losses as bench
+from tripletlab.errors import ConfigError
+
+STRATEGIES = losses.STRATEGIES
+MARGIN = 0.5
+# Both mining paths must give the same, exact answer; "auto" is what users get.
+PATHS = {
+    "slots": {"batch_all": 10**9, "semi_hard": 10**9},
+    "sorted": {"batch_all": -1, "semi_hard": -1},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Brute force: a python loop over every triplet, numpy float64
+# --------------------------------------------------------------------------------------------
+
+
+def brute_force(labels, emb, strategy, margin=MARGIN, squared=False, soft_margin=False):
+    """(loss, fraction) straight from the definitions, one triplet at a time."""
+    y = np.asarray(labels)
+    e = np.asarray(emb, dtype=np.float64)
+    b = len(y)
+    d = np.array([[np.sum((e[i] - e[j]) ** 2) for j in range(b)] for i in range(b)])
+    d = (d if squared else np.sqrt(d)).tolist()  # python floats: the loops below stay fast
+
+    def item(x):  # x = d(a, p) - d(a, n) -> (loss, counts as active)
+        if soft_margin:
+            return max(x, 0.0) + math.log1p(math.exp(-abs(x))), x > 0
+        return max(x + margin, 0.0), x + margin > 0
+
+    def mean(items):
+        if not items:
+            return 0.0, 0.0
+        return float(np.mean([v for v, _ in items])), float(np.mean([a for _, a in items]))
+
+    if strategy == "batch_all":
+        triplets = [
+            item(d[a][p] - d[a][n])
+            for a in range(b)
+            for p in range(b)
+            for n in range(b)
+            if p != a and y[p] == y[a] and y[n] != y[a]
+        ]
+        if soft_margin:
+            return mean(triplets)
+        positive = [v for v, _ in triplets if v > 0]
+        if not positive:
+            return 0.0, 0.0
+        return float(np.mean(positive)), len(positive) / len(triplets)
+
+    items = []
+    for a in range(b):
+        positives = [p for p in range(b) if p != a and y[p] == y[a]]
+        negatives = [n for n in range(b) if y[n] != y[a]]
+        if not positives or not negatives:
+            continue
+        if strategy == "batch_hard":
+            far_p = max(d[a][p] for p in positives)
+            items.append(item(far_p - min(d[a][n] for n in negatives)))
+            continue
+        for p in positives:  # semi-hard
+            farther = [d[a][n] for n in negatives if d[a][n] > d[a][p]]
+            chosen = min(farther) if farther else max(d[a][n] for n in negatives)
+            items.append(item(d[a][p] - chosen))
+    return mean(items)
+
+
+def random_batch(b, n_classes, dim, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, size=b).astype(np.int32)
+    # Scaled so that distances (~1.4) and the margin (0.5) are comparable: many triplets
+    # are active, many are not.
+    emb = (rng.normal(size=(b, dim)) / np.sqrt(dim)).astype(dtype)
+    return labels, emb
+
+
+@pytest.fixture
+def force_path(monkeypatch):
+    def force(path):
+        if path != "auto":
+            monkeypatch.setattr(losses, "_SLOT_LIMIT", PATHS[path])
+
+    return force
+
+
+def paths_for(strategy):
+    return ("slots", "sorted") if strategy in ("batch_all", "semi_hard") else ("auto",)
+
+
+def assert_close(got, want, dtype):
+    rtol, atol = (1e-5, 1e-6) if dtype == np.float64 else (1e-4, 1e-5)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Exact against brute force
+# --------------------------------------------------------------------------------------------
+
+RANDOM_CASES = [  # (B, classes, D, seed)
+    (2, 1, 1, 0),
+    (2, 2, 3, 1),
+    (5, 2, 1, 2),
+    (12, 3, 2, 3),
+    (24, 10, 128, 4),
+    (33, 4, 7, 5),
+    (40, 6, 64, 6),
+    (64, 10, 16, 7),
+    (64, 2, 4, 8),
+]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", RANDOM_CASES, ids=lambda c: "B{}-C{}-D{}-s{}".format(*c))
+def test_matches_brute_force(case, strategy, force_path):
+    b, n_classes, dim, seed = case
+    for dtype, soft, squared in itertools.product(
+        (np.float64, np.float32), (False, True), (False, True)
+    ):
+        labels, emb = random_batch(b, n_classes, dim, seed, dtype)
+        want = brute_force(labels, emb, strategy, MARGIN, squared, soft)
+        for path in paths_for(strategy):
+            force_path(path)
+            loss, fraction = losses.triplet_loss(labels, emb, strategy, MARGIN, squared, soft)
+            assert loss.dtype == fraction.dtype == tf.as_dtype(dtype)
+            assert_close([loss, fraction], want, dtype)
+
+
+EDGE_CASES = {
+    "B1": ([0], [[0.3, -0.2]]),
+    "one_class": ([3] * 6, None),
+    "all_distinct": (list(range(7)), None),
+    "singleton_classes": ([0, 0, 0, 1, 2, 2, 2, 3], None),
+    "duplicates": ([0, 0, 0, 1, 1, 1, 2, 2, 3, 3], "dup"),
+    "all_identical": ([0, 0, 0, 0, 1, 1, 1, 1], "same"),
+}
+
+
+def edge_batch(name):
+    labels, emb = EDGE_CASES[name]
+    labels = np.asarray(labels, np.int32)
+    rng = np.random.default_rng(11)
+    if emb is None or isinstance(emb, str):
+        emb_arr = rng.normal(size=(len(labels), 3)) / np.sqrt(3)
+        if emb == "dup":  # a positive, a negative and a cross-class pair coincide
+            emb_arr[1] = emb_arr[0]
+            emb_arr[3] = emb_arr[0]
+            emb_arr[6] = emb_arr[4]
+            emb_arr[9] = emb_arr[8]
+        elif emb == "same":
+            emb_arr[:] = emb_arr[0]
+        emb = emb_arr
+    return labels, np.asarray(emb, np.float64)
+
+
+@pytest.mark.parametrize("name", list(EDGE_CASES))
+def test_edge_cases_match_brute_force(name, force_path):
+    labels, emb = edge_batch(name)
+    for strategy, soft, squared in itertools.product(STRATEGIES, (False, True), (False, True)):
+        want = brute_force(labels, emb, strategy, MARGIN, squared, soft)
+        for path in paths_for(strategy):
+            force_path(path)
+            got = losses.triplet_loss(labels, emb, strategy, MARGIN, squared, soft)
+            assert np.all(np.isfinite(got))
+            assert_close(got, want, np.float64)
+
+
+@pytest.mark.parametrize("name", ["B1", "one_class", "all_distinct"])
+def test_nothing_counted_gives_zero_not_nan(name):
+    labels, emb = edge_batch(name)
+    emb = tf.constant(emb, tf.float32)
+    for strategy, soft in itertools.product(STRATEGIES, (False, True)):
+        with tf.GradientTape() as tape:
+            tape.watch(emb)
+            loss, fraction = losses.triplet_loss(labels, emb, strategy, soft_margin=soft)
+        grad = tape.gradient(loss, emb)
+        assert float(loss) == 0.0 and float(fraction) == 0.0
+        np.testing.assert_array_equal(grad.numpy(), 0.0)
+
+
+def test_all_identical_values():
+    """Every distance is 0: each counted item is exactly the margin."""
+    labels, emb = edge_batch("all_identical")
+    for strategy in STRATEGIES:
+        loss, fraction = losses.triplet_loss(labels, emb, strategy)
+        assert float(loss) == pytest.approx(MARGIN) and float(fraction) == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Gradients
+# --------------------------------------------------------------------------------------------
+
+
+def value_and_grad(fn, labels, emb, **kwargs):
+    emb = tf.constant(emb)
+    with tf.GradientTape() as tape:
+        tape.watch(emb)
+        loss, _ = fn(tf.constant(labels), emb, **kwargs)
+    return loss.numpy(), tape.gradient(loss, emb).numpy()
+
+
+GRAD_CASES = [(6, 2, 3, 20), (12, 3, 4, 21), (20, 4, 8, 22), (16, 2, 5, 23), (18, 9, 2, 24)]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: "B{}-C{}-D{}-s{}".format(*c))
+def test_gradients_match_dense_reference(case, strategy, force_path):
+    """Same gradients as the dense B^3 formulations (distinct embeddings: no argmax ties)."""
+    b, n_classes, dim, seed = case
+    labels, emb = random_batch(b, n_classes, dim, seed)
+    ours, dense = getattr(losses, f"{strategy}_triplet_loss"), bench.DENSE[strategy]
+    for soft, squared in itertools.product((False, True), (False, True)):
+        kwargs = {"margin": MARGIN, "squared": squared, "soft_margin": soft}
+        want_loss, want_grad = value_and_grad(dense, labels, emb, **kwargs)
+        assert np.abs(want_grad).max() > 0  # the case does exercise the gradient
+        for path in paths_for(strategy):
+            force_path(path)
+            got_loss, got_grad = value_and_grad(ours, labels, emb, **kwargs)
+            np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
+            np.testing.assert_allclose(got_grad, want_grad, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["duplicates", "all_identical"])
+def test_gradients_finite_with_coincident_embeddings(name):
+    """squared=False takes sqrt(0) there; float32, where rounding is least forgiving."""
+    labels, emb = edge_batch(name)
+    emb = tf.constant(emb, tf.float32)
+    for strategy, soft in itertools.product(STRATEGIES, (False, True)):
+        with tf.GradientTape() as tape:
+            tape.watch(emb)
+            loss, _ = losses.triplet_loss(labels, emb, strategy, soft_margin=soft)
+        assert np.all(np.isfinite(tape.gradient(loss, emb).numpy()))
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Memory: no [B, B, B] anywhere in the graph
+# --------------------------------------------------------------------------------------------
+
+
+def _all_ops(graph, seen=None):
+    """Ops of a graph and of the functions it calls (while / cond bodies), recursively."""
+    seen = set() if seen is None else seen
+    for op in graph.get_operations():
+        yield op
+        for attr in ("body", "cond", "then_branch", "else_branch", "f"):
+            try:
+                name = op.get_attr(attr).name
+            except (ValueError, AttributeError):
+                continue
+            if name not in seen:
+                seen.add(name)
+                yield from _all_ops(graph._get_function(name).graph, seen)
+
+
+def _largest_tensor(fn, b, soft_margin):
+    @tf.function
+    def step(labels, emb):
+        with tf.GradientTape() as tape:
+            tape.watch(emb)
+            loss, fraction = fn(labels, emb, soft_margin=soft_margin)
+        return loss, fraction, tape.gradient(loss, emb)
+
+    graph = step.get_concrete_function(
+        tf.TensorSpec([b], tf.int32), tf.TensorSpec([b, 16], tf.float32)
+    ).graph
+    largest = 0
+    for op in _all_ops(graph):
+        for out in op.outputs:
+            if not out.shape.is_fully_defined():
+                # Unused placeholders of loop conditions, and 1-D index vectors of the
+                # gradient's broadcasting: nothing else may hide its size.
+                index_vector = out.shape.rank == 1 and out.dtype in (tf.int32, tf.int64)
+                assert op.type == "Placeholder" or index_vector, (op.type, op.name, out.shape)
+                continue
+            largest = max(largest, out.shape.num_elements())
+    return largest
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["hinge", "soft"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_no_cubic_tensor_in_graph(strategy, soft):
+    b = 50
+    fn = getattr(losses, f"{strategy}_triplet_loss")
+    assert _largest_tensor(fn, b, soft) <= b * b  # both mining paths, forward and backward
+
+
+def test_cubic_check_detects_dense_forms():
+    """The check above can see a B^3 tensor: the dense references have one."""
+    b = 50
+    assert _largest_tensor(bench.DENSE["batch_all"], b, False) >= b**3
+    assert _largest_tensor(bench.DENSE["semi_hard"], b, False) >= b**3
+
+
+# --------------------------------------------------------------------------------------------
+# 4. tf.function, XLA, dtypes, API
+# --------------------------------------------------------------------------------------------
+
+
+def test_tf_function_with_unknown_batch_size():
+    """Keras traces train steps with a None batch dimension."""
+    spec = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 4], tf.float32))
+    fns = {
+        (s, soft): tf.function(
+            lambda y, e, s=s, soft=soft: losses.triplet_loss(y, e, s, soft_margin=soft),
+            input_signature=spec,
+        )
+        # Every code path: the soft margin only differs in its own loop for batch-all.
+        for s, soft in [*((s, False) for s in STRATEGIES), ("batch_all", True)]
+    }
+    for b, n_classes, seed in ((9, 3, 30), (30, 4, 31)):
+        labels, emb = random_batch(b, n_classes, 4, seed, np.float32)
+        for (strategy, soft), fn in fns.items():
+            want = brute_force(labels, emb, strategy, soft_margin=soft)
+            assert_close(fn(labels, emb), want, np.float32)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_jit_compile(strategy):
+    """XLA on CPU, both mining paths (chosen by the labels); soft margin where it has its
+    own code path (batch-all's loop), hinge everywhere."""
+    softs = (False, True) if strategy == "batch_all" else (False,)
+
+    @tf.function(jit_compile=True)
+    def step(labels, emb):
+        out = []
+        for soft in softs:
+            with tf.GradientTape() as tape:
+                tape.watch(emb)
+                loss, fraction = losses.triplet_loss(labels, emb, strategy, soft_margin=soft)
+            out.append((loss, fraction, tape.gradient(loss, emb)))
+        return out
+
+    b = 48
+    _, emb = random_batch(b, 1, 6, 40)
+    small = np.arange(b, dtype=np.int32) % 12  # 4 per class: positive slots
+    big = (np.arange(b) >= 44).astype(np.int32)  # 44 + 4: sorted rows
+    assert max(losses._SLOT_LIMIT.values()) < 44 - 1
+    for labels in (small, big):
+        results = step(tf.constant(labels), tf.constant(emb))
+        for soft, (loss, fraction, grad) in zip(softs, results, strict=True):
+            assert_close(
+                [loss, fraction], brute_force(labels, emb, strategy, soft_margin=soft), emb.dtype
+            )
+            _, want_grad = value_and_grad(
+                bench.DENSE[strategy], labels, emb, margin=MARGIN, soft_margin=soft
+            )
+            np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_embeddings_compute_in_float32(dtype):
+    labels, emb = random_batch(20, 4, 8, 50, np.float32)
+    low = tf.cast(emb, dtype)
+    for strategy in STRATEGIES:
+        loss, fraction = losses.triplet_loss(labels, low, strategy)
+        assert loss.dtype == fraction.dtype == tf.float32
+        want = losses.triplet_loss(labels, tf.cast(low, tf.float32), strategy)
+        np.testing.assert_array_equal([loss, fraction], want)
+        with tf.GradientTape() as tape:
+            tape.watch(low)
+            loss, _ = losses.triplet_loss(labels, low, strategy, soft_margin=True)
+        grad = tape.gradient(loss, low)
+        assert grad.dtype == dtype and np.all(np.isfinite(tf.cast(grad, tf.float32)))
+
+
+def test_float64_stays_float64():
+    labels, emb = random_batch(10, 3, 4, 51)
+    for strategy in STRATEGIES:
+        assert all(t.dtype == tf.float64 for t in losses.triplet_loss(labels, emb, strategy))
+
+
+def test_unknown_strategy_is_a_config_error():
+    with pytest.raises(ConfigError) as err:
+        losses.triplet_loss([0, 0, 1], np.zeros((3, 2), np.float32), strategy="hardest")
+    for name in STRATEGIES:
+        assert name in str(err.value)
+
+
+def test_named_functions_match_dispatch():
+    labels, emb = random_batch(16, 4, 3, 52)
+    for strategy in STRATEGIES:
+        named = getattr(losses, f"{strategy}_triplet_loss")(labels, emb, 0.3, True, False)
+        np.testing.assert_array_equal(
+            named, losses.triplet_loss(labels, emb, strategy, 0.3, True, False)
+        )
+
+
+def test_pairwise_distances():
+    _, emb = random_batch(9, 1, 5, 53)
+    want2 = ((emb[:, None] - emb[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(losses.pairwise_distances(emb, squared=True), want2, atol=1e-12)
+    got = losses.pairwise_distances(emb)
+    np.testing.assert_allclose(got, np.sqrt(want2), atol=1e-12)
+    assert got.shape == (9, 9) and np.all(np.diag(got) == 0)
+    assert losses.pairwise_distances(tf.cast(emb, tf.float16)).dtype == tf.float32
+
+
+# --------------------------------------------------------------------------------------------
+# 5. The benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
+    path = tmp_path / "sub" / "losses.csv"
+    args = ["losses", "--sizes", "8", "16", "--repeats", "2", "--warmup", "1", "--csv", str(path)]
+    assert bench_cli.main(args) == 0
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
+        rows = list(reader)
+    assert len(rows) == 2 * 5  # per size: 3 strategies ours + 2 dense
+    for row in rows:
+        assert float(row["ms_median"]) > 0 and "MISMATCH" not in row["note"]
+        if row["strategy"] == "batch_hard":
+            assert float(row["time_vs_batch_hard"]) == 1.0
+    ours = {(r["batch_size"], r["strategy"]): r for r in rows if r["impl"] == "ours"}
+    for r in rows:
+        if r["impl"] == "dense":  # same triplets counted: same loss
+            mine = float(ours[r["batch_size"], r["strategy"]]["loss"])
+            assert float(r["loss"]) == pytest.approx(mine, rel=1e-5)
+    out = capsys.readouterr().out
+    assert "| B | strategy |" in out and str(path) in out
+
+
+def test_benchmark_skips_dense_above_cap(tmp_path):
+    path = tmp_path / "losses.csv"
+    args = ["--sizes", "8", "--repeats", "1", "--dense-cap-gb", "0", "--csv", str(path)]
+    assert bench.main(args) == 0
+    with path.open() as f:
+        dense = [r for r in csv.DictReader(f) if r["impl"] == "dense"]
+    assert len(dense) == 2 and all(r["note"].startswith("skipped") for r in dense)
+    assert all(r["ms_median"] == "" for r in dense)
+
+
+def test_bench_dispatcher(capsys):
+    assert bench_cli.main(["nope"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+    assert bench_cli.main(["--help"]) == 0
+    assert "losses" in capsys.readouterr().out
+    assert set(bench_cli.COMMANDS) >= {"losses", "train"}

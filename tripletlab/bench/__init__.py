@@ -1,0 +1,1 @@
+"""Benchmarks, run as ``python -m tripletlab.bench <command>`` (see ``__main__``)."""

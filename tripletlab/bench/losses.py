@@ -1,0 +1,421 @@
+"""Benchmark of the triplet losses: ``python -m tripletlab.bench losses``.
+
+For each batch size B and strategy it times one forward + backward pass (the gradient w.r.t.
+the embeddings) inside a ``tf.function`` and measures its peak memory, for
+:mod:`tripletlab.losses` ("ours") and, for batch-all and semi-hard, the textbook dense forms
+("dense"): the [B, B, B] triplet tensor of omoindrot/tensorflow-triplet-loss for batch-all
+and the [B*B, B] tiling of tf-addons' ``triplet_semihard_loss`` for semi-hard (re-implemented
+below, since tf-addons is not installed; both count exactly the triplets that ours count, so
+their losses must agree). Everything runs in one process, so the ratios compare like with like.
+
+Figures:
+* ms: median wall time of ``repeats`` calls after ``warmup`` calls (the first one traces).
+* peak MB: the allocator's peak bytes during one more call, minus the bytes allocated before
+  it (``tf.config.experimental.get_memory_info``): the tensors the step creates. On CPU this
+  counts the TF CPU allocator, not memory that kernels take from malloc directly.
+
+Labels are PK batches: K images per class (``--images-per-class``, default 4) and B / K
+classes (16 classes at B = 64, the project's PK default), shuffled. Embeddings are random
+normal, L2-normalised like the model's output (D = ``--dim``, default 64).
+
+Dense cases are skipped when ``12 * B^3`` bytes (three live float32 [B, B, B] tensors in the
+forward + backward pass) exceeds ``--dense-cap-gb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tripletlab import losses
+
+DEFAULT_SIZES = (64, 256, 1024, 2048, 4096)
+DEFAULT_CSV = "outputs/bench/losses.csv"
+CSV_COLUMNS = (
+    "strategy",
+    "impl",
+    "batch_size",
+    "dim",
+    "images_per_class",
+    "classes",
+    "soft_margin",
+    "jit",
+    "repeats",
+    "ms_median",
+    "ms_min",
+    "peak_mb",
+    "time_vs_batch_hard",
+    "mem_vs_batch_hard",
+    "time_dense_over_ours",
+    "mem_dense_over_ours",
+    "loss",
+    "note",
+)
+DENSE_BYTES_PER_TRIPLET = 12  # three float32 [B, B, B] tensors alive at once
+
+
+# --------------------------------------------------------------------------------------------
+# Dense references: O(B^3) memory. Also the gradient references of tests/test_losses.py.
+# --------------------------------------------------------------------------------------------
+
+
+def _dense_setup(labels, embeddings, squared):
+    labels, embeddings = losses._prepare(labels, embeddings)
+    d = losses.pairwise_distances(embeddings, squared)
+    pos, neg = losses._masks(labels)
+    return d, pos, neg
+
+
+def _mean_of_items(x, valid, margin, soft_margin):
+    """x = d_ap - d_an per item, valid bool, same shape -> (loss, fraction) over valid items."""
+    items, _, active = losses._items(x, margin, soft_margin)
+    n = tf.reduce_sum(tf.cast(valid, tf.int64))
+    total = tf.reduce_sum(tf.where(valid, items, tf.zeros_like(items)))
+    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
+    return losses._ratio(total, n, x.dtype), losses._ratio(n_active, n, x.dtype)
+
+
+def _dense_batch_all(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
+    """Batch-all over the [B, B, B] tensor of every triplet (omoindrot's formulation).
+
+    labels [B], embeddings [B, D] -> (loss [], fraction []), same definition as
+    :func:`tripletlab.losses.batch_all_triplet_loss`.
+    """
+    d, pos, neg = _dense_setup(labels, embeddings, squared)
+    x = d[:, :, None] - d[:, None, :]  # [B, B, B]: d(a, p) - d(a, n)
+    valid = tf.logical_and(pos[:, :, None], neg[:, None, :])
+    n_valid = tf.reduce_sum(tf.cast(valid, tf.int64))
+    dtype = d.dtype
+    if soft_margin:
+        total = tf.reduce_sum(tf.where(valid, tf.nn.softplus(x), tf.zeros_like(x)))
+        n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, x > 0), tf.int64))
+        return losses._ratio(total, n_valid, dtype), losses._ratio(n_active, n_valid, dtype)
+    h = x + tf.cast(margin, dtype)
+    active = tf.logical_and(valid, h > 0)
+    n_active = tf.reduce_sum(tf.cast(active, tf.int64))
+    total = tf.reduce_sum(tf.where(active, h, tf.zeros_like(h)))
+    return losses._ratio(total, n_active, dtype), losses._ratio(n_active, n_valid, dtype)
+
+
+def _dense_batch_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
+    """Batch-hard as a max over each anchor's [B, B] slice of the triplet tensor.
+
+    max over valid (p, n) of d(a, p) - d(a, n) is the farthest positive minus the nearest
+    negative; a B^3 formulation independent of the masked max / min of ours.
+    """
+    d, pos, neg = _dense_setup(labels, embeddings, squared)
+    x = d[:, :, None] - d[:, None, :]
+    valid3 = tf.logical_and(pos[:, :, None], neg[:, None, :])
+    hardest = tf.reduce_max(
+        tf.where(valid3, x, tf.fill(tf.shape(x), tf.constant(-np.inf, x.dtype))), axis=[1, 2]
+    )
+    valid = tf.reduce_any(valid3, axis=[1, 2])
+    hardest = tf.where(valid, hardest, tf.zeros_like(hardest))
+    return _mean_of_items(hardest, valid, margin, soft_margin)
+
+
+def _dense_semi_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
+    """Semi-hard with tf-addons' tiling: the distances repeated to [B*B, B].
+
+    Row i*B + a of the tile holds anchor a's distances, compared with d(a, i) where i plays
+    the positive. Selections use where / reduce_min instead of tf-addons' (x - max) * mask +
+    max, which is not exact in floating point; otherwise the same structure and memory.
+    """
+    d, pos, neg = _dense_setup(labels, embeddings, squared)
+    b = tf.shape(d)[0]
+    tile = tf.tile(d, [b, 1])  # [B*B, B]
+    d_ap = tf.reshape(tf.transpose(d), [-1, 1])  # [B*B, 1]
+    farther = tf.logical_and(tf.tile(neg, [b, 1]), tile > d_ap)  # [B*B, B]
+    inf = tf.fill(tf.shape(tile), tf.constant(np.inf, d.dtype))
+    outside = tf.reduce_min(tf.where(farther, tile, inf), axis=1)
+    outside = tf.transpose(tf.reshape(outside, [b, b]))  # [a, p]
+    found = tf.transpose(tf.reshape(tf.reduce_any(farther, axis=1), [b, b]))
+    inside = tf.reduce_max(tf.where(neg, d, -tf.ones_like(d)), axis=1, keepdims=True)
+    d_an = tf.where(found, outside, tf.broadcast_to(inside, tf.shape(d)))
+    valid = tf.logical_and(pos, tf.reduce_any(neg, axis=1)[:, None])
+    return _mean_of_items(d - d_an, valid, margin, soft_margin)
+
+
+DENSE = {
+    "batch_all": _dense_batch_all,
+    "batch_hard": _dense_batch_hard,
+    "semi_hard": _dense_semi_hard,
+}
+# Only these have a textbook dense form worth comparing; batch-hard is O(B^2) everywhere.
+DENSE_BENCHMARKED = ("batch_all", "semi_hard")
+OURS = {
+    "batch_all": losses.batch_all_triplet_loss,
+    "batch_hard": losses.batch_hard_triplet_loss,
+    "semi_hard": losses.semi_hard_triplet_loss,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------
+
+
+def make_batch(batch_size: int, dim: int, images_per_class: int, seed: int = 0):
+    """PK labels [B] int32 (shuffled) and L2-normalised float32 embeddings [B, D]."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(batch_size) // images_per_class).astype(np.int32)
+    emb = rng.normal(size=(batch_size, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return tf.constant(labels), tf.constant(emb)
+
+
+def make_step(fn: Callable, margin: float, soft_margin: bool, jit: bool) -> Callable:
+    """One forward + backward pass in a tf.function: (labels, emb) -> (loss, d loss / d emb)."""
+
+    @tf.function(jit_compile=jit)
+    def step(labels, embeddings):
+        with tf.GradientTape() as tape:
+            tape.watch(embeddings)
+            loss, _ = fn(labels, embeddings, margin=margin, soft_margin=soft_margin)
+        return loss, tape.gradient(loss, embeddings)
+
+    return step
+
+
+def _memory_device() -> str:
+    return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+
+
+def _call(step: Callable, labels, emb) -> float:
+    loss, grad = step(labels, emb)
+    grad.numpy()  # wait for the result
+    return float(loss)
+
+
+def peak_memory_mb(step: Callable, labels, emb) -> float:
+    """Peak MB the allocator reaches during one call, above what was allocated before it."""
+    device = _memory_device()
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+        before = tf.config.experimental.get_memory_info(device)["current"]
+        _call(step, labels, emb)
+        return (tf.config.experimental.get_memory_info(device)["peak"] - before) / 2**20
+    except (ValueError, RuntimeError):  # an allocator without statistics
+        return float("nan")
+
+
+def measure_interleaved(steps: dict, labels, emb, warmup: int, repeats: int) -> dict:
+    """Time several steps on the same batch: {key: step} -> {key: figures}.
+
+    The repeats go round-robin over the steps, so a change in the machine's load (other
+    processes on a shared CPU) hits every case alike and the ratios between them stay fair.
+    """
+    figures = {key: {"times": []} for key in steps}
+    for key, step in steps.items():
+        for _ in range(max(warmup, 1)):  # at least one: the first call traces
+            figures[key]["loss"] = _call(step, labels, emb)
+    for _ in range(repeats):
+        for key, step in steps.items():
+            start = time.perf_counter()
+            _call(step, labels, emb)
+            figures[key]["times"].append(time.perf_counter() - start)
+    out = {}
+    for key, step in steps.items():
+        times = figures[key]["times"]
+        out[key] = {
+            "ms_median": statistics.median(times) * 1e3,
+            "ms_min": min(times) * 1e3,
+            "peak_mb": peak_memory_mb(step, labels, emb),
+            "loss": figures[key]["loss"],
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for b in args.sizes:
+        labels, emb = make_batch(b, args.dim, args.images_per_class)
+        base = {
+            "batch_size": b,
+            "dim": args.dim,
+            "images_per_class": args.images_per_class,
+            "classes": int(tf.size(tf.unique(labels).y)),
+            "soft_margin": args.soft_margin,
+            "jit": args.jit,
+            "repeats": args.repeats,
+            "note": "",
+        }
+        by_key, steps = {}, {}
+        for strategy in ("batch_hard", "batch_all", "semi_hard"):
+            impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED else [])
+            for impl in impls:
+                row = dict(base, strategy=strategy, impl=impl)
+                estimate_gb = DENSE_BYTES_PER_TRIPLET * b**3 / 1e9
+                if impl == "dense" and estimate_gb > args.dense_cap_gb:
+                    row["note"] = (
+                        f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {args.dense_cap_gb} GB"
+                    )
+                else:
+                    fn = OURS[strategy] if impl == "ours" else DENSE[strategy]
+                    steps[strategy, impl] = make_step(fn, args.margin, args.soft_margin, args.jit)
+                by_key[strategy, impl] = row
+        for key, figures in measure_interleaved(
+            steps, labels, emb, args.warmup, args.repeats
+        ).items():
+            by_key[key].update(figures)
+        _add_ratios(by_key)
+        for row in by_key.values():
+            _progress(row)
+            rows.append(row)
+    return rows
+
+
+def _ratio(a, b):
+    if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)) or b <= 0:
+        return None
+    return a / b
+
+
+def _add_ratios(by_key: dict) -> None:
+    """Ratios within one batch size: vs ours batch-hard, and dense / ours."""
+    hard = by_key["batch_hard", "ours"]
+    for (strategy, impl), row in by_key.items():
+        row["time_vs_batch_hard"] = _ratio(row.get("ms_median"), hard.get("ms_median"))
+        row["mem_vs_batch_hard"] = _ratio(row.get("peak_mb"), hard.get("peak_mb"))
+        dense = by_key.get((strategy, "dense"))
+        if impl == "ours" and dense is not None:
+            row["time_dense_over_ours"] = _ratio(dense.get("ms_median"), row.get("ms_median"))
+            row["mem_dense_over_ours"] = _ratio(dense.get("peak_mb"), row.get("peak_mb"))
+            # Both count the same triplets: a different loss would make the timing moot.
+            if "loss" in dense and not np.isclose(row["loss"], dense["loss"], rtol=1e-4):
+                row["note"] = f"LOSS MISMATCH: ours {row['loss']:.6g}, dense {dense['loss']:.6g}"
+
+
+def _progress(row: dict) -> None:
+    figures = row.get("ms_median")
+    text = f"{row['ms_median']:9.1f} ms {row['peak_mb']:9.1f} MB" if figures is not None else "-"
+    print(
+        f"B={row['batch_size']:<5} {row['strategy']:<10} {row['impl']:<5} {text} {row['note']}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return f"{value:{spec}}{suffix}"
+
+
+def _mb_spec(mb: float) -> str:
+    return ".2f" if mb < 10 else ".0f"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """One line per (B, strategy): ours, its ratios to batch-hard, the dense form beside it."""
+    lines = [
+        "| B | strategy | ours ms | ours peak MB | time / batch-hard | mem / batch-hard "
+        "| dense ms | dense peak MB | dense / ours time | dense / ours mem |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    dense = {(r["batch_size"], r["strategy"]): r for r in rows if r["impl"] == "dense"}
+    for r in rows:
+        if r["impl"] != "ours":
+            continue
+        dr = dense.get((r["batch_size"], r["strategy"]))
+        if dr is None:
+            dense_cells = ["n/a"] * 4
+        elif dr.get("ms_median") is None:
+            dense_cells = ["skipped", "skipped", "-", "-"]
+        else:
+            dense_cells = [
+                _fmt(dr["ms_median"], ".1f"),
+                _fmt(dr["peak_mb"], _mb_spec(dr["peak_mb"])),
+                _fmt(r.get("time_dense_over_ours"), ".1f", "x"),
+                _fmt(r.get("mem_dense_over_ours"), ".1f", "x"),
+            ]
+        cells = [
+            str(r["batch_size"]),
+            r["strategy"],
+            _fmt(r["ms_median"], ".1f"),
+            _fmt(r["peak_mb"], _mb_spec(r["peak_mb"])),
+            _fmt(r.get("time_vs_batch_hard"), ".2f", "x"),
+            _fmt(r.get("mem_vs_batch_hard"), ".2f", "x"),
+            *dense_cells,
+        ]
+        if r["note"]:
+            cells[-1] += f" ({r['note']})"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def header(args: argparse.Namespace) -> str:
+    device = _memory_device()
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    return (
+        f"Triplet losses, forward + backward (d loss / d embeddings) in a tf.function"
+        f"{' (jit_compile)' if args.jit else ''}; TF {tf.__version__} on {device}, "
+        f"{threads} threads. D = {args.dim}, PK labels with K = {args.images_per_class} "
+        f"(B / {args.images_per_class} classes), margin {args.margin}"
+        f"{', soft margin' if args.soft_margin else ''}. ms = median of {args.repeats} runs "
+        f"after {args.warmup} warm-up; peak MB = peak bytes the step allocates (TF "
+        f"{device} allocator, get_memory_info). Dense: [B,B,B] batch-all (omoindrot), "
+        f"[B*B,B] tiled semi-hard (tf-addons); skipped above {args.dense_cap_gb} GB "
+        f"estimated."
+    )
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tripletlab.bench losses",
+        description="Time and peak memory of the triplet losses, ours vs the dense forms.",
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (>= 1)")
+    parser.add_argument("--dim", type=int, default=64, help="embedding size D")
+    parser.add_argument("--images-per-class", type=int, default=4, help="K of the PK labels")
+    parser.add_argument("--margin", type=float, default=0.5)
+    parser.add_argument("--soft-margin", action="store_true")
+    parser.add_argument("--jit", action="store_true", help="tf.function(jit_compile=True)")
+    parser.add_argument(
+        "--dense-cap-gb", type=float, default=2.0, help="skip dense cases estimated above this"
+    )
+    parser.add_argument("--csv", type=Path, default=Path(DEFAULT_CSV), help="output CSV path")
+    args = parser.parse_args(argv)
+    if min(args.sizes) < 2 or args.repeats < 1 or args.images_per_class < 1 or args.dim < 1:
+        parser.error("--sizes must be >= 2; --repeats, --images-per-class, --dim >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = run(args)
+    write_csv(rows, args.csv)
+    print(header(args))
+    print()
+    print(markdown_table(rows))
+    print(f"\nCSV: {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
