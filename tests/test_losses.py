@@ -191,6 +191,18 @@ def test_nothing_counted_gives_zero_not_nan(name):
         np.testing.assert_array_equal(grad.numpy(), 0.0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_embeddings_give_nan(bad):
+    """Mining compares distances and NaN compares False: the loss must still say NaN."""
+    labels, emb = random_batch(12, 3, 4, 12, np.float32)
+    for rows in ([2], slice(None)):
+        broken = emb.copy()
+        broken[rows] = bad
+        for strategy, soft, squared in itertools.product(STRATEGIES, (False, True), (False, True)):
+            loss, fraction = losses.triplet_loss(labels, broken, strategy, MARGIN, squared, soft)
+            assert np.isnan(loss) and np.isnan(fraction), (strategy, soft, squared)
+
+
 def test_all_identical_values():
     """Every distance is 0: each counted item is exactly the margin."""
     labels, emb = edge_batch("all_identical")

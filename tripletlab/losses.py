@@ -21,7 +21,8 @@ the Triplet Loss", Hermans et al. 2017; the margin is then ignored).
   = share with h > 0 (soft margin: with d(a,p) > d(a,n), which only happens when no negative
   is farther than p).
 
-When nothing is counted, loss and fraction are 0 (never NaN).
+When nothing is counted, loss and fraction are 0 (never NaN). When an embedding is NaN or
+inf, both are NaN (never a finite loss that would hide a diverged model).
 
 Exact, and O(B^2) memory
 ------------------------
@@ -71,6 +72,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError
@@ -111,23 +113,24 @@ def _prepare(labels, embeddings) -> tuple[tf.Tensor, tf.Tensor]:
 def pairwise_distances(embeddings, squared: bool = False) -> tf.Tensor:
     """Euclidean (or squared euclidean) distances between all rows.
 
-    embeddings: [B, D] float. Returns [B, B] in float32 (float64 for float64 input), with an
-    exact 0 diagonal. Uses the Gram matrix (O(B^2) memory, not [B, B, D]); the norms are its
-    diagonal so that identical rows give exactly 0. With squared=False the square root is
-    taken only where the squared distance is > 0, so the gradient at coincident embeddings is
-    0, not NaN (the derivative of sqrt at 0 is infinite).
+    embeddings: [B, D] float. Returns [B, B] in float32 (float64 for float64 input). Uses the
+    Gram matrix (O(B^2) memory, not [B, B, D]). The squared norms are the Gram diagonal, so
+    the diagonal, and the distance between identical rows, is exactly 0: n - 2n + n = 0 has
+    no rounding (scaling by 2 is exact). With squared=False the square root is masked where
+    the squared distance is 0, so the gradient at coincident embeddings is 0, not NaN (the
+    derivative of sqrt at 0 is infinite).
     """
     e = tf.convert_to_tensor(embeddings)
     e = tf.cast(e, _compute_dtype(e.dtype))
-    gram = tf.matmul(e, e, transpose_b=True)
-    norms = tf.linalg.diag_part(gram)
-    d2 = tf.maximum(norms[:, None] - 2.0 * gram + norms[None, :], 0.0)  # rounding: >= 0
-    d2 = tf.linalg.set_diag(d2, tf.zeros_like(norms))
+    minus_2_gram = tf.matmul(-2.0 * e, e, transpose_b=True)  # exactly -2 * (e @ e.T)
+    norms = -0.5 * tf.linalg.diag_part(minus_2_gram)
+    d2 = tf.maximum((minus_2_gram + norms[:, None]) + norms[None, :], 0.0)  # rounding: >= 0
     if squared:
         return d2
-    zero = tf.equal(d2, 0.0)
-    # Double where: the sqrt never sees 0, and the outer where blocks its gradient there.
-    return tf.where(zero, tf.zeros_like(d2), tf.sqrt(tf.where(zero, tf.ones_like(d2), d2)))
+    # sqrt never sees 0 (its gradient there is infinite, and 0 * inf = NaN): the smallest
+    # normal float stands in, and the where takes the gradient of those entries to 0.
+    tiny = tf.constant(np.finfo(d2.dtype.as_numpy_dtype).tiny, d2.dtype)
+    return tf.where(d2 > 0, tf.sqrt(tf.maximum(d2, tiny)), tf.zeros([], d2.dtype))
 
 
 def _masks(labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -146,6 +149,17 @@ def _ratio(num: tf.Tensor, den: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     """num / den as a dtype scalar, 0 when den == 0 (nothing counted must not give NaN)."""
     num, den = tf.cast(num, dtype), tf.cast(den, dtype)
     return tf.where(den > 0, num / tf.maximum(den, 1), tf.zeros_like(num))
+
+
+def _nan_unless_finite(embeddings, loss, fraction):
+    """(loss, fraction), or NaNs if any embedding is NaN / inf.
+
+    The mining compares distances, and a comparison with NaN is just False: without this a
+    diverged model could get a finite loss, and training would not stop on it.
+    """
+    finite = tf.reduce_all(tf.math.is_finite(embeddings))
+    nan = tf.constant(float("nan"), loss.dtype)
+    return tf.where(finite, loss, nan), tf.where(finite, fraction, nan)
 
 
 def _rows_take(matrix: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
@@ -444,7 +458,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
         loss = _with_gradient(
             d, _ratio(total, n_valid, dtype), grad / tf.cast(tf.maximum(n_valid, 1), dtype)
         )
-        return loss, _ratio(n_violating, n_valid, dtype)
+        return _nan_unless_finite(embeddings, loss, _ratio(n_violating, n_valid, dtype))
 
     margin = tf.cast(margin, dtype)
     w, count = tf.cond(
@@ -455,7 +469,9 @@ def batch_all_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
     # A flat dot product: no [B, B] temporary for w * d in the forward pass.
     total = tf.tensordot(tf.reshape(w, [-1]), tf.reshape(d, [-1]), 1)
     total += margin * tf.cast(count, dtype)
-    return _ratio(total, count, dtype), _ratio(count, n_valid, dtype)
+    return _nan_unless_finite(
+        embeddings, _ratio(total, count, dtype), _ratio(count, n_valid, dtype)
+    )
 
 
 def batch_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
@@ -487,7 +503,7 @@ def batch_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_
     grad = tf.scatter_nd(index, tf.concat([coef, -coef], axis=0), tf.shape(d))
     loss = _with_gradient(d, _ratio(tf.reduce_sum(tf.where(valid, items, zero)), n, dtype), grad)
     n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
-    return loss, _ratio(n_active, n, dtype)
+    return _nan_unless_finite(embeddings, loss, _ratio(n_active, n, dtype))
 
 
 def semi_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
@@ -513,7 +529,7 @@ def semi_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
     n_pairs = tf.reduce_sum(tf.where(has_neg, tf.cast(blocks.n_pos, tf.int64), 0))
     scale = tf.cast(tf.maximum(n_pairs, 1), dtype)
     loss = _with_gradient(d, _ratio(total, n_pairs, dtype), grad / scale)
-    return loss, _ratio(n_active, n_pairs, dtype)
+    return _nan_unless_finite(embeddings, loss, _ratio(n_active, n_pairs, dtype))
 
 
 _LOSSES = {

@@ -56,8 +56,10 @@ class FusedBatchNorm(layers.Layer):
             x,
             gamma,
             beta,
-            mean=self.moving_mean,
-            variance=self.moving_variance,
+            # Under mixed precision Keras autocasts variables read in call(); the fused
+            # kernel wants float32 statistics whatever the input's dtype.
+            mean=tf.cast(self.moving_mean, "float32"),
+            variance=tf.cast(self.moving_variance, "float32"),
             epsilon=self.epsilon,
             is_training=False,
         )

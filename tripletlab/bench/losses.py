@@ -4,9 +4,10 @@ For each batch size B and strategy it times one forward + backward pass (the gra
 the embeddings) inside a ``tf.function`` and measures its peak memory, for
 :mod:`tripletlab.losses` ("ours") and, for batch-all and semi-hard, the textbook dense forms
 ("dense"): the [B, B, B] triplet tensor of omoindrot/tensorflow-triplet-loss for batch-all
-and the [B*B, B] tiling of tf-addons' ``triplet_semihard_loss`` for semi-hard (re-implemented
-below, since tf-addons is not installed; both count exactly the triplets that ours count, so
-their losses must agree). Everything runs in one process, so the ratios compare like with like.
+and the [B*B, B] tiling of tf-addons' ``triplet_semihard_loss`` for semi-hard, re-implemented
+below op for op (tf-addons is not installed) but counting exactly the triplets ours count, so
+the losses agree up to rounding (checked: a mismatch is flagged in the note). Everything runs
+in one process, so the ratios compare like with like.
 
 Figures:
 * ms: median wall time of ``repeats`` calls after ``warmup`` calls (the first one traces).
@@ -84,26 +85,40 @@ def _mean_of_items(x, valid, margin, soft_margin):
     return losses._ratio(total, n, x.dtype), losses._ratio(n_active, n, x.dtype)
 
 
+def _triplet_mask(labels):
+    """omoindrot's ``_get_triplet_mask``: [B, B, B] bool, True for valid (a, p, n)."""
+    not_equal = tf.logical_not(tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool))
+    distinct = tf.logical_and(
+        tf.logical_and(not_equal[:, :, None], not_equal[:, None, :]), not_equal[None, :, :]
+    )
+    label_equal = tf.equal(labels[None, :], labels[:, None])
+    valid_labels = tf.logical_and(label_equal[:, :, None], tf.logical_not(label_equal[:, None, :]))
+    return tf.logical_and(distinct, valid_labels)
+
+
 def _dense_batch_all(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
-    """Batch-all over the [B, B, B] tensor of every triplet (omoindrot's formulation).
+    """Batch-all over the [B, B, B] tensor of every triplet, as omoindrot's
+    ``batch_all_triplet_loss``: the 3-D validity mask as floats multiplied in, relu, then the
+    positive triplets counted with a second 3-D comparison.
 
     labels [B], embeddings [B, D] -> (loss [], fraction []), same definition as
-    :func:`tripletlab.losses.batch_all_triplet_loss`.
+    :func:`tripletlab.losses.batch_all_triplet_loss`: counts ``> 0`` rather than the
+    original's ``> 1e-16``, and divides safely instead of adding 1e-16, so both are exact.
     """
-    d, pos, neg = _dense_setup(labels, embeddings, squared)
-    x = d[:, :, None] - d[:, None, :]  # [B, B, B]: d(a, p) - d(a, n)
-    valid = tf.logical_and(pos[:, :, None], neg[:, None, :])
-    n_valid = tf.reduce_sum(tf.cast(valid, tf.int64))
+    labels, embeddings = losses._prepare(labels, embeddings)
+    d = losses.pairwise_distances(embeddings, squared)
     dtype = d.dtype
+    mask = tf.cast(_triplet_mask(labels), dtype)  # [B, B, B]
+    num_valid = tf.reduce_sum(mask)
+    x = d[:, :, None] - d[:, None, :]  # [B, B, B]: d(a, p) - d(a, n)
     if soft_margin:
-        total = tf.reduce_sum(tf.where(valid, tf.nn.softplus(x), tf.zeros_like(x)))
-        n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, x > 0), tf.int64))
-        return losses._ratio(total, n_valid, dtype), losses._ratio(n_active, n_valid, dtype)
-    h = x + tf.cast(margin, dtype)
-    active = tf.logical_and(valid, h > 0)
-    n_active = tf.reduce_sum(tf.cast(active, tf.int64))
-    total = tf.reduce_sum(tf.where(active, h, tf.zeros_like(h)))
-    return losses._ratio(total, n_active, dtype), losses._ratio(n_active, n_valid, dtype)
+        total = tf.reduce_sum(mask * tf.nn.softplus(x))
+        num_active = tf.reduce_sum(mask * tf.cast(x > 0, dtype))
+        return losses._ratio(total, num_valid, dtype), losses._ratio(num_active, num_valid, dtype)
+    triplet_loss = tf.maximum(mask * (x + tf.cast(margin, dtype)), 0.0)
+    num_positive = tf.reduce_sum(tf.cast(triplet_loss > 0, dtype))
+    total = tf.reduce_sum(triplet_loss)
+    return losses._ratio(total, num_positive, dtype), losses._ratio(num_positive, num_valid, dtype)
 
 
 def _dense_batch_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
@@ -123,26 +138,42 @@ def _dense_batch_hard(labels, embeddings, margin=0.5, squared=False, soft_margin
     return _mean_of_items(hardest, valid, margin, soft_margin)
 
 
+def _masked_minimum(data, mask):
+    """tf-addons: the minimum of data [N, M] over mask [N, M] (float 0/1) per row, [N, 1]."""
+    axis_maximums = tf.reduce_max(data, axis=1, keepdims=True)
+    return tf.reduce_min((data - axis_maximums) * mask, axis=1, keepdims=True) + axis_maximums
+
+
+def _masked_maximum(data, mask):
+    """tf-addons: the maximum of data [N, M] over mask [N, M] (float 0/1) per row, [N, 1]."""
+    axis_minimums = tf.reduce_min(data, axis=1, keepdims=True)
+    return tf.reduce_max((data - axis_minimums) * mask, axis=1, keepdims=True) + axis_minimums
+
+
 def _dense_semi_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
-    """Semi-hard with tf-addons' tiling: the distances repeated to [B*B, B].
+    """Semi-hard as tf-addons' ``triplet_semihard_loss``: the distances tiled to [B*B, B].
 
     Row i*B + a of the tile holds anchor a's distances, compared with d(a, i) where i plays
-    the positive. Selections use where / reduce_min instead of tf-addons' (x - max) * mask +
-    max, which is not exact in floating point; otherwise the same structure and memory.
+    the positive; masked minimum / maximum by arithmetic on float masks, as there. One
+    change, to match :func:`tripletlab.losses.semi_hard_triplet_loss`: pairs whose anchor has
+    no negative are left out of the mean (tf-addons averages them in with a meaningless
+    "negative").
     """
     d, pos, neg = _dense_setup(labels, embeddings, squared)
+    dtype = d.dtype
     b = tf.shape(d)[0]
-    tile = tf.tile(d, [b, 1])  # [B*B, B]
-    d_ap = tf.reshape(tf.transpose(d), [-1, 1])  # [B*B, 1]
-    farther = tf.logical_and(tf.tile(neg, [b, 1]), tile > d_ap)  # [B*B, B]
-    inf = tf.fill(tf.shape(tile), tf.constant(np.inf, d.dtype))
-    outside = tf.reduce_min(tf.where(farther, tile, inf), axis=1)
-    outside = tf.transpose(tf.reshape(outside, [b, b]))  # [a, p]
-    found = tf.transpose(tf.reshape(tf.reduce_any(farther, axis=1), [b, b]))
-    inside = tf.reduce_max(tf.where(neg, d, -tf.ones_like(d)), axis=1, keepdims=True)
-    d_an = tf.where(found, outside, tf.broadcast_to(inside, tf.shape(d)))
+    pdist_tile = tf.tile(d, [b, 1])  # [B*B, B]
+    mask = tf.logical_and(
+        tf.tile(neg, [b, 1]), pdist_tile > tf.reshape(tf.transpose(d), [-1, 1])
+    )  # [B*B, B]: negatives of a farther than d(a, i)
+    mask_final = tf.reduce_sum(tf.cast(mask, dtype), axis=1, keepdims=True) > 0
+    mask_final = tf.transpose(tf.reshape(mask_final, [b, b]))
+    negatives_outside = _masked_minimum(pdist_tile, tf.cast(mask, dtype))
+    negatives_outside = tf.transpose(tf.reshape(negatives_outside, [b, b]))
+    negatives_inside = tf.tile(_masked_maximum(d, tf.cast(neg, dtype)), [1, b])
+    semi_hard_negatives = tf.where(mask_final, negatives_outside, negatives_inside)
     valid = tf.logical_and(pos, tf.reduce_any(neg, axis=1)[:, None])
-    return _mean_of_items(d - d_an, valid, margin, soft_margin)
+    return _mean_of_items(d - semi_hard_negatives, valid, margin, soft_margin)
 
 
 DENSE = {
@@ -256,9 +287,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 row = dict(base, strategy=strategy, impl=impl)
                 estimate_gb = DENSE_BYTES_PER_TRIPLET * b**3 / 1e9
                 if impl == "dense" and estimate_gb > args.dense_cap_gb:
-                    row["note"] = (
-                        f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {args.dense_cap_gb} GB"
-                    )
+                    cap = args.dense_cap_gb
+                    row["note"] = f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {cap} GB"
                 else:
                     fn = OURS[strategy] if impl == "ours" else DENSE[strategy]
                     steps[strategy, impl] = make_step(fn, args.margin, args.soft_margin, args.jit)
