@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletlab.config import normalize_precision, to_container, validate
+from tripletlab.config import METRICS, normalize_precision, to_container, validate
 from tripletlab.errors import DataError, TrainingError, TripletLabError
 
 log = logging.getLogger("tripletlab")
 
+# The evaluation metrics, in metrics.csv's order (also the valid optimized_metric values).
+RETRIEVAL_METRICS = list(METRICS)
 METRIC_COLUMNS = [
     "epoch",
     "step",
@@ -30,25 +32,10 @@ METRIC_COLUMNS = [
     "embedding_norm",
     "embedding_spread",
     "learning_rate",
-    "precision_at_1",
-    "recall_at_1",
-    "recall_at_2",
-    "recall_at_4",
-    "recall_at_8",
-    "map_at_r",
-    "knn_accuracy",
+    *RETRIEVAL_METRICS,
     "epoch_seconds",
     "eval_seconds",
     "images_per_second",
-]
-RETRIEVAL_METRICS = [
-    "precision_at_1",
-    "recall_at_1",
-    "recall_at_2",
-    "recall_at_4",
-    "recall_at_8",
-    "map_at_r",
-    "knn_accuracy",
 ]
 MODEL_FILE = "embedding_model.keras"
 
