@@ -86,18 +86,23 @@ def _lenet(x, cfg, reg):
     return layers.Flatten()(x)
 
 
-def _conv_bn_relu(x, filters: int, batch_norm: bool, reg):
+def _conv_bn(x, filters: int, batch_norm: bool, reg):
     # With batch norm the conv bias is redundant (BN's beta does its job).
     x = _conv(filters, 3, reg, use_bias=not batch_norm)(x)
-    if batch_norm:
-        x = FusedBatchNorm()(x)
-    return layers.ReLU()(x)
+    return FusedBatchNorm()(x) if batch_norm else x
+
+
+def _conv_bn_relu(x, filters: int, batch_norm: bool, reg):
+    return layers.ReLU()(_conv_bn(x, filters, batch_norm, reg))
 
 
 def _small_cnn(x, cfg, reg):
     for filters in (cfg.num_channels, 2 * cfg.num_channels):
-        x = _conv_bn_relu(x, filters, cfg.batch_norm, reg)
+        x = _conv_bn(x, filters, cfg.batch_norm, reg)
+        # Pool, then ReLU: the same values as ReLU then pool (both are monotonic, so they
+        # commute exactly), with the ReLU and its gradient on a 4x smaller tensor.
         x = layers.MaxPooling2D(2)(x)
+        x = layers.ReLU()(x)
     return layers.Flatten()(x)
 
 

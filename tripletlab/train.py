@@ -43,6 +43,8 @@ MODEL_FILE = "embedding_model.keras"
 # softplus(0) = ln 2 with a soft margin) while the batch's embeddings have almost no spread.
 COLLAPSE_LOSS_TOLERANCE = 0.02  # relative to that value
 COLLAPSE_SPREAD_RATIO = 0.01  # spread / norm
+# Steps between two reads of the running means (NaN check, progress bar).
+CHECK_EVERY = 20
 
 
 def is_collapsed(loss: float, spread: float, norm: float, margin: float, soft: bool) -> bool:
@@ -206,12 +208,17 @@ class Run:
         )
 
     def _compile_steps(self):
+        import keras
+
+        # Updated inside the compiled step: no per-step Python work but the call itself.
+        self.means = {k: keras.metrics.Mean(name=k) for k in ("loss", "fraction", "norm", "spread")}
         self.train_step, self.embed_step = make_steps(
             self.model,
             self.optimizer,
             self.cfg.mining,
             scales_loss=self.precision == "float16",
             jit_compile=self.jit_compile,
+            means=self.means,
         )
 
     # --------------------------------------------------------------- evaluation
@@ -400,11 +407,29 @@ class Run:
             "or mining=semi_hard."
         )
 
+    def _check_finite(self, epoch: int, last_step: int) -> None:
+        """Raise TrainingError if a loss or an embedding became NaN or Inf since the epoch began.
+
+        The running means turn non-finite with the first bad step, so reading two scalars
+        every CHECK_EVERY steps catches it without a sync per step. The mean norm catches
+        non-finite embeddings, which can leave a finite loss (comparisons with NaN are all
+        False, so nothing is mined).
+        """
+        loss, norm = float(self.means["loss"].result()), float(self.means["norm"].result())
+        if math.isfinite(loss) and math.isfinite(norm):
+            return
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("embeddings' norm", norm)
+        raise TrainingError(
+            f"training diverged in epoch {epoch}, by step {last_step}: the {what} became "
+            f"{value}; training stopped and the last good checkpoint "
+            f"({self.manager.latest_checkpoint or 'none yet'}) is kept. "
+            "Lower trainer.learning_rate or use model.l2_normalize=true."
+        )
+
     def _train_epoch(self, epoch: int, steps: int) -> dict:
         import keras
 
-        means = {k: keras.metrics.Mean() for k in ("loss", "fraction", "norm", "spread")}
-        for m in means.values():
+        for m in self.means.values():
             m.reset_state()
         show_bar = self.cfg.trainer.progress == "bar" or (
             self.cfg.trainer.progress == "auto" and sys.stdout.isatty()
@@ -417,41 +442,28 @@ class Run:
         first_step = (epoch - 1) * steps
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(self.pipeline.epoch(epoch)):
-            loss, fraction, norm, spread = self.train_step(images, labels)
-            loss_value, norm_value = float(loss), float(norm)
-            # Non-finite embeddings can leave a finite loss (every comparison with NaN is
-            # False, so nothing is mined): the mean norm catches them.
-            if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                what = "loss" if not math.isfinite(loss_value) else "embeddings' norm"
-                value = loss_value if what == "loss" else norm_value
-                raise TrainingError(
-                    f"training diverged at epoch {epoch}, step {first_step + i + 1}: the "
-                    f"{what} became {value}; "
-                    "training stopped and the last good checkpoint "
-                    f"({self.manager.latest_checkpoint or 'none yet'}) is kept. "
-                    "Lower trainer.learning_rate or use model.l2_normalize=true."
-                )
-            for key, value in zip(means, (loss_value, fraction, norm_value, spread), strict=True):
-                means[key].update_state(value)
-            if bar is not None:
-                rate = (i + 1) * self.batch_size / (time.perf_counter() - t0)
-                bar.update(
-                    i + 1,
-                    values=[
-                        ("loss", float(means["loss"].result())),
-                        ("fraction", float(means["fraction"].result())),
-                        ("img/s", rate),
-                    ],
-                )
+            self.train_step(images, labels)
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                self._check_finite(epoch, first_step + i + 1)
+                if bar is not None:
+                    rate = (i + 1) * self.batch_size / (time.perf_counter() - t0)
+                    bar.update(
+                        i + 1,
+                        values=[
+                            ("loss", float(self.means["loss"].result())),
+                            ("fraction", float(self.means["fraction"].result())),
+                            ("img/s", rate),
+                        ],
+                    )
         seconds = time.perf_counter() - t0
         step = epoch * steps
         return {
             "epoch": epoch,
             "step": step,
-            "loss": float(means["loss"].result()),
-            "fraction_positive": float(means["fraction"].result()),
-            "embedding_norm": float(means["norm"].result()),
-            "embedding_spread": float(means["spread"].result()),
+            "loss": float(self.means["loss"].result()),
+            "fraction_positive": float(self.means["fraction"].result()),
+            "embedding_norm": float(self.means["norm"].result()),
+            "embedding_spread": float(self.means["spread"].result()),
             "learning_rate": float(self.schedule(step)),
             "epoch_seconds": round(seconds, 3),
             "images_per_second": round(steps * self.batch_size / seconds, 1),
@@ -482,12 +494,21 @@ class Run:
         write_artifacts(self.run_dir, rows, test_emb, data, max_points=self.cfg.eval.max_points)
 
 
-def make_steps(model, optimizer, mining, scales_loss: bool = False, jit_compile: bool = False):
+def make_steps(
+    model,
+    optimizer,
+    mining,
+    scales_loss: bool = False,
+    jit_compile: bool = False,
+    means: dict | None = None,
+):
     """The compiled train step and embed step for ``model``.
 
     train_step(images [B,H,W,C], labels [B]) -> (loss, fraction, mean norm, mean spread), all
     float32 scalars; embed_step(images) -> float32 [B, D]. ``mining`` has strategy, margin,
     squared and soft_margin. ``scales_loss``: float16 mixed precision (a LossScaleOptimizer).
+    ``means``: optional keras.metrics.Mean objects keyed loss, fraction, norm and spread,
+    updated inside the step.
     """
     import tensorflow as tf
 
@@ -514,6 +535,10 @@ def make_steps(model, optimizer, mining, scales_loss: bool = False, jit_compile:
         norm = tf.reduce_mean(tf.norm(emb, axis=1))
         # Mean distance to the batch's centroid: near zero when the embeddings collapse.
         spread = tf.reduce_mean(tf.norm(emb - tf.reduce_mean(emb, axis=0), axis=1))
+        if means is not None:
+            values = {"loss": loss, "fraction": fraction, "norm": norm, "spread": spread}
+            for key, value in values.items():
+                means[key].update_state(value)
         return loss, fraction, norm, spread
 
     def embed_step(images):
