@@ -86,7 +86,6 @@ class TrainerConfig:
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
     threads: int = 0  # TensorFlow intra-op threads; 0: TensorFlow's default (all cores)
-    shuffle_buffer: int = 60000
     checkpoint_every: int = 1  # epochs
     collapse_patience: int = 2  # epochs a collapse must last before the run stops
 
@@ -170,7 +169,6 @@ def validate(cfg: DictConfig | Config) -> None:
         ("trainer.batch_size", c.trainer.batch_size),
         ("trainer.learning_rate", c.trainer.learning_rate),
         ("trainer.checkpoint_every", c.trainer.checkpoint_every),
-        ("trainer.shuffle_buffer", c.trainer.shuffle_buffer),
         ("eval.every", c.eval.every),
         ("eval.batch_size", c.eval.batch_size),
         ("eval.knn_k", c.eval.knn_k),
