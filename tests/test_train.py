@@ -63,6 +63,8 @@ def test_run_folder_has_every_artefact(finished_run):
 def test_saved_model_reloads_and_embeds(finished_run):
     import keras
 
+    import tripletlab.models  # noqa: F401  as README says: registers the custom layer
+
     model = keras.models.load_model(finished_run / "model" / "embedding_model.keras")
     x = np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32)
     emb = model(x).numpy()

@@ -71,24 +71,16 @@ def evaluate_run(
     rundir.model_path(run_dir)  # a clear error before TensorFlow is imported
     from tripletlab.config import to_container
     from tripletlab.io_utils import atomic_write_json
-    from tripletlab.metrics import evaluate_embeddings, retrieval_metrics
+    from tripletlab.metrics import retrieval_metrics
+    from tripletlab.train import evaluate_test_split
 
     embedder = rundir.open_model(run_dir, cfg)
     data = rundir.load_data(run_cfg, embedder.input_shape)
 
     t0 = time.perf_counter()
     if split == "test":
-        test_emb = embedder.embed(data.x_test)
-        train_emb = embedder.embed(data.x_train)
-        # The very call Run.evaluate makes at the end of each evaluated epoch.
-        metrics = evaluate_embeddings(
-            test_emb,
-            data.y_test,
-            train_emb,
-            data.y_train,
-            knn_k=cfg.eval.knn_k,
-            chunk_size=cfg.eval.chunk_size,
-        )
+        # The very function Run.evaluate calls at the end of each evaluated epoch.
+        metrics, test_emb, train_emb = evaluate_test_split(embedder.embed, data, cfg.eval)
         queries, gallery = len(test_emb), len(train_emb)
     else:
         train_emb = embedder.embed(data.x_train)

@@ -316,6 +316,8 @@ def load_model(run_dir: str | os.PathLike):
     """The run's saved embedding model (Keras)."""
     import keras
 
+    import tripletlab.models  # noqa: F401  registers FusedBatchNorm for deserialisation
+
     path = model_path(run_dir)
     try:
         return keras.models.load_model(path, compile=False)
@@ -353,14 +355,12 @@ class Embedder:
         return int(self.model.output_shape[-1])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        from tripletlab.pipeline import eval_dataset
+        from tripletlab.train import embed_images
 
         images = np.asarray(images)
         if images.shape[1:] != self.input_shape:
             images = conform_images(images, self.input_shape)
-        batch = int(self.cfg.eval.batch_size)
-        parts = [self._step(x).numpy() for x in eval_dataset(images, batch)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.embedding_size), np.float32)
+        return embed_images(self._step, images, self.cfg.eval.batch_size, self.embedding_size)
 
 
 def open_model(run_dir: str | os.PathLike, cfg) -> Embedder:

@@ -223,24 +223,12 @@ class Run:
 
     # --------------------------------------------------------------- evaluation
     def embed(self, images: np.ndarray) -> np.ndarray:
-        from tripletlab.pipeline import eval_dataset
-
-        parts = [self.embed_step(x).numpy() for x in eval_dataset(images, self.cfg.eval.batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.cfg.model.embedding_size))
+        return embed_images(
+            self.embed_step, images, self.cfg.eval.batch_size, self.cfg.model.embedding_size
+        )
 
     def evaluate(self, data) -> tuple[dict, np.ndarray]:
-        from tripletlab.metrics import evaluate_embeddings
-
-        test_emb = self.embed(data.x_test)
-        train_emb = self.embed(data.x_train)
-        metrics = evaluate_embeddings(
-            test_emb,
-            data.y_test,
-            train_emb,
-            data.y_train,
-            knn_k=self.cfg.eval.knn_k,
-            chunk_size=self.cfg.eval.chunk_size,
-        )
+        metrics, test_emb, _ = evaluate_test_split(self.embed, data, self.cfg.eval)
         return metrics, test_emb
 
     # ------------------------------------------------------------- bookkeeping
@@ -548,6 +536,35 @@ def make_steps(
         tf.function(train_step, jit_compile=jit_compile),
         tf.function(embed_step, jit_compile=jit_compile),
     )
+
+
+def embed_images(embed_step, images: np.ndarray, batch_size: int, dim: int) -> np.ndarray:
+    """uint8 images [N, H, W, C] -> float32 embeddings [N, dim], in batches of batch_size.
+
+    Training's evaluation and the reuse commands embed the same way, so the same images give
+    the same embeddings (oneDNN's results depend on the batch's size).
+    """
+    from tripletlab.pipeline import eval_dataset
+
+    parts = [embed_step(x).numpy() for x in eval_dataset(images, int(batch_size))]
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def evaluate_test_split(embed, data, eval_cfg) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every metric on the test split: the test set is queries and gallery (leaving the query
+    out), the train set is kNN's gallery. Returns (metrics, test embeddings, train ones)."""
+    from tripletlab.metrics import evaluate_embeddings
+
+    test_emb, train_emb = embed(data.x_test), embed(data.x_train)
+    metrics = evaluate_embeddings(
+        test_emb,
+        data.y_test,
+        train_emb,
+        data.y_train,
+        knn_k=eval_cfg.knn_k,
+        chunk_size=eval_cfg.chunk_size,
+    )
+    return metrics, test_emb, train_emb
 
 
 def train(cfg, run_dir: str | Path) -> float:
