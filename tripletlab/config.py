@@ -20,7 +20,7 @@ MODELS = ("lenet", "small_cnn", "vgg_gap")
 STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
 SAMPLERS = ("random", "pk")
 JIT_CHOICES = ("auto", "true", "false")
-PRECISIONS = ("off", "float16", "bfloat16")
+PRECISIONS = ("auto", "off", "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("none", "translate", "flip_translate")
 METRICS = (
@@ -82,7 +82,8 @@ class TrainerConfig:
     weight_decay: float = 0.0  # L2 on kernels, added as regularisation losses
     augment: str = "none"  # none | translate | flip_translate
     jit_compile: str = "auto"  # auto (on for GPU, off for CPU) | true | false
-    mixed_precision: str = "off"  # off | float16 | bfloat16
+    # auto (bfloat16 where the hardware has bf16 matrix units, else off) | off | float16 | bfloat16
+    mixed_precision: str = "auto"
     deterministic: bool = False  # tf.config.experimental.enable_op_determinism
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
     threads: int = 0  # TensorFlow intra-op threads; 0: TensorFlow's default (all cores)
