@@ -152,3 +152,35 @@ def test_one_fashion_mnist_epoch_learns(tmp_path):
         pytest.skip("Fashion-MNIST is not on this machine (make data)")
     value = train(compose(["trainer.epochs=1", "trainer.progress=log"]), tmp_path)
     assert value > 0.84
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [({"avx512f", "amx_bf16", "amx_tile"}, "bfloat16"), ({"avx512f", "avx512_bf16"}, "off")],
+)
+def test_auto_precision_follows_the_cpu(monkeypatch, flags, expected):
+    import keras
+
+    from tripletlab import train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_flags", lambda: flags)
+    cfg = compose(["trainer.mixed_precision=auto"])
+    try:
+        _, precision, device = train_module.setup_tf(cfg.trainer)
+        policy = keras.mixed_precision.global_policy().name
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert device == "CPU"
+    assert precision == expected
+    assert policy == {"bfloat16": "mixed_bfloat16", "off": "float32"}[expected]
+
+
+def test_auto_precision_run_records_it_and_restores_the_policy(tmp_path):
+    import keras
+
+    from tripletlab.train import has_fast_bfloat16
+
+    train(compose([*TINY, "dataset.max_train=200"]), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["precision"] == ("bfloat16" if has_fast_bfloat16([]) else "off")
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -2,8 +2,7 @@
 
 Each command is a module of this package with ``main(argv) -> int``. Modules are imported only
 when their command runs, so one benchmark's dependencies never slow down or break another.
-To add a command, write ``tripletlab/bench/<name>.py`` and add it to COMMANDS; ``train`` is
-already listed and becomes available as soon as ``tripletlab/bench/train.py`` exists.
+To add a command, write ``tripletlab/bench/<name>.py`` and add it to COMMANDS.
 """
 
 from __future__ import annotations

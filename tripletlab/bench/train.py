@@ -3,8 +3,9 @@
 ``python -m tripletlab.bench train`` times the real train step (model, loss, Adam) on the
 real pipeline (Fashion-MNIST if present, else random images of the same shape) and prints
 one table; evaluation (embedding train + test, then the retrieval metrics) is timed
-separately. On a GPU it also reports mixed precision and XLA when asked
-(``--precision bfloat16 --jit true``).
+separately. Each model is timed in float32 and in the precision that training picks here
+(``trainer.mixed_precision=auto``: bfloat16 on CPUs with AMX and on recent GPUs), side by
+side; ``--precision`` and ``--jit`` choose others (``--precision float16 --jit true``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def load_images(dataset: str):
     return x, y, x[:10000], y[:10000], "random 28x28 images"
 
 
-def bench_model(name: str, data, args) -> dict:
+def bench_model(name: str, precision: str, data, args) -> dict:
     import keras
     import tensorflow as tf
 
@@ -78,7 +79,7 @@ def bench_model(name: str, data, args) -> dict:
 
     x_train, y_train, x_test, y_test = data
     policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-    keras.mixed_precision.set_global_policy(policy[args.precision])
+    keras.mixed_precision.set_global_policy(policy[precision])
     gpus = tf.config.list_physical_devices("GPU")
     jit = bool(gpus) if args.jit == "auto" else args.jit == "true"
     model_cfg = SimpleNamespace(
@@ -86,11 +87,11 @@ def bench_model(name: str, data, args) -> dict:
     )
     model = build_model(model_cfg, x_train.shape[1:])
     optimizer = keras.optimizers.Adam(1e-3)
-    if args.precision == "float16":
+    if precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     mining = SimpleNamespace(strategy=args.mining, margin=0.2, squared=False, soft_margin=False)
     train_step, embed_step = make_steps(
-        model, optimizer, mining, scales_loss=args.precision == "float16", jit_compile=jit
+        model, optimizer, mining, scales_loss=precision == "float16", jit_compile=jit
     )
     sampler = SimpleNamespace(name="pk", classes_per_batch=8, images_per_class=args.batch_size // 8)
     pipe = TrainPipeline(x_train, y_train, sampler, args.batch_size, seed=0)
@@ -102,7 +103,7 @@ def bench_model(name: str, data, args) -> dict:
     pipeline_ips = n * batch / (time.perf_counter() - t0)
 
     # The train step on the real pipeline, after warm-up (tracing, autotuning).
-    dataset = pipe.epoch(2)
+    dataset = pipe.epoch(2).repeat()  # enough batches whatever --steps and --max-images
     it = iter(dataset)
     for _ in range(args.warmup):
         float(train_step(*next(it))[0])
@@ -133,11 +134,11 @@ def bench_model(name: str, data, args) -> dict:
     return {
         "model": name,
         "batch": batch,
-        "precision": args.precision,
+        "precision": precision,
         "jit": jit,
         "ms_per_step": round(step_s * 1000, 2),
         "images_per_second": round(ips, 1),
-        "epoch_seconds": round(len(x_train) / ips, 2),
+        "epoch_seconds": round(TRAIN_SIZE / ips, 2),  # a full Fashion-MNIST epoch
         "pipeline_images_per_second": round(pipeline_ips, 1),
         "mflop_per_image": round(flops / 1e6, 2),
         "gflops": round(flops * ips / 1e9, 1),
@@ -153,9 +154,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mining", default="semi_hard")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--precision", choices=["off", "float16", "bfloat16"], default="off")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["auto", "off", "float16", "bfloat16"],
+        default=["off", "auto"],
+        help="one row per precision and model; auto is what training picks here "
+        "(trainer.mixed_precision=auto). Default: float32 beside auto",
+    )
     parser.add_argument("--jit", choices=["auto", "true", "false"], default="auto")
     parser.add_argument("--dataset", choices=["fashion_mnist", "random"], default="fashion_mnist")
+    parser.add_argument(
+        "--max-images", type=int, default=0, help="use only the first N train and test images"
+    )
     parser.add_argument("--peak-gflops", type=float, help="override the computed FP32 peak")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
     args = parser.parse_args(argv)
@@ -163,31 +174,47 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     *arrays, source = load_images(args.dataset)
+    if args.max_images:  # a quick check (tests): fewer images to embed in the eval timing
+        arrays = [a[: args.max_images] for a in arrays]
     gpus = tf.config.list_physical_devices("GPU")
     device = "CPU"
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         device = f"GPU ({details.get('device_name', gpus[0].name)})"
     peak, how = (args.peak_gflops, "given") if args.peak_gflops else cpu_peak_gflops()
-    rows = [bench_model(name, arrays, args) for name in args.models]
+    from tripletlab.train import has_fast_bfloat16
+
+    auto = "bfloat16" if has_fast_bfloat16(gpus) else "off"
+    precisions = list(dict.fromkeys(auto if p == "auto" else p for p in args.precision))
+    # Precisions side by side for each model, so that their ratio is measured in one run.
+    rows = [bench_model(name, p, arrays, args) for name in args.models for p in precisions]
     for row in rows:
         row["device"] = device
+        # The FP32 peak: the share says how far float32 is from it (bf16's peak is higher).
         row["peak_share"] = None if gpus else round(row["gflops"] / peak, 3)
+        same_model_fp32 = [r for r in rows if r["model"] == row["model"] and r["precision"] == "off"]
+        row["speedup_vs_float32"] = (
+            round(same_model_fp32[0]["ms_per_step"] / row["ms_per_step"], 2)
+            if same_model_fp32
+            else None
+        )
 
     print(f"\ndata: {source}; device: {device}; mining {args.mining}")
     if not gpus:
         print(f"CPU FP32 peak {peak:.0f} GFLOP/s ({how})")
     header = (
-        "| model | batch | ms/step | images/s | epoch s (60k) | pipeline img/s | MFLOP/img "
-        "| GFLOP/s | % of peak | embed 70k s | metrics s |"
+        "| model | precision | batch | ms/step | images/s | epoch s (60k) | x float32 "
+        "| pipeline img/s | MFLOP/img | GFLOP/s | % of FP32 peak | embed 70k s | metrics s |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in rows:
         share = "-" if r["peak_share"] is None else f"{100 * r['peak_share']:.0f}%"
+        speedup = "-" if r["speedup_vs_float32"] is None else f"{r['speedup_vs_float32']:.2f}"
         print(
-            f"| {r['model']} | {r['batch']} | {r['ms_per_step']} | {r['images_per_second']:.0f} "
-            f"| {r['epoch_seconds']} | {r['pipeline_images_per_second']:.0f} "
+            f"| {r['model']} | {r['precision']} | {r['batch']} | {r['ms_per_step']} "
+            f"| {r['images_per_second']:.0f} | {r['epoch_seconds']} | {speedup} "
+            f"| {r['pipeline_images_per_second']:.0f} "
             f"| {r['mflop_per_image']} | {r['gflops']} | {share} | {r['embed_seconds']} "
             f"| {r['metrics_seconds']} |"
         )
