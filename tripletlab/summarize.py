@@ -61,6 +61,7 @@ CSV_COLUMNS = [
     "batch_size",
     "learning_rate",
     "epochs",
+    "precision",
     "seed",
     "status",
     "error",
@@ -205,6 +206,8 @@ def read_run(summary_path: Path, relative_to: Path | None = None) -> dict[str, A
         "batch_size": _batch_size(cfg),
         "learning_rate": _get(cfg, "trainer.learning_rate"),
         "epochs": _get(cfg, "trainer.epochs"),
+        # what the run used: trainer.mixed_precision=auto is resolved on the machine
+        "precision": summary.get("precision") or _get(cfg, "trainer.mixed_precision"),
         "seed": _get(cfg, "seed"),
         "status": summary.get("status") or "unknown",
         "error": _one_line(summary.get("error")),
