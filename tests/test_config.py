@@ -57,6 +57,17 @@ def test_seed_presets_reproduce_the_seed_params(preset):
     assert cfg.trainer.batch_size == 64
 
 
+@pytest.mark.parametrize(
+    ("preset", "model"), [("fmnist_table", "small_cnn"), ("fmnist_vgg_gap", "vgg_gap")]
+)
+def test_table_presets(preset, model):
+    cfg = compose([f"experiment={preset}"])
+    validate(cfg)
+    assert (cfg.dataset.name, cfg.sampler.name, cfg.model.name) == ("fashion_mnist", "pk", model)
+    assert (cfg.trainer.epochs, cfg.eval.every, cfg.mining.margin) == (10, 5, 0.2)
+    assert compose([f"experiment={preset}", "model=lenet"]).model.name == "lenet"
+
+
 def test_wrong_type_fails_at_composition():
     with pytest.raises((ValidationError, ConfigCompositionException), match="epochs"):
         compose(["trainer.epochs=abc"])

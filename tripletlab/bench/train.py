@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         row["device"] = device
         # The FP32 peak: the share says how far float32 is from it (bf16's peak is higher).
         row["peak_share"] = None if gpus else round(row["gflops"] / peak, 3)
-        same_model_fp32 = [r for r in rows if r["model"] == row["model"] and r["precision"] == "off"]
+        same_model_fp32 = [
+            r for r in rows if r["model"] == row["model"] and r["precision"] == "off"
+        ]
         row["speedup_vs_float32"] = (
             round(same_model_fp32[0]["ms_per_step"] / row["ms_per_step"], 2)
             if same_model_fp32
