@@ -95,9 +95,9 @@ def has_fast_bfloat16(gpus: list) -> bool:
     """Whether bfloat16 matrix units make mixed precision pay off here.
 
     GPU: compute capability 8.0 or later (Ampere on). CPU: Intel AMX (``amx_bf16``), where
-    oneDNN runs bfloat16 convolutions 2-3x faster than float32 (the small CNN's step took
-    12 ms instead of 22 ms on a 2-core Xeon). AVX512-BF16 alone was not measured, so it
-    stays float32.
+    oneDNN runs bfloat16 convolutions 2-3x faster than float32 (whole train steps on a
+    2-core Xeon: small CNN 1.3x, LeNet 1.7x, vgg_gap 1.9x; ``python -m tripletlab.bench
+    train``). AVX512-BF16 alone was not measured, so it stays float32.
     """
     if gpus:
         import tensorflow as tf
