@@ -160,7 +160,6 @@ def test_one_fashion_mnist_epoch_learns(tmp_path):
 )
 def test_auto_precision_follows_the_cpu(monkeypatch, flags, expected):
     import keras
-
     import tensorflow as tf
 
     from tripletlab import train as train_module
