@@ -44,6 +44,8 @@ MODEL_FILE = "embedding_model.keras"
 # softplus(0) = ln 2 with a soft margin) while the batch's embeddings have almost no spread.
 COLLAPSE_LOSS_TOLERANCE = 0.02  # relative to that value
 COLLAPSE_SPREAD_RATIO = 0.01  # spread / norm
+# trainer.mixed_precision (auto resolved) -> Keras policy name.
+PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 # Steps between two reads of the running means (NaN check, progress bar).
 CHECK_EVERY = 20
 
@@ -131,8 +133,7 @@ def setup_tf(trainer) -> tuple[bool, str, str]:
     precision = normalize_precision(trainer.mixed_precision)
     if precision == "auto":
         precision = "bfloat16" if has_fast_bfloat16(gpus) else "off"
-    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-    keras.mixed_precision.set_global_policy(policy[precision])
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
     return jit_compile, precision, "GPU" if gpus else "CPU"
 
 

@@ -20,6 +20,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from tripletlab.train import PRECISION_POLICIES, cpu_flags, has_fast_bfloat16
+
 DEFAULT_CSV = Path("outputs/bench/train.csv")
 TRAIN_SIZE = 60000
 
@@ -34,7 +36,7 @@ def cpu_peak_gflops() -> tuple[float, str]:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     mhz = re.search(r"cpu MHz\s*:\s*([\d.]+)", text)
     ghz = float(mhz.group(1)) / 1000 if mhz else 2.0
-    flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split()) if "flags" in text else set()
+    flags = cpu_flags()
     per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16
     peak = cores * ghz * per_cycle
     return peak, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle"
@@ -78,8 +80,7 @@ def bench_model(name: str, precision: str, data, args) -> dict:
     from tripletlab.train import make_steps
 
     x_train, y_train, x_test, y_test = data
-    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
-    keras.mixed_precision.set_global_policy(policy[precision])
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
     gpus = tf.config.list_physical_devices("GPU")
     jit = bool(gpus) if args.jit == "auto" else args.jit == "true"
     model_cfg = SimpleNamespace(
@@ -182,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         details = tf.config.experimental.get_device_details(gpus[0])
         device = f"GPU ({details.get('device_name', gpus[0].name)})"
     peak, how = (args.peak_gflops, "given") if args.peak_gflops else cpu_peak_gflops()
-    from tripletlab.train import has_fast_bfloat16
-
     auto = "bfloat16" if has_fast_bfloat16(gpus) else "off"
     precisions = list(dict.fromkeys(auto if p == "auto" else p for p in args.precision))
     # Precisions side by side for each model, so that their ratio is measured in one run.
