@@ -1,12 +1,26 @@
-"""tripletlab: triplet-loss metric learning experiments on TensorFlow 2, configured by Hydra."""
+"""tripletlab: triplet-loss metric learning experiments on TensorFlow 2, configured by Hydra.
+
+The Python API: ``tripletlab.compose(overrides)`` and ``tripletlab.train(cfg, run_dir)``
+(see :mod:`tripletlab.api`).
+"""
 
 import logging
 import os
 
 __version__ = "0.1.0"
+__all__ = ["compose", "train", "__version__"]
 
 # Before TensorFlow is imported anywhere: keep its C++ start-up chatter (oneDNN notices,
 # absl's pre-init warning) out of the user's terminal. Users can still set it themselves.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # absl's INFO lines ("Sharding callback duration") reach Python logging on every checkpoint.
 logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def __getattr__(name: str):
+    # Lazy: `import tripletlab.losses` must not pull in Hydra, and the API imports it.
+    if name in ("compose", "train"):
+        from tripletlab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tripletlab' has no attribute {name!r}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tripletlab.run_folder import RunFolder
+
 
 def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of at most ``max_points`` of ``n`` items, the same for the same seed."""
@@ -15,15 +17,8 @@ def subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
 
 
-def write_artifacts(run_dir: Path, rows: list[dict], embeddings, data, max_points: int) -> int:
-    """plots/ and projector/ after training, for the test split's embeddings."""
-    return write_views(
-        Path(run_dir), rows, embeddings, data.y_test, data.x_test, data.class_names, max_points
-    )
-
-
 def write_views(
-    run_dir: Path,
+    folder: RunFolder,
     rows: list[dict],
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -31,7 +26,7 @@ def write_views(
     class_names: Sequence[str],
     max_points: int,
 ) -> int:
-    """plots/ (curves and a 2-D PCA view) and projector/ for one split's embeddings.
+    """``folder``'s plots/ (curves, a 2-D PCA view) and projector/ for one split's embeddings.
 
     Returns the number of points shown. The projector gets the very same images, in the same
     order, as its embeddings.
@@ -39,8 +34,8 @@ def write_views(
     from tripletlab.plots import plot_curves, plot_embeddings_2d
     from tripletlab.projector import write_projector
 
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    plots = folder.plots_dir
+    plots.mkdir(parents=True, exist_ok=True)
     if rows:
         plot_curves(rows, plots)
     keep = subsample(len(embeddings), max_points)
@@ -48,7 +43,7 @@ def write_views(
     plot_embeddings_2d(
         emb, lab, class_names, plots / "embeddings_pca.png", max_points=max(len(keep), 1)
     )
-    projector_dir = run_dir / "projector"
+    projector_dir = folder.projector_dir
     write_projector(projector_dir, emb, lab, class_names, np.asarray(images)[keep])
     mark_as_tensorboard_run(projector_dir, len(keep))
     return len(keep)

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletlab import rundir
+from tripletlab import reuse, rundir
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.inference import open_model
+from tripletlab.run_folder import RunFolder
 
 log = logging.getLogger("tripletlab")
 
@@ -89,7 +91,7 @@ def read_images(paths: Sequence[Path], shape: Sequence[int]) -> np.ndarray:
     out = np.empty((len(paths), h, w, c), np.uint8)
     for i, path in enumerate(paths):
         img = decode_image(Path(path), c, h if h == w else None)  # DataError names the file
-        out[i] = rundir.conform_images(img[None], (h, w, c))[0]
+        out[i] = reuse.conform_images(img[None], (h, w, c))[0]
     return out
 
 
@@ -122,7 +124,7 @@ def folder_gallery(folder: str | Path, shape: Sequence[int]) -> Gallery:
 
 
 def train_gallery(run_cfg, shape: Sequence[int]) -> Gallery:
-    data = rundir.load_data(run_cfg, shape)
+    data = reuse.load_data(run_cfg, shape)
     labels = [data.class_names[int(y)] for y in data.y_train]
     names = [f"train[{i}]" for i in range(len(labels))]
     return Gallery(data.x_train, labels, names, f"{data.name} training split ({data.source})")
@@ -268,7 +270,7 @@ def embed_inputs(
     """Embed ``inputs`` with the run's model into ``out``; optionally their neighbours."""
     from tripletlab.io_utils import atomic_write_bytes, atomic_write_text
 
-    run_dir = rundir.check_run_dir(run_dir)
+    RunFolder.existing(run_dir)  # first: the most basic mistake gets the first message
     out = Path(out).expanduser()
     if out.suffix.lower() not in OUT_SUFFIXES:
         raise ConfigError(f"--out {out}: use a file name ending in .npy or .tsv")
@@ -278,12 +280,12 @@ def embed_inputs(
         raise ConfigError(f"--neighbours {neighbours} must be >= 1")
     if gallery_dir is not None and not neighbours:
         raise ConfigError("--gallery needs --neighbours K (how many neighbours to list)")
-    run_cfg = rundir.load_config(run_dir, overrides)
+    run_cfg = reuse.load_config(run_dir, overrides)
     paths = find_images(inputs)
     if gallery_dir is not None:
         gallery_files(gallery_dir)  # before the slow part: a missing or empty gallery fails now
-    rundir.model_path(run_dir)  # a clear error before TensorFlow is imported
-    embedder = rundir.open_model(run_dir, run_cfg.cfg)
+    run_cfg.folder.require_model()  # a clear error before TensorFlow is imported
+    embedder = open_model(run_cfg.folder, run_cfg.cfg)
     shape = embedder.input_shape
     images = read_images(paths, shape)
     names = [str(p) for p in paths]

@@ -3,8 +3,8 @@
 The config comes from the run's ``.hydra/config.yaml``; overrides change it for this
 evaluation only (``dataset=image_folder dataset.root=/my/images``, ``dataset.max_test=500``).
 Every metric is recomputed with the saved model on the test split (or ``--split train``),
-printed as a table and written to ``RUN_DIR/eval/<name>.json``. ``metrics.csv`` and
-``summary.json`` stay as training left them.
+printed as a table and written to ``RUN_DIR/eval/<name>.json``. The run's own metrics and
+summary stay as training left them.
 
 On the run's own data this reproduces the run's final metrics exactly: the images, their
 preprocessing, the batch size (``eval.batch_size``), the compiled embedding step and the
@@ -26,8 +26,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tripletlab import rundir
+from tripletlab import reuse, rundir
 from tripletlab.errors import ConfigError
+from tripletlab.inference import SPLITS, evaluate_split, open_model
 
 log = logging.getLogger("tripletlab")
 
@@ -62,25 +63,23 @@ def evaluate_run(
     name: str | None = None,
 ) -> dict:
     """Recompute the metrics of the run in ``run_dir``; write and return eval/<name>.json."""
-    run_dir = rundir.check_run_dir(run_dir)
-    if split not in rundir.SPLITS:
+    if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not valid; choose one of: test, train")
-    run_cfg = rundir.load_config(run_dir, overrides)
-    cfg = run_cfg.cfg
+    run_cfg = reuse.load_config(run_dir, overrides)
+    cfg, folder = run_cfg.cfg, run_cfg.folder
     name = _check_name(name) if name else default_name(cfg.dataset.name, split, overrides)
-    rundir.model_path(run_dir)  # a clear error before TensorFlow is imported
+    folder.require_model()  # a clear error before TensorFlow is imported
     from tripletlab.config import to_container
     from tripletlab.io_utils import atomic_write_json
     from tripletlab.metrics import retrieval_metrics
-    from tripletlab.train import evaluate_test_split
 
-    embedder = rundir.open_model(run_dir, cfg)
-    data = rundir.load_data(run_cfg, embedder.input_shape)
+    embedder = open_model(folder, cfg)
+    data = reuse.load_data(run_cfg, embedder.input_shape)
 
     t0 = time.perf_counter()
     if split == "test":
-        # The very function Run.evaluate calls at the end of each evaluated epoch.
-        metrics, test_emb, train_emb = evaluate_test_split(embedder.embed, data, cfg.eval)
+        # The very function training calls at the end of each evaluated epoch.
+        metrics, test_emb, train_emb = evaluate_split(embedder.embed, data, cfg.eval)
         queries, gallery = len(test_emb), len(train_emb)
     else:
         train_emb = embedder.embed(data.x_train)
@@ -89,9 +88,9 @@ def evaluate_run(
     seconds = time.perf_counter() - t0
 
     same_data = split == "test" and not overrides
-    training = (rundir.read_summary(run_dir).get("metrics") or {}) if same_data else {}
+    training = (folder.read_summary().get("metrics") or {}) if same_data else {}
     result = {
-        "run_dir": str(run_dir.resolve()),
+        "run_dir": str(folder.path.resolve()),
         "name": name,
         "split": split,
         "overrides": list(overrides),
@@ -108,7 +107,7 @@ def evaluate_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": to_container(cfg),
     }
-    path = atomic_write_json(run_dir / EVAL_DIR / f"{name}.json", result)
+    path = atomic_write_json(folder.eval_path(name), result)
     result["path"] = str(path)
     return result
 
@@ -145,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="changes to the run's config for this evaluation, e.g. dataset=image_folder "
         "dataset.root=/my/images, or dataset.max_test=500",
     )
-    parser.add_argument("--split", choices=rundir.SPLITS, default="test", help="default: test")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="default: test")
     parser.add_argument(
         "--name", help="file name (without .json) in RUN_DIR/eval/; default from the data"
     )

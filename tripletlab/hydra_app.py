@@ -14,7 +14,6 @@ from tripletlab.errors import TripletLabError
 from tripletlab.sweep import (
     parallel_jobs,
     parallel_threads,
-    record_failure,
     register_resolvers,
     sweep_dir,
     update_sweep_summary,
@@ -30,10 +29,10 @@ register_resolvers()
 def run_task(cfg: DictConfig) -> float:
     """Train ``cfg`` in Hydra's output folder; return the optimised metric for sweepers.
 
-    A user mistake (bad data, a bad value) is printed as one line with no traceback: a
-    single run exits 1. In a sweep every failing job, whatever the error, is recorded as
-    failed in its summary.json (the traceback of an unexpected error goes to its run.log),
-    returns NaN, and the sweep goes on.
+    Training records a failure in the run folder itself; here it is only presented. A user
+    mistake (bad data, a bad value) is printed as one line with no traceback: a single run
+    exits 1. In a sweep a failing job, whatever the error, returns NaN (the traceback of an
+    unexpected error goes to its run.log) and the sweep goes on.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -44,15 +43,14 @@ def run_task(cfg: DictConfig) -> float:
     if multirun:
         _split_threads(cfg, hydra_cfg)
 
-    from tripletlab.train import train  # after _split_threads: it sets OMP_NUM_THREADS
+    from tripletlab.training import train  # after _split_threads: it sets OMP_NUM_THREADS
 
     try:
         return train(cfg, output_dir)
     except TripletLabError as err:
         log.error("%s", err)
         if multirun:
-            record_failure(output_dir, cfg, str(err))
-            return float("nan")
+            return math.nan
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -63,8 +61,7 @@ def run_task(cfg: DictConfig) -> float:
     except Exception as err:
         if not multirun:
             raise  # a bug: keep the traceback
-        log.exception("job failed with an unexpected error")
-        record_failure(output_dir, cfg, f"{type(err).__name__}: {err}")
+        log.exception("job failed with an unexpected error: %s", err)
         return math.nan
 
 

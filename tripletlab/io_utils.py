@@ -2,7 +2,7 @@
 
 Every writer puts the content into a temporary file in the destination folder and then
 ``os.replace``-s it onto the final name, so a reader (TensorBoard, a crashed run being resumed,
-a person tailing ``metrics.csv``) sees either the old file or the new one, never half of one.
+a person tailing a CSV file) sees either the old file or the new one, never half of one.
 The temporary file lives in the same folder because ``os.replace`` is only atomic within one
 filesystem.
 """

@@ -70,7 +70,7 @@ def _no_data(ax, text: str) -> None:
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``loss.png`` and ``metrics.png`` from metrics.csv rows into ``out_dir``.
+    """Write ``loss.png`` and ``metrics.png`` from the run's metrics rows into ``out_dir``.
 
     Args:
         rows: one mapping per epoch with ``epoch`` and any of ``loss``,

@@ -1,7 +1,7 @@
 """Compare runs: ``summary.csv``, ``summary.md`` and ``summary.png`` from run or sweep folders.
 
 ``python -m tripletlab.summarize PATH... [--out DIR] [--metric NAME]`` finds every
-``summary.json`` under the given folders (recursively), writes
+run summary under the given folders (recursively), writes
 
 - ``summary.csv``: one row per run (see :data:`CSV_COLUMNS`), whatever its status;
 - ``summary.md``: one row per configuration, sorted by the metric (best first). Runs that
@@ -29,6 +29,7 @@ from typing import Any
 
 from tripletlab.config import METRICS
 from tripletlab.io_utils import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from tripletlab.run_folder import FINISHED, SUMMARY_FILE, RunFolder, Status, find_summaries
 
 log = logging.getLogger("tripletlab")
 
@@ -44,11 +45,7 @@ __all__ = [
     "write_summary",
 ]
 
-SUMMARY_FILE = "summary.json"
 CSV_NAME, MD_NAME, PNG_NAME = "summary.csv", "summary.md", "summary.png"
-
-# Statuses of runs that went to the end: their metrics are results (a collapse is one too).
-FINISHED = ("ok", "collapsed")
 
 CSV_COLUMNS = [
     "job",
@@ -85,26 +82,6 @@ TABLE_METRICS = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy")
 
 
 # ------------------------------------------------------------------------------ reading
-def find_summaries(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every ``summary.json`` in or under ``paths`` (a path may also be the file itself).
-
-    Raises FileNotFoundError for a path that does not exist.
-    """
-    found: dict[Path, None] = {}
-    for p in paths:
-        path = Path(p)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        if path.is_file():
-            if path.name != SUMMARY_FILE:
-                raise FileNotFoundError(f"{path} is not a {SUMMARY_FILE} or a folder")
-            found[path.resolve()] = None
-            continue
-        for f in sorted(path.rglob(SUMMARY_FILE)):
-            found[f.resolve()] = None
-    return list(found)
-
-
 def _load_yaml(path: Path) -> Any:
     import yaml
 
@@ -118,9 +95,10 @@ def _load_yaml(path: Path) -> Any:
 
 def _job_info(run_dir: Path) -> tuple[int | None, list[str]]:
     """Hydra's job number (sweeps only) and the run's task overrides, from ``.hydra/``."""
-    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    folder = RunFolder(run_dir)
+    overrides = _load_yaml(folder.overrides_path)
     overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
-    hydra_cfg = _load_yaml(run_dir / ".hydra" / "hydra.yaml")
+    hydra_cfg = _load_yaml(folder.hydra_path)
     job = None
     if isinstance(hydra_cfg, dict):
         hydra = hydra_cfg.get("hydra") or {}
@@ -176,17 +154,17 @@ def _batch_size(cfg: Mapping | None) -> Any:
 
 
 def read_run(summary_path: Path, relative_to: Path | None = None) -> dict[str, Any]:
-    """One summary.csv row (plus private ``_config`` / ``_overrides``) from a summary.json."""
+    """One summary.csv row (plus private ``_config`` / ``_overrides``) from a run's summary file."""
     run_dir = summary_path.parent
     try:
         summary = json.loads(summary_path.read_text())
         if not isinstance(summary, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
-        summary = {"status": "failed", "error": f"unreadable {summary_path}: {err}"}
+        summary = {"status": Status.FAILED.value, "error": f"unreadable {summary_path}: {err}"}
     cfg = summary.get("config") if isinstance(summary.get("config"), dict) else None
     if cfg is None:  # a summary written before the config was known: use Hydra's copy
-        saved = _load_yaml(run_dir / ".hydra" / "config.yaml")
+        saved = _load_yaml(RunFolder(run_dir).config_path)
         cfg = saved if isinstance(saved, dict) else None
     job, overrides = _job_info(run_dir)
     metrics = summary.get("metrics") or {}

@@ -6,10 +6,9 @@
   shortened with a hash that keeps it unique and the same on every rerun (resume).
 - :class:`SweepSummary`, a Hydra callback (``hydra.callbacks.sweep_summary``), rebuilds
   ``summary.csv`` / ``.md`` / ``.png`` in the sweep folder each time a job ends, from the
-  jobs' ``summary.json`` files, under a file lock, so parallel jobs never lose a row. At the
+  jobs' summaries (:mod:`tripletlab.run_folder`), under a file lock, so parallel jobs never lose a row. At the
   end of the sweep it prints the table and, if a job failed, one line with the count and
   exits 1.
-- :func:`record_failure` writes a failed job's ``summary.json`` when training did not.
 - :func:`parallel_threads` splits the cores between parallel local jobs.
 - ``python -m tripletlab.sweep resume-args DIR`` prints the overrides a sweep folder was
   made with (``sweep.sh --resume DIR`` reruns them into DIR).
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -68,36 +66,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("tripletlab.job_dirname", job_dirname, replace=True)
 
 
-# ------------------------------------------------------------------------ failed jobs
-def record_failure(run_dir: str | os.PathLike, cfg: Any, error: str) -> Path:
-    """Mark ``run_dir/summary.json`` failed with ``error``, unless training already did.
-
-    What the run wrote before failing (metrics, epochs done, timing) is kept. Without a
-    summary (the job failed before training started) a minimal one is written, with the
-    config, so that the sweep's table still has the job's row.
-    """
-    from tripletlab.io_utils import atomic_write_json
-
-    path = Path(run_dir) / "summary.json"
-    summary: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads(path.read_text())
-        summary = loaded if isinstance(loaded, dict) else {}
-    if summary.get("status") == "failed" and summary.get("error"):
-        return path
-    summary["status"] = "failed"
-    summary["error"] = error
-    summary.setdefault("metrics", {})
-    summary.setdefault("best", {"metric": None, "value": None, "epoch": None})
-    if not summary.get("config") and cfg is not None:
-        with contextlib.suppress(Exception):
-            from omegaconf import OmegaConf
-
-            summary["config"] = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_json(path, summary)
-    return path
-
-
 # ---------------------------------------------------------------------- parallel jobs
 def cpu_count() -> int:
     try:
@@ -141,7 +109,7 @@ def locked(folder: Path) -> Iterator[None]:
 def update_sweep_summary(
     sweep_dir: str | os.PathLike, metric: str | None = None, plot: bool = True
 ) -> tuple[list[dict], str]:
-    """Rebuild the sweep folder's summary files from its jobs' summary.json; (rows, markdown)."""
+    """Rebuild the sweep folder's summary files from its jobs' run folders; (rows, markdown)."""
     from tripletlab.summarize import collect_rows, default_metric, write_summary
 
     folder = Path(sweep_dir).resolve()
@@ -198,16 +166,7 @@ class SweepSummary(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
-        from hydra.core.utils import JobStatus
-
-        if job_return is not None and job_return.status == JobStatus.FAILED:
-            # run_task records failures itself; this is for errors that escaped it.
-            err = job_return._return_value
-            record_failure(
-                config.hydra.runtime.output_dir,
-                getattr(job_return, "cfg", None),
-                f"{type(err).__name__}: {err}",
-            )
+        # Training recorded the job's status (a failure too) in its run folder.
         update_sweep_summary(_sweep_dir(config), _metric(config), plot=self.plot)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
@@ -233,7 +192,7 @@ class SweepSummary(Callback):
 
 def failures(rows: Sequence[dict]) -> list[dict]:
     """Rows of jobs that did not finish (failed, interrupted, still marked running)."""
-    from tripletlab.summarize import FINISHED
+    from tripletlab.run_folder import FINISHED
 
     return [r for r in rows if r["status"] not in FINISHED]
 

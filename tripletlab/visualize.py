@@ -7,7 +7,7 @@ writes, in place of what training left:
 - ``projector/``: TensorBoard's Embedding Projector (checkpoint, projector_config.pbtxt,
   metadata.tsv, sprite.png in the same order, vectors.tsv), marked as a TensorBoard run so
   that ``tensorboard --logdir RUN_DIR`` shows it;
-- ``plots/``: the loss and metric curves (from metrics.csv) and the 2-D PCA view of the
+- ``plots/``: the loss and metric curves (from the metrics rows) and the 2-D PCA view of the
   embeddings.
 
 With the defaults (test split, ``eval.max_points`` points) it writes what training wrote.
@@ -21,8 +21,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tripletlab import artifacts, rundir
+from tripletlab import artifacts, reuse, rundir
 from tripletlab.errors import ConfigError
+from tripletlab.inference import SPLITS, open_model
 
 log = logging.getLogger("tripletlab")
 
@@ -34,22 +35,21 @@ def visualize_run(
     max_points: int | None = None,
 ) -> dict:
     """Rebuild projector/ and plots/ of the run in ``run_dir``; returns what was written."""
-    run_dir = rundir.check_run_dir(run_dir)
-    if split not in rundir.SPLITS:
+    if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not valid; choose one of: test, train")
     if max_points is not None and max_points < 0:
         raise ConfigError(f"--max-points {max_points} must be >= 0 (0: every point)")
-    run_cfg = rundir.load_config(run_dir, overrides)
-    cfg = run_cfg.cfg
+    run_cfg = reuse.load_config(run_dir, overrides)
+    cfg, folder = run_cfg.cfg, run_cfg.folder
     max_points = int(cfg.eval.max_points if max_points is None else max_points)
-    rundir.model_path(run_dir)  # a clear error before TensorFlow is imported
-    embedder = rundir.open_model(run_dir, cfg)
-    data = rundir.load_data(run_cfg, embedder.input_shape)
-    images, labels = rundir.split_arrays(data, split)
+    folder.require_model()  # a clear error before TensorFlow is imported
+    embedder = open_model(folder, cfg)
+    data = reuse.load_data(run_cfg, embedder.input_shape)
+    images, labels = reuse.split_arrays(data, split)
     embeddings = embedder.embed(images)
     shown = artifacts.write_views(
-        run_dir,
-        rundir.read_metrics_rows(run_dir),
+        folder,
+        folder.read_metrics(),
         embeddings,
         labels,
         images,
@@ -57,13 +57,13 @@ def visualize_run(
         max_points,
     )
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(folder.path),
         "dataset": data.name,
         "split": split,
         "points": shown,
         "of": len(embeddings),
-        "projector": str(run_dir / "projector"),
-        "plots": str(run_dir / "plots"),
+        "projector": str(folder.projector_dir),
+        "plots": str(folder.plots_dir),
     }
 
 
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="points in the projector and the PCA plot (default: eval.max_points; 0: all)",
     )
-    parser.add_argument("--split", choices=rundir.SPLITS, default="test", help="default: test")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="default: test")
     args = parser.parse_intermixed_args(argv)
     out = visualize_run(args.run_dir, args.overrides, args.split, args.max_points)
     print(

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from tripletlab.train import PRECISION_POLICIES, cpu_flags, has_fast_bfloat16
+from tripletlab.runtime import PRECISION_POLICIES, cpu_flags, has_fast_bfloat16
 
 DEFAULT_CSV = Path("outputs/bench/train.csv")
 TRAIN_SIZE = 60000
@@ -75,9 +75,10 @@ def bench_model(name: str, precision: str, data, args) -> dict:
     import keras
     import tensorflow as tf
 
+    from tripletlab.inference import make_embed_step
     from tripletlab.models import build_model
     from tripletlab.pipeline import TrainPipeline
-    from tripletlab.train import make_steps
+    from tripletlab.training.steps import make_train_step
 
     x_train, y_train, x_test, y_test = data
     keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
@@ -91,9 +92,10 @@ def bench_model(name: str, precision: str, data, args) -> dict:
     if precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     mining = SimpleNamespace(strategy=args.mining, margin=0.2, squared=False, soft_margin=False)
-    train_step, embed_step = make_steps(
+    train_step = make_train_step(
         model, optimizer, mining, scales_loss=precision == "float16", jit_compile=jit
     )
+    embed_step = make_embed_step(model, jit)
     sampler = SimpleNamespace(name="pk", classes_per_batch=8, images_per_class=args.batch_size // 8)
     pipe = TrainPipeline(x_train, y_train, sampler, args.batch_size, seed=0)
     batch = pipe.batch_indices(0).shape[1]

@@ -1,0 +1,114 @@
+"""Embed images with a model and evaluate a split: shared by training and the reuse commands.
+
+Training's per-epoch evaluation and ``tripletlab-evaluate`` / ``-visualize`` / ``-embed``
+all embed through :func:`embed_images` with the step from :func:`make_embed_step`, so the
+same images give the same embeddings, bit for bit (oneDNN's results depend on the batch
+size, so the batching is part of the contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tripletlab.errors import one_line
+from tripletlab.run_folder import RunFolder, RunFolderError
+
+
+def make_embed_step(model, jit_compile: bool = False) -> Callable:
+    """A ``tf.function``: float32 images [B, H, W, C] in [0, 1] -> float32 embeddings [B, D]."""
+    import tensorflow as tf
+
+    def embed_step(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    return tf.function(embed_step, jit_compile=jit_compile)
+
+
+def embed_images(embed_step: Callable, images: np.ndarray, batch_size: int, dim: int) -> np.ndarray:
+    """uint8 images [N, H, W, C] -> float32 embeddings [N, dim], in batches of ``batch_size``."""
+    from tripletlab.pipeline import eval_dataset
+
+    parts = [embed_step(x).numpy() for x in eval_dataset(images, int(batch_size))]
+    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def evaluate_split(
+    embed: Callable[[np.ndarray], np.ndarray], data, eval_cfg
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Every metric on the test split: the test set is queries and gallery (leaving the query
+    out), the train set is kNN's gallery.
+
+    ``embed``: uint8 images [N, H, W, C] -> [N, D]. Returns (metrics, test embeddings [N_test,
+    D], train embeddings [N_train, D]).
+    """
+    from tripletlab.metrics import evaluate_embeddings
+
+    test_emb, train_emb = embed(data.x_test), embed(data.x_train)
+    metrics = evaluate_embeddings(
+        test_emb,
+        data.y_test,
+        train_emb,
+        data.y_train,
+        knn_k=eval_cfg.knn_k,
+        chunk_size=eval_cfg.chunk_size,
+    )
+    return metrics, test_emb, train_emb
+
+
+def load_model(folder: RunFolder):
+    """The run's saved embedding model (Keras); a clear error if it is missing or corrupt."""
+    import keras
+
+    import tripletlab.models  # noqa: F401  registers FusedBatchNorm for deserialisation
+
+    path = folder.require_model()
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, ...
+        raise RunFolderError(
+            f"cannot load the saved model {path}: {one_line(exc)}; the file is corrupt or was "
+            "written by another version of Keras"
+        ) from None
+
+
+class Embedder:
+    """A model and its embedding path, exactly as training evaluated it.
+
+    ``embed(images)`` takes uint8 [N, H, W, C]; images of another shape are converted to the
+    model's input shape first (resized, grey <-> RGB).
+    """
+
+    def __init__(self, model, batch_size: int, jit_compile: bool = False):
+        self.model = model
+        self.batch_size = int(batch_size)
+        self._step = make_embed_step(model, jit_compile)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.model.input_shape[1:])  # type: ignore[return-value]
+
+    @property
+    def embedding_size(self) -> int:
+        return int(self.model.output_shape[-1])
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.shape[1:] != self.input_shape:
+            from tripletlab.reuse import conform_images
+
+            images = conform_images(images, self.input_shape)
+        return embed_images(self._step, images, self.batch_size, self.embedding_size)
+
+
+def open_model(folder: RunFolder, cfg: Any) -> Embedder:
+    """Set TensorFlow up as training did (``cfg.trainer``), load the run's model."""
+    from tripletlab.runtime import setup_tf
+
+    runtime = setup_tf(cfg.trainer)
+    return Embedder(load_model(folder), cfg.eval.batch_size, jit_compile=runtime.jit_compile)
+
+
+SPLITS: Sequence[str] = ("test", "train")

@@ -1,0 +1,91 @@
+"""TensorFlow's runtime for a run: threads, GPU memory, XLA and the precision policy.
+
+Training, the reuse commands and the benchmarks set TensorFlow up through :func:`setup_tf`,
+so the same config embeds the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# trainer.mixed_precision (auto resolved) -> Keras policy name.
+PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What :func:`setup_tf` chose: XLA on or off, the precision ("off" is float32), the device."""
+
+    jit_compile: bool
+    precision: str
+    device: str
+
+
+def normalize_precision(value) -> str:
+    """YAML reads a bare ``off`` as False: accept it, and None, as "off"."""
+    if value is None or value is False or str(value).lower() in ("false", "none", "no", "off"):
+        return "off"
+    return str(value)
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags from ``cpuinfo`` (empty where there is none)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
+    return set(match.group(1).split()) if match else set()
+
+
+def has_fast_bfloat16(gpus: list, flags: set[str] | None = None) -> bool:
+    """Whether bfloat16 matrix units make mixed precision pay off here.
+
+    GPU: compute capability 8.0 or later (Ampere on). CPU: Intel AMX (``amx_bf16`` in
+    ``flags``, by default this machine's), where oneDNN runs bfloat16 convolutions several
+    times faster than float32 (``python -m tripletlab.bench train`` measures it). AVX512-BF16
+    alone was not measured, so it stays float32.
+    """
+    if gpus:
+        import tensorflow as tf
+
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return tuple(details.get("compute_capability") or (0, 0)) >= (8, 0)
+    return "amx_bf16" in (cpu_flags() if flags is None else flags)
+
+
+def resolve_precision(value, gpus: list, flags: set[str] | None = None) -> str:
+    """``trainer.mixed_precision`` with ``auto`` resolved: bfloat16 or off."""
+    precision = normalize_precision(value)
+    if precision == "auto":
+        precision = "bfloat16" if has_fast_bfloat16(gpus, flags) else "off"
+    return precision
+
+
+def setup_tf(trainer) -> Runtime:
+    """Threads, GPU memory growth and the precision policy from ``trainer`` (TrainerConfig).
+
+    ``trainer.jit_compile=auto`` means XLA on a GPU and not on a CPU, where it made the step
+    slower; ``trainer.mixed_precision=auto`` means bfloat16 where ``has_fast_bfloat16``.
+    Sets Keras' global policy: callers that must not leak it restore it themselves.
+    """
+    import keras
+    import tensorflow as tf
+
+    if trainer.threads:
+        # Parallel jobs on one machine split the cores instead of oversubscribing them.
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
+            tf.config.threading.set_intra_op_parallelism_threads(trainer.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(trainer.threads, 2))
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    jit = str(trainer.jit_compile).lower()
+    jit_compile = bool(gpus) if jit == "auto" else jit == "true"
+    precision = resolve_precision(trainer.mixed_precision, gpus)
+    keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
+    return Runtime(jit_compile, precision, "GPU" if gpus else "CPU")

@@ -1,0 +1,59 @@
+"""Checkpoints of a run: model, optimizer and the epoch counter; resume from the latest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tripletlab.errors import TrainingError
+
+log = logging.getLogger("tripletlab")
+
+MAX_TO_KEEP = 3
+
+
+class Checkpoints:
+    """A ``tf.train.CheckpointManager`` over the model, the optimizer and the epoch done.
+
+    Checkpoint ``n`` holds the state after epoch ``n``. A checkpoint is only written after
+    an epoch that finished with finite values, so the latest one is always a good one.
+    """
+
+    def __init__(self, folder: Path, model, optimizer):
+        import tensorflow as tf
+
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, str(folder), max_to_keep=MAX_TO_KEEP
+        )
+
+    @property
+    def latest(self) -> str | None:
+        return self._manager.latest_checkpoint
+
+    def restore_latest(self) -> int:
+        """Restore the latest checkpoint, if any; the number of epochs it had done (0 if none).
+
+        Every saved value must find its variable: a checkpoint from another model is an
+        error, not a silent partial restore.
+        """
+        path = self.latest
+        if not path:
+            return 0
+        try:
+            status = self._checkpoint.restore(path)
+            # Checked, then quiet: values of objects this run never creates may remain.
+            status.assert_existing_objects_matched().expect_partial()
+        except (AssertionError, ValueError) as err:
+            raise TrainingError(
+                f"checkpoint {path} does not fit this run's model ({err}); it was written by "
+                "another configuration: use a new run folder, or delete its checkpoints/"
+            ) from None
+        epoch = int(self.epoch.numpy())
+        log.info("resuming from %s after epoch %d", path, epoch)
+        return epoch
+
+    def save(self, epoch: int) -> str:
+        self.epoch.assign(epoch)
+        return self._manager.save(checkpoint_number=epoch)

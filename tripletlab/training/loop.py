@@ -1,0 +1,311 @@
+"""The training loop: it only connects parts built elsewhere.
+
+Runtime (:mod:`tripletlab.runtime`), data (:mod:`tripletlab.data`, :mod:`tripletlab.pipeline`),
+model (:mod:`tripletlab.models`), the compiled step (:mod:`.steps`), checkpoints
+(:mod:`.checkpoints`), monitors (:mod:`.monitors`), evaluation (:mod:`tripletlab.inference`)
+and the run folder (:mod:`tripletlab.run_folder`). It knows nothing of YAML: ``cfg`` is any
+object with the attributes of :class:`tripletlab.config.Config`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tripletlab.artifacts import write_views
+from tripletlab.config import to_container, validate
+from tripletlab.errors import DataError
+from tripletlab.inference import embed_images, evaluate_split, make_embed_step
+from tripletlab.pipeline import effective_batch_size
+from tripletlab.run_folder import RunFolder, Status, build_summary
+from tripletlab.runtime import Runtime, setup_tf
+from tripletlab.training.checkpoints import Checkpoints
+from tripletlab.training.monitors import (
+    CHECK_EVERY,
+    CollapseDetector,
+    NanGuard,
+    ProgressBar,
+    TensorBoardScalars,
+    log_epoch,
+)
+from tripletlab.training.steps import make_running_means, make_train_step
+
+log = logging.getLogger("tripletlab")
+
+
+class Trainer:
+    """One run of ``cfg`` in ``folder``; :meth:`run` returns the optimised metric.
+
+    ``callbacks``: objects with ``on_epoch_end(row)``, called with each epoch's metrics row
+    once it is checkpointed and written (trackers, tests, notebooks).
+    """
+
+    def __init__(self, cfg: Any, folder: RunFolder, callbacks: Sequence[Any] = ()):
+        validate(cfg)
+        self.cfg = cfg
+        self.folder = folder
+        self.callbacks = list(callbacks)
+        self.started = time.time()
+        self.previous_wall = float(folder.read_summary().get("wall_seconds") or 0.0)
+        self.rows: list[dict] = []  # the metrics rows: resumed ones, then this session's
+        self.runtime = None
+
+    # ------------------------------------------------------------------ record
+    def write_summary(self, status: Status, error: str | None = None) -> dict:
+        summary = build_summary(
+            status,
+            self.rows,
+            self.cfg.optimized_metric,
+            error=error,
+            wall_seconds=time.time() - self.started + self.previous_wall,
+            device=self.runtime.device if self.runtime else None,
+            precision=self.runtime.precision if self.runtime else None,
+            config=to_container(self.cfg) if hasattr(self.cfg, "_metadata") else None,
+        )
+        self.folder.write_summary(summary)
+        return summary
+
+    def _metric_value(self, metrics: dict) -> float:
+        value = metrics.get(self.cfg.optimized_metric)
+        return math.nan if value is None else float(value)
+
+    # --------------------------------------------------------------------- run
+    def run(self) -> float:
+        cfg, folder = self.cfg, self.folder
+        if folder.is_finished(cfg.trainer.epochs) and folder.model_path.exists():
+            previous = folder.read_summary()
+            log.info(
+                "run already finished (%s) in %s; not training again",
+                previous["status"],
+                folder.path,
+            )
+            return self._metric_value(previous.get("metrics") or {})
+
+        self.runtime = setup_runtime(cfg)
+        data = load_training_data(cfg.dataset)
+        parts = Parts.build(cfg, data, self.runtime, folder)
+        start_epoch = parts.checkpoints.restore_latest()
+        self.rows = [r for r in folder.read_metrics() if int(r["epoch"]) <= start_epoch]
+
+        collapse = CollapseDetector(
+            cfg.mining.margin,
+            cfg.mining.soft_margin,
+            cfg.trainer.collapse_patience,
+            cfg.trainer.epochs,
+        )
+        scalars = TensorBoardScalars(folder.tensorboard_dir)
+        status, test_emb = Status.OK, None
+        try:
+            for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
+                row = parts.train_epoch(epoch)
+                if epoch % cfg.eval.every == 0 or epoch == cfg.trainer.epochs:
+                    t0 = time.perf_counter()
+                    scores, test_emb, _ = evaluate_split(parts.embed, data, cfg.eval)
+                    row.update(scores)
+                    row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+                self.rows.append(row)
+                if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
+                    parts.checkpoints.save(epoch)
+                folder.write_metrics(self.rows)
+                scalars.write(row)
+                log_epoch(row, cfg.trainer.epochs)
+                stop = collapse.update(row)
+                self.write_summary(Status.RUNNING)
+                for callback in self.callbacks:
+                    callback.on_epoch_end(row)
+                if stop:
+                    status = Status.COLLAPSED
+                    break
+        finally:
+            scalars.close()
+
+        self._save_model(parts.model)
+        if test_emb is None:
+            test_emb = parts.embed(data.x_test)
+        write_views(
+            folder,
+            self.rows,
+            test_emb,
+            data.y_test,
+            data.x_test,
+            data.class_names,
+            cfg.eval.max_points,
+        )
+        error = CollapseDetector.MESSAGE if status == Status.COLLAPSED else None
+        summary = self.write_summary(status, error=error)
+        if error:
+            log.error(error)
+        value = summary["metrics"].get(cfg.optimized_metric)
+        log.info("done: %s = %s; run folder %s", cfg.optimized_metric, value, folder.path)
+        return math.nan if value is None else float(value)
+
+    def _save_model(self, model) -> None:
+        """The embedding model, written under a temporary name and then renamed."""
+        target = self.folder.model_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".tmp-{target.name}")
+        model.save(tmp)
+        tmp.replace(target)
+
+
+def setup_runtime(cfg: Any) -> Runtime:
+    """TensorFlow's runtime for ``cfg.trainer``, the seeds, and op determinism if asked."""
+    import keras
+    import tensorflow as tf
+
+    runtime = setup_tf(cfg.trainer)
+    keras.utils.set_random_seed(int(cfg.seed))
+    if cfg.trainer.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    log.info(
+        "device %s, jit_compile=%s, precision=%s",
+        runtime.device,
+        runtime.jit_compile,
+        runtime.precision,
+    )
+    return runtime
+
+
+@dataclass
+class Parts:
+    """What one epoch needs: the pipeline, the model, its optimizer, steps and checkpoints."""
+
+    cfg: Any
+    pipeline: Any
+    model: Any
+    schedule: Any
+    checkpoints: Checkpoints
+    means: dict
+    train_step: Callable
+    embed_step: Callable
+    guard: NanGuard
+    progress: ProgressBar
+
+    @classmethod
+    def build(cls, cfg: Any, data: Any, runtime: Runtime, folder: RunFolder) -> Parts:
+        import keras
+
+        from tripletlab.models import build_model
+        from tripletlab.pipeline import TrainPipeline
+        from tripletlab.schedules import WarmupCosine
+
+        pipeline = TrainPipeline(
+            data.x_train,
+            data.y_train,
+            cfg.sampler,
+            cfg.trainer.batch_size,
+            cfg.seed,
+            augment=cfg.trainer.augment,
+        )
+        steps = pipeline.steps_per_epoch
+        model = build_model(cfg.model, data.image_shape, cfg.trainer.weight_decay)
+        schedule = WarmupCosine(
+            peak=cfg.trainer.learning_rate,
+            warmup_steps=int(round(cfg.trainer.warmup_epochs * steps)),
+            total_steps=steps * cfg.trainer.epochs,
+            cosine=cfg.trainer.schedule == "cosine",
+        )
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        if runtime.precision == "float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        # Built now, so that a checkpoint restores its slots and a mismatch is an error.
+        optimizer.build(model.trainable_variables)
+        checkpoints = Checkpoints(folder.checkpoints_dir, model, optimizer)
+        means = make_running_means()
+        train_step = make_train_step(
+            model,
+            optimizer,
+            cfg.mining,
+            scales_loss=runtime.precision == "float16",
+            jit_compile=runtime.jit_compile,
+            means=means,
+        )
+        batch_size = effective_batch_size(cfg.sampler, cfg.trainer.batch_size)
+        log.info(
+            "model %s: %d parameters, embedding %d; %d steps of %d images per epoch",
+            cfg.model.name,
+            model.count_params(),
+            cfg.model.embedding_size,
+            steps,
+            batch_size,
+        )
+        return cls(
+            cfg=cfg,
+            pipeline=pipeline,
+            model=model,
+            schedule=schedule,
+            checkpoints=checkpoints,
+            means=means,
+            train_step=train_step,
+            embed_step=make_embed_step(model, runtime.jit_compile),
+            guard=NanGuard(means, lambda: checkpoints.latest),
+            progress=ProgressBar(steps, batch_size, cfg.trainer.progress),
+        )
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, C] -> float32 [N, D] with the model as it is now."""
+        eval_cfg = self.cfg.eval
+        return embed_images(
+            self.embed_step, images, eval_cfg.batch_size, self.cfg.model.embedding_size
+        )
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch; its metrics row without the retrieval metrics."""
+        steps, batch_size = self.pipeline.steps_per_epoch, self.progress.batch_size
+        for m in self.means.values():
+            m.reset_state()
+        self.progress.start()
+        first_step = (epoch - 1) * steps
+        t0 = time.perf_counter()
+        for i, (images, labels) in enumerate(self.pipeline.epoch(epoch)):
+            self.train_step(images, labels)
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                self.guard.check(epoch, first_step + i + 1)
+                self.progress.update(i + 1, self.means)
+        seconds = time.perf_counter() - t0
+        step = epoch * steps
+        return {
+            "epoch": epoch,
+            "step": step,
+            "loss": float(self.means["loss"].result()),
+            "fraction_positive": float(self.means["fraction"].result()),
+            "embedding_norm": float(self.means["norm"].result()),
+            "embedding_spread": float(self.means["spread"].result()),
+            "learning_rate": float(self.schedule(step)),
+            "epoch_seconds": round(seconds, 3),
+            "images_per_second": round(steps * batch_size / seconds, 1),
+        }
+
+
+def load_training_data(dataset_cfg: Any):
+    """The dataset, checked to hold at least two classes with two images each."""
+    from tripletlab.data import load_dataset
+
+    data = load_dataset(dataset_cfg)
+    classes, counts = np.unique(data.y_train, return_counts=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"dataset {data.name!r} has {len(classes)} class in its training split; "
+            "a triplet needs at least two classes"
+        )
+    if counts.min() < 2:
+        lonely = [data.class_names[int(c)] for c in classes[counts < 2]]
+        raise DataError(
+            f"class(es) {lonely} of {data.source} have fewer than 2 training images; "
+            "a triplet needs two images of a class: add images or remove the class"
+        )
+    log.info(
+        "data %s from %s: train %s, test %s, %d classes",
+        data.name,
+        data.source,
+        data.x_train.shape,
+        data.x_test.shape,
+        data.num_classes,
+    )
+    return data
