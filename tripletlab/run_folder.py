@@ -264,7 +264,8 @@ def summarize_rows(
     evaluated = [r for r in rows if not math.isnan(as_float(r.get(metric)))]
     best_row = max(evaluated, key=lambda r: as_float(r[metric])) if evaluated else None
     final = dict(rows[-1]) if rows else {}
-    for key in METRICS:
+    for key in METRICS if rows else ():
+        final.setdefault(key, None)
         if math.isnan(as_float(final.get(key))):
             last = [r for r in rows if not math.isnan(as_float(r.get(key)))]
             if last:

@@ -1,0 +1,93 @@
+"""The training loop's monitors, each alone: NaN guard, collapse detector, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tripletlab.errors import TrainingError
+from tripletlab.training.monitors import (
+    CollapseDetector,
+    NanGuard,
+    TensorBoardScalars,
+    is_collapsed,
+)
+
+
+@pytest.mark.parametrize(
+    ("loss", "spread", "norm", "soft", "expected"),
+    [
+        (0.2, 1e-5, 1.0, False, True),  # at the margin, no spread: collapsed
+        (0.2, 0.5, 1.0, False, False),  # at the margin but spread out: a hard batch
+        (0.05, 1e-5, 1.0, False, False),  # learning
+        (0.6931, 1e-6, 1e-6, True, True),  # soft margin: softplus(0), all at the origin
+    ],
+)
+def test_collapse_detection(loss, spread, norm, soft, expected):
+    assert is_collapsed(loss, spread, norm, margin=0.2, soft=soft) is expected
+
+
+def _row(epoch, collapsed):
+    spread = 1e-6 if collapsed else 0.5
+    return {"epoch": epoch, "loss": 0.2, "embedding_spread": spread, "embedding_norm": 1.0}
+
+
+def test_collapse_stops_after_patience_consecutive_epochs():
+    detector = CollapseDetector(margin=0.2, soft_margin=False, patience=2, epochs=10)
+    # A collapsed epoch, a recovery, then two in a row: only the second of those stops.
+    verdicts = [
+        detector.update(_row(e, c)) for e, c in [(1, True), (2, False), (3, True), (4, True)]
+    ]
+    assert verdicts == [False, False, False, True]
+
+
+def test_collapse_on_the_last_epoch_stops_whatever_the_patience():
+    detector = CollapseDetector(margin=0.2, soft_margin=False, patience=5, epochs=2)
+    assert detector.update(_row(1, False)) is False
+    assert detector.update(_row(2, True)) is True
+    assert "learning_rate" in CollapseDetector.MESSAGE
+
+
+class _Mean:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+@pytest.mark.parametrize(
+    ("loss", "norm", "what"),
+    [(math.nan, 1.0, "the loss became nan"), (0.1, math.inf, "norm became inf")],
+)
+def test_nan_guard_names_what_diverged_and_the_last_checkpoint(loss, norm, what):
+    means = {"loss": _Mean(loss), "norm": _Mean(norm)}
+    guard = NanGuard(means, lambda: "/run/checkpoints/ckpt-3")
+    with pytest.raises(TrainingError, match=what) as info:
+        guard.check(epoch=4, step=120)
+    assert "epoch 4, by step 120" in str(info.value)
+    assert "ckpt-3" in str(info.value)
+
+
+def test_nan_guard_is_silent_on_finite_values():
+    NanGuard({"loss": _Mean(0.3), "norm": _Mean(1.0)}, lambda: None).check(epoch=1, step=1)
+
+
+def test_tensorboard_scalars_skip_missing_values(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = TensorBoardScalars(tmp_path)
+    scalars.write({"epoch": 1, "step": 10, "loss": 0.5, "precision_at_1": ""})
+    scalars.write({"epoch": 2, "step": 20, "loss": 0.25, "precision_at_1": 0.75})
+    scalars.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    import tensorflow as tf
+
+    def series(tag):
+        return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+    loss, p1 = series("loss"), series("precision_at_1")
+    assert loss == [(10, 0.5), (20, 0.25)]
+    assert p1 == [(20, 0.75)]
