@@ -1,8 +1,7 @@
-"""Tests for tripletlab.projector (through TensorBoard's own projector plugin) and io_utils."""
+"""Tests for tripletlab.projector, through TensorBoard's own projector plugin."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -17,7 +16,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.projector import projector_plugin
 from werkzeug.test import Client
 
-from tripletlab import io_utils, projector
+from tripletlab import projector
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.projector import checkpoint_tensor_name, write_projector
 
@@ -174,31 +173,3 @@ def test_bad_input_raises(tmp_path, kwargs, error):
     }
     with pytest.raises(error):
         write_projector(tmp_path, **args)
-
-
-# ---------------------------------------------------------------- io_utils
-
-
-def test_atomic_writers(tmp_path):
-    io_utils.atomic_write_json(tmp_path / "sub" / "a.json", {"b": 1, "a": [1.5, "é"]})
-    text = (tmp_path / "sub" / "a.json").read_text(encoding="utf-8")
-    assert text == '{\n  "b": 1,\n  "a": [\n    1.5,\n    "é"\n  ]\n}\n'  # insertion order
-
-    rows = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": None}]
-    io_utils.atomic_write_csv(tmp_path / "m.csv", rows, ["epoch", "loss", "map_at_r"])
-    with open(tmp_path / "m.csv", newline="") as f:
-        assert list(csv.DictReader(f)) == [
-            {"epoch": "1", "loss": "0.5", "map_at_r": ""},
-            {"epoch": "2", "loss": "", "map_at_r": ""},
-        ]
-    with pytest.raises(ValueError):  # an unknown column is a bug, not dropped silently
-        io_utils.atomic_write_csv(tmp_path / "m.csv", [{"oops": 1}], ["epoch"])
-    assert (tmp_path / "m.csv").read_text().startswith("epoch,loss,map_at_r\n1,0.5,")  # intact
-
-    io_utils.atomic_write_text(tmp_path / "t.txt", "x\ty\n")
-    with pytest.raises(TypeError):
-        io_utils.atomic_write_bytes(tmp_path / "t.txt", "not bytes")
-    assert (tmp_path / "t.txt").read_text() == "x\ty\n"
-    # No temporary files are left behind, even after the failed writes.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "sub", "t.txt"]
-    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["a.json"]

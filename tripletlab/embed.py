@@ -1,6 +1,6 @@
-"""Embed images with a trained run, and find their nearest images: ``python -m tripletlab.embed``.
+"""Embed images with a trained run, and find their nearest images: ``tripletlab-embed``.
 
-``python -m tripletlab.embed RUN_DIR INPUT... --out FILE [--neighbours K [--gallery DIR]]``
+``tripletlab-embed RUN_DIR INPUT... --out FILE [--neighbours K [--gallery DIR]] [key=value ...]``
 
 INPUT is image files or folders (searched recursively; hidden files and files without an
 image extension are skipped). Each image gets the preprocessing of training: converted to
@@ -18,7 +18,6 @@ input: the input, then its neighbours with their label and distance).
 
 from __future__ import annotations
 
-import argparse
 import io
 import logging
 import sys
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletlab import reuse, rundir
+from tripletlab import reuse
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.inference import open_model
+from tripletlab.io_utils import is_hidden
 from tripletlab.run_folder import RunFolder
 
 log = logging.getLogger("tripletlab")
@@ -44,10 +44,6 @@ PAD = 4
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -65,7 +61,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
             found.append(path)
             continue
         files = [p for p in sorted(path.rglob("*")) if p.is_file()]
-        files = [p for p in files if not _is_hidden(p.relative_to(path))]
+        files = [p for p in files if not is_hidden(p, root=path)]
         images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         if len(images) < len(files):
             log.warning(
@@ -338,57 +334,7 @@ def embed_inputs(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tripletlab.embed",
-        description="Embed images with a trained run's model; optionally list their neighbours.",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (run.py's output)")
-    parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="image files or folders (recursively)"
-    )
-    parser.add_argument(
-        "--out", required=True, help="output file: .npy (embeddings) or .tsv (paths and values)"
-    )
-    parser.add_argument(
-        "--neighbours",
-        "--neighbors",
-        type=int,
-        default=0,
-        metavar="K",
-        help="also list each input's K nearest images (table, TSV and contact sheet PNG)",
-    )
-    parser.add_argument(
-        "--gallery",
-        metavar="DIR",
-        help="search this folder of images (labels from their sub-folders) instead of the "
-        "training split of the run's dataset",
-    )
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change the run's config, e.g. --override dataset.root=/moved/data (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    result = embed_inputs(
-        args.run_dir, args.inputs, args.out, args.neighbours, args.gallery, args.override
-    )
-    print(
-        f"wrote {result['count']} embeddings of dimension {result['dim']} "
-        f"(images as {'x'.join(map(str, result['image_shape']))}) to {result['out']}"
-    )
-    if args.neighbours:
-        queries = len(result["names"])
-        shown = [r for r in result["table"] if r[0] in set(result["names"][:MAX_PRINTED_QUERIES])]
-        print(f"nearest images in {result['gallery']} ({result['gallery_size']} images):")
-        print(rundir.format_table(shown, result["header"]))
-        if queries > MAX_PRINTED_QUERIES:
-            print(f"... {queries - MAX_PRINTED_QUERIES} more inputs in {result['neighbours_path']}")
-        print(f"wrote {result['neighbours_path']} and {result['sheet_path']}")
-    return 0
+if __name__ == "__main__":  # `python -m tripletlab.embed`: tripletlab-embed's old name
+    from tripletlab.cli.embed import main
 
-
-if __name__ == "__main__":
-    sys.exit(rundir.run_cli(main))
+    sys.exit(main())

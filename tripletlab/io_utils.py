@@ -14,37 +14,50 @@ import csv
 import io
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_csv",
     "atomic_write_json",
     "atomic_write_text",
+    "is_hidden",
+    "read_yaml",
 ]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it becomes ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffix (a .gz stays readable as .gz while it is
+    checked). Files get the usual permissions (0666 less the umask), not mkstemp's private
+    0600: run and data folders are often shared.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name, so two writers of the same path never share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        # Never leave the temporary file behind, whatever went wrong (even KeyboardInterrupt).
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, creating parent folders. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name, so two writers of the same path never share a temporary file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            # Without fsync a power loss right after the rename can leave an empty file.
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave the temporary file behind, whatever went wrong (even KeyboardInterrupt).
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        # Without fsync a power loss right after the rename can leave an empty file.
+        os.fsync(f.fileno())
     return path
 
 
@@ -77,3 +90,22 @@ def atomic_write_csv(
     for row in rows:
         writer.writerow(row)
     return atomic_write_text(path, buf.getvalue())
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's plain content (dicts, lists, scalars); None if missing or unreadable."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        with open(path) as f:
+            return yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def is_hidden(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
+    """Whether ``path`` (relative to ``root`` if given) has a part starting with a dot:
+    .DS_Store, .ipynb_checkpoints, .git ..."""
+    rel = Path(path).relative_to(root) if root is not None else Path(Path(path).name)
+    return any(part.startswith(".") for part in rel.parts)

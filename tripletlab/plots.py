@@ -8,7 +8,6 @@ threads, and needs no display here anyway. Files are written atomically.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 
 from tripletlab.errors import DataError
 from tripletlab.io_utils import atomic_write_bytes
+from tripletlab.run_folder import as_float
 
 __all__ = ["plot_curves", "plot_embeddings_2d"]
 
@@ -38,18 +38,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _to_float(value: Any) -> float:
-    """A CSV cell or a number as float; empty, None or unparsable cells become NaN."""
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _column(rows: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
-    return np.array([_to_float(row.get(key)) for row in rows], dtype=np.float64)
+    return np.array([as_float(row.get(key)) for row in rows], dtype=np.float64)
 
 
 def _plot_series(ax, x: np.ndarray, y: np.ndarray, label: str, **style: Any) -> bool:

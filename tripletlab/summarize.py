@@ -1,6 +1,6 @@
 """Compare runs: ``summary.csv``, ``summary.md`` and ``summary.png`` from run or sweep folders.
 
-``python -m tripletlab.summarize PATH... [--out DIR] [--metric NAME]`` finds every
+``tripletlab-summarize PATH... [--out DIR] [--metric NAME]`` finds every
 run summary under the given folders (recursively), writes
 
 - ``summary.csv``: one row per run (see :data:`CSV_COLUMNS`), whatever its status;
@@ -15,7 +15,6 @@ on the sweep folder each time a job ends. Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tripletlab.config import METRICS
-from tripletlab.io_utils import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from tripletlab.run_folder import FINISHED, SUMMARY_FILE, RunFolder, Status, find_summaries
+from tripletlab.io_utils import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_yaml
+from tripletlab.run_folder import FINISHED, RunFolder, Status, as_float, find_summaries
 
 log = logging.getLogger("tripletlab")
 
@@ -82,23 +81,12 @@ TABLE_METRICS = ("precision_at_1", "recall_at_4", "map_at_r", "knn_accuracy")
 
 
 # ------------------------------------------------------------------------------ reading
-def _load_yaml(path: Path) -> Any:
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        with path.open() as f:
-            return yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
-    except (OSError, yaml.YAMLError):
-        return None
-
-
 def _job_info(run_dir: Path) -> tuple[int | None, list[str]]:
     """Hydra's job number (sweeps only) and the run's task overrides, from ``.hydra/``."""
     folder = RunFolder(run_dir)
-    overrides = _load_yaml(folder.overrides_path)
+    overrides = read_yaml(folder.overrides_path)
     overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
-    hydra_cfg = _load_yaml(folder.hydra_path)
+    hydra_cfg = read_yaml(folder.hydra_path)
     job = None
     if isinstance(hydra_cfg, dict):
         hydra = hydra_cfg.get("hydra") or {}
@@ -126,13 +114,6 @@ def _flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _one_line(text: Any) -> str | None:
@@ -164,7 +145,7 @@ def read_run(summary_path: Path, relative_to: Path | None = None) -> dict[str, A
         summary = {"status": Status.FAILED.value, "error": f"unreadable {summary_path}: {err}"}
     cfg = summary.get("config") if isinstance(summary.get("config"), dict) else None
     if cfg is None:  # a summary written before the config was known: use Hydra's copy
-        saved = _load_yaml(RunFolder(run_dir).config_path)
+        saved = read_yaml(RunFolder(run_dir).config_path)
         cfg = saved if isinstance(saved, dict) else None
     job, overrides = _job_info(run_dir)
     metrics = summary.get("metrics") or {}
@@ -282,7 +263,7 @@ def group_rows(rows: Sequence[dict[str, Any]], metric: str) -> list[Group]:
     stat_keys = dict.fromkeys([metric, *METRICS, "train_seconds", "images_per_second"])
     for group in groups.values():
         for key in stat_keys:
-            group.stats[key] = mean_std([_float(r.get(key)) for r in group.finished])
+            group.stats[key] = mean_std([as_float(r.get(key)) for r in group.finished])
     _label_groups(list(groups.values()))
 
     def order(g: Group) -> tuple:
@@ -514,46 +495,7 @@ def default_metric(rows: Sequence[dict[str, Any]]) -> str:
     return max(counts, key=counts.get) if counts else "precision_at_1"  # type: ignore[arg-type]
 
 
-def _default_out(paths: Sequence[str]) -> Path:
-    dirs = [Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent for p in paths]
-    return Path(os.path.commonpath([str(d) for d in dirs]))
+if __name__ == "__main__":  # `python -m tripletlab.summarize`: tripletlab-summarize's old name
+    from tripletlab.cli.summarize import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tripletlab.summarize",
-        description="Compare runs: write summary.csv, summary.md and summary.png from the "
-        "summary.json files found (recursively) in run or sweep folders, and print the table.",
-    )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        help="where to write the files (default: the folder that holds all PATHs)",
-    )
-    parser.add_argument(
-        "--metric",
-        choices=METRICS,
-        help="the metric to sort and plot by (default: the runs' optimized_metric)",
-    )
-    parser.add_argument("--no-plot", action="store_true", help="do not write summary.png")
-    args = parser.parse_args(argv)
-    try:
-        out = Path(args.out) if args.out else _default_out(args.paths)
-        rows = collect_rows(args.paths, relative_to=out)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not rows:
-        print(f"error: no {SUMMARY_FILE} under {' '.join(args.paths)}", file=sys.stderr)
-        return 1
-    metric = args.metric or default_metric(rows)
-    text = write_summary(rows, out, metric, plot=not args.no_plot)
-    print(text, end="")
-    written = [CSV_NAME, MD_NAME] + ([] if args.no_plot else [PNG_NAME])
-    print(f"wrote {', '.join(str(out / n) for n in written)}")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())
