@@ -26,7 +26,7 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tripletlab.config import register_configs, validate
+    from tripletlab.config import explain_compose_error, register_configs, validate
     from tripletlab.errors import ConfigError, one_line
     from tripletlab.resources import config_dir
 
@@ -42,7 +42,7 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     except Exception as exc:  # Hydra's and OmegaConf's errors: a user's mistake
         if isinstance(exc, ConfigError):
             raise
-        text = one_line(exc).split("; Config search path")[0]
+        text = explain_compose_error(exc) or one_line(exc).split("; Config search path")[0]
         raise ConfigError(f"cannot compose the config: {text}") from None
     finally:
         GlobalHydra.instance().clear()
