@@ -27,6 +27,20 @@ TINY = [
 ]
 
 
+def tiny(model: str | None = None, sampler: str = "pk") -> list[str]:
+    """TINY for another model (a name, or several for a sweep: "lenet,small_cnn") or
+    sampler, without the keys those options lack: only small_cnn and vgg_gap have
+    model.num_channels, only pk has sampler.classes_per_batch / images_per_class."""
+    out = [o for o in TINY if not o.startswith(("sampler", "model.num_channels"))]
+    if model is None or model in ("small_cnn", "vgg_gap"):
+        out.append("model.num_channels=4")
+    if model is not None:
+        out.append(f"model={model}")
+    if sampler == "pk":
+        return [*out, "sampler=pk", "sampler.classes_per_batch=4", "sampler.images_per_class=4"]
+    return [*out, f"sampler={sampler}"]
+
+
 def compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

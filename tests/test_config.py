@@ -1,32 +1,162 @@
-"""The real conf/ composes for every combination; bad values fail early and clearly."""
+"""The real conf/ composes for every combination; bad values and keys fail early and clearly."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import subprocess
 import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf.errors import ValidationError
+from omegaconf import OmegaConf
 
+import tripletlab
 from tests.conftest import ROOT, compose
-from tripletlab.config import validate
+from tripletlab import config
+from tripletlab.config import typed, validate
 from tripletlab.errors import ConfigError
 
 DATASETS = ["fashion_mnist", "mnist", "digits", "image_folder"]
 MODELS = ["lenet", "small_cnn", "vgg_gap"]
 MININGS = ["batch_all", "batch_hard", "semi_hard"]
 SAMPLERS = ["random", "pk"]
+METRICS = (
+    "precision_at_1, recall_at_1, recall_at_2, recall_at_4, recall_at_8, map_at_r, knn_accuracy"
+)
+
+# The default run, key by key: what `python run.py` composed before the schemas were split
+# per option (dataset.test_fraction, which IDX datasets never read, is gone).
+DEFAULT = {
+    "dataset": {
+        "name": "fashion_mnist",
+        "image_size": None,
+        "channels": None,
+        "split_seed": 0,
+        "max_train": None,
+        "max_test": None,
+        "root": None,
+        "download": True,
+        "url": None,
+    },
+    "model": {
+        "name": "small_cnn",
+        "embedding_size": 64,
+        "l2_normalize": True,
+        "num_channels": 32,
+        "batch_norm": True,
+    },
+    "mining": {"strategy": "semi_hard", "margin": 0.2, "squared": False, "soft_margin": False},
+    "sampler": {"name": "pk", "classes_per_batch": 8, "images_per_class": 8},
+    "trainer": {
+        "epochs": 10,
+        "batch_size": 64,
+        "learning_rate": 0.001,
+        "warmup_epochs": 1.0,
+        "schedule": "cosine",
+        "weight_decay": 0.0,
+        "augment": "none",
+        "jit_compile": "auto",
+        "mixed_precision": "auto",
+        "deterministic": False,
+        "progress": "auto",
+        "threads": 0,
+        "checkpoint_every": 1,
+        "collapse_patience": 2,
+    },
+    "eval": {"every": 1, "batch_size": 1024, "knn_k": 10, "max_points": 2000, "chunk_size": 1024},
+    "seed": 42,
+    "optimized_metric": "precision_at_1",
+}
+
+
+def _with(base: dict, changes: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in changes.items():
+        group, _, name = key.partition(".")
+        if name:
+            out[group][name] = value
+        else:
+            out[group] = value
+    return out
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ------------------------------------------------------------------ defaults
 
 
 def test_default_config_is_the_documented_default():
     cfg = compose()
-    assert cfg.dataset.name == "fashion_mnist"
-    assert cfg.model.name == "small_cnn"
-    assert cfg.mining.strategy == "semi_hard"
-    assert cfg.optimized_metric == "precision_at_1"
+    assert _plain(cfg) == DEFAULT
     validate(cfg)
+
+
+def test_the_schema_holds_every_default():
+    """The YAML options only pick a schema: each composes to exactly its schema's defaults."""
+    for group, options in (("dataset", DATASETS), ("model", MODELS), ("sampler", SAMPLERS)):
+        for option in options:
+            root = {"root": "/x"} if option == "image_folder" else {}
+            node = compose([f"{group}={option}", *(f"dataset.root={v}" for v in root.values())])
+            schema = config.schema_for(group, option)
+            assert OmegaConf.get_type(node[group]) is schema
+            assert _plain(node[group]) == _plain(OmegaConf.structured(schema)) | root
+    for mining in MININGS:
+        node = _plain(compose([f"mining={mining}"]).mining)
+        assert node == DEFAULT["mining"] | {"strategy": mining}
+    assert _plain(OmegaConf.structured(config.TrainerConfig)) == DEFAULT["trainer"]
+    assert _plain(OmegaConf.structured(config.EvalConfig)) == DEFAULT["eval"]
+
+
+def test_no_default_is_written_twice():
+    """conf/ picks options and schemas; values live in the schemas (presets aside)."""
+    conf = ROOT / "conf"
+    assert set(OmegaConf.load(conf / "config.yaml")) == {"defaults", "hydra"}
+    for group in ("dataset", "model", "sampler"):
+        for path in (conf / group).glob("*.yaml"):
+            assert set(OmegaConf.load(path)) == {"defaults"}, path
+            assert OmegaConf.load(path).defaults == [f"/schema/{group}/{path.stem}@_here_"]
+    for path in (conf / "mining").glob("*.yaml"):
+        assert OmegaConf.load(path) == {"strategy": path.stem}, path
+
+
+@pytest.mark.parametrize(
+    ("preset", "changes"),
+    [
+        ("fmnist_table", {"eval.every": 5}),
+        ("fmnist_vgg_gap", {"eval.every": 5, "model.name": "vgg_gap"}),
+    ],
+)
+def test_table_presets(preset, changes):
+    cfg = compose([f"experiment={preset}"])
+    validate(cfg)
+    assert _plain(cfg) == _with(DEFAULT, changes)
+    assert compose([f"experiment={preset}", "model=lenet"]).model.name == "lenet"
+
+
+@pytest.mark.parametrize(
+    ("preset", "epochs", "learning_rate"),
+    [("seed_batch_all", 20, 0.001), ("seed_batch_hard", 5, 0.0001), ("seed_semi_hard", 20, 0.001)],
+)
+def test_seed_presets_reproduce_the_seed_params(preset, epochs, learning_rate):
+    """The seed's params.json, all of it: the trainer values too (config.yaml no longer
+    overrides them after the preset)."""
+    cfg = compose([f"experiment={preset}"])
+    validate(cfg)
+    seed = {
+        "model.batch_norm": False,
+        "model.l2_normalize": False,
+        "mining.strategy": preset.removeprefix("seed_"),
+        "mining.margin": 0.5,
+        "sampler": {"name": "random"},
+        "trainer.epochs": epochs,
+        "trainer.learning_rate": learning_rate,
+        "trainer.warmup_epochs": 0.0,
+        "trainer.schedule": "constant",
+    }
+    assert _plain(cfg) == _with(DEFAULT, seed)
 
 
 @pytest.mark.parametrize(
@@ -37,85 +167,162 @@ def test_every_combination_composes_and_validates(dataset, model, mining, sample
     overrides = [f"dataset={dataset}", f"model={model}", f"mining={mining}", f"sampler={sampler}"]
     if dataset == "image_folder":
         overrides.append(f"dataset.root={tmp_path}")
-    cfg = compose(overrides)
-    validate(cfg)
+    cfg = tripletlab.compose(overrides)
     assert cfg.dataset.name == dataset
     assert cfg.model.name == model
     assert cfg.mining.strategy == mining
     assert cfg.sampler.name == sampler
 
 
-@pytest.mark.parametrize("preset", ["seed_batch_all", "seed_batch_hard", "seed_semi_hard"])
-def test_seed_presets_reproduce_the_seed_params(preset):
-    cfg = compose([f"experiment={preset}"])
-    validate(cfg)
-    assert cfg.mining.strategy == preset.removeprefix("seed_")
-    assert cfg.mining.margin == 0.5
-    assert cfg.model.embedding_size == 64
-    assert not cfg.model.l2_normalize
-    assert cfg.sampler.name == "random"
-    assert cfg.trainer.batch_size == 64
+# ------------------------------------------------------------------ keys per option
+
+
+def test_each_option_has_only_its_keys():
+    assert "root" not in compose(["dataset=digits"]).dataset
+    assert "test_fraction" not in compose(["dataset=mnist"]).dataset
+    assert "download" not in compose(["dataset=image_folder", "dataset.root=/x"]).dataset
+    assert {"num_channels", "batch_norm"}.isdisjoint(compose(["model=lenet"]).model)
+    assert "classes_per_batch" not in compose(["sampler=random"]).sampler
 
 
 @pytest.mark.parametrize(
-    ("preset", "model"), [("fmnist_table", "small_cnn"), ("fmnist_vgg_gap", "vgg_gap")]
+    ("option", "key"),
+    [
+        ("dataset=digits", "dataset.root=/x"),
+        ("dataset=digits", "dataset.download=false"),
+        ("dataset=image_folder", "dataset.url=https://example.org/"),
+        ("dataset=fashion_mnist", "dataset.test_fraction=0.5"),
+        ("model=lenet", "model.num_channels=4"),
+        ("model=lenet", "model.batch_norm=false"),
+        ("sampler=random", "sampler.classes_per_batch=4"),
+        ("sampler=random", "+sampler.images_per_class=4"),  # Hydra's append, past the schema
+        ("dataset=digits", "++dataset.root=/x"),
+    ],
 )
-def test_table_presets(preset, model):
-    cfg = compose([f"experiment={preset}"])
+def test_a_key_that_does_not_apply_to_the_option_fails(option, key):
+    name = key.lstrip("+").split("=")[0]
+    schema = config.schema_for(*option.split("="))
+    valid = ", ".join(f.name for f in dataclasses.fields(schema))
+    with pytest.raises(ConfigError) as err:
+        tripletlab.compose([option, key])
+    assert f"{name} is not a key of {option}; its keys: {valid}" in str(err.value)
+
+
+def test_a_key_typo_names_the_valid_keys():
+    with pytest.raises(
+        ConfigError, match="trainer.epoch is not a key of trainer; its keys: epochs"
+    ):
+        tripletlab.compose(["trainer.epoch=3"])
+    with pytest.raises(ConfigError, match="foo is not a key of the config; its keys: dataset"):
+        tripletlab.compose(["+foo=1"])
+
+
+def test_a_name_that_contradicts_the_option_fails():
+    with pytest.raises(ConfigError, match=r"model.name='small_cnn' .* model=small_cnn"):
+        tripletlab.compose(["model=lenet", "model.name=small_cnn"])
+
+
+def test_a_required_key_left_unset_fails_at_composition():
+    with pytest.raises(ConfigError, match=r"dataset.root must be set: dataset=image_folder"):
+        tripletlab.compose(["dataset=image_folder"])
+
+
+def test_typed_reads_a_config_saved_with_every_datasets_keys():
+    """Runs saved before the per-option schemas hold keys that had no effect: dropped."""
+    saved = _with(DEFAULT, {"dataset": {**DEFAULT["dataset"], "name": "digits"}})
+    saved["dataset"]["test_fraction"] = 0.3
+    saved["model"] = {**DEFAULT["model"], "name": "lenet"}
+    cfg = typed(saved)
     validate(cfg)
-    assert (cfg.dataset.name, cfg.sampler.name, cfg.model.name) == ("fashion_mnist", "pk", model)
-    assert (cfg.trainer.epochs, cfg.eval.every, cfg.mining.margin) == (10, 5, 0.2)
-    assert compose([f"experiment={preset}", "model=lenet"]).model.name == "lenet"
+    assert OmegaConf.get_type(cfg.dataset) is config.DigitsConfig
+    assert _plain(cfg.dataset) == _plain(
+        OmegaConf.structured(config.DigitsConfig(test_fraction=0.3))
+    )
+    assert _plain(cfg.model) == {"name": "lenet", "embedding_size": 64, "l2_normalize": True}
+    with pytest.raises(ValueError):
+        typed(OmegaConf.create([1, 2]))
+
+
+# ------------------------------------------------------------------ values
 
 
 def test_wrong_type_fails_at_composition():
-    with pytest.raises((ValidationError, ConfigCompositionException), match="epochs"):
+    with pytest.raises(ConfigCompositionException, match="epochs"):
         compose(["trainer.epochs=abc"])
+    with pytest.raises(ConfigError, match="epochs"):
+        tripletlab.compose(["trainer.epochs=abc"])
 
 
-def test_unknown_key_fails_at_composition():
-    with pytest.raises(ConfigCompositionException, match="epoch"):
-        compose(["trainer.epoch=3"])
-
-
-def test_unknown_group_option_fails_at_composition():
-    with pytest.raises(ConfigCompositionException, match="bogus"):
-        compose(["mining=bogus"])
+def test_unknown_group_option_names_the_options():
+    with pytest.raises(ConfigError, match="mining/bogus.*batch_all; batch_hard; semi_hard"):
+        tripletlab.compose(["mining=bogus"])
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("overrides", "message"),
     [
-        ("sampler.classes_per_batch=0", "sampler.classes_per_batch"),
-        ("sampler.images_per_class=1", "images_per_class"),
-        ("mining.strategy=hardest", "batch_all, batch_hard, semi_hard"),
-        ("trainer.mixed_precision=float8", "trainer.mixed_precision"),
-        ("trainer.jit_compile=maybe", "trainer.jit_compile"),
-        ("trainer.learning_rate=-1", "trainer.learning_rate"),
-        ("optimized_metric=accuracy", "optimized_metric"),
+        (["mining.strategy=hardest"], "choose one of: batch_all, batch_hard, semi_hard"),
+        (
+            ["trainer.schedule=x"],
+            "trainer.schedule='x' is not valid; choose one of: constant, cosine",
+        ),
+        (["trainer.augment=x"], "choose one of: none, translate, flip_translate"),
+        (
+            ["trainer.jit_compile=maybe"],
+            "trainer.jit_compile='maybe' is not valid; choose one of: auto, true, false",
+        ),
+        (["trainer.mixed_precision=float8"], "choose one of: auto, off, float16, bfloat16"),
+        (["trainer.progress=x"], "choose one of: auto, bar, log"),
+        (["optimized_metric=accuracy"], f"choose one of: {METRICS}"),
+        (
+            ["sampler.classes_per_batch=1"],
+            "sampler.classes_per_batch=1 is not valid; it must be >= 2",
+        ),
+        (
+            ["sampler.images_per_class=1"],
+            "sampler.images_per_class=1 is not valid; it must be >= 2",
+        ),
+        (
+            ["sampler.classes_per_batch=0"],
+            "sampler.classes_per_batch=0 is not valid; it must be > 0",
+        ),
+        (
+            ["sampler=random", "trainer.batch_size=2"],
+            "trainer.batch_size=2 is not valid; it must be >= 3",
+        ),
+        (["trainer.learning_rate=-1"], "trainer.learning_rate=-1.0 is not valid; it must be > 0"),
+        (["trainer.threads=-1"], "trainer.threads=-1 is not valid; it must be >= 0"),
+        (["trainer.warmup_epochs=11"], "it must be <= trainer.epochs=10"),
+        (["dataset.channels=2"], "dataset.channels=2 is not valid; use 1, 3 or null"),
+        (["dataset=digits", "dataset.test_fraction=1.5"], "it must be between 0 and 1"),
+        (["eval.knn_k=0"], "eval.knn_k=0 is not valid; it must be > 0"),
     ],
 )
-def test_bad_values_raise_config_error(override, message):
-    cfg = compose([override])
-    with pytest.raises(ConfigError, match=message):
-        validate(cfg)
+def test_bad_values_name_what_is_valid(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        tripletlab.compose(overrides)
+    assert message in str(err.value)
 
 
 def test_bare_off_and_bools_are_accepted():
     validate(compose(["trainer.mixed_precision=false", "trainer.jit_compile=true"]))
 
 
+# ------------------------------------------------------------------ the command line
+
+
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("overrides", "message"),
     [
-        ("trainer.epochs=abc", "trainer.epochs"),
-        ("mining=bogus", "bogus"),
-        ("sampler.classes_per_batch=0", "sampler.classes_per_batch"),
+        (["trainer.epochs=abc"], "trainer.epochs"),
+        (["mining=bogus"], "bogus"),
+        (["sampler.classes_per_batch=0"], "sampler.classes_per_batch"),
+        (["dataset=digits", "dataset.root=/x"], "dataset.root is not a key of dataset=digits"),
     ],
 )
-def test_cli_reports_config_mistakes_without_traceback(override, message, tmp_path):
+def test_cli_reports_config_mistakes_without_traceback(overrides, message, tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), override, f"hydra.run.dir={tmp_path}/run"],
+        [sys.executable, str(ROOT / "run.py"), *overrides, f"hydra.run.dir={tmp_path}/run"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -127,8 +334,10 @@ def test_cli_reports_config_mistakes_without_traceback(override, message, tmp_pa
 
 
 def test_two_runs_started_together_get_two_folders(tmp_path):
-    # Both runs stop at validation, after Hydra made their folders under tmp_path/outputs.
-    cmd = [sys.executable, str(ROOT / "run.py"), "sampler.classes_per_batch=0"]
+    # Both runs pass the config checks, then stop at loading data, after Hydra made their
+    # folders under tmp_path/outputs.
+    missing = tmp_path / "no-such-folder"
+    cmd = [sys.executable, str(ROOT / "run.py"), "dataset=image_folder", f"dataset.root={missing}"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE) for _ in range(2)]
     for proc in procs:
         proc.communicate(timeout=120)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from tests.data_helpers import (
     write_image_folder,
 )
 from tripletlab import data
-from tripletlab.config import DatasetConfig
+from tripletlab.config import DatasetConfig, DigitsConfig, ImageFolderConfig, schema_for
 from tripletlab.data import (
     FASHION_MNIST_CLASSES,
     IDX_FILES,
@@ -36,7 +33,6 @@ from tripletlab.data import (
 )
 from tripletlab.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -54,7 +50,7 @@ def isolated(tmp_path, monkeypatch):
 def idx_cfg(**kwargs) -> DatasetConfig:
     kwargs.setdefault("name", "fashion_mnist")
     kwargs.setdefault("download", False)  # tests never reach the real mirror
-    return DatasetConfig(**kwargs)
+    return schema_for("dataset", kwargs["name"])(**kwargs)
 
 
 def home_folder(tmp_path: Path, folder: str = "fashion-mnist") -> Path:
@@ -372,52 +368,11 @@ def test_download_from_a_closed_port(tmp_path):
     assert not (tmp_path / "home").exists()  # the folders it made for the download are gone
 
 
-def test_fetch_command(tmp_path, monkeypatch, capsys):
-    assert data.main(["fetch", "fashion_mnist", "--no-download"]) == 1
-    assert "Searched, in order" in capsys.readouterr().err
-
-    write_idx_folder(tmp_path / "mirror")
-    with serve_folder(tmp_path / "mirror") as url:
-        assert data.main(["fetch", "fashion_mnist", "--url", url]) == 0
-    assert f"downloaded from {url} to {home_folder(tmp_path)}" in capsys.readouterr().out
-    assert data.ensure_dataset("fashion_mnist", download=False) == home_folder(tmp_path)
-
-
-def test_fetch_command_fails_on_corrupt_files(tmp_path, capsys):
-    write_idx_folder(tmp_path / "fm")
-    (tmp_path / "fm" / f"{IDX_FILES['test_images']}.gz").write_bytes(b"junk")
-    assert data.main(["fetch", "fashion_mnist", "--root", str(tmp_path / "fm")]) == 1
-    assert "not a valid gzip file" in capsys.readouterr().err
-
-
-def test_fetch_digits_and_image_folder(tmp_path, capsys):
-    assert data.main(["fetch", "digits"]) == 0
-    assert "digits: bundled with scikit-learn in" in capsys.readouterr().out
-    write_image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
-    assert data.main(["fetch", "image_folder", "--root", str(tmp_path / "imgs")]) == 0
-    assert data.main(["fetch", "image_folder"]) == 1
-    assert "image_folder needs dataset.root" in capsys.readouterr().err
-
-
-def test_fetch_as_a_module(tmp_path):
-    write_idx_folder(tmp_path / "env" / "fashion-mnist")
-    env = {**os.environ, "TRIPLETLAB_DATA": str(tmp_path / "env"), "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "tripletlab.data", "fetch", "fashion_mnist", "--no-download"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"found in {tmp_path / 'env' / 'fashion-mnist'}" in done.stdout
-
-
 # --------------------------------------------------------------------------- digits
 
 
 def test_digits_split_is_stratified_and_deterministic():
-    ds = load_dataset(DatasetConfig(name="digits"))
+    ds = load_dataset(DigitsConfig())
     assert ds.source == "scikit-learn" and ds.class_names == [str(i) for i in range(10)]
     assert ds.image_shape == (8, 8, 1) and ds.x_train.dtype == np.uint8
     assert ds.x_train.max() == 255 and ds.x_train.min() == 0
@@ -425,12 +380,12 @@ def test_digits_split_is_stratified_and_deterministic():
     per_class = np.bincount(ds.y_train, minlength=10) + np.bincount(ds.y_test, minlength=10)
     np.testing.assert_array_equal(np.bincount(ds.y_test), np.round(per_class * 0.2))
 
-    same = load_dataset(DatasetConfig(name="digits"))
+    same = load_dataset(DigitsConfig())
     np.testing.assert_array_equal(same.x_train, ds.x_train)
     np.testing.assert_array_equal(same.y_test, ds.y_test)
-    other = load_dataset(DatasetConfig(name="digits", split_seed=1))
+    other = load_dataset(DigitsConfig(split_seed=1))
     assert not np.array_equal(other.y_train, ds.y_train)
-    half = load_dataset(DatasetConfig(name="digits", test_fraction=0.5))
+    half = load_dataset(DigitsConfig(test_fraction=0.5))
     assert abs(len(half.x_test) - 1797 / 2) <= 10
 
 
@@ -445,7 +400,8 @@ def test_digits_from_a_partial_dictconfig_with_resize_and_rgb():
 
 
 def folder_cfg(root: Path, **kwargs) -> DatasetConfig:
-    return DatasetConfig(name="image_folder", root=str(root), **kwargs)
+    kwargs.setdefault("image_size", None)  # native size (a run's default resizes to 64)
+    return ImageFolderConfig(root=str(root), **kwargs)
 
 
 def test_image_folder_grayscale_split(tmp_path):
@@ -538,7 +494,7 @@ def test_image_folder_empty_root_and_missing_root(tmp_path):
     with pytest.raises(DataError, match=r"dataset.root=.*nowhere does not exist"):
         load_dataset(folder_cfg(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"image_folder needs dataset.root"):
-        load_dataset(DatasetConfig(name="image_folder"))
+        load_dataset(ImageFolderConfig())
 
 
 def test_image_folder_empty_class(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from tripletlab.models import FusedBatchNorm, build_model
-from tripletlab.train import is_collapsed
 
 
 def _cfg(name, **kw):
@@ -62,16 +61,3 @@ def test_weight_decay_adds_regularisation_losses():
     model = build_model(_cfg("small_cnn"), (8, 8, 1), weight_decay=1e-4)
     assert len(model.losses) > 0
     assert not build_model(_cfg("small_cnn"), (8, 8, 1)).losses
-
-
-@pytest.mark.parametrize(
-    ("loss", "spread", "norm", "soft", "expected"),
-    [
-        (0.2, 1e-5, 1.0, False, True),  # at the margin, no spread: collapsed
-        (0.2, 0.5, 1.0, False, False),  # at the margin but spread out: a hard batch
-        (0.05, 1e-5, 1.0, False, False),  # learning
-        (0.6931, 1e-6, 1e-6, True, True),  # soft margin: softplus(0), all at the origin
-    ],
-)
-def test_collapse_detection(loss, spread, norm, soft, expected):
-    assert is_collapsed(loss, spread, norm, margin=0.2, soft=soft) is expected

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, compose
+from tests.conftest import ROOT, TINY, compose, tiny
 from tripletlab import train
 from tripletlab.errors import TrainingError
 from tripletlab.run_folder import METRIC_COLUMNS
@@ -128,7 +128,7 @@ def test_a_checkpoint_of_another_model_is_an_error_not_a_partial_restore(tmp_pat
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     # A raw (unnormalised) embedding with an absurd learning rate overflows within an epoch.
-    overrides = [*TINY, "trainer.epochs=3", "model.l2_normalize=false", "sampler=random"]
+    overrides = [*tiny(sampler="random"), "trainer.epochs=3", "model.l2_normalize=false"]
     train(compose([*overrides, "trainer.epochs=1"]), tmp_path)
     cfg = compose([*overrides, "trainer.learning_rate=1e30"])
     with pytest.raises(TrainingError, match="training diverged"):

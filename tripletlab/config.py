@@ -1,28 +1,37 @@
 """Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-Every config group in ``conf/`` is validated against these schemas when Hydra composes the
-config, so a typo in a key or a value of the wrong type fails before anything is built.
-Value checks that types cannot express (ranges, closed sets of names) live in
-:func:`validate` and raise :class:`~tripletlab.errors.ConfigError`.
+Every key and its default lives here, once; ``conf/`` picks the options (``dataset=digits``)
+and holds what differs per experiment. Each option of a group whose keys differ has its own
+schema (Hydra's "schema per option" pattern): ``conf/dataset/digits.yaml`` starts with
+``- /schema/dataset/digits@_here_``, so the composed ``dataset`` node is a
+:class:`DigitsConfig` and ``dataset=digits dataset.root=/x`` fails at composition (digits
+has no root). A typo in a key or a value of the wrong type fails the same way. Value checks
+that types cannot express (ranges, closed sets of names) live in :func:`validate` and raise
+:class:`~tripletlab.errors.ConfigError` naming what is valid.
+
+The names of datasets, models, strategies and samplers come from :mod:`tripletlab.registry`
+(``DATASETS``, ``MODELS``, ``STRATEGIES``, ``SAMPLERS`` here are read from it). This module
+is imported when Hydra composes, so it never imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from tripletlab import registry
 from tripletlab.errors import ConfigError
+from tripletlab.runtime import normalize_precision
 
-DATASETS = ("fashion_mnist", "mnist", "digits", "image_folder")
-MODELS = ("lenet", "small_cnn", "vgg_gap")
-STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
-SAMPLERS = ("random", "pk")
 JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("auto", "off", "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("none", "translate", "flip_translate")
+PROGRESS = ("auto", "bar", "log")
 METRICS = (
     "precision_at_1",
     "recall_at_1",
@@ -33,43 +42,137 @@ METRICS = (
     "knn_accuracy",
 )
 
+# The registries' names, read when asked for (a name registered at run time counts too).
+_NAMES = {
+    "DATASETS": registry.DATASETS,
+    "MODELS": registry.BACKBONES,
+    "STRATEGIES": registry.LOSSES,
+    "SAMPLERS": registry.SAMPLERS,
+}
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name in _NAMES:
+        return _NAMES[name].names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- dataset
+
 
 @dataclass
 class DatasetConfig:
+    """The keys every dataset has; each option's schema below adds its own."""
+
     name: str = MISSING
-    root: str | None = None  # folder with the files; None searches the usual places
-    download: bool = True  # fall back to the official mirror when no local copy exists
-    url: str | None = None  # mirror override (None: the official one)
     image_size: int | None = None  # resize to image_size x image_size; None keeps the native size
     channels: int | None = None  # 1 (grayscale) or 3 (RGB); None keeps the native channels
-    test_fraction: float = 0.2  # digits / image_folder without train/ and test/ sub-folders
-    split_seed: int = 0  # the train/test split is fixed, whatever the run's seed
-    max_train: int | None = None  # keep only the first N training images (tiny runs)
+    split_seed: int = 0  # seeds the train/test split and max_train/max_test, whatever the seed
+    max_train: int | None = None  # keep only N training images, picked at random (tiny runs)
     max_test: int | None = None
 
 
 @dataclass
+class IdxDatasetConfig(DatasetConfig):
+    """IDX files, found locally or downloaded (fashion_mnist, mnist)."""
+
+    root: str | None = None  # folder with the files; None searches the usual places
+    download: bool = True  # fall back to the official mirror when no local copy exists
+    url: str | None = None  # mirror override (None: the official one)
+
+
+@dataclass
+class FashionMnistConfig(IdxDatasetConfig):
+    name: str = "fashion_mnist"
+
+
+@dataclass
+class MnistConfig(IdxDatasetConfig):
+    name: str = "mnist"
+
+
+@dataclass
+class DigitsConfig(DatasetConfig):
+    name: str = "digits"
+    test_fraction: float = 0.2  # share of each class held out for the test split
+
+
+@dataclass
+class ImageFolderConfig(DatasetConfig):
+    name: str = "image_folder"
+    root: str | None = MISSING  # root/<class>/*.png, or root/train/<class> and root/test/<class>
+    image_size: int | None = 64
+    test_fraction: float = 0.2  # without train/ and test/ sub-folders
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
 class ModelConfig:
+    """The keys every backbone has (a new backbone without keys of its own needs no more)."""
+
     name: str = MISSING
     embedding_size: int = 64
     l2_normalize: bool = True
-    num_channels: int = 32  # small_cnn / vgg_gap: channels of the first block
+
+
+@dataclass
+class LeNetConfig(ModelConfig):
+    name: str = "lenet"
+
+
+@dataclass
+class CnnConfig(ModelConfig):
+    num_channels: int = 32  # channels of the first block
     batch_norm: bool = True
 
 
 @dataclass
+class SmallCnnConfig(CnnConfig):
+    name: str = "small_cnn"
+
+
+@dataclass
+class VggGapConfig(CnnConfig):
+    name: str = "vgg_gap"
+
+
+# --------------------------------------------------------------------------- mining, sampler
+
+
+@dataclass
 class MiningConfig:
+    """Every strategy takes the same keys, so the group has one schema."""
+
     strategy: str = MISSING
-    margin: float = 0.5
-    squared: bool = False
-    soft_margin: bool = False
+    margin: float = 0.2  # unused with soft_margin
+    squared: bool = False  # squared euclidean distances
+    soft_margin: bool = False  # log(1 + exp(x)) instead of max(x + margin, 0)
 
 
 @dataclass
 class SamplerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class RandomSamplerConfig(SamplerConfig):
+    """Shuffled batches of trainer.batch_size images."""
+
     name: str = "random"
-    classes_per_batch: int = 8  # pk: P
-    images_per_class: int = 8  # pk: K
+
+
+@dataclass
+class PKSamplerConfig(SamplerConfig):
+    """P classes x K images per batch (trainer.batch_size is not used)."""
+
+    name: str = "pk"
+    classes_per_batch: int = 8  # P
+    images_per_class: int = 8  # K
+
+
+# --------------------------------------------------------------------------- trainer, eval
 
 
 @dataclass
@@ -77,8 +180,8 @@ class TrainerConfig:
     epochs: int = 10
     batch_size: int = 64  # random sampler; pk uses P * K
     learning_rate: float = 1e-3
-    warmup_epochs: float = 0.0
-    schedule: str = "constant"  # constant | cosine (decays to 0 after warm-up)
+    warmup_epochs: float = 1.0  # linear warm-up from 0
+    schedule: str = "cosine"  # constant | cosine (decays to 0 after warm-up)
     weight_decay: float = 0.0  # L2 on kernels, added as regularisation losses
     augment: str = "none"  # none | translate | flip_translate
     jit_compile: str = "auto"  # auto (on for GPU, off for CPU) | true | false
@@ -102,6 +205,9 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    """The whole config. The groups are typed by their base schema; the option chosen in
+    ``conf/config.yaml``'s defaults list (or on the command line) brings its own."""
+
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
@@ -112,13 +218,149 @@ class Config:
     optimized_metric: str = "precision_at_1"
 
 
+# group -> option -> schema, stored as schema/<group>/<option>; "base" is the group's base
+# schema (the type of its Config field), for options without keys of their own. The key
+# naming an option in each group:
+NAME_KEYS = {"dataset": "name", "model": "name", "mining": "strategy", "sampler": "name"}
+SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {
+        "base": DatasetConfig,
+        "fashion_mnist": FashionMnistConfig,
+        "mnist": MnistConfig,
+        "digits": DigitsConfig,
+        "image_folder": ImageFolderConfig,
+    },
+    "model": {
+        "base": ModelConfig,
+        "lenet": LeNetConfig,
+        "small_cnn": SmallCnnConfig,
+        "vgg_gap": VggGapConfig,
+    },
+    "mining": {"base": MiningConfig},
+    "sampler": {"base": SamplerConfig, "random": RandomSamplerConfig, "pk": PKSamplerConfig},
+}
+
+
+def register_schema(group: str, name: str, schema: type) -> None:
+    """Give option ``name`` of ``group`` its own keys: ``schema`` subclasses the group's base
+    schema; the option's YAML selects it with ``- /schema/<group>/<name>@_here_``."""
+    base = SCHEMAS[group]["base"]
+    if not (isinstance(schema, type) and issubclass(schema, base)):
+        raise TypeError(f"the schema of {group}={name} must subclass {base.__name__}")
+    SCHEMAS[group][name] = schema
+
+
+def schema_for(group: str, name: Any) -> type:
+    """The schema of option ``name`` of ``group`` (the base schema if it has none)."""
+    table = SCHEMAS[group]
+    return table.get(str(name), table["base"])
+
+
+def schema_default(group: str, name: Any, key: str) -> Any:
+    """The default of ``key`` in option ``name``'s schema; None if it has none (or no key)."""
+    for f in dataclasses.fields(schema_for(group, name)):
+        if f.name == key:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return None if f.default in (dataclasses.MISSING, MISSING) else f.default
+    return None
+
+
 def register_configs() -> None:
-    """Register the schema; ``conf/config.yaml`` lists ``config_schema`` first in its defaults,
-    so every group it composes is merged into (and checked against) these dataclasses."""
+    """Register the schemas; ``conf/config.yaml`` lists ``config_schema`` first in its
+    defaults, and each option's YAML its own ``/schema/<group>/<option>``."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
+    for group, table in SCHEMAS.items():
+        for name, schema in table.items():
+            if name != "base":  # the Config field's type already: nothing to select
+                cs.store(group=f"schema/{group}", name=name, node=schema)
+
+
+def typed(data: Mapping | DictConfig) -> DictConfig:
+    """A plain config (a run's saved ``config.yaml``) typed by :class:`Config` and each
+    group's option schema, as if composed.
+
+    Keys of other options of the same group are dropped: runs saved before the schemas
+    were split per option hold every dataset's keys, which had no effect.
+    """
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a config is a mapping of keys, not a {type(data).__name__}")
+    data = dict(data)
+    cfg = OmegaConf.structured(Config)
+    for group, table in SCHEMAS.items():
+        node = data.get(group)
+        if not isinstance(node, Mapping):
+            continue
+        schema = schema_for(group, node.get(NAME_KEYS[group]))
+        own = {f.name for f in dataclasses.fields(schema)}
+        others = {f.name for s in table.values() for f in dataclasses.fields(s)} - own
+        data[group] = {k: v for k, v in node.items() if k not in others}
+        cfg[group] = OmegaConf.structured(schema)
+    return OmegaConf.merge(cfg, data)  # type: ignore[return-value]
+
+
+def explain_compose_error(exc: BaseException) -> str | None:
+    """A key that its node's schema lacks, found in ``exc`` or its causes (Hydra wraps
+    OmegaConf's "Key 'root' not in 'DigitsConfig'"), as a message naming the valid keys;
+    None for any other error."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConfigAttributeError, ConfigKeyError)) and "not in" in str(exc):
+            schema, key = getattr(exc, "object_type", None), getattr(exc, "full_key", None)
+            if dataclasses.is_dataclass(schema) and key:
+                return unknown_key_message(str(key), schema)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def unknown_key_message(key: str, schema: type) -> str:
+    """``dataset.root is not a key of dataset=digits; its keys: name, image_size, ...``."""
+    keys = ", ".join(f.name for f in dataclasses.fields(schema))
+    return f"{key} is not a key of {_where(key, schema)}; its keys: {keys}"
+
+
+def _where(key: str, schema: type | None) -> str:
+    """The node holding ``key``, named as the user chose it: ``dataset=digits``, ``trainer``."""
+    parent = key.rpartition(".")[0]
+    options = [n for n, s in SCHEMAS.get(parent, {}).items() if s is schema and n != "base"]
+    return f"{parent}={options[0]}" if options else parent or "the config"
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    """A ``???`` left unset (``dataset.root`` of image_folder) fails here, not mid-run."""
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        if key != "hydra" and not key.startswith("hydra."):
+            parent = OmegaConf.select(cfg, key.rpartition(".")[0]) if "." in key else cfg
+            schema = OmegaConf.get_type(parent)
+            raise ConfigError(
+                f"{key} must be set: {_where(key, schema)} has no default for it (add {key}=...)"
+            )
+
+
+def _check_keys(node: Any, path: str = "") -> None:
+    """Every key is one of its schema's: Hydra's ``+key=value`` adds keys past the schema."""
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    own = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key, value in node.items_ex(resolve=False):
+        if key == "hydra" and not path:
+            continue
+        full = f"{path}{key}"
+        if own is not None and key not in own:
+            raise ConfigError(unknown_key_message(full, schema))
+        _check_keys(value, full + ".")
+
+
+# --------------------------------------------------------------------------- value checks
 
 
 def _choice(path: str, value: Any, allowed: tuple[str, ...]) -> str:
@@ -138,34 +380,54 @@ def _positive(path: str, value: Any, allow_zero: bool = False) -> None:
         raise ConfigError(f"{path}={value!r} is not valid; it must be {bound}")
 
 
+def _option_schema(group: str, node: Any) -> None:
+    """The node's schema is its option's: ``model=lenet model.name=small_cnn`` would build
+    a small_cnn without its keys."""
+    name = getattr(node, NAME_KEYS[group])
+    expected = schema_for(group, name)
+    actual = OmegaConf.get_type(node) if isinstance(node, DictConfig) else type(node)
+    if actual is not None and actual is not dict and actual is not expected:
+        raise ConfigError(
+            f"{group}.{NAME_KEYS[group]}={name!r} does not match the {group} option's keys "
+            f"({actual.__name__}); choose the option instead: {group}={name}"
+        )
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Check values that the types cannot; raise ConfigError with the key and the fix."""
     c = cfg
-    _choice("dataset.name", c.dataset.name, DATASETS)
-    _choice("model.name", c.model.name, MODELS)
-    _choice("mining.strategy", c.mining.strategy, STRATEGIES)
-    _choice("sampler.name", c.sampler.name, SAMPLERS)
+    if isinstance(c, DictConfig):
+        _check_keys(c)
+        _check_missing(c)
+    dataset, model, sampler = c.dataset, c.model, c.sampler
+    registry.DATASETS.check(dataset.name)
+    registry.BACKBONES.check(model.name)
+    registry.LOSSES.check(c.mining.strategy)
+    registry.SAMPLERS.check(sampler.name)
+    for group in ("dataset", "model", "sampler"):
+        _option_schema(group, getattr(c, group))
     _choice("trainer.schedule", c.trainer.schedule, SCHEDULES)
     _choice("trainer.augment", c.trainer.augment, AUGMENTATIONS)
     _choice("trainer.jit_compile", c.trainer.jit_compile, JIT_CHOICES)
     _choice("trainer.mixed_precision", normalize_precision(c.trainer.mixed_precision), PRECISIONS)
-    _choice("trainer.progress", c.trainer.progress, ("auto", "bar", "log"))
+    _choice("trainer.progress", c.trainer.progress, PROGRESS)
     _choice("optimized_metric", c.optimized_metric, METRICS)
-    if c.dataset.channels not in (None, 1, 3):
-        raise ConfigError(f"dataset.channels={c.dataset.channels!r} is not valid; use 1, 3 or null")
-    if not 0.0 < c.dataset.test_fraction < 1.0:
+    if dataset.channels not in (None, 1, 3):
+        raise ConfigError(f"dataset.channels={dataset.channels!r} is not valid; use 1, 3 or null")
+    test_fraction = getattr(dataset, "test_fraction", None)
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ConfigError(
-            f"dataset.test_fraction={c.dataset.test_fraction!r} must be between 0 and 1"
+            f"dataset.test_fraction={test_fraction!r} is not valid; it must be between 0 and 1"
         )
     for path, value in (
-        ("dataset.image_size", c.dataset.image_size),
-        ("dataset.max_train", c.dataset.max_train),
-        ("dataset.max_test", c.dataset.max_test),
-        ("model.embedding_size", c.model.embedding_size),
-        ("model.num_channels", c.model.num_channels),
+        ("dataset.image_size", dataset.image_size),
+        ("dataset.max_train", dataset.max_train),
+        ("dataset.max_test", dataset.max_test),
+        ("model.embedding_size", model.embedding_size),
+        ("model.num_channels", getattr(model, "num_channels", None)),
         ("mining.margin", c.mining.margin if not c.mining.soft_margin else 1.0),
-        ("sampler.classes_per_batch", c.sampler.classes_per_batch),
-        ("sampler.images_per_class", c.sampler.images_per_class),
+        ("sampler.classes_per_batch", getattr(sampler, "classes_per_batch", None)),
+        ("sampler.images_per_class", getattr(sampler, "images_per_class", None)),
         ("trainer.epochs", c.trainer.epochs),
         ("trainer.batch_size", c.trainer.batch_size),
         ("trainer.learning_rate", c.trainer.learning_rate),
@@ -186,30 +448,25 @@ def validate(cfg: DictConfig | Config) -> None:
         _positive(path, value, allow_zero=True)
     if c.trainer.warmup_epochs > c.trainer.epochs:
         raise ConfigError(
-            f"trainer.warmup_epochs={c.trainer.warmup_epochs} is longer than "
+            f"trainer.warmup_epochs={c.trainer.warmup_epochs} is not valid; it must be <= "
             f"trainer.epochs={c.trainer.epochs}"
         )
-    if c.sampler.name == "pk" and c.sampler.classes_per_batch < 2:
+    if sampler.name == "pk":
+        for key, role in (
+            ("classes_per_batch", "a negative from another class"),
+            ("images_per_class", "a positive from the same class"),
+        ):
+            value = getattr(sampler, key)
+            if value < 2:
+                raise ConfigError(
+                    f"sampler.{key}={value} is not valid; it must be >= 2 with the pk "
+                    f"sampler: a triplet needs {role}"
+                )
+    if sampler.name == "random" and c.trainer.batch_size < 3:
         raise ConfigError(
-            "sampler.classes_per_batch must be >= 2 with the pk sampler: a triplet needs a "
-            "negative from another class"
+            f"trainer.batch_size={c.trainer.batch_size} is not valid; it must be >= 3 to form "
+            "a triplet"
         )
-    if c.sampler.name == "pk" and c.sampler.images_per_class < 2:
-        raise ConfigError(
-            "sampler.images_per_class must be >= 2 with the pk sampler: a triplet needs a "
-            "positive from the same class"
-        )
-    if c.sampler.name == "random" and c.trainer.batch_size < 3:
-        raise ConfigError(
-            f"trainer.batch_size={c.trainer.batch_size} is too small to form a triplet; use >= 3"
-        )
-
-
-def normalize_precision(value: Any) -> str:
-    """YAML reads a bare ``off`` as False: accept it, and None, as "off"."""
-    if value is None or value is False or str(value).lower() in ("false", "none", "no", "off"):
-        return "off"
-    return str(value)
 
 
 def to_container(cfg: DictConfig) -> dict:

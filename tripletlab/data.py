@@ -6,12 +6,16 @@ checking data stays fast. Every problem with the input raises one
 :class:`~tripletlab.errors.DataError` naming the file or folder, the problem and the fix;
 nothing is silently skipped.
 
-``python -m tripletlab.data fetch fashion_mnist`` makes sure the IDX files are present.
+Each dataset is a :class:`DatasetSource` registered by name in
+:data:`tripletlab.registry.DATASETS`; a new one is a source plus ``conf/dataset/<name>.yaml``
+(and a schema in :mod:`tripletlab.config` for keys of its own).
+
+``tripletlab-fetch fashion_mnist`` (or ``python -m tripletlab.data fetch fashion_mnist``) makes
+sure the IDX files are present.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gzip
 import http.client
@@ -24,7 +28,7 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +37,17 @@ import numpy as np
 from PIL import Image
 
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.registry import DATASETS
 
 log = logging.getLogger(__name__)
+
+if __name__ == "__main__":
+    # `python -m tripletlab.data fetch NAME`, tripletlab-fetch's older name. Handed over
+    # before this copy of the module (__main__) registers datasets: the command imports
+    # tripletlab.data, whose registrations are the ones that count.
+    from tripletlab.cli.fetch import data_module_main
+
+    sys.exit(data_module_main())
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -95,7 +108,6 @@ IDX_DATASETS = {
         "mnist", "https://storage.googleapis.com/cvdf-datasets/mnist/", DIGIT_CLASSES, None
     ),
 }
-DATASET_NAMES = (*IDX_DATASETS, "digits", "image_folder")
 
 
 @dataclass(repr=False)
@@ -124,6 +136,26 @@ class Dataset:
             f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
             f"image_shape={self.image_shape}, classes={self.num_classes}, source={self.source!r})"
         )
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One dataset's code, registered by name in :data:`tripletlab.registry.DATASETS`.
+
+    ``load(cfg)`` -> (x_train, y_train, x_test, y_test, class_names, source): uint8 images
+    [N, H, W, C], int64 labels, and where they were read from; :func:`load_dataset` then
+    applies max_train / max_test, image_size and channels. ``ensure(root, download, url)``
+    -> (folder, how it was found): makes sure the files are present (``tripletlab-fetch``).
+    """
+
+    load: Callable[[Any], tuple]
+    ensure: Callable[[Any, bool, str | None], tuple[Path, str]]
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name == "DATASET_NAMES":  # every dataset name, registered here or elsewhere
+        return DATASETS.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -455,6 +487,25 @@ def _load_idx(name: str, folder: Path) -> tuple[np.ndarray, ...]:
     return tuple(arrays)
 
 
+def _idx_source(name: str) -> DatasetSource:
+    def load(cfg: Any) -> tuple:
+        download = bool(_opt(cfg, "download"))
+        folder, url_used = _locate(name, _opt(cfg, "root"), download, _opt(cfg, "url"))
+        classes = list(IDX_DATASETS[name].classes)
+        return (*_load_idx(name, folder), classes, url_used or str(folder.absolute()))
+
+    def ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+        folder, url_used = _locate(name, root, download, url)
+        _load_idx(name, folder)  # read everything now, so corrupt files fail here and not mid-run
+        return folder, f"downloaded from {url_used} to" if url_used else "found in"
+
+    return DatasetSource(load, ensure)
+
+
+for _name in IDX_DATASETS:
+    DATASETS.register(_name)(_idx_source(_name))
+
+
 def ensure_dataset(
     name: str,
     root: str | os.PathLike | None = None,
@@ -466,19 +517,7 @@ def ensure_dataset(
 
 
 def _ensure(name: str, root: Any, download: bool, url: str | None) -> tuple[Path, str]:
-    if name == "digits":
-        sklearn_datasets = _import_sklearn_datasets()
-        return Path(sklearn_datasets.__file__).parent / "data", "bundled with scikit-learn in"
-    if name == "image_folder":
-        # Nothing to download: only check that the user's folder is there.
-        root_path = _require_root(root)
-        _class_folders(root_path / "train" if (root_path / "train").is_dir() else root_path)
-        return root_path, "found in"
-    if name not in IDX_DATASETS:
-        raise DataError(f"dataset {name!r} is unknown; choose one of: {', '.join(DATASET_NAMES)}")
-    folder, url_used = _locate(name, root, download, url)
-    _load_idx(name, folder)  # read everything now, so corrupt files fail here and not mid-run
-    return folder, f"downloaded from {url_used} to" if url_used else "found in"
+    return DATASETS.get(name).ensure(root, download, url)
 
 
 # --------------------------------------------------------------------------- digits
@@ -499,6 +538,19 @@ def _load_digits(test_fraction: float, seed: int) -> tuple[np.ndarray, ...]:
     labels = digits.target.astype(np.int64)
     train, test = _stratified_split(labels, test_fraction, seed)
     return images[train], labels[train], images[test], labels[test]
+
+
+def _digits_load(cfg: Any) -> tuple:
+    arrays = _load_digits(float(_opt(cfg, "test_fraction")), int(_opt(cfg, "split_seed")))
+    return (*arrays, list(DIGIT_CLASSES), "scikit-learn")
+
+
+def _digits_ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+    sklearn_datasets = _import_sklearn_datasets()
+    return Path(sklearn_datasets.__file__).parent / "data", "bundled with scikit-learn in"
+
+
+DATASETS.register("digits")(DatasetSource(_digits_load, _digits_ensure))
 
 
 def _stratified_split(
@@ -690,6 +742,29 @@ def _load_image_folder(
     return x[:n_train], y_train, x[n_train:], y_test, train_names
 
 
+def _image_folder_load(cfg: Any) -> tuple:
+    root_path = _require_root(_opt(cfg, "root"))
+    size = _opt(cfg, "image_size")
+    arrays = _load_image_folder(
+        root_path,
+        _opt(cfg, "channels"),
+        None if size is None else int(size),
+        float(_opt(cfg, "test_fraction")),
+        int(_opt(cfg, "split_seed")),
+    )
+    return (*arrays, str(root_path.absolute()))
+
+
+def _image_folder_ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+    # Nothing to download: only check that the user's folder is there.
+    root_path = _require_root(root)
+    _class_folders(root_path / "train" if (root_path / "train").is_dir() else root_path)
+    return root_path, "found in"
+
+
+DATASETS.register("image_folder")(DatasetSource(_image_folder_load, _image_folder_ensure))
+
+
 # --------------------------------------------------------------------------- common
 
 
@@ -725,46 +800,42 @@ def adapt_images(x: np.ndarray, size: int | None, channels: int | None) -> np.nd
     return x
 
 
-def _opt(cfg: Any, key: str, default: Any = None) -> Any:
-    # A DictConfig built by hand may lack keys that the DatasetConfig schema would supply.
-    value = getattr(cfg, key, default)
-    return default if value is None else value
+_ABSENT = object()
+
+
+def _opt(cfg: Any, key: str) -> Any:
+    """``cfg.key``; a key that a hand-built cfg (a namespace) lacks takes the default of
+    its dataset's schema (None where the schema has no such key)."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        value = getattr(cfg, key, _ABSENT)
+    except MissingMandatoryValue:  # ``???``: not set
+        return None
+    if value is _ABSENT:
+        from tripletlab.config import schema_default
+
+        value = schema_default("dataset", getattr(cfg, "name", None), key)
+    return None if isinstance(value, str) and value == "???" else value  # a schema's MISSING
 
 
 def load_dataset(cfg: Any) -> Dataset:
-    """Load the dataset described by ``cfg`` (a DatasetConfig or a DictConfig like one)."""
-    name = str(_opt(cfg, "name", ""))
+    """Load the dataset described by ``cfg`` (its option's schema, e.g. a DigitsConfig, or
+    a DictConfig or namespace like one)."""
+    name = str(getattr(cfg, "name", ""))
+    source = DATASETS.get(name)  # ConfigError naming the valid names
     channels = _opt(cfg, "channels")
     size = _opt(cfg, "image_size")
-    test_fraction = float(_opt(cfg, "test_fraction", 0.2))
-    seed = int(_opt(cfg, "split_seed", 0))
-    if name not in DATASET_NAMES:
-        raise ConfigError(
-            f"dataset.name={name!r} is not valid; choose one of: {', '.join(DATASET_NAMES)}"
-        )
+    test_fraction = _opt(cfg, "test_fraction")
     if channels not in (None, 1, 3):
         raise ConfigError(f"dataset.channels={channels!r} is not valid; use 1, 3 or null")
     if size is not None and int(size) < 1:
         raise ConfigError(f"dataset.image_size={size!r} must be > 0")
-    if not 0.0 < test_fraction < 1.0:
+    if test_fraction is not None and not 0.0 < float(test_fraction) < 1.0:
         raise ConfigError(f"dataset.test_fraction={test_fraction!r} must be between 0 and 1")
     size = None if size is None else int(size)
-    root = _opt(cfg, "root")
-
-    if name in IDX_DATASETS:
-        folder, url_used = _locate(name, root, bool(_opt(cfg, "download", True)), _opt(cfg, "url"))
-        x_train, y_train, x_test, y_test = _load_idx(name, folder)
-        source = url_used or str(folder.absolute())
-        class_names = list(IDX_DATASETS[name].classes)
-    elif name == "digits":
-        x_train, y_train, x_test, y_test = _load_digits(test_fraction, seed)
-        class_names, source = list(DIGIT_CLASSES), "scikit-learn"
-    else:
-        root_path = _require_root(root)
-        x_train, y_train, x_test, y_test, class_names = _load_image_folder(
-            root_path, channels, size, test_fraction, seed
-        )
-        source = str(root_path.absolute())
+    seed = int(_opt(cfg, "split_seed"))
+    x_train, y_train, x_test, y_test, class_names, where = source.load(cfg)
 
     # Truncate before adapting so tiny runs do not resize images they then drop.
     x_train, y_train = _limit(x_train, y_train, _opt(cfg, "max_train"), seed, 1)
@@ -776,33 +847,16 @@ def load_dataset(cfg: Any) -> Dataset:
         x_test=np.ascontiguousarray(adapt_images(x_test, size, channels)),
         y_test=y_test,
         class_names=class_names,
-        source=source,
+        source=where,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tripletlab.data fetch NAME``: make sure a dataset is present."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tripletlab.data", description="Make sure a dataset's files are present."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    fetch = commands.add_parser(
-        "fetch", help="find the dataset's files, downloading them if needed"
-    )
-    fetch.add_argument("name", choices=DATASET_NAMES)
-    fetch.add_argument("--root", help="folder holding the files (then only it is used)")
-    fetch.add_argument("--no-download", action="store_true", help="fail instead of downloading")
-    fetch.add_argument("--url", help="mirror to download from (default: the official one)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        folder, how = _ensure(args.name, args.root, not args.no_download, args.url)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.name}: {how} {folder}")
-    return 0
+def fetch(
+    name: str, root: Any = None, download: bool = True, url: str | None = None
+) -> tuple[Path, str]:
+    """Make sure dataset ``name``'s files are present and readable (``tripletlab-fetch``).
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    Returns the folder and how it was found ("found in", "downloaded from URL to"...).
+    Raises DataError when the files are missing (and not downloaded) or corrupt.
+    """
+    return _ensure(name, root, download, url)

@@ -75,9 +75,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tripletlab.errors import ConfigError
-
-STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
+from tripletlab.registry import LOSSES
 
 # Loop over positive slots while there are at most this many; sort each row beyond. One slot
 # costs a few elementwise passes over [B, B]; the sort path costs about as much as 30-50 of
@@ -435,6 +433,7 @@ def _use_slots(blocks: _Blocks, strategy: str) -> tf.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+@LOSSES.register("batch_all")
 def batch_all_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
     """Batch-all triplet loss over every valid triplet.
 
@@ -474,6 +473,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
     )
 
 
+@LOSSES.register("batch_hard")
 def batch_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
     """Batch-hard triplet loss: per anchor, its farthest positive and nearest negative.
 
@@ -506,6 +506,7 @@ def batch_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_
     return _nan_unless_finite(embeddings, loss, _ratio(n_active, n, dtype))
 
 
+@LOSSES.register("semi_hard")
 def semi_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
     """Semi-hard triplet loss (FaceNet): per valid pair, the nearest negative farther than p.
 
@@ -532,21 +533,15 @@ def semi_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
     return _nan_unless_finite(embeddings, loss, _ratio(n_active, n_pairs, dtype))
 
 
-_LOSSES = {
-    "batch_all": batch_all_triplet_loss,
-    "batch_hard": batch_hard_triplet_loss,
-    "semi_hard": semi_hard_triplet_loss,
-}
+# The strategies above, registered as mining.strategy names. A new strategy is a function
+# like them, (labels, embeddings, margin, squared, soft_margin) -> (loss [], fraction []),
+# registered with @LOSSES.register(name), plus conf/mining/<name>.yaml.
+STRATEGIES = LOSSES.registered()
 
 
 def triplet_loss(
     labels, embeddings, strategy="semi_hard", margin=0.5, squared=False, soft_margin=False
 ):
-    """Dispatch to the loss of `strategy` (one of STRATEGIES) -> (loss [], fraction [])."""
-    if strategy not in _LOSSES:
-        raise ConfigError(
-            f"unknown triplet strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}"
-        )
-    return _LOSSES[strategy](
-        labels, embeddings, margin=margin, squared=squared, soft_margin=soft_margin
-    )
+    """Dispatch to the loss of `strategy` (a name in LOSSES) -> (loss [], fraction [])."""
+    loss = LOSSES.get(strategy)  # ConfigError naming the valid names
+    return loss(labels, embeddings, margin=margin, squared=squared, soft_margin=soft_margin)

@@ -3,6 +3,12 @@
 Unlike the seed, ``embedding_size`` is honoured and the embedding has no ReLU (a ReLU would
 confine it to the positive orthant). L2 normalisation is optional. The last layers run in
 float32 under mixed precision, so the embedding the loss sees is always float32.
+
+A backbone is a function ``(images, cfg, reg) -> features``: Keras tensors [B, H, W, C] ->
+[B, F], with ``cfg`` the model node (``cfg.num_channels``...) and ``reg`` the kernel
+regulariser (or None) for its layers. Adding one is that function, registered with
+``@BACKBONES.register("name")`` (:mod:`tripletlab.registry`), plus ``conf/model/name.yaml``;
+:func:`build_model` adds the embedding head.
 """
 
 from __future__ import annotations
@@ -10,8 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from tripletlab.config import MODELS
-from tripletlab.errors import ConfigError
+from tripletlab.registry import BACKBONES
 
 
 @keras.saving.register_keras_serializable(package="tripletlab")
@@ -76,6 +81,7 @@ def _conv(filters: int, kernel: int, reg, use_bias: bool = True) -> layers.Conv2
     return layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, kernel_regularizer=reg)
 
 
+@BACKBONES.register("lenet")
 def _lenet(x, cfg, reg):
     x = _conv(32, 5, reg)(x)
     x = layers.ReLU()(x)
@@ -96,6 +102,7 @@ def _conv_bn_relu(x, filters: int, batch_norm: bool, reg):
     return layers.ReLU()(_conv_bn(x, filters, batch_norm, reg))
 
 
+@BACKBONES.register("small_cnn")
 def _small_cnn(x, cfg, reg):
     for filters in (cfg.num_channels, 2 * cfg.num_channels):
         x = _conv_bn(x, filters, cfg.batch_norm, reg)
@@ -106,6 +113,7 @@ def _small_cnn(x, cfg, reg):
     return layers.Flatten()(x)
 
 
+@BACKBONES.register("vgg_gap")
 def _vgg_gap(x, cfg, reg):
     """Two conv-conv-pool blocks, then global average pooling (the deeper option)."""
     for filters in (cfg.num_channels, 2 * cfg.num_channels):
@@ -116,23 +124,17 @@ def _vgg_gap(x, cfg, reg):
     return layers.GlobalAveragePooling2D()(x)
 
 
-_BACKBONES = {"lenet": _lenet, "small_cnn": _small_cnn, "vgg_gap": _vgg_gap}
-assert set(_BACKBONES) == set(MODELS)
-
-
 def build_model(cfg, input_shape: tuple[int, int, int], weight_decay: float = 0.0) -> keras.Model:
     """The embedding model: images float [B, H, W, C] in [0, 1] -> float32 [B, embedding_size].
 
-    ``cfg`` has name, embedding_size, l2_normalize, num_channels and batch_norm.
-    ``weight_decay`` adds an L2 penalty on kernels to ``model.losses``.
+    ``cfg`` has name, embedding_size and l2_normalize, plus the backbone's own keys
+    (num_channels and batch_norm for small_cnn and vgg_gap). ``weight_decay`` adds an L2
+    penalty on kernels to ``model.losses``.
     """
-    if cfg.name not in _BACKBONES:
-        raise ConfigError(
-            f"model.name={cfg.name!r} is not valid; choose one of: {', '.join(MODELS)}"
-        )
+    backbone = BACKBONES.get(str(cfg.name))  # ConfigError naming the valid names
     reg = keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
     inputs = keras.Input(shape=tuple(input_shape), name="images")
-    features = _BACKBONES[cfg.name](inputs, cfg, reg)
+    features = backbone(inputs, cfg, reg)
     # No activation: the embedding may take any sign. float32 for a stable loss.
     x = layers.Dense(cfg.embedding_size, kernel_regularizer=reg, dtype="float32", name="embedding")(
         features

@@ -4,14 +4,22 @@ The images stay in memory as one uint8 tensor (the "cache"); each epoch the samp
 the batches' indices with numpy from ``(seed, epoch)``, so a fixed seed gives the same
 batches, also after a resume, and no Python runs per step. Each batch is gathered, scaled
 to [0, 1] and augmented on whole batches (no per-image map), then prefetched.
+
+Samplers are registered by name in :data:`tripletlab.registry.SAMPLERS` (``sampler.name``);
+a new one is a :class:`Sampler` registered there plus ``conf/sampler/<name>.yaml``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.registry import SAMPLERS
 
 # Largest translation, in pixels, of the "translate" augmentation (about 10% of 28 px).
 MAX_SHIFT_FRACTION = 0.1
@@ -81,21 +89,44 @@ def pk_batches(labels: np.ndarray, p: int, k: int, seed: int, epoch: int) -> np.
     return batches
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """One sampler, registered by name in SAMPLERS.
+
+    ``batches(labels, cfg, batch_size, seed, epoch)`` -> int32 [steps, B]: one epoch's
+    batches of indices into ``labels``, the same for the same (seed, epoch); ``cfg`` is the
+    sampler node and ``batch_size`` is ``trainer.batch_size``. ``batch_size(cfg,
+    batch_size)`` -> B.
+    """
+
+    batches: Callable[[np.ndarray, Any, int, int, int], np.ndarray]
+    batch_size: Callable[[Any, int], int]
+
+
+def _random(labels: np.ndarray, cfg, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    return random_batches(labels, batch_size, seed, epoch)
+
+
+def _pk(labels: np.ndarray, cfg, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    return pk_batches(labels, cfg.classes_per_batch, cfg.images_per_class, seed, epoch)
+
+
+SAMPLERS.register("random")(Sampler(_random, lambda cfg, batch_size: batch_size))
+SAMPLERS.register("pk")(
+    Sampler(_pk, lambda cfg, batch_size: cfg.classes_per_batch * cfg.images_per_class)
+)
+
+
 def epoch_batches(
     labels: np.ndarray, sampler, batch_size: int, seed: int, epoch: int
 ) -> np.ndarray:
-    """The batches' indices for one epoch, by sampler name ("random" or "pk")."""
-    if sampler.name == "random":
-        return random_batches(labels, batch_size, seed, epoch)
-    if sampler.name == "pk":
-        return pk_batches(labels, sampler.classes_per_batch, sampler.images_per_class, seed, epoch)
-    raise ConfigError(f"sampler.name={sampler.name!r} is not valid; choose one of: random, pk")
+    """The batches' indices for one epoch from the sampler that ``sampler.name`` names."""
+    return SAMPLERS.get(str(sampler.name)).batches(labels, sampler, batch_size, seed, epoch)
 
 
 def effective_batch_size(sampler, batch_size: int) -> int:
-    if sampler.name == "pk":
-        return sampler.classes_per_batch * sampler.images_per_class
-    return batch_size
+    """The batch size ``sampler`` gives (P * K for pk, ``batch_size`` for random)."""
+    return SAMPLERS.get(str(sampler.name)).batch_size(sampler, batch_size)
 
 
 def scale_images(images: tf.Tensor) -> tf.Tensor:

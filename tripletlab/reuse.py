@@ -143,7 +143,7 @@ def load_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Ru
     """The run's ``.hydra/config.yaml`` with ``overrides`` applied (see the module docstring)."""
     from omegaconf import OmegaConf
 
-    from tripletlab.config import Config, validate
+    from tripletlab.config import explain_compose_error, typed, validate
 
     folder = RunFolder.existing(run_dir)
     saved = _load_yaml(folder.config_path, "the run's config")
@@ -151,7 +151,7 @@ def load_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Ru
     if folder.overrides_path.is_file():
         run_overrides = [str(o) for o in _load_yaml(folder.overrides_path, "the overrides")]
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+        cfg = typed(saved)  # each group typed by its option's schema
     except _hydra_error_types() as exc:
         raise RunFolderError(
             f"the config of run {folder.path} ({folder.config_path.name}) does not fit this "
@@ -197,9 +197,8 @@ def load_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Ru
             value = OmegaConf.select(fresh, key) if fresh is not None else o.value()
             OmegaConf.update(cfg, key, value, merge=False)
         except _hydra_error_types() as exc:
-            raise ConfigError(
-                f"cannot apply the override {o.input_line}: {one_line(exc)}"
-            ) from None
+            text = explain_compose_error(exc) or one_line(exc)
+            raise ConfigError(f"cannot apply the override {o.input_line}: {text}") from None
     validate(cfg)
     return result
 
