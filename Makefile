@@ -6,13 +6,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # TensorFlow build: the CUDA one where nvidia-smi sees a GPU, the CPU one elsewhere.
 TF_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-EXTRAS := $(TF_EXTRA),dev,joblib,optuna,slurm
+TEST_EXTRAS := dev,joblib,optuna,slurm
+# `make run` installs what running needs; `make test` adds the test tools and the launchers
+# and sweeper the tests use. One stamp each, so that neither reinstalls when nothing changed.
 STAMP := $(VENV)/.installed-$(TF_EXTRA)
+TEST_STAMP := $(VENV)/.installed-$(TF_EXTRA)-test
 DATASET ?= fashion_mnist
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data run test test-slow sweep bench lint format clean
+.PHONY: help setup setup-test data run test test-slow sweep bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,28 +25,34 @@ $(PY):
 
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA)]"
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA),$(TEST_EXTRAS)]"
 	touch $@
 
 setup: $(STAMP) ## create .venv and install the package (TensorFlow CPU or CUDA build)
 
+setup-test: $(TEST_STAMP) ## setup, plus pytest, ruff, and the joblib, Optuna and Slurm plugins
+
 data: setup ## make sure Fashion-MNIST is present (Debian package, else the official download)
-	@if ! $(PY) -m tripletlab.data fetch --no-download $(DATASET) 2>/dev/null; then \
+	@if ! $(VENV)/bin/tripletlab-fetch --no-download $(DATASET) 2>/dev/null; then \
 	  if [ "$(DATASET)" = fashion_mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's dataset-fashion-mnist"; \
 	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || true; \
 	  fi; \
-	  $(PY) -m tripletlab.data fetch $(DATASET); \
+	  $(VENV)/bin/tripletlab-fetch $(DATASET); \
 	fi
 
 run: data ## train the default run (Fashion-MNIST, small CNN, semi-hard); ARGS="..." adds overrides
 	$(PY) run.py $(ARGS)
 
-test: data ## the whole default test suite (fast; slow tests are excluded)
+test: setup-test data ## the whole default test suite (fast; slow tests are excluded)
 	$(PY) -m pytest $(ARGS)
 
-test-slow: data ## only the slow tests (full datasets, long runs)
+test-slow: setup-test data ## only the slow tests (full datasets, long runs)
 	$(PY) -m pytest -m slow $(ARGS)
 
 sweep: data ## the models x mining grid, then summary.csv; ARGS="..." adds overrides
@@ -53,11 +62,11 @@ bench: setup ## loss and training benchmarks (prints tables, writes CSVs under o
 	$(PY) -m tripletlab.bench losses
 	$(PY) -m tripletlab.bench train
 
-lint: setup ## ruff check and format check
+lint: setup-test ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: setup ## ruff format and fix
+format: setup-test ## ruff format and fix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 

@@ -1,18 +1,9 @@
-"""The one entry point: ``python run.py [overrides]`` or ``python run.py -m ...`` (a sweep)."""
+"""The one entry point in a clone: ``python run.py [overrides]``, or ``python run.py -m ...``
+(a sweep). The same command as ``tripletlab-train`` (:mod:`tripletlab.cli.train`)."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from tripletlab.config import register_configs
-from tripletlab.hydra_app import run_task
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    return run_task(cfg)
-
+from tripletlab.cli.train import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Evaluate a trained run again, from its folder: ``python -m tripletlab.evaluate RUN_DIR``.
+"""Evaluate a trained run again, from its folder: ``tripletlab-evaluate RUN_DIR``.
 
 The config comes from the run's ``.hydra/config.yaml``; overrides change it for this
 evaluation only (``dataset=image_folder dataset.root=/my/images``, ``dataset.max_test=500``).
@@ -16,17 +16,15 @@ With ``--split train`` the training split is both queries and gallery (leave-one
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
-import math
 import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tripletlab import reuse, rundir
+from tripletlab import reuse
 from tripletlab.errors import ConfigError
 from tripletlab.inference import SPLITS, evaluate_split, open_model
 
@@ -112,47 +110,7 @@ def evaluate_run(
     return result
 
 
-def format_result(result: dict) -> str:
-    metrics, training = result["metrics"], result.get("training_metrics")
-    header = ["metric", "value"] + (["at training"] if training else [])
-    rows = []
-    for key, value in metrics.items():
-        row = [key, value]
-        if training:
-            t = training.get(key)
-            row.append(math.nan if t is None else float(t))
-        rows.append(row)
-    ds = result["dataset"]
-    title = (
-        f"{result['run_dir']}: {ds['name']} {result['split']} split, {ds['queries']} queries"
-        + (f", k-NN gallery {ds['knn_gallery']} train images" if ds["knn_gallery"] else "")
-        + (f" ({' '.join(result['overrides'])})" if result["overrides"] else "")
-    )
-    return f"{title}\n{rundir.format_table(rows, header)}\nwrote {result['path']}"
+if __name__ == "__main__":  # `python -m tripletlab.evaluate`: tripletlab-evaluate's old name
+    from tripletlab.cli.evaluate import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tripletlab.evaluate",
-        description="Recompute a trained run's metrics with its saved model, from its folder.",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (run.py's output)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="OVERRIDE",
-        help="changes to the run's config for this evaluation, e.g. dataset=image_folder "
-        "dataset.root=/my/images, or dataset.max_test=500",
-    )
-    parser.add_argument("--split", choices=SPLITS, default="test", help="default: test")
-    parser.add_argument(
-        "--name", help="file name (without .json) in RUN_DIR/eval/; default from the data"
-    )
-    args = parser.parse_intermixed_args(argv)
-    result = evaluate_run(args.run_dir, args.overrides, args.split, args.name)
-    print(format_result(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(rundir.run_cli(main))
+    sys.exit(main())

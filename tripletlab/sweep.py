@@ -10,8 +10,8 @@
   end of the sweep it prints the table and, if a job failed, one line with the count and
   exits 1.
 - :func:`parallel_threads` splits the cores between parallel local jobs.
-- ``python -m tripletlab.sweep resume-args DIR`` prints the overrides a sweep folder was
-  made with (``sweep.sh --resume DIR`` reruns them into DIR).
+- :func:`resume_overrides` gives the overrides a sweep folder was made with
+  (``tripletlab-sweep --resume DIR`` reruns them into DIR).
 """
 
 from __future__ import annotations
@@ -224,22 +224,3 @@ def resume_overrides(sweep_dir: str | os.PathLike) -> list[str]:
             continue
         out.append(str(o))
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] != "resume-args":
-        print("usage: python -m tripletlab.sweep resume-args SWEEP_DIR", file=sys.stderr)
-        return 2
-    try:
-        overrides = resume_overrides(args[1])
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    # NUL-separated: an override may hold spaces or quotes; bash reads it with mapfile -d ''.
-    sys.stdout.write("".join(f"{o}\0" for o in overrides))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

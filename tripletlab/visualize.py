@@ -1,6 +1,6 @@
-"""Rebuild a run's projector/ and plots/ from its saved model: ``python -m tripletlab.visualize``.
+"""Rebuild a run's projector/ and plots/ from its saved model: ``tripletlab-visualize``.
 
-``python -m tripletlab.visualize RUN_DIR [--max-points N] [--split test|train] [overrides]``
+``tripletlab-visualize RUN_DIR [key=value ...] [--max-points N] [--split test|train]``
 embeds the chosen split with the saved model (the same path as training's evaluation) and
 writes, in place of what training left:
 
@@ -15,13 +15,12 @@ With the defaults (test split, ``eval.max_points`` points) it writes what traini
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tripletlab import artifacts, reuse, rundir
+from tripletlab import artifacts, reuse
 from tripletlab.errors import ConfigError
 from tripletlab.inference import SPLITS, open_model
 
@@ -67,34 +66,7 @@ def visualize_run(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tripletlab.visualize",
-        description="Rebuild a run's TensorBoard projector and plots from its saved model.",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (run.py's output)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="OVERRIDE",
-        help="changes to the run's config, e.g. dataset=image_folder dataset.root=/my/images",
-    )
-    parser.add_argument(
-        "--max-points",
-        type=int,
-        default=None,
-        help="points in the projector and the PCA plot (default: eval.max_points; 0: all)",
-    )
-    parser.add_argument("--split", choices=SPLITS, default="test", help="default: test")
-    args = parser.parse_intermixed_args(argv)
-    out = visualize_run(args.run_dir, args.overrides, args.split, args.max_points)
-    print(
-        f"{out['dataset']} {out['split']} split: {out['points']} of {out['of']} points\n"
-        f"wrote {out['projector']} and {out['plots']}\n"
-        f"view: tensorboard --logdir {out['run_dir']}  (PROJECTOR tab)"
-    )
-    return 0
+if __name__ == "__main__":  # `python -m tripletlab.visualize`: tripletlab-visualize's old name
+    from tripletlab.cli.visualize import main
 
-
-if __name__ == "__main__":
-    sys.exit(rundir.run_cli(main))
+    sys.exit(main())

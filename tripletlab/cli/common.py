@@ -1,11 +1,8 @@
-"""TEMPORARY: the command-line helpers left from the old rundir module (moving to cli/).
-
-The rest moved: the folder to :mod:`tripletlab.run_folder`, config reuse to
-:mod:`tripletlab.reuse`, the model and embedding to :mod:`tripletlab.inference`.
-"""
+"""What the commands share: error reporting, override arguments, plain text tables."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -18,11 +15,15 @@ from tripletlab.errors import TripletLabError
 log = logging.getLogger("tripletlab")
 
 
-# --------------------------------------------------------------------------- command lines
+class UsageError(TripletLabError):
+    """The command line itself is wrong (a missing folder, a bad option value): exit 2."""
+
+    exit_code = 2
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run a tool's ``main``: a TripletLabError becomes one ``error: ...`` line and exit 1."""
+    """Run a command's ``main``: a TripletLabError becomes one ``error: ...`` line and exit 1
+    (2 for a :class:`UsageError`); Ctrl-C exits 130. Anything else is a bug: traceback."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Our messages at INFO; other libraries' (absl, TensorFlow) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
@@ -31,10 +32,33 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return main(argv)
     except TripletLabError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    """Positional ``key=value`` overrides, and ``--override KEY=VALUE`` as an alias."""
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=f"changes to the run's config, Hydra style, e.g. {example}",
+    )
+    parser.add_argument(
+        "--override",
+        dest="more_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the same as a positional KEY=VALUE (repeatable)",
+    )
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """The positional overrides, then those given with ``--override``."""
+    return [*getattr(args, "overrides", []), *args.more_overrides]
 
 
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:

@@ -1,0 +1,524 @@
+"""The console commands (tripletlab/cli/): arguments, overrides, output and exit status.
+
+One tiny digits run, trained by ``tripletlab-train`` from another folder (module-scoped),
+serves the reuse commands; they are called in-process through their ``main`` except where a
+subprocess checks that an error leaves no traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import ROOT, TINY
+from tests.data_helpers import serve_folder, write_idx_folder, write_image_folder
+from tripletlab import data
+from tripletlab.cli import embed as embed_cli
+from tripletlab.cli import evaluate as evaluate_cli
+from tripletlab.cli import fetch as fetch_cli
+from tripletlab.cli import summarize as summarize_cli
+from tripletlab.cli import sweep as sweep_cli
+from tripletlab.cli import train as train_cli
+from tripletlab.cli import visualize as visualize_cli
+from tripletlab.data import IDX_FILES
+
+# Class folders of the gallery; its images are digits test images, so the run's own test
+# split contains them.
+GALLERY_CLASSES = ["0", "1", "2", "3"]
+PER_CLASS = 5
+GRID = "model=lenet,small_cnn mining=batch_all,batch_hard,semi_hard"
+
+
+def _env() -> dict[str, str]:
+    """The clone's tripletlab first, wherever the command runs from."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _command(module: str, *args, cwd: Path = ROOT, timeout: int = 300):
+    return subprocess.run(
+        [sys.executable, "-m", f"tripletlab.cli.{module}", *map(str, args)],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _cli(module, argv, capsys):
+    """Run a command in-process: its exit status, stdout and stderr."""
+    code = module.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str, message: str = "") -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One real run by tripletlab-train, started in an empty folder (1 epoch on digits)."""
+    where = tmp_path_factory.mktemp("elsewhere")
+    proc = _command("train", *TINY, cwd=where)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((where / "outputs" / "runs").glob("*/*"))
+    assert len(runs) == 1, runs  # under the current folder's outputs/, as run.py does
+    assert (runs[0] / "run.log").is_file()
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def digits(run_dir):
+    """The run's data, as training loaded it."""
+    from tripletlab.data import load_dataset
+    from tripletlab.reuse import load_config
+
+    return load_dataset(load_config(run_dir).cfg.dataset)
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory, digits):
+    """PNGs of digits in class sub-folders, in other sizes and channels than the model's
+    (16x16, RGB for half of them), so embedding has to convert them."""
+    root = tmp_path_factory.mktemp("gallery")
+    for name in GALLERY_CLASSES:
+        members = np.flatnonzero(digits.y_test == int(name))[:PER_CLASS]
+        (root / name).mkdir()
+        for j, i in enumerate(members):
+            im = Image.fromarray(digits.x_test[i][..., 0]).resize((16, 16))
+            (im.convert("RGB") if j % 2 else im).save(root / name / f"{i}.png")
+    return root
+
+
+# --------------------------------------------------------------------------- train
+
+
+def test_train_override_typo_is_one_error_line_and_no_run_folder(tmp_path):
+    proc = _command("train", "dataset=digits", "trainer.epoch=1", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, "trainer.epoch")
+    assert not (tmp_path / "outputs").exists()
+    # A sweep too: the first value of each swept key is composed before Hydra starts.
+    proc = _command("train", "-m", "model=lenet,small_cnn", "modle.x=1", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, "modle")
+    proc = _command("train", "dataset=digitz", cwd=tmp_path, timeout=60)
+    _one_error_line(proc.stderr, "Available options in 'dataset': digits")
+
+
+def test_first_of_each_sweep():
+    first = train_cli.first_of_each_sweep
+    assert first(["model=lenet,small_cnn", "seed=range(1,4)", "+x.y=2"]) == [
+        "model=lenet",
+        "seed=1",
+        "+x.y=2",
+    ]
+    assert first(["trainer.learning_rate=tag(log, interval(1e-5, 1e-1))"]) is None  # Optuna's
+
+
+def test_train_options_for_hydra_are_left_to_hydra(tmp_path):
+    proc = _command("train", "dataset=digits", "--cfg", "job", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout)["dataset"]["name"] == "digits"
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_reproduces_the_runs_final_metrics_exactly(run_dir, capsys):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    before = {n: (run_dir / n).read_bytes() for n in ("metrics.csv", "summary.json")}
+    code, out, _ = _cli(evaluate_cli, [run_dir], capsys)
+    assert code == 0
+    result = json.loads((run_dir / "eval" / "digits-test.json").read_text())
+    final = summary["metrics"]
+    assert result["metrics"]["precision_at_1"] == final["precision_at_1"]  # exactly
+    for key, value in result["metrics"].items():  # the other metrics too
+        assert value == final[key], key
+    assert result["training_metrics"]["precision_at_1"] == final["precision_at_1"]
+    assert result["split"] == "test" and result["dataset"]["queries"] == 359
+    assert "precision_at_1" in out and "at training" in out
+    # Training's own records stay as they were.
+    assert {n: (run_dir / n).read_bytes() for n in before} == before
+
+
+def test_evaluate_with_overrides_split_and_name(run_dir, capsys):
+    code, out, _ = _cli(
+        evaluate_cli,
+        [run_dir, "--split", "train", "dataset.max_train=200", "--name", "train200"],
+        capsys,
+    )
+    assert code == 0, out
+    result = json.loads((run_dir / "eval" / "train200.json").read_text())
+    assert result["split"] == "train" and result["overrides"] == ["dataset.max_train=200"]
+    assert result["dataset"]["queries"] == 200
+    assert "knn_accuracy" not in result["metrics"]  # every train image would find itself
+    assert 0.0 <= result["metrics"]["map_at_r"] <= 1.0
+    assert result["config"]["dataset"]["max_train"] == 200
+    assert result["config"]["model"]["embedding_size"] == 8  # the rest is the run's config
+    # --override is the same as a positional override.
+    code, _, _ = _cli(
+        evaluate_cli,
+        [run_dir, "--split", "train", "--override", "dataset.max_train=100", "--name", "t100"],
+        capsys,
+    )
+    assert code == 0
+    alias = json.loads((run_dir / "eval" / "t100.json").read_text())
+    assert alias["overrides"] == ["dataset.max_train=100"] and alias["dataset"]["queries"] == 100
+
+
+# --------------------------------------------------------------------------- visualize
+
+
+def _projector_server(logdir):
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+
+    from tests.test_projector import ProjectorServer
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    return ProjectorServer(logdir, data_provider.MultiplexerDataProvider(multiplexer, str(logdir)))
+
+
+def test_visualize_rebuilds_projector_and_plots(run_dir, digits, capsys):
+    from tripletlab.projector import checkpoint_tensor_name
+
+    projector = run_dir / "projector"
+    trained = (projector / "vectors.tsv").read_bytes()
+    for name in ("embeddings_pca.png", "loss.png"):
+        (run_dir / "plots" / name).unlink()
+    # The defaults rebuild what training wrote, bit for bit.
+    code, out, _ = _cli(visualize_cli, [run_dir], capsys)
+    assert code == 0 and "100 of 359 points" in out
+    assert (projector / "vectors.tsv").read_bytes() == trained
+    assert (run_dir / "plots" / "embeddings_pca.png").stat().st_size > 0
+    assert (run_dir / "plots" / "loss.png").stat().st_size > 0  # curves from metrics.csv
+
+    # Every point of the training split, served by TensorBoard with the run folder as logdir.
+    code, out, _ = _cli(visualize_cli, [run_dir, "--split", "train", "--max-points", "0"], capsys)
+    assert code == 0 and "1438 of 1438 points" in out
+    server = _projector_server(run_dir)
+    assert "projector" in server.json("/runs")
+    (info,) = server.json("/info", run="projector")["embeddings"]
+    assert [int(s) for s in info["tensorShape"]] == [1438, 8]
+    assert info["sprite"]["singleImageDim"] == [8, 8]
+    name = checkpoint_tensor_name("embedding")
+    emb = np.frombuffer(server.get("/tensor", run="projector", name=name).get_data(), np.float32)
+    np.testing.assert_allclose(np.linalg.norm(emb.reshape(-1, 8), axis=1), 1.0, rtol=1e-5)
+    rows = server.get("/metadata", run="projector", name=name).get_data(as_text=True)
+    labels = [int(r.split("\t")[0]) for r in rows.splitlines()[1:]]
+    assert labels == digits.y_train.tolist()  # the train split, in order
+
+
+# --------------------------------------------------------------------------- embed
+
+
+def test_embed_with_neighbours_in_a_gallery(run_dir, gallery, digits, tmp_path, capsys, caplog):
+    from tripletlab.embed import TILE, read_images
+    from tripletlab.inference import open_model
+    from tripletlab.reuse import load_config
+
+    queries = tmp_path / "queries"
+    (queries / "nested").mkdir(parents=True)
+    # A gallery image as a query (another size and RGBA): its nearest is itself, at ~0.
+    src = next((gallery / "2").glob("*.png"))
+    Image.open(src).convert("RGBA").resize((20, 20)).save(queries / "a_copy.png")
+    shutil.copy(src, queries / "nested" / "b_same.png")
+    (queries / "notes.txt").write_text("not an image: skipped")
+    # A test image at the model's size: embedded exactly as evaluation embeds it.
+    Image.fromarray(digits.x_test[7][..., 0]).save(queries / "c_test7.png")
+    out = tmp_path / "out" / "emb.npy"
+    k = 3
+    # eval.knn_k=3 is an override among the inputs: it changes nothing here but must parse.
+    argv = [run_dir, queries, "eval.knn_k=3", "--out", out, "--neighbours", k, "--gallery", gallery]
+    code, text, err = _cli(embed_cli, argv, capsys)
+    assert code == 0, err
+    assert "skipping 1 file" in caplog.text
+
+    emb = np.load(out)
+    assert emb.shape == (3, 8) and emb.dtype == np.float32  # a_copy, c_test7, nested/b_same
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    rc = load_config(run_dir)
+    embedder = open_model(rc.folder, rc.cfg)
+    # The same pixels as the dataset's; the embedding agrees up to float rounding (a batch of
+    # another size may take another oneDNN code path, so bit equality needs equal batches).
+    pixels = read_images([queries / "c_test7.png"], embedder.input_shape)
+    np.testing.assert_array_equal(pixels[0], digits.x_test[7])
+    np.testing.assert_allclose(emb[1], embedder.embed(digits.x_test[7:8])[0], atol=1e-5)
+
+    with (tmp_path / "out" / "emb.neighbours.tsv").open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert len(rows) == 3 * k
+    assert list(rows[0]) == ["query", "rank", "neighbour", "label", "distance"]
+    by_query = {}
+    for row in rows:
+        by_query.setdefault(row["query"], []).append(row)
+    same = by_query[str(queries / "nested" / "b_same.png")]
+    assert same[0]["neighbour"] == f"2/{src.name}" and same[0]["label"] == "2"
+    assert float(same[0]["distance"]) < 1e-3
+    for hits in by_query.values():
+        assert [int(r["rank"]) for r in hits] == [1, 2, 3]
+        dists = [float(r["distance"]) for r in hits]
+        assert dists == sorted(dists)
+        assert all(r["label"] in GALLERY_CLASSES for r in hits)
+    assert "b_same.png" in text and "distance" in text  # the printed table
+
+    sheet = Image.open(tmp_path / "out" / "emb.neighbours.png")
+    assert sheet.width > (k + 1) * TILE and sheet.height >= 3 * TILE
+
+
+def test_embed_tells_overrides_from_inputs(tmp_path):
+    assert embed_cli.is_override("dataset.root=/data")
+    assert embed_cli.is_override("+eval.knn_k=3") and embed_cli.is_override("dataset=digits")
+    assert not embed_cli.is_override("photo.png") and not embed_cli.is_override("a/b=c.png")
+    odd = tmp_path / "k=v.png"  # a file whose name looks like an override is an input
+    odd.write_bytes(b"")
+    assert not embed_cli.is_override(str(odd))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def run_without_model(run_dir, tmp_path):
+    copy = tmp_path / "unfinished"
+    shutil.copytree(run_dir / ".hydra", copy / ".hydra")
+    (copy / "summary.json").write_text(json.dumps({"status": "running"}))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("not_a_run", "is not a run folder"),
+        ("missing_run", "does not exist"),
+        ("no_model", "has no saved model"),
+        ("unreadable_image", "cannot read image"),
+        ("empty_folder", "holds no images"),
+        ("bad_out", "use a file name ending in .npy or .tsv"),
+        ("bad_override", "trainer.epoch"),
+        ("bad_override_embed", "trainer.epoch"),
+        ("bad_override_alias", "trainer.epoch"),
+        ("bad_group", "dataset/bogus"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(
+    case, message, run_dir, run_without_model, tmp_path, capsys
+):
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    out = ["--out", tmp_path / "e.npy"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.png").write_bytes(b"not a png at all")
+    module, argv = {
+        "not_a_run": (evaluate_cli, [tmp_path / "empty"]),
+        "missing_run": (visualize_cli, [tmp_path / "nowhere"]),
+        "no_model": (embed_cli, [run_without_model, image, *out]),
+        "unreadable_image": (embed_cli, [run_dir, image, tmp_path / "corrupt.png", *out]),
+        "empty_folder": (embed_cli, [run_dir, tmp_path / "empty", *out]),
+        "bad_out": (embed_cli, [run_dir, image, "--out", tmp_path / "e.csv"]),
+        "bad_override": (evaluate_cli, [run_dir, "trainer.epoch=3"]),
+        "bad_override_embed": (embed_cli, [run_dir, image, "trainer.epoch=3", *out]),
+        "bad_override_alias": (visualize_cli, [run_dir, "--override", "trainer.epoch=3"]),
+        "bad_group": (visualize_cli, [run_dir, "dataset=bogus"]),
+    }[case]
+    code, _, err = _cli(module, argv, capsys)
+    assert code == 1
+    _one_error_line(err, message)
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_cli_errors_have_no_traceback(run_without_model, tmp_path):
+    """As a user runs them, also under their older names (python -m tripletlab.evaluate)."""
+    (tmp_path / "not_a_run").mkdir()
+    image = tmp_path / "img.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    for module, args in [
+        ("tripletlab.cli.evaluate", [tmp_path / "not_a_run"]),
+        ("tripletlab.evaluate", [tmp_path / "not_a_run"]),
+        ("tripletlab.visualize", [run_without_model]),
+        ("tripletlab.embed", [run_without_model, image, "--out", tmp_path / "e.npy"]),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=ROOT,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1, (module, proc.stderr)
+        _one_error_line(proc.stderr)
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+def test_summarize_options_and_errors(run_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(run_dir, runs / name, ignore=shutil.ignore_patterns("checkpoints"))
+    code, out, _ = _cli(summarize_cli, [runs / "a", runs / "b", "--metric", "map_at_r"], capsys)
+    assert code == 0
+    assert "map_at_r (mean ± std)" in out and f"wrote {runs / 'summary.csv'}" in out
+    with (runs / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run_dir"] for r in rows] == ["a", "b"]  # default --out: the folder holding both
+    assert (runs / "summary.png").is_file()
+
+    code, out, _ = _cli(summarize_cli, [runs, "--out", tmp_path / "report", "--no-plot"], capsys)
+    assert code == 0 and (tmp_path / "report" / "summary.md").is_file()
+    assert not (tmp_path / "report" / "summary.png").exists()
+
+    code, _, err = _cli(summarize_cli, [tmp_path / "missing"], capsys)
+    assert code == 2
+    _one_error_line(err, "does not exist")
+    (tmp_path / "empty").mkdir()
+    code, _, err = _cli(summarize_cli, [tmp_path / "empty"], capsys)
+    assert code == 1
+    _one_error_line(err, "under")
+
+
+def test_summarize_as_a_module(run_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tripletlab.summarize", str(run_dir), "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "summary.csv").is_file()
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _sweep_sh(*args: str) -> subprocess.CompletedProcess:
+    env = {**_env(), "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", "sweep.sh", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_sweep_sh_builds_the_grid_and_passes_overrides():
+    proc = _sweep_sh("--dry-run", "dataset=digits", "seed=1,2,3")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.replace("\\,", ",")
+    assert f"run.py -m {GRID}" in out
+    assert out.rstrip().endswith("dataset=digits seed=1,2,3")
+    one = _sweep_sh("-n", "model=lenet").stdout.replace("\\,", ",")
+    assert "model=lenet,small_cnn" not in one and "mining=batch_all,batch_hard" in one
+    bad = _sweep_sh("--resume", str(ROOT / "conf"))
+    assert bad.returncode == 2 and "multirun.yaml" in bad.stderr
+    assert "--resume DIR" in _sweep_sh("--help").stdout
+
+
+def test_sweep_command_grid_and_resume(tmp_path, capsys):
+    code, out, _ = _cli(sweep_cli, ["--dry-run", "dataset=digits", "+model@x=1"], capsys)
+    assert code == 0
+    assert out.strip() == f"tripletlab-train -m {GRID} dataset=digits +model@x=1"
+    code, out, _ = _cli(sweep_cli, ["-n", "++mining=semi_hard"], capsys)
+    assert out.strip() == "tripletlab-train -m model=lenet,small_cnn ++mining=semi_hard"
+
+    # --resume: the sweep's own overrides (Hydra's first), the folder, then the new ones.
+    sweep = tmp_path / "my sweep"
+    sweep.mkdir()
+    hydra_overrides = ["hydra.sweep.dir=old", "hydra/launcher=parallel"]
+    saved = {
+        "hydra": {"overrides": {"hydra": hydra_overrides, "task": ["model=lenet", "seed=1,2"]}}
+    }
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
+    assert sweep_cli.sweep_arguments(["trainer.epochs=2"], resume=sweep) == [
+        "hydra/launcher=parallel",
+        "model=lenet",
+        "seed=1,2",
+        f"hydra.sweep.dir='{sweep.resolve()}'",  # quoted: the path holds a space
+        "trainer.epochs=2",
+    ]
+    code, _, err = _cli(sweep_cli, ["--resume", tmp_path / "nowhere"], capsys)
+    assert code == 2
+    _one_error_line(err, "not a folder")
+
+
+def test_sweep_override_typo_is_one_error_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(sweep_cli, ["dataset=digits", "trainer.epoch=1"], capsys)
+    assert code == 1
+    _one_error_line(err, "trainer.epoch")
+    assert not (tmp_path / "outputs").exists()
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No test sees the machine's data, home folder or proxies."""
+    monkeypatch.delenv("TRIPLETLAB_DATA", raising=False)
+    for var in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "system")
+    return tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
+
+
+def test_fetch_command(isolated, tmp_path, capsys):
+    assert fetch_cli.main(["fashion_mnist", "--no-download"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Searched, in order" in err and "Traceback" not in err
+
+    write_idx_folder(tmp_path / "mirror")
+    with serve_folder(tmp_path / "mirror") as url:
+        assert fetch_cli.main(["fashion_mnist", "--url", url]) == 0
+    assert f"downloaded from {url} to {isolated}" in capsys.readouterr().out
+    assert data.ensure_dataset("fashion_mnist", download=False) == isolated
+
+
+def test_fetch_command_fails_on_corrupt_files(isolated, tmp_path, capsys):
+    write_idx_folder(tmp_path / "fm")
+    (tmp_path / "fm" / f"{IDX_FILES['test_images']}.gz").write_bytes(b"junk")
+    assert fetch_cli.main(["fashion_mnist", "--root", str(tmp_path / "fm")]) == 1
+    assert "not a valid gzip file" in capsys.readouterr().err
+
+
+def test_fetch_digits_and_image_folder(isolated, tmp_path, capsys):
+    assert fetch_cli.main(["digits"]) == 0
+    assert "digits: bundled with scikit-learn in" in capsys.readouterr().out
+    write_image_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    assert fetch_cli.main(["image_folder", "--root", str(tmp_path / "imgs")]) == 0
+    assert fetch_cli.main(["image_folder"]) == 1
+    assert "image_folder needs dataset.root" in capsys.readouterr().err
+
+
+def test_fetch_as_a_module(tmp_path):
+    """``python -m tripletlab.data fetch NAME``, the older name that README and make use."""
+    write_idx_folder(tmp_path / "env" / "fashion-mnist")
+    env = {**_env(), "TRIPLETLAB_DATA": str(tmp_path / "env")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tripletlab.data", "fetch", "fashion_mnist", "--no-download"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"found in {tmp_path / 'env' / 'fashion-mnist'}" in done.stdout

@@ -1,0 +1,128 @@
+"""``tripletlab-sweep [--resume DIR] [--dry-run] [key=value ...]``: the grid, then the table.
+
+    tripletlab-sweep                               model=lenet,small_cnn x
+                                                   mining=batch_all,batch_hard,semi_hard
+    tripletlab-sweep dataset=digits seed=1,2,3     extra overrides pass through (18 jobs)
+    tripletlab-sweep model=lenet                   a model= or mining= override replaces that axis
+    tripletlab-sweep hydra/launcher=parallel       jobs in parallel on this machine
+    tripletlab-sweep --resume DIR [overrides]      rerun DIR's sweep into DIR: finished jobs
+                                                   are skipped, unfinished ones resume
+    tripletlab-sweep --dry-run ...                 print the command instead of running it
+
+It runs ``tripletlab-train -m <grid> <overrides>``; the sweep folder
+(``outputs/multirun/<date>/<time>/``, or ``hydra.sweep.dir=...``) ends with summary.csv,
+summary.md and summary.png, and the exit status is 1 when a job failed. ``sweep.sh`` in a
+clone is this command running ``python run.py -m ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tripletlab.cli.common import UsageError, run_cli
+
+# The default grid: the two small backbones x every mining strategy (6 jobs).
+DEFAULT_GRID = {
+    "model": ("lenet", "small_cnn"),
+    "mining": ("batch_all", "batch_hard", "semi_hard"),
+}
+# Characters a value of hydra.sweep.dir may hold without quotes in Hydra's override grammar.
+_PLAIN_PATH = re.compile(r"[\w/.:+-]+")
+
+
+def override_key(line: str) -> str:
+    """What an override sets: ``model=lenet`` and ``++model=lenet`` -> ``model``;
+    ``model@x=lenet`` (another package) and ``~model`` (a deletion) are other keys."""
+    return re.sub(r"^\+{1,2}", "", line).split("=", 1)[0].strip()
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as a value in Hydra's override grammar (quoted when needed)."""
+    if _PLAIN_PATH.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sweep_arguments(overrides: Sequence[str], resume: str | os.PathLike | None = None) -> list[str]:
+    """The overrides of ``tripletlab-train -m`` for this sweep.
+
+    Without ``resume``: the default grid's axes that ``overrides`` does not set, then
+    ``overrides``. With it: the overrides the sweep folder was made with, the folder as
+    ``hydra.sweep.dir``, then ``overrides``.
+    """
+    from tripletlab.sweep import resume_overrides
+
+    overrides = [str(o) for o in overrides]
+    if resume is not None:
+        folder = Path(resume).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"--resume {folder}: not a folder")
+        folder = folder.resolve()
+        try:
+            saved = resume_overrides(folder)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"--resume: {err}") from None
+        return [*saved, f"hydra.sweep.dir={hydra_value(str(folder))}", *overrides]
+    given = {override_key(o) for o in overrides}
+    axes = [f"{key}={','.join(values)}" for key, values in DEFAULT_GRID.items() if key not in given]
+    return [*axes, *overrides]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tripletlab-sweep",
+        description="Train the grid of models x mining strategies (tripletlab-train -m), then "
+        "write the sweep's summary.csv. A model= or mining= override replaces that axis.",
+        epilog="Options go before the overrides; everything from the first override on is "
+        "passed to tripletlab-train -m.",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="rerun DIR's sweep (its own overrides) into DIR: finished jobs are skipped, "
+        "unfinished ones resume from their checkpoints",
+    )
+    parser.add_argument(
+        "--dry-run", "-n", action="store_true", help="print the command instead of running it"
+    )
+    # sweep.sh in a clone: run `python SCRIPT -m ...` (run.py) instead of training in-process.
+    parser.add_argument("--train-script", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        metavar="KEY=VALUE",
+        help="overrides for every job, e.g. dataset=digits trainer.epochs=2 seed=1,2,3",
+    )
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    sweep = ["-m", *sweep_arguments(args.overrides, args.resume)]
+    if args.train_script:
+        command = [sys.executable, args.train_script, *sweep]
+    else:
+        command = ["tripletlab-train", *sweep]
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    sys.stdout.flush()
+    if args.train_script:
+        os.execv(sys.executable, command)  # as `exec python run.py -m ...`: signals go to it
+    from tripletlab.cli import train
+
+    return train.main(sweep)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
