@@ -15,6 +15,8 @@ __all__ = ["compose", "train", "__version__"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # absl's INFO lines ("Sharding callback duration") reach Python logging on every checkpoint.
 logging.getLogger("absl").setLevel(logging.WARNING)
+# tf.distribute logs every collective it sets up at INFO.
+logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def __getattr__(name: str):

@@ -32,6 +32,10 @@ PRECISIONS = ("auto", "off", "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("none", "translate", "flip_translate")
 PROGRESS = ("auto", "bar", "log")
+DATASET_SPLITS = ("original", "classes")
+STREAM_CHOICES = ("auto", "true", "false")
+DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multi_worker")
+LOGGERS = ("none", "mlflow")
 METRICS = (
     "precision_at_1",
     "recall_at_1",
@@ -70,6 +74,10 @@ class DatasetConfig:
     split_seed: int = 0  # seeds the train/test split and max_train/max_test, whatever the seed
     max_train: int | None = None  # keep only N training images, picked at random (tiny runs)
     max_test: int | None = None
+    # original: the dataset's own train/test split | classes: pool the splits, train on the
+    # first half of the classes (or train_classes), test on the others (unseen classes)
+    split: str = "original"
+    train_classes: list[Any] | None = None  # class names or ids, with split=classes
 
 
 @dataclass
@@ -98,11 +106,50 @@ class DigitsConfig(DatasetConfig):
 
 
 @dataclass
-class ImageFolderConfig(DatasetConfig):
+class FilesDatasetConfig(DatasetConfig):
+    """Image files on disk (image_folder and the benchmark layouts)."""
+
+    root: str | None = MISSING
+    image_size: int | None = 224
+    channels: int | None = 3
+    # auto: stream from disk when decoding every image would take more than 1 GiB | true | false
+    stream: str = "auto"
+    verify: bool = True  # read every streamed file's header before training (names bad files)
+
+
+@dataclass
+class ImageFolderConfig(FilesDatasetConfig):
     name: str = "image_folder"
     root: str | None = MISSING  # root/<class>/*.png, or root/train/<class> and root/test/<class>
     image_size: int | None = 64
+    channels: int | None = None
     test_fraction: float = 0.2  # without train/ and test/ sub-folders
+
+
+@dataclass
+class Cub200Config(FilesDatasetConfig):
+    name: str = "cub200"
+    root: str | None = MISSING  # the CUB_200_2011 folder (images.txt, images/, ...)
+    split: str = "classes"  # classes 1-100 train, 101-200 test; original: train_test_split.txt
+
+
+@dataclass
+class Cars196Config(FilesDatasetConfig):
+    name: str = "cars196"
+    root: str | None = MISSING  # the folder with cars_annos.mat and car_ims/
+    split: str = "classes"  # classes 1-98 train, 99-196 test; original: the test flag
+
+
+@dataclass
+class SopConfig(FilesDatasetConfig):
+    name: str = "sop"
+    root: str | None = MISSING  # Stanford_Online_Products (Ebay_train.txt, Ebay_test.txt, ...)
+
+
+@dataclass
+class InShopConfig(FilesDatasetConfig):
+    name: str = "inshop"
+    root: str | None = MISSING  # list_eval_partition.txt (or Eval/) and img/ (or Img/img/)
 
 
 # --------------------------------------------------------------------------- model
@@ -136,6 +183,30 @@ class SmallCnnConfig(CnnConfig):
 @dataclass
 class VggGapConfig(CnnConfig):
     name: str = "vgg_gap"
+
+
+@dataclass
+class PretrainedConfig(ModelConfig):
+    """A keras.applications backbone (global average pooling) under the embedding head."""
+
+    embedding_size: int = 128
+    weights: str = "imagenet"  # imagenet | none | path to a .weights.h5 file of the backbone
+    freeze_batch_norm: bool = True  # batch norm layers keep ImageNet's statistics and scales
+
+
+@dataclass
+class ResNet50Config(PretrainedConfig):
+    name: str = "resnet50"
+
+
+@dataclass
+class EfficientNetV2B0Config(PretrainedConfig):
+    name: str = "efficientnetv2_b0"
+
+
+@dataclass
+class MobileNetV3SmallConfig(PretrainedConfig):
+    name: str = "mobilenetv3_small"
 
 
 # --------------------------------------------------------------------------- mining, sampler
@@ -191,6 +262,7 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
     threads: int = 0  # TensorFlow intra-op threads; 0: TensorFlow's default (all cores)
     checkpoint_every: int = 1  # epochs
+    steps_per_epoch: int | None = None  # cap an epoch at N batches; None: the whole split
     collapse_patience: int = 2  # epochs a collapse must last before the run stops
 
 
@@ -204,6 +276,30 @@ class EvalConfig:
 
 
 @dataclass
+class DistributeConfig:
+    """``distribute=none|mirrored|multi_worker`` (:mod:`tripletlab.distribute`)."""
+
+    name: str = "none"
+    cpu_devices: int = 0  # N > 0: split the CPU into N logical devices (mirrored without GPUs)
+
+
+@dataclass
+class LoggerConfig:
+    """``logger=none|mlflow``: where a run reports besides its folder and TensorBoard
+    (:mod:`tripletlab.tracking`)."""
+
+    name: str = "none"
+
+
+@dataclass
+class MlflowLoggerConfig(LoggerConfig):
+    name: str = "mlflow"
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db (artifacts in outputs/)
+    tracking_uri: str | None = None
+    experiment: str | None = None  # null: the sweep folder for a sweep's jobs, else tripletlab
+
+
+@dataclass
 class Config:
     """The whole config. The groups are typed by their base schema; the option chosen in
     ``conf/config.yaml``'s defaults list (or on the command line) brings its own."""
@@ -214,6 +310,8 @@ class Config:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     optimized_metric: str = "precision_at_1"
 
@@ -221,7 +319,14 @@ class Config:
 # group -> option -> schema, stored as schema/<group>/<option>; "base" is the group's base
 # schema (the type of its Config field), for options without keys of their own. The key
 # naming an option in each group:
-NAME_KEYS = {"dataset": "name", "model": "name", "mining": "strategy", "sampler": "name"}
+NAME_KEYS = {
+    "dataset": "name",
+    "model": "name",
+    "mining": "strategy",
+    "sampler": "name",
+    "distribute": "name",
+    "logger": "name",
+}
 SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {
         "base": DatasetConfig,
@@ -229,15 +334,24 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "mnist": MnistConfig,
         "digits": DigitsConfig,
         "image_folder": ImageFolderConfig,
+        "cub200": Cub200Config,
+        "cars196": Cars196Config,
+        "sop": SopConfig,
+        "inshop": InShopConfig,
     },
     "model": {
         "base": ModelConfig,
         "lenet": LeNetConfig,
         "small_cnn": SmallCnnConfig,
         "vgg_gap": VggGapConfig,
+        "resnet50": ResNet50Config,
+        "efficientnetv2_b0": EfficientNetV2B0Config,
+        "mobilenetv3_small": MobileNetV3SmallConfig,
     },
     "mining": {"base": MiningConfig},
     "sampler": {"base": SamplerConfig, "random": RandomSamplerConfig, "pk": PKSamplerConfig},
+    "distribute": {"base": DistributeConfig},
+    "logger": {"base": LoggerConfig, "mlflow": MlflowLoggerConfig},
 }
 
 
@@ -412,6 +526,17 @@ def validate(cfg: DictConfig | Config) -> None:
     _choice("trainer.mixed_precision", normalize_precision(c.trainer.mixed_precision), PRECISIONS)
     _choice("trainer.progress", c.trainer.progress, PROGRESS)
     _choice("optimized_metric", c.optimized_metric, METRICS)
+    _choice("dataset.split", dataset.split, DATASET_SPLITS)
+    if getattr(dataset, "stream", None) is not None:
+        _choice("dataset.stream", dataset.stream, STREAM_CHOICES)
+    if dataset.train_classes is not None and dataset.split != "classes":
+        raise ConfigError(
+            f"dataset.train_classes is set but dataset.split={dataset.split}: add "
+            "dataset.split=classes"
+        )
+    _choice("distribute.name", c.distribute.name, DISTRIBUTE_STRATEGIES)
+    _choice("logger.name", c.logger.name, LOGGERS)
+    _option_schema("logger", c.logger)
     if dataset.channels not in (None, 1, 3):
         raise ConfigError(f"dataset.channels={dataset.channels!r} is not valid; use 1, 3 or null")
     test_fraction = getattr(dataset, "test_fraction", None)
@@ -432,6 +557,7 @@ def validate(cfg: DictConfig | Config) -> None:
         ("trainer.batch_size", c.trainer.batch_size),
         ("trainer.learning_rate", c.trainer.learning_rate),
         ("trainer.checkpoint_every", c.trainer.checkpoint_every),
+        ("trainer.steps_per_epoch", c.trainer.steps_per_epoch),
         ("eval.every", c.eval.every),
         ("eval.batch_size", c.eval.batch_size),
         ("eval.knn_k", c.eval.knn_k),
@@ -444,6 +570,7 @@ def validate(cfg: DictConfig | Config) -> None:
         ("trainer.collapse_patience", c.trainer.collapse_patience),
         ("trainer.threads", c.trainer.threads),
         ("eval.max_points", c.eval.max_points),
+        ("distribute.cpu_devices", c.distribute.cpu_devices),
     ):
         _positive(path, value, allow_zero=True)
     if c.trainer.warmup_epochs > c.trainer.epochs:

@@ -10,6 +10,7 @@ import sys
 
 from omegaconf import DictConfig, open_dict, read_write
 
+from tripletlab.distribute import task_is_chief
 from tripletlab.errors import TripletLabError
 from tripletlab.sweep import (
     parallel_jobs,
@@ -42,6 +43,8 @@ def run_task(cfg: DictConfig) -> float:
     output_dir = hydra_cfg.runtime.output_dir
     if multirun:
         _split_threads(cfg, hydra_cfg)
+    if not task_is_chief(cfg.distribute):
+        _log_to_the_terminal_only()
 
     from tripletlab.training import train  # after _split_threads: it sets OMP_NUM_THREADS
 
@@ -63,6 +66,15 @@ def run_task(cfg: DictConfig) -> float:
             raise  # a bug: keep the traceback
         log.exception("job failed with an unexpected error: %s", err)
         return math.nan
+
+
+def _log_to_the_terminal_only() -> None:
+    """A non-chief worker shares the chief's run folder: its lines stay out of run.log."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def _split_threads(cfg: DictConfig, hydra_cfg) -> None:

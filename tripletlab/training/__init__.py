@@ -25,14 +25,19 @@ def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -
     """
     import keras
 
+    from tripletlab.tracking import finish_trackers, start_trackers
     from tripletlab.training.loop import Trainer
 
     folder = RunFolder(run_dir)
     folder.path.mkdir(parents=True, exist_ok=True)
     policy = keras.mixed_precision.global_policy()
-    trainer = None
+    trainer, trackers = None, []
     try:
         trainer = Trainer(cfg, folder, callbacks)
+        # TensorBoard HParams and logger=mlflow (tripletlab.tracking): epoch callbacks that
+        # only warn when they fail; finished below, once the summary is final.
+        trackers = start_trackers(cfg, folder)
+        trainer.callbacks.extend(trackers)
         return trainer.run()
     except KeyboardInterrupt:
         _record(trainer, folder, cfg, Status.INTERRUPTED, "interrupted by the user")
@@ -45,9 +50,17 @@ def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
+        finish_trackers(trackers, folder)
 
 
 def _record(trainer, folder: RunFolder, cfg: Any, status: Status, error: str) -> None:
+    from tripletlab.distribute import task_is_chief
+
+    try:
+        if not task_is_chief(cfg.distribute):
+            return  # only the chief writes the run folder
+    except Exception:  # noqa: BLE001 - a config without the key: a single-host run
+        pass
     if trainer is not None:
         trainer.write_summary(status, error=error)
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from tripletlab.errors import TrainingError
@@ -17,28 +18,35 @@ class Checkpoints:
 
     Checkpoint ``n`` holds the state after epoch ``n``. A checkpoint is only written after
     an epoch that finished with finite values, so the latest one is always a good one.
+    ``folder`` is where this process saves; ``temporary=True`` (a non-chief worker, which
+    must take part in saving) removes it on :meth:`close`.
     """
 
-    def __init__(self, folder: Path, model, optimizer):
+    def __init__(self, folder: Path, model, optimizer, temporary: bool = False):
         import tensorflow as tf
 
+        self.folder = Path(folder)
+        self.temporary = temporary
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
         self._manager = tf.train.CheckpointManager(
-            self._checkpoint, str(folder), max_to_keep=MAX_TO_KEEP
+            self._checkpoint, str(self.folder), max_to_keep=MAX_TO_KEEP
         )
 
     @property
     def latest(self) -> str | None:
         return self._manager.latest_checkpoint
 
-    def restore_latest(self) -> int:
-        """Restore the latest checkpoint, if any; the number of epochs it had done (0 if none).
+    def restore_latest(self, folder: Path | None = None) -> int:
+        """Restore the latest checkpoint of ``folder`` (default: this one's), if any; the
+        number of epochs it had done (0 if none). Workers restore from the chief's folder.
 
         Every saved value must find its variable: a checkpoint from another model is an
         error, not a silent partial restore.
         """
-        path = self.latest
+        import tensorflow as tf
+
+        path = tf.train.latest_checkpoint(str(folder or self.folder))
         if not path:
             return 0
         try:
@@ -57,3 +65,7 @@ class Checkpoints:
     def save(self, epoch: int) -> str:
         self.epoch.assign(epoch)
         return self._manager.save(checkpoint_number=epoch)
+
+    def close(self) -> None:
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tripletlab.artifacts import write_views
 from tripletlab.config import to_container, validate
+from tripletlab.distribute import distribute_batches, make_strategy, task_is_chief
 from tripletlab.errors import DataError
 from tripletlab.inference import embed_images, evaluate_split, make_embed_step
 from tripletlab.pipeline import effective_batch_size
@@ -55,9 +58,13 @@ class Trainer:
         self.previous_wall = float(folder.read_summary().get("wall_seconds") or 0.0)
         self.rows: list[dict] = []  # the metrics rows: resumed ones, then this session's
         self.runtime = None
+        self.replicas = 1
+        # Only the chief writes the run folder (multi-worker: the other workers write nothing).
+        self.chief = task_is_chief(cfg.distribute)
 
     # ------------------------------------------------------------------ record
     def write_summary(self, status: Status, error: str | None = None) -> dict:
+        """Write summary.json (the chief only) and return its content."""
         summary = build_summary(
             status,
             self.rows,
@@ -66,9 +73,11 @@ class Trainer:
             wall_seconds=time.time() - self.started + self.previous_wall,
             device=self.runtime.device if self.runtime else None,
             precision=self.runtime.precision if self.runtime else None,
+            replicas=self.replicas,
             config=to_container(self.cfg) if hasattr(self.cfg, "_metadata") else None,
         )
-        self.folder.write_summary(summary)
+        if self.chief:
+            self.folder.write_summary(summary)
         return summary
 
     def _metric_value(self, metrics: dict) -> float:
@@ -87,24 +96,40 @@ class Trainer:
             )
             return self._metric_value(previous.get("metrics") or {})
 
-        self.runtime = setup_runtime(cfg)
+        self.runtime, strategy = setup_runtime(cfg)
+        self.replicas = strategy.num_replicas_in_sync
         data = load_training_data(cfg.dataset)
-        parts = Parts.build(cfg, data, self.runtime, folder)
-        start_epoch = parts.checkpoints.restore_latest()
-        self.rows = [r for r in folder.read_metrics() if int(r["epoch"]) <= start_epoch]
+        with strategy.scope():
+            parts = Parts.build(cfg, data, self.runtime, strategy, folder, self.checkpoint_dir())
+        try:
+            return self._train(parts, data)
+        finally:
+            parts.checkpoints.close()
 
+    def checkpoint_dir(self) -> Path:
+        """The run's checkpoints/ for the chief; a temporary folder for another worker, which
+        still has to save (saving is collective) but keeps nothing (removed at the end)."""
+        if self.chief:
+            return self.folder.checkpoints_dir
+        return Path(tempfile.mkdtemp(prefix="tripletlab-worker-checkpoints-"))
+
+    def _train(self, parts: Parts, data: Any) -> float:
+        cfg, folder = self.cfg, self.folder
+        start_epoch = parts.checkpoints.restore_latest(folder.checkpoints_dir)
+        self.rows = [r for r in folder.read_metrics() if int(r["epoch"]) <= start_epoch]
         collapse = CollapseDetector(
             cfg.mining.margin,
             cfg.mining.soft_margin,
             cfg.trainer.collapse_patience,
             cfg.trainer.epochs,
         )
-        scalars = TensorBoardScalars(folder.tensorboard_dir)
+        scalars = TensorBoardScalars(folder.tensorboard_dir) if self.chief else None
         status, test_emb = Status.OK, None
         try:
             for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
                 row = parts.train_epoch(epoch)
-                if epoch % cfg.eval.every == 0 or epoch == cfg.trainer.epochs:
+                evaluate = epoch % cfg.eval.every == 0 or epoch == cfg.trainer.epochs
+                if evaluate and self.chief:
                     t0 = time.perf_counter()
                     scores, test_emb, _ = evaluate_split(parts.embed, data, cfg.eval)
                     row.update(scores)
@@ -112,8 +137,9 @@ class Trainer:
                 self.rows.append(row)
                 if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
                     parts.checkpoints.save(epoch)
-                folder.write_metrics(self.rows)
-                scalars.write(row)
+                if self.chief:
+                    folder.write_metrics(self.rows)
+                    scalars.write(row)
                 log_epoch(row, cfg.trainer.epochs)
                 stop = collapse.update(row)
                 self.write_summary(Status.RUNNING)
@@ -123,26 +149,30 @@ class Trainer:
                     status = Status.COLLAPSED
                     break
         finally:
-            scalars.close()
+            if scalars is not None:
+                scalars.close()
 
-        self._save_model(parts.model)
-        if test_emb is None:
-            test_emb = parts.embed(data.x_test)
-        write_views(
-            folder,
-            self.rows,
-            test_emb,
-            data.y_test,
-            data.x_test,
-            data.class_names,
-            cfg.eval.max_points,
-        )
         error = CollapseDetector.MESSAGE if status == Status.COLLAPSED else None
+        if self.chief:
+            self._save_model(parts.model)
+            if test_emb is None:
+                test_emb = parts.embed(data.x_test)
+            write_views(
+                folder,
+                self.rows,
+                test_emb,
+                data.y_test,
+                data.x_test,
+                data.class_names,
+                cfg.eval.max_points,
+                name=f"{data.name} test",
+            )
         summary = self.write_summary(status, error=error)
         if error:
             log.error(error)
         value = summary["metrics"].get(cfg.optimized_metric)
-        log.info("done: %s = %s; run folder %s", cfg.optimized_metric, value, folder.path)
+        if self.chief:
+            log.info("done: %s = %s; run folder %s", cfg.optimized_metric, value, folder.path)
         return math.nan if value is None else float(value)
 
     def _save_model(self, model) -> None:
@@ -154,22 +184,26 @@ class Trainer:
         tmp.replace(target)
 
 
-def setup_runtime(cfg: Any) -> Runtime:
-    """TensorFlow's runtime for ``cfg.trainer``, the seeds, and op determinism if asked."""
+def setup_runtime(cfg: Any) -> tuple[Runtime, Any]:
+    """TensorFlow's runtime for ``cfg.trainer``, the device strategy for ``cfg.distribute``,
+    the seeds, and op determinism if asked. Returns (runtime, strategy)."""
     import keras
     import tensorflow as tf
 
     runtime = setup_tf(cfg.trainer)
+    # Before anything creates a tensor: it may split the CPU into logical devices.
+    strategy = make_strategy(cfg.distribute)
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
     log.info(
-        "device %s, jit_compile=%s, precision=%s",
+        "device %s, jit_compile=%s, precision=%s, %d replica(s)",
         runtime.device,
         runtime.jit_compile,
         runtime.precision,
+        strategy.num_replicas_in_sync,
     )
-    return runtime
+    return runtime, strategy
 
 
 @dataclass
@@ -177,6 +211,7 @@ class Parts:
     """What one epoch needs: the pipeline, the model, its optimizer, steps and checkpoints."""
 
     cfg: Any
+    strategy: Any
     pipeline: Any
     model: Any
     schedule: Any
@@ -188,7 +223,16 @@ class Parts:
     progress: ProgressBar
 
     @classmethod
-    def build(cls, cfg: Any, data: Any, runtime: Runtime, folder: RunFolder) -> Parts:
+    def build(
+        cls,
+        cfg: Any,
+        data: Any,
+        runtime: Runtime,
+        strategy: Any,
+        folder: RunFolder,
+        checkpoint_dir: Path,
+    ) -> Parts:
+        """Everything that holds variables: call it inside ``strategy.scope()``."""
         import keras
 
         from tripletlab.models import build_model
@@ -202,6 +246,7 @@ class Parts:
             cfg.trainer.batch_size,
             cfg.seed,
             augment=cfg.trainer.augment,
+            max_steps=cfg.trainer.steps_per_epoch,
         )
         steps = pipeline.steps_per_epoch
         model = build_model(cfg.model, data.image_shape, cfg.trainer.weight_decay)
@@ -216,7 +261,9 @@ class Parts:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Built now, so that a checkpoint restores its slots and a mismatch is an error.
         optimizer.build(model.trainable_variables)
-        checkpoints = Checkpoints(folder.checkpoints_dir, model, optimizer)
+        checkpoints = Checkpoints(
+            checkpoint_dir, model, optimizer, temporary=checkpoint_dir != folder.checkpoints_dir
+        )
         means = make_running_means()
         train_step = make_train_step(
             model,
@@ -225,6 +272,7 @@ class Parts:
             scales_loss=runtime.precision == "float16",
             jit_compile=runtime.jit_compile,
             means=means,
+            strategy=strategy,
         )
         batch_size = effective_batch_size(cfg.sampler, cfg.trainer.batch_size)
         log.info(
@@ -237,6 +285,7 @@ class Parts:
         )
         return cls(
             cfg=cfg,
+            strategy=strategy,
             pipeline=pipeline,
             model=model,
             schedule=schedule,
@@ -263,7 +312,8 @@ class Parts:
         self.progress.start()
         first_step = (epoch - 1) * steps
         t0 = time.perf_counter()
-        for i, (images, labels) in enumerate(self.pipeline.epoch(epoch)):
+        batches = distribute_batches(self.strategy, lambda: self.pipeline.epoch(epoch), batch_size)
+        for i, (images, labels) in enumerate(batches):
             self.train_step(images, labels)
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
                 self.guard.check(epoch, first_step + i + 1)

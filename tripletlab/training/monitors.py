@@ -3,7 +3,8 @@
 - :class:`NanGuard` stops training when the loss or the embeddings stop being finite.
 - :class:`CollapseDetector` notices epochs whose embeddings all sit at one point.
 - :class:`ProgressBar` draws Keras' progress bar on a terminal.
-- :class:`TensorBoardScalars` writes an epoch's row as TensorBoard scalars.
+- :class:`TensorBoardScalars` writes an epoch's row as TensorBoard scalars (``train/...``,
+  ``eval/...``; the HParams session is :mod:`tripletlab.tracking`'s).
 - :func:`log_epoch` writes an epoch's one-line summary to the log.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from tripletlab.errors import TrainingError
 from tripletlab.run_folder import as_float
+from tripletlab.tracking import scalar_tag
 
 log = logging.getLogger("tripletlab")
 
@@ -148,7 +150,8 @@ class ProgressBar:
 
 
 class TensorBoardScalars:
-    """An epoch's row as TensorBoard scalars at its step (missing values are skipped)."""
+    """An epoch's row as TensorBoard scalars at its step, tagged by :func:`scalar_tag`
+    (missing values are skipped)."""
 
     def __init__(self, folder: Path):
         import tensorflow as tf
@@ -162,7 +165,7 @@ class TensorBoardScalars:
             for key, value in row.items():
                 v = as_float(value)
                 if key not in ("epoch", "step") and not math.isnan(v):
-                    tf.summary.scalar(key, v)
+                    tf.summary.scalar(scalar_tag(key), v)
         self._writer.flush()
 
     def close(self) -> None:

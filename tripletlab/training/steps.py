@@ -1,4 +1,5 @@
-"""The compiled train step: forward, the configured triplet loss, backward, running means."""
+"""The compiled train step: forward, the configured triplet loss over the global batch,
+backward, running means. One code path for one device and for tf.distribute strategies."""
 
 from __future__ import annotations
 
@@ -21,24 +22,34 @@ def make_train_step(
     scales_loss: bool = False,
     jit_compile: bool = False,
     means: dict | None = None,
+    strategy=None,
 ):
-    """A ``tf.function`` train_step(images [B,H,W,C], labels [B]) -> (loss, fraction, norm, spread).
+    """A ``tf.function`` train_step(images, labels) -> (loss, fraction, norm, spread).
 
-    All four are float32 scalars: the loss and fraction of ``mining`` (strategy, margin,
-    squared, soft_margin), the batch's mean embedding norm and its mean distance to the
-    centroid (near zero when the embeddings collapse). ``scales_loss``: float16 mixed
-    precision (a LossScaleOptimizer). ``means``: from :func:`make_running_means`, updated
-    inside the step so the loop needs no per-step Python work but the call.
+    images [b, H, W, C] and labels [b] are one replica's slice of the global batch (under a
+    strategy: per-replica values from a distributed dataset; else the whole batch). The four
+    results are float32 scalars of the *global* batch: the loss and fraction of ``mining``
+    (strategy, margin, squared, soft_margin) mined over all replicas' embeddings
+    (:func:`tripletlab.distribute.global_batch_loss`), the mean embedding norm, and the mean
+    distance to the centroid (near zero when the embeddings collapse). The gradient that
+    reaches the weights is the single-device gradient of that loss on that batch.
+    ``scales_loss``: float16 mixed precision (a LossScaleOptimizer). ``means``: from
+    :func:`make_running_means`, updated inside the step.
     """
     import tensorflow as tf
 
+    from tripletlab.distribute import gather_global_batch
     from tripletlab.losses import triplet_loss
 
-    def train_step(images, labels):
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+
+    def replica_step(images, labels):
         with tf.GradientTape() as tape:
-            embeddings = model(images, training=True)
+            local = model(images, training=True)
+            labels_all, embeddings = gather_global_batch(labels, local)
             loss, fraction = triplet_loss(
-                labels,
+                labels_all,
                 embeddings,
                 strategy=mining.strategy,
                 margin=mining.margin,
@@ -48,16 +59,25 @@ def make_train_step(
             total = loss
             if model.losses:
                 total = total + tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
+            # Every replica holds the same global loss; the all-gather's gradient and the
+            # optimizer each sum over replicas, so 1/N makes the sum the exact gradient.
+            total = total / replicas
             scaled = optimizer.scale_loss(total) if scales_loss else total
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        emb = tf.cast(embeddings, tf.float32)
-        norm = tf.reduce_mean(tf.norm(emb, axis=1))
-        spread = tf.reduce_mean(tf.norm(emb - tf.reduce_mean(emb, axis=0), axis=1))
-        if means is not None:
-            values = {"loss": loss, "fraction": fraction, "norm": norm, "spread": spread}
-            for key, value in values.items():
-                means[key].update_state(value)
+        norm = tf.reduce_mean(tf.norm(embeddings, axis=1))
+        spread = tf.reduce_mean(tf.norm(embeddings - tf.reduce_mean(embeddings, axis=0), axis=1))
         return loss, fraction, norm, spread
 
-    return tf.function(train_step, jit_compile=jit_compile)
+    replica_fn = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
+
+    def train_step(images, labels):
+        per_replica = strategy.run(replica_fn, args=(images, labels))
+        # Global values: the same on every replica, so the first one's.
+        values = [strategy.experimental_local_results(v)[0] for v in per_replica]
+        if means is not None:
+            for key, value in zip(RUNNING_MEANS, values, strict=True):
+                means[key].update_state(value)
+        return tuple(values)
+
+    return tf.function(train_step)

@@ -1,0 +1,182 @@
+"""Several devices and hosts: global-batch mining, exact gradients, chief-only writing, errors.
+
+Logical devices can be set only once per process, so each replica count runs in its own
+process (tests/scripts/global_batch_step.py), and multi-worker runs are two local processes
+with TF_CONFIG on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, tiny
+from tripletlab.distribute import task_is_chief
+from tripletlab.errors import ConfigError
+
+SCRIPT = ROOT / "tests" / "scripts" / "global_batch_step.py"
+
+
+def _step_results(replicas: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(replicas)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    return _step_results(1)
+
+
+@pytest.mark.parametrize("replicas", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_replicas_give_the_single_device_loss_and_gradients(one_device, replicas):
+    many = _step_results(replicas)
+    cases = [k for k in one_device if k != "mining"]
+    assert len(cases) == 6  # three strategies, with and without the soft margin
+    for case in cases:
+        assert many[case]["loss"] == pytest.approx(one_device[case]["loss"], abs=1e-5), case
+        for a, b in zip(one_device[case]["weights"], many[case]["weights"], strict=True):
+            # SGD with learning rate 1: equal weights after the step mean equal gradients
+            # (no factor N from summing every replica's copy of the loss).
+            np.testing.assert_allclose(np.array(b), np.array(a), atol=1e-5, err_msg=case)
+    mining = many["mining"]
+    assert mining["global"] != pytest.approx(mining["local_mean"], abs=1e-3)  # they differ
+    assert mining["mirrored"] == pytest.approx([mining["global"]] * replicas, abs=1e-6)
+
+
+def _run(args, env=None, timeout=300):
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _first_loss(run_dir) -> float:
+    with (run_dir / "metrics.csv").open() as f:
+        return float(next(csv.DictReader(f))["loss"])
+
+
+def test_mirrored_run_matches_the_single_device_run(tmp_path):
+    common = [*tiny("lenet"), "trainer.epochs=2", "trainer.deterministic=true"]
+    single = _run([*common, f"hydra.run.dir={tmp_path / 'one'}"])
+    assert single.returncode == 0, single.stderr[-2000:]
+    mirrored = _run(
+        [
+            *common,
+            "distribute=mirrored",
+            "distribute.cpu_devices=2",
+            f"hydra.run.dir={tmp_path / 'two'}",
+        ]
+    )
+    assert mirrored.returncode == 0, mirrored.stderr[-2000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["replicas"] == 2 and summary["epochs_done"] == 2
+    one, two = _first_loss(tmp_path / "one"), _first_loss(tmp_path / "two")
+    assert two == pytest.approx(one, rel=0.01)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_one_run_folder_written_by_the_chief(tmp_path):
+    run_dir, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = [*tiny("lenet"), "distribute=multi_worker", f"hydra.run.dir={run_dir}"]
+    procs = []
+    for index in (1, 0):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "run.py", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["replicas"] == 2
+    for name in ["metrics.csv", "model/embedding_model.keras", ".hydra/config.yaml"]:
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "checkpoints").glob("ckpt-1.index"))
+    log = (run_dir / "run.log").read_text()
+    assert log.count("epoch 1/1") == 1  # the worker's lines stay out of the chief's log
+    # The worker's temporary checkpoints are gone, and it wrote nothing else.
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("tripletlab")] == []
+    chiefs = {".hydra", "checkpoints", "metrics.csv", "model", "plots", "projector", "run.log",
+              "summary.json", "tensorboard"}  # fmt: skip
+    assert {p.name for p in run_dir.iterdir()} <= chiefs
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["distribute.cpu_devices=-1"], {}, "distribute.cpu_devices=-1"),
+        (["distribute=multi_worker"], {"TF_CONFIG": ""}, "needs a cluster"),
+        (["distribute=multi_worker"], {"TF_CONFIG": "{oops"}, "TF_CONFIG is not valid JSON"),
+        (["distribute=mirrored", "distribute.cpu_devices=3"], {}, "divisible by 3"),
+    ],
+)
+def test_distribute_mistakes_get_one_clear_message(tmp_path, args, env, message):
+    env = {"SLURM_JOB_ID": "", "SLURM_PROCID": "", **env}
+    proc = _run([*tiny("lenet"), *args, f"hydra.run.dir={tmp_path}"], env=env)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "slurm", "chief"),
+    [
+        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, None, True),
+        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, None, False),
+        ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}},
+         None, False),
+        ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}},
+         None, True),
+        (None, "0", True),
+        (None, "1", False),
+    ],
+)  # fmt: skip
+def test_which_task_is_the_chief(tf_config, slurm, chief):
+    cfg = type("Distribute", (), {"name": "multi_worker"})()
+    env = {"TF_CONFIG": json.dumps(tf_config)} if tf_config else {"SLURM_PROCID": slurm}
+    assert task_is_chief(cfg, env) is chief
+    cfg.name = "mirrored"  # a single host is always its own chief
+    assert task_is_chief(cfg, env) is True
+
+
+def test_cluster_resolver_without_a_cluster_names_the_ways_to_get_one():
+    from tripletlab.distribute import cluster_resolver
+
+    with pytest.raises(ConfigError, match="TF_CONFIG.*Slurm.*distribute=mirrored"):
+        cluster_resolver({})
