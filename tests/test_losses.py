@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -211,6 +212,36 @@ def test_all_identical_values():
         assert float(loss) == pytest.approx(MARGIN) and float(fraction) == 1.0
 
 
+# Exact ties: d(a,p) - d(a,n) + margin == 0 exactly (integer coordinates, margin 1 or 3), so
+# h = 0 and the triplet is not counted (README: "triplets with h > 0"). Expected values by
+# hand; the cases with a tie counted are noted to show they differ.
+TIE_CASES = {
+    # labels [0, 0, 1] at x = 0, 1, 2. Triplets (a, p, n): (0, 1, 2): 1 - 2 + 1 = 0, a tie;
+    # (1, 0, 2): 1 - 1 + 1 = 1. One of two counted: loss 1, fraction 1/2 (tie counted: 1/2, 1).
+    "small": ([0, 0, 1], [0, 1, 2], 1.0, False, 1.0, 1 / 2),
+    # Squared distances, margin 3: (0, 1, 2): 1 - 4 + 3 = 0, a tie; (1, 0, 2): 1 - 1 + 3 = 3.
+    "squared": ([0, 0, 1], [0, 1, 2], 3.0, True, 3.0, 1 / 2),
+    # A class of 42 at x = 0 and a class of 2 at x = 1 and x = 3 (large classes: rows sorted).
+    # Anchors at 0 (42 x 41 pairs): n at 1 gives 0 - 1 + 1 = 0, a tie; n at 3 gives -2.
+    # Anchor 1, p 3 (d 2), n at 0 (d 1): 2 - 1 + 1 = 2, 42 triplets. Anchor 3, p 1 (d 2),
+    # n at 0 (d 3): 2 - 3 + 1 = 0, 42 ties. Valid: 2 * 42 * 41 + 2 * 42 = 3528; counted 42.
+    # Loss 2, fraction 42 / 3528 = 1 / 84 (ties counted: 84 / 1806 and 1806 / 3528).
+    "large_class": ([0] * 42 + [1, 1], [0] * 42 + [1, 3], 1.0, False, 2.0, 1 / 84),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(TIE_CASES))
+def test_batch_all_exact_tie_is_not_counted(name, dtype):
+    labels, xs, margin, squared, want_loss, want_fraction = TIE_CASES[name]
+    emb = np.asarray(xs, dtype)[:, None]  # 1-D embeddings [B, 1]
+    loss, fraction = losses.batch_all_triplet_loss(
+        np.asarray(labels, np.int32), emb, margin=margin, squared=squared
+    )
+    assert float(loss) == pytest.approx(want_loss, rel=1e-12)
+    assert float(fraction) == pytest.approx(want_fraction, rel=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Gradients
 # --------------------------------------------------------------------------------------------
@@ -314,6 +345,34 @@ def test_cubic_check_detects_dense_forms():
     b = 50
     assert _largest_tensor(bench.DENSE["batch_all"], b, False) >= b**3
     assert _largest_tensor(bench.DENSE["semi_hard"], b, False) >= b**3
+
+
+def _cubic_inside_a_while_loop(labels, emb, soft_margin=False):
+    """A deliberate [B, B, B] tensor that exists only inside a tf.while_loop body."""
+    d = losses.pairwise_distances(emb)
+
+    def body(i, total):
+        cube = tf.nn.relu(d[:, :, None] - d[:, None, :] + 1.0)  # [B, B, B]
+        return i + 1, total + tf.reduce_mean(cube)
+
+    _, total = tf.while_loop(lambda i, _: i < 3, body, (tf.constant(0), tf.zeros([], d.dtype)))
+    return total, tf.zeros([], d.dtype)
+
+
+def test_cubic_check_looks_inside_loop_bodies():
+    """Positive control for the walk into loop bodies: the cube is invisible at the top level
+    of the graph, and the check still finds it (forward body, and backward body)."""
+    b = 50
+    top_level = tf.function(_cubic_inside_a_while_loop).get_concrete_function(
+        tf.TensorSpec([b], tf.int32), tf.TensorSpec([b, 16], tf.float32)
+    )
+    ops = top_level.graph.get_operations()
+    assert any(op.type in ("While", "StatelessWhile") for op in ops)
+    sizes = [
+        out.shape.num_elements() for op in ops for out in op.outputs if out.shape.is_fully_defined()
+    ]
+    assert max(sizes) < b**3
+    assert _largest_tensor(_cubic_inside_a_while_loop, b, False) >= b**3
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,7 +503,7 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
             mine = float(ours[r["batch_size"], r["strategy"]]["loss"])
             assert float(r["loss"]) == pytest.approx(mine, rel=1e-5)
     out = capsys.readouterr().out
-    assert "| B | strategy |" in out and str(path) in out
+    assert re.search(r"\|\s*B \| strategy\s*\|", out) and str(path) in out
 
 
 def test_benchmark_skips_dense_above_cap(tmp_path):

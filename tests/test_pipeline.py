@@ -100,3 +100,98 @@ def test_translate_moves_pixels_and_keeps_shape():
     assert out.shape == x.shape
     assert np.allclose(out.sum(axis=(1, 2, 3)), 1.0)  # a 1-px shift keeps the dot inside
     assert (out[:, 5, 5, 0] == 0).any()  # some images moved
+
+
+# ------------------------------------------------- augmentation, checked pixel by pixel
+AUG_B, AUG_H, AUG_W = 64, 20, 20
+AUG_SEED = (5, 9)
+MAX_SHIFT = 2  # README: shifts up to 10% of the image: round(0.1 * 20)
+
+
+def _numbered_images():
+    """Each pixel holds 1 + its own index (y * W + x), so an output pixel names its source;
+    0 is what the zero fill writes. float32 [B, H, W, 1]."""
+    one = np.arange(1, AUG_H * AUG_W + 1, dtype=np.float32).reshape(AUG_H, AUG_W)
+    return np.broadcast_to(one[None, :, :, None], (AUG_B, AUG_H, AUG_W, 1)).copy()
+
+
+def _augment(images, mode):
+    import tensorflow as tf
+
+    seed = tf.constant(AUG_SEED, tf.int64)
+    return augment_batch(tf.constant(images), mode, seed).numpy()
+
+
+def _expected(dy, dx, flip):
+    """By hand: output (y, x) shows input (y + dy, x + dx) of the (flipped) image, else 0."""
+    src = _numbered_images()[0, :, :, 0]
+    if flip:
+        src = src[:, ::-1]
+    out = np.zeros_like(src)
+    for y in range(AUG_H):
+        for x in range(AUG_W):
+            sy, sx = y + dy, x + dx
+            if 0 <= sy < AUG_H and 0 <= sx < AUG_W:
+                out[y, x] = src[sy, sx]
+    return out
+
+
+def _shift_of(image, flip):
+    """(dy, dx) read off one output pixel that is not fill."""
+    ys, xs = np.nonzero(image)
+    y, x = ys[0], xs[0]
+    sy, sx = divmod(int(image[y, x]) - 1, AUG_W)
+    if flip:
+        sx = AUG_W - 1 - sx
+    return sy - y, sx - x
+
+
+def test_translate_shifts_whole_images_with_zero_fill():
+    out = _augment(_numbered_images(), "translate")
+    assert out.shape == (AUG_B, AUG_H, AUG_W, 1)
+    shifts = []
+    for i in range(AUG_B):
+        image = out[i, :, :, 0]
+        dy, dx = _shift_of(image, flip=False)
+        np.testing.assert_array_equal(image, _expected(dy, dx, flip=False), err_msg=f"image {i}")
+        shifts.append((dy, dx))
+    shifts = np.array(shifts)
+    assert np.abs(shifts).max() == MAX_SHIFT  # up to 10%, and the full range is used
+    assert (shifts < 0).any() and (shifts > 0).any()  # both directions
+    assert (shifts != 0).any(axis=1).mean() > 0.5  # most images move
+    assert len({tuple(s) for s in shifts}) > 5  # each image its own shift
+
+
+def test_translate_moves_a_bright_pixel_by_the_images_shift():
+    """The shifts come from the seed alone (stateless): a single bright pixel lands where
+    the numbered images say its image moved, and everything else stays 0."""
+    numbered = _augment(_numbered_images(), "translate")
+    dots = np.zeros((AUG_B, AUG_H, AUG_W, 1), np.float32)
+    dots[:, 10, 10, 0] = 1.0
+    out = _augment(dots, "translate")
+    for i in range(AUG_B):
+        dy, dx = _shift_of(numbered[i, :, :, 0], flip=False)
+        want = np.zeros((AUG_H, AUG_W), np.float32)
+        want[10 - dy, 10 - dx] = 1.0
+        np.testing.assert_array_equal(out[i, :, :, 0], want, err_msg=f"image {i}")
+
+
+def test_no_augmentation_is_the_identity():
+    images = _numbered_images()
+    np.testing.assert_array_equal(_augment(images, "none"), images)
+
+
+def test_flip_translate_flips_about_half_and_translates_all():
+    out = _augment(_numbered_images(), "flip_translate")
+    flipped = 0
+    for i in range(AUG_B):
+        image = out[i, :, :, 0]
+        matches = [
+            flip
+            for flip in (False, True)
+            if np.array_equal(image, _expected(*_shift_of(image, flip), flip))
+        ]
+        assert len(matches) == 1, f"image {i} is neither a shift nor a flipped shift"
+        flipped += matches[0]
+    # Each image is flipped with probability 1/2: 32 +- 4 (sd) of 64.
+    assert 16 <= flipped <= 48
