@@ -91,6 +91,25 @@ def test_mirrored_run_matches_the_single_device_run(tmp_path):
     one, two = _first_loss(tmp_path / "one"), _first_loss(tmp_path / "two")
     assert two == pytest.approx(one, rel=0.01)
 
+    # A rerun with more epochs resumes from the strategy's checkpoint, in bfloat16 with XLA
+    # asked for (it is turned off, with a warning, on logical CPUs).
+    more = _run(
+        [
+            *common,
+            "trainer.epochs=3",
+            "trainer.mixed_precision=bfloat16",
+            "trainer.jit_compile=true",
+            "distribute=mirrored",
+            "distribute.cpu_devices=2",
+            f"hydra.run.dir={tmp_path / 'two'}",
+        ]
+    )
+    assert more.returncode == 0, more.stderr[-2000:]
+    log = (tmp_path / "two" / "run.log").read_text()
+    assert "resuming from" in log and "XLA cannot run replicas on logical CPU" in log
+    with (tmp_path / "two" / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
 
 def _free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
@@ -102,11 +121,22 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_workers_one_run_folder_written_by_the_chief(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        # Mixed precision and XLA too: one CPU per worker compiles like one GPU per worker.
+        pytest.param(
+            ["trainer.mixed_precision=bfloat16", "trainer.jit_compile=true"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_two_workers_one_run_folder_written_by_the_chief(tmp_path, extra):
     run_dir, scratch = tmp_path / "run", tmp_path / "tmp"
     scratch.mkdir()
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    args = [*tiny("lenet"), "distribute=multi_worker", f"hydra.run.dir={run_dir}"]
+    args = [*tiny("lenet"), "distribute=multi_worker", *extra, f"hydra.run.dir={run_dir}"]
     procs = []
     for index in (1, 0):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -125,6 +155,9 @@ def test_two_workers_one_run_folder_written_by_the_chief(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["replicas"] == 2
+    if extra:
+        assert summary["precision"] == "bfloat16"
+        assert "jit_compile=True" in (run_dir / "run.log").read_text()
     for name in ["metrics.csv", "model/embedding_model.keras", ".hydra/config.yaml"]:
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "checkpoints").glob("ckpt-1.index"))

@@ -28,7 +28,6 @@ from tripletlab.errors import ConfigError
 log = logging.getLogger("tripletlab")
 
 
-
 def configure_cpu_devices(count: int) -> list[str]:
     """Split the CPU into ``count`` logical devices; their names (["/cpu:0", ...]).
 
@@ -49,6 +48,17 @@ def configure_cpu_devices(count: int) -> list[str]:
             f"process with {len(logical)} CPU device(s); start a new process"
         )
     return [d.name for d in logical[:count]]
+
+
+def uses_logical_cpus(strategy) -> bool:
+    """Whether ``strategy`` runs several replicas on CPU devices of this one process."""
+    if strategy.num_replicas_in_sync == 1:
+        return False
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy has none
+        return False
+    return len(devices) > 1 and all("CPU" in d.upper() for d in devices)
 
 
 def cluster_resolver(environ: dict[str, str] | None = None):

@@ -13,6 +13,8 @@ import sys
 COMMANDS = {
     "losses": ("tripletlab.bench.losses", "time and peak memory of the triplet losses"),
     "train": ("tripletlab.bench.train", "training throughput"),
+    "distribute": ("tripletlab.bench.distribute", "one device beside N mirrored replicas"),
+    "data": ("tripletlab.bench.data", "streamed input pipeline: images/s and peak memory"),
 }
 
 

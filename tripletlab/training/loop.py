@@ -9,6 +9,7 @@ object with the attributes of :class:`tripletlab.config.Config`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -22,7 +23,12 @@ import numpy as np
 
 from tripletlab.artifacts import write_views
 from tripletlab.config import to_container, validate
-from tripletlab.distribute import distribute_batches, make_strategy, task_is_chief
+from tripletlab.distribute import (
+    distribute_batches,
+    make_strategy,
+    task_is_chief,
+    uses_logical_cpus,
+)
 from tripletlab.errors import DataError
 from tripletlab.inference import embed_images, evaluate_split, make_embed_step
 from tripletlab.pipeline import effective_batch_size
@@ -193,6 +199,12 @@ def setup_runtime(cfg: Any) -> tuple[Runtime, Any]:
     runtime = setup_tf(cfg.trainer)
     # Before anything creates a tensor: it may split the CPU into logical devices.
     strategy = make_strategy(cfg.distribute)
+    if runtime.jit_compile and uses_logical_cpus(strategy):
+        # XLA compiles every replica's step for the first CPU device, and logical CPUs share
+        # one physical one: TensorFlow cannot run it (its "tf.Variable on a different
+        # device" known issue). GPUs and one CPU per worker are fine.
+        log.warning("trainer.jit_compile is off: XLA cannot run replicas on logical CPU devices")
+        runtime = dataclasses.replace(runtime, jit_compile=False)
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.trainer.deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -44,18 +44,29 @@ def make_train_step(
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
 
+    def forward(images):
+        return model(images, training=True)
+
+    def mine(labels, embeddings):
+        return triplet_loss(
+            labels,
+            embeddings,
+            strategy=mining.strategy,
+            margin=mining.margin,
+            squared=mining.squared,
+            soft_margin=mining.soft_margin,
+        )
+
+    if jit_compile:
+        # XLA compiles the model and the loss; the all-gather between them stays outside,
+        # because XLA has no CPU kernel for collectives.
+        forward = tf.function(forward, jit_compile=True)
+        mine = tf.function(mine, jit_compile=True)
+
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
-            local = model(images, training=True)
-            labels_all, embeddings = gather_global_batch(labels, local)
-            loss, fraction = triplet_loss(
-                labels_all,
-                embeddings,
-                strategy=mining.strategy,
-                margin=mining.margin,
-                squared=mining.squared,
-                soft_margin=mining.soft_margin,
-            )
+            labels_all, embeddings = gather_global_batch(labels, forward(images))
+            loss, fraction = mine(labels_all, embeddings)
             total = loss
             if model.losses:
                 total = total + tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
@@ -69,10 +80,8 @@ def make_train_step(
         spread = tf.reduce_mean(tf.norm(embeddings - tf.reduce_mean(embeddings, axis=0), axis=1))
         return loss, fraction, norm, spread
 
-    replica_fn = tf.function(replica_step, jit_compile=True) if jit_compile else replica_step
-
     def train_step(images, labels):
-        per_replica = strategy.run(replica_fn, args=(images, labels))
+        per_replica = strategy.run(replica_step, args=(images, labels))
         # Global values: the same on every replica, so the first one's.
         values = [strategy.experimental_local_results(v)[0] for v in per_replica]
         if means is not None:
