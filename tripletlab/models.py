@@ -9,13 +9,27 @@ A backbone is a function ``(images, cfg, reg) -> features``: Keras tensors [B, H
 regulariser (or None) for its layers. Adding one is that function, registered with
 ``@BACKBONES.register("name")`` (:mod:`tripletlab.registry`), plus ``conf/model/name.yaml``;
 :func:`build_model` adds the embedding head.
+
+The pretrained backbones (``resnet50``, ``efficientnetv2_b0``, ``mobilenetv3_small``) are
+keras.applications models without their classifier, after a layer doing the application's
+own input preprocessing; ``model.weights`` is imagenet (the file Keras keeps in
+``~/.keras/models/``), none, or a ``.weights.h5`` file; ``model.freeze_batch_norm`` keeps
+their batch norm layers in inference mode with ImageNet's statistics.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import keras
 from keras import layers
 
+from tripletlab.errors import ConfigError, DataError
 from tripletlab.registry import BACKBONES
 
 
@@ -38,11 +52,21 @@ class FusedBatchNorm(layers.Layer):
         channels = (input_shape[-1],)
         self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+        # "mean": under tf.distribute each replica's update is averaged, so the replicas'
+        # copies stay equal (with "none" they would silently drift apart).
         self.moving_mean = self.add_weight(
-            shape=channels, initializer="zeros", trainable=False, name="moving_mean"
+            shape=channels,
+            initializer="zeros",
+            trainable=False,
+            name="moving_mean",
+            aggregation="mean",
         )
         self.moving_variance = self.add_weight(
-            shape=channels, initializer="ones", trainable=False, name="moving_variance"
+            shape=channels,
+            initializer="ones",
+            trainable=False,
+            name="moving_variance",
+            aggregation="mean",
         )
 
     def call(self, x, training=False):
@@ -142,3 +166,187 @@ def build_model(cfg, input_shape: tuple[int, int, int], weight_decay: float = 0.
     if cfg.l2_normalize:
         x = layers.UnitNormalization(axis=-1, dtype="float32", name="l2_normalize")(x)
     return keras.Model(inputs, x, name=cfg.name)
+
+
+# --------------------------------------------------------------------------- pretrained
+
+
+@dataclass(frozen=True)
+class Application:
+    """A keras.applications backbone: its constructor, the input it expects and its args."""
+
+    constructor: str  # the name in keras.applications
+    preprocessing: str  # caffe: BGR minus ImageNet's mean | raw: 0..255 (it normalises itself)
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+APPLICATIONS = {
+    "resnet50": Application("ResNet50", "caffe"),
+    "efficientnetv2_b0": Application("EfficientNetV2B0", "raw", (("include_preprocessing", True),)),
+    "mobilenetv3_small": Application("MobileNetV3Small", "raw", (("include_preprocessing", True),)),
+}
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications' "caffe" preprocessing
+MIN_INPUT_SIZE = 32
+
+
+@keras.saving.register_keras_serializable(package="tripletlab")
+class ImagenetInput(layers.Layer):
+    """Images in [0, 1] (1 or 3 channels) -> the input a keras.applications model expects.
+
+    ``mode`` "raw": RGB in 0..255 (EfficientNetV2, MobileNetV3 normalise inside the model);
+    "caffe": BGR in 0..255 minus ImageNet's mean (ResNet50's ``preprocess_input``). A
+    grayscale image is repeated into 3 channels. Part of the model, so a saved run embeds
+    images the way it was trained.
+    """
+
+    def __init__(self, mode: str = "raw", **kwargs):
+        kwargs.setdefault("dtype", "float32")  # 255 * x and the mean stay exact under bf16
+        super().__init__(**kwargs)
+        if mode not in ("raw", "caffe"):
+            raise ValueError(f"mode must be raw or caffe, got {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        from keras import ops
+
+        if x.shape[-1] == 1:
+            x = ops.repeat(x, 3, axis=-1)
+        x = ops.cast(x, "float32") * 255.0
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1) - ops.convert_to_tensor(IMAGENET_MEAN_BGR, "float32")
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def keras_home() -> Path:
+    """Keras' cache folder ($KERAS_HOME or ~/.keras): ImageNet weights go to its models/."""
+    try:
+        from keras.src.backend.config import keras_home as home
+
+        return Path(os.path.expanduser(home()))
+    except ImportError:  # another Keras layout: its documented default
+        return Path(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")))
+
+
+def _download_weights(original: Callable, **kwargs) -> str:
+    return original(**kwargs)
+
+
+@contextlib.contextmanager
+def _weights_from_cache(model_name: str):
+    """While a keras.applications model is built: a weights file already in Keras' cache
+    is used as is (its hash checked); a missing one is downloaded if possible, else one
+    DataError names the file, the folder it belongs in and its URL."""
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+
+    def get_file(fname=None, origin=None, cache_subdir="datasets", file_hash=None, **kwargs):
+        base = Path(os.path.expanduser(kwargs.pop("cache_dir", None) or keras_home()))
+        target = base / cache_subdir / str(fname)
+        fallback = (
+            Path("/tmp/.keras") / cache_subdir / str(fname)
+        )  # Keras' own, if base is read-only
+        for path in (target, fallback):
+            if path.is_file():
+                if file_hash and not file_utils.validate_file(str(path), file_hash):
+                    raise DataError(
+                        f"{path} does not have the content Keras expects for {model_name}'s "
+                        f"ImageNet weights (hash {file_hash[:12]}...): it is incomplete or "
+                        f"corrupt; download {origin} again and replace it"
+                    )
+                return str(path)
+        try:
+            return _download_weights(
+                original,
+                fname=fname,
+                origin=origin,
+                cache_subdir=cache_subdir,
+                file_hash=file_hash,
+                cache_dir=str(base),
+                **kwargs,
+            )
+        except Exception as exc:  # no network: URLError, or Keras' "URL fetch failure"
+            raise DataError(
+                f"model.weights=imagenet needs {target}, which is not there, and the download "
+                f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}). On a "
+                f"machine with internet access download {origin} and copy it to "
+                f"{target.parent}/ (or set KERAS_HOME to a folder whose models/ holds it); "
+                "or use model.weights=none, or model.weights=<a .weights.h5 file>"
+            ) from None
+
+    file_utils.get_file = get_file
+    try:
+        yield
+    finally:
+        file_utils.get_file = original
+
+
+def _weights_arg(cfg) -> str | None:
+    """``model.weights`` as keras.applications takes it: "imagenet", None or a file path."""
+    value = str(getattr(cfg, "weights", "none"))
+    if value.lower() in ("none", "null", ""):
+        return None
+    if value == "imagenet":
+        return value
+    path = Path(os.path.expandvars(value)).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"model.weights={value}: no such file; use imagenet, none, or the path of a "
+            f".weights.h5 file saved from a {cfg.name} backbone (include_top=False)"
+        )
+    if not path.name.endswith(".h5"):
+        raise ConfigError(f"model.weights={value}: expected a .weights.h5 (or .h5) file")
+    return str(path)
+
+
+def _application(x, cfg, reg):
+    """A keras.applications backbone with global average pooling: [B, H, W, C] -> [B, F]."""
+    spec = APPLICATIONS[str(cfg.name)]
+    h, w = int(x.shape[1]), int(x.shape[2])
+    if min(h, w) < MIN_INPUT_SIZE:
+        raise ConfigError(
+            f"model={cfg.name} needs images of at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, got "
+            f"{h}x{w}; set dataset.image_size (224 is what its ImageNet weights saw)"
+        )
+    weights = _weights_arg(cfg)
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        with _weights_from_cache(str(cfg.name)):
+            backbone = constructor(
+                include_top=False,
+                weights=weights,
+                input_shape=(h, w, 3),
+                pooling="avg",
+                **dict(spec.kwargs),
+            )
+    except (DataError, ConfigError):
+        raise
+    except Exception as exc:
+        if weights is None:
+            raise
+        # A weights file of another architecture, or a damaged one.
+        raise DataError(
+            f"cannot load model.weights={cfg.weights} into {spec.constructor}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    if getattr(cfg, "freeze_batch_norm", False):
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                # trainable=False also makes Keras run the layer in inference mode.
+                layer.trainable = False
+    if reg is not None:
+        for layer in backbone.layers:
+            kernel = getattr(layer, "kernel", None)
+            if kernel is not None and kernel.trainable:
+                kernel.regularizer = reg
+    return backbone(ImagenetInput(spec.preprocessing, name="imagenet_input")(x))
+
+
+for _name in APPLICATIONS:
+    BACKBONES.register(_name)(_application)

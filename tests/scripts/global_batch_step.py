@@ -79,6 +79,25 @@ def main(replicas: int) -> None:
     else:
         mirrored = [glob]
     out["mining"] = {"global": glob, "local_mean": float(np.mean(local)), "mirrored": mirrored}
+
+    # Batch norm's moving mean after one step where replica r sees only the value 4 r: every
+    # replica's copy must hold the average (momentum 0), not its own.
+    from tripletlab.models import FusedBatchNorm
+
+    with strategy.scope():
+        bn = FusedBatchNorm(momentum=0.0)
+        bn.build((None, 2, 2, 1))
+    x_bn = np.concatenate([np.full((2, 2, 2, 1), 4.0 * r) for r in range(replicas)])
+    data = distribute_batches(
+        strategy,
+        lambda: tf.data.Dataset.from_tensors((x_bn.astype("float32"), np.zeros(2 * replicas))),
+        2 * replicas,
+    )
+    images, _ = next(iter(data))
+    strategy.run(tf.function(lambda v: bn(v, training=True)), args=(images,))
+    out["moving_mean"] = [
+        float(v.numpy()[0]) for v in strategy.experimental_local_results(bn.moving_mean.value)
+    ]
     print(json.dumps(out))
 
 
