@@ -35,7 +35,7 @@ def test_compose_gives_the_default_run():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["trainer.epochs=abc"], "trainer.epochs"),
+        (["trainer.epochs=abc"], "trainer.epochs=abc: Value 'abc' .* converted to Integer"),
         (["trainer.epoch=3"], "trainer.epoch"),
         (["mining=bogus"], "bogus"),
         (["trainer.schedule=linear"], "constant, cosine"),

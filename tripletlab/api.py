@@ -27,7 +27,7 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     from hydra.core.global_hydra import GlobalHydra
 
     from tripletlab.config import explain_compose_error, register_configs, validate
-    from tripletlab.errors import ConfigError, one_line
+    from tripletlab.errors import ConfigError
     from tripletlab.resources import config_dir
 
     register_configs()
@@ -42,7 +42,7 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     except Exception as exc:  # Hydra's and OmegaConf's errors: a user's mistake
         if isinstance(exc, ConfigError):
             raise
-        text = explain_compose_error(exc) or one_line(exc).split("; Config search path")[0]
+        text = explain_compose_error(exc) or _hydra_message(exc)
         raise ConfigError(f"cannot compose the config: {text}") from None
     finally:
         GlobalHydra.instance().clear()
@@ -75,3 +75,18 @@ def _save_config(cfg: Any, run_dir: Path) -> None:
     if isinstance(cfg, DictConfig) and not path.exists():
         plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         atomic_write_text(path, OmegaConf.to_yaml(plain, resolve=True))
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """Hydra's message on one line, without its search path, with OmegaConf's reason
+    ("Error merging override trainer.epochs=abc: Value 'abc' ... could not be converted
+    to Integer")."""
+    from tripletlab.errors import one_line
+
+    text = one_line(exc).split("; Config search path")[0]
+    cause = exc.__cause__
+    if cause is not None:
+        reason = one_line(cause)
+        if reason and reason not in text:
+            text = f"{text}: {reason}"
+    return text

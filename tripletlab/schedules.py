@@ -10,7 +10,8 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="tripletlab")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """lr(step): peak * step / warmup_steps during warm-up, then peak, or a cosine to 0."""
+    """lr(step): peak * (step + 1) / warmup_steps during warm-up (the first update already
+    moves, the warmup_steps-th reaches the peak), then peak, or a cosine to 0 at total_steps."""
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, cosine: bool = True):
         self.peak = float(peak)
