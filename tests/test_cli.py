@@ -199,7 +199,7 @@ def _projector_server(logdir):
 def test_visualize_rebuilds_projector_and_plots(run_dir, digits, capsys):
     from tripletlab.projector import checkpoint_tensor_name
 
-    projector = run_dir / "projector"
+    projector = run_dir / "tensorboard"  # the projector is in the run's TensorBoard folder
     trained = (projector / "vectors.tsv").read_bytes()
     for name in ("embeddings_pca.png", "loss.png"):
         (run_dir / "plots" / name).unlink()
@@ -214,14 +214,15 @@ def test_visualize_rebuilds_projector_and_plots(run_dir, digits, capsys):
     code, out, _ = _cli(visualize_cli, [run_dir, "--split", "train", "--max-points", "0"], capsys)
     assert code == 0 and "1438 of 1438 points" in out
     server = _projector_server(run_dir)
-    assert "projector" in server.json("/runs")
-    (info,) = server.json("/info", run="projector")["embeddings"]
+    assert "tensorboard" in server.json("/runs")
+    (info,) = server.json("/info", run="tensorboard")["embeddings"]
     assert [int(s) for s in info["tensorShape"]] == [1438, 8]
     assert info["sprite"]["singleImageDim"] == [8, 8]
-    name = checkpoint_tensor_name("embedding")
-    emb = np.frombuffer(server.get("/tensor", run="projector", name=name).get_data(), np.float32)
+    name = checkpoint_tensor_name("digits train")  # the dataset and split, readable
+    assert info["tensorName"] == name
+    emb = np.frombuffer(server.get("/tensor", run="tensorboard", name=name).get_data(), np.float32)
     np.testing.assert_allclose(np.linalg.norm(emb.reshape(-1, 8), axis=1), 1.0, rtol=1e-5)
-    rows = server.get("/metadata", run="projector", name=name).get_data(as_text=True)
+    rows = server.get("/metadata", run="tensorboard", name=name).get_data(as_text=True)
     labels = [int(r.split("\t")[0]) for r in rows.splitlines()[1:]]
     assert labels == digits.y_train.tolist()  # the train split, in order
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import subprocess
 import sys
 
@@ -21,6 +22,10 @@ DATASETS = ["fashion_mnist", "mnist", "digits", "image_folder"]
 MODELS = ["lenet", "small_cnn", "vgg_gap"]
 MININGS = ["batch_all", "batch_hard", "semi_hard"]
 SAMPLERS = ["random", "pk"]
+# Options read from image files (dataset.root has no default) and pretrained backbones: each
+# composes to its schema's defaults, but they stay out of the every-combination product.
+FILE_DATASETS = ["image_folder", "cub200", "cars196", "sop", "inshop"]
+PRETRAINED = ["resnet50", "efficientnetv2_b0", "mobilenetv3_small"]
 METRICS = (
     "precision_at_1, recall_at_1, recall_at_2, recall_at_4, recall_at_8, map_at_r, knn_accuracy"
 )
@@ -35,6 +40,8 @@ DEFAULT = {
         "split_seed": 0,
         "max_train": None,
         "max_test": None,
+        "split": "original",
+        "train_classes": None,
         "root": None,
         "download": True,
         "url": None,
@@ -62,9 +69,12 @@ DEFAULT = {
         "progress": "auto",
         "threads": 0,
         "checkpoint_every": 1,
+        "steps_per_epoch": None,
         "collapse_patience": 2,
     },
     "eval": {"every": 1, "batch_size": 1024, "knn_k": 10, "max_points": 2000, "chunk_size": 1024},
+    "distribute": {"name": "none", "cpu_devices": 0},
+    "logger": {"name": "none"},
     "seed": 42,
     "optimized_metric": "precision_at_1",
 }
@@ -96,9 +106,13 @@ def test_default_config_is_the_documented_default():
 
 def test_the_schema_holds_every_default():
     """The YAML options only pick a schema: each composes to exactly its schema's defaults."""
-    for group, options in (("dataset", DATASETS), ("model", MODELS), ("sampler", SAMPLERS)):
+    for group, options in (
+        ("dataset", sorted({*DATASETS, *FILE_DATASETS})),
+        ("model", MODELS + PRETRAINED),
+        ("sampler", SAMPLERS),
+    ):
         for option in options:
-            root = {"root": "/x"} if option == "image_folder" else {}
+            root = {"root": "/x"} if option in FILE_DATASETS else {}
             node = compose([f"{group}={option}", *(f"dataset.root={v}" for v in root.values())])
             schema = config.schema_for(group, option)
             assert OmegaConf.get_type(node[group]) is schema
@@ -127,6 +141,14 @@ def test_no_default_is_written_twice():
     [
         ("fmnist_table", {"eval.every": 5}),
         ("fmnist_vgg_gap", {"eval.every": 5, "model.name": "vgg_gap"}),
+        (
+            "fmnist_unseen",
+            {
+                "eval.every": 5,
+                "dataset.split": "classes",
+                "sampler": {"name": "pk", "classes_per_batch": 5, "images_per_class": 13},
+            },
+        ),
     ],
 )
 def test_table_presets(preset, changes):
@@ -343,3 +365,35 @@ def test_two_runs_started_together_get_two_folders(tmp_path):
         proc.communicate(timeout=120)
     folders = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
     assert len(folders) == 2
+
+
+# ------------------------------------------------------------------ datasets from files, splits
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset.split=halves"], "dataset.split='halves' is not valid; choose one of: original"),
+        (["dataset.train_classes=[0,1]"], "add dataset.split=classes"),
+        (["trainer.steps_per_epoch=0"], "trainer.steps_per_epoch=0 is not valid; it must be > 0"),
+        (
+            ["dataset=cub200", "dataset.root=/x", "dataset.stream=always"],
+            "dataset.stream='always' is not valid; choose one of: auto, true, false",
+        ),
+    ],
+)
+def test_split_stream_and_steps_values_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose(overrides))
+
+
+def test_benchmark_layouts_default_to_their_protocol_and_224_rgb():
+    for name, split in (("cub200", "classes"), ("cars196", "classes"), ("sop", "original")):
+        ds = compose([f"dataset={name}", "dataset.root=/data"]).dataset
+        assert (ds.split, ds.image_size, ds.channels, ds.stream) == (split, 224, 3, "auto")
+    with pytest.raises(ConfigError, match=r"dataset.root must be set: dataset=inshop"):
+        validate(compose(["dataset=inshop"]))
+    cfg = compose(["dataset=digits", "dataset.split=classes", "dataset.train_classes=[0,'9']"])
+    validate(cfg)
+    assert list(cfg.dataset.train_classes) == [0, "9"]
+    assert compose(["trainer.steps_per_epoch=5"]).trainer.steps_per_epoch == 5

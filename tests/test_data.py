@@ -31,7 +31,7 @@ from tripletlab.data import (
     search_locations,
     write_idx,
 )
-from tripletlab.errors import DataError
+from tripletlab.errors import ConfigError, DataError
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -585,3 +585,87 @@ def test_real_debian_fashion_mnist(monkeypatch):
     assert ds.class_names == FASHION_MNIST_CLASSES
     np.testing.assert_array_equal(np.bincount(ds.y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(ds.y_test), [1000] * 10)
+
+
+# --------------------------------------------------------------------------- unseen classes
+
+
+def test_split_classes_pools_both_files_and_halves_the_classes(tmp_path):
+    folder = tmp_path / "fm"
+    arrays = write_idx_folder(folder, n_train=40, n_test=20)
+    ds = load_dataset(idx_cfg(root=str(folder), split="classes"))
+    assert sorted(set(ds.y_train)) == [0, 1, 2, 3, 4] and sorted(set(ds.y_test)) == [5, 6, 7, 8, 9]
+    assert len(ds.x_train) + len(ds.x_test) == 60  # every image of both IDX files
+    assert ds.class_names == FASHION_MNIST_CLASSES  # labels keep their names
+    # Every image keeps its own label.
+    x = np.concatenate([arrays["train_images"], arrays["test_images"]])
+    y = np.concatenate([arrays["train_labels"], arrays["test_labels"]])
+    for image, label in zip(ds.x_test[..., 0], ds.y_test, strict=True):
+        assert label in y[(x == image).all(axis=(1, 2))]
+    # A listed set, by name or id; max_test applies after the split.
+    listed = load_dataset(
+        idx_cfg(root=str(folder), split="classes", train_classes=["Bag", 0, "7"], max_test=5)
+    )
+    assert sorted(set(listed.y_train)) == [0, 7, 8] and len(listed.x_test) == 5
+    assert not set(listed.y_test) & {0, 7, 8}
+
+
+def test_split_classes_on_digits_and_its_errors():
+    ds = load_dataset(DigitsConfig(split="classes"))
+    assert sorted(set(ds.y_train)) == [0, 1, 2, 3, 4] and len(ds.y_train) + len(ds.y_test) == 1797
+    with pytest.raises(ConfigError, match=r"leaves 1 class\(es\) for test"):
+        load_dataset(DigitsConfig(split="classes", train_classes=list(range(9))))
+    with pytest.raises(
+        ConfigError, match=r"'cat', which is neither a class name nor a class id 0..9"
+    ):
+        load_dataset(DigitsConfig(split="classes", train_classes=["cat"]))
+    with pytest.raises(ConfigError, match="add dataset.split=classes"):
+        load_dataset(DigitsConfig(train_classes=[0, 1]))
+    with pytest.raises(ConfigError, match="dataset.split='half' is not valid"):
+        load_dataset(DigitsConfig(split="half"))
+
+
+# --------------------------------------------------------------------------- streamed folders
+
+
+def test_image_folder_streams_the_same_images(tmp_path):
+    root = tmp_path / "imgs"
+    write_image_folder(root, {"a": 4, "b": 4, "c": 4}, colour=True)
+    memory = load_dataset(folder_cfg(root, stream="false"))
+    streamed = load_dataset(folder_cfg(root, stream="true"))
+    assert streamed.streamed and not memory.streamed
+    assert streamed.image_shape == memory.image_shape == (8, 8, 3)
+    np.testing.assert_array_equal(streamed.y_train, memory.y_train)
+    np.testing.assert_array_equal(np.asarray(streamed.x_train), memory.x_train)
+    np.testing.assert_array_equal(np.asarray(streamed.x_test), memory.x_test)
+    # auto streams once the decoded images would pass STREAM_ABOVE_BYTES.
+    assert not load_dataset(folder_cfg(root, image_size=8)).streamed
+    data.STREAM_ABOVE_BYTES, before = 12 * 8 * 8 * 3 - 1, data.STREAM_ABOVE_BYTES
+    try:
+        auto = load_dataset(folder_cfg(root, image_size=8))
+    finally:
+        data.STREAM_ABOVE_BYTES = before
+    assert auto.streamed and auto.image_shape == (8, 8, 3)
+
+
+def test_streamed_folder_channels_sizes_and_bad_files(tmp_path):
+    root = tmp_path / "imgs"
+    write_image_folder(root, {"a": 3, "b": 3})
+    assert load_dataset(folder_cfg(root, stream="true")).image_shape == (8, 8, 1)
+    write_image(root / "b" / "big.png", np.zeros((10, 12), np.uint8))
+    with pytest.raises(DataError, match=r"differ in size.*is 12x10.*dataset.image_size"):
+        load_dataset(folder_cfg(root, stream="true"))
+    ds = load_dataset(folder_cfg(root, stream="true", image_size=6, channels=3))
+    assert ds.image_shape == (6, 6, 3) and ds.x_train[0].shape == (6, 6, 3)
+    (root / "a" / "notes.jpg").write_text("shopping list")
+    with pytest.raises(DataError, match=r"notes.jpg is not an image"):
+        load_dataset(folder_cfg(root, stream="true", image_size=6))
+    # Without the check, the first batch fails instead; the shape must then be given.
+    unchecked = load_dataset(
+        folder_cfg(root, stream="true", image_size=6, channels=1, verify=False)
+    )
+    assert len(unchecked.x_train) + len(unchecked.x_test) == 8
+    with pytest.raises(ConfigError, match="dataset.verify=false .* needs dataset.image_size"):
+        load_dataset(folder_cfg(root, stream="true", verify=False))
+    with pytest.raises(ConfigError, match="dataset.stream='sometimes' is not valid"):
+        load_dataset(folder_cfg(root, stream="sometimes"))

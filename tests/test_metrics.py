@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError, DataError
-from tripletlab.metrics import evaluate_embeddings, knn_accuracy, retrieval_metrics
+from tripletlab.metrics import (
+    evaluate_embeddings,
+    knn_accuracy,
+    retrieval_metrics,
+    shares_classes,
+)
 
 KEYS = [
     "precision_at_1",
@@ -109,11 +116,17 @@ def test_perfect_clusters_score_one_everywhere():
     assert got == pytest.approx(dict.fromkeys(KEYS, 1.0))
 
 
-def test_all_lone_queries_give_zero():
-    got = retrieval_metrics(np.eye(4), np.arange(4))
-    assert got == dict.fromkeys(KEYS, 0.0)
+def _missing(got: dict) -> bool:
+    return set(got) == set(KEYS) and all(math.isnan(v) for v in got.values())
+
+
+def test_all_lone_queries_give_missing_metrics_and_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="tripletlab"):
+        got = retrieval_metrics(np.eye(4), np.arange(4))
+    assert _missing(got)  # not 0.0: nothing could be scored
+    assert "retrieval metrics are missing" in caplog.text
     # A single item is lone too.
-    assert retrieval_metrics(np.ones((1, 3)), [5]) == dict.fromkeys(KEYS, 0.0)
+    assert _missing(retrieval_metrics(np.ones((1, 3)), [5]))
 
 
 def test_custom_ks_and_precision_without_k1():
@@ -226,3 +239,75 @@ def test_evaluate_embeddings_keys():
     assert both["knn_accuracy"] == 1.0
     with pytest.raises(ValueError):
         evaluate_embeddings(emb, lab, train_emb=emb)
+
+
+# ---------------------------------------------------------------- a separate gallery
+
+
+def _ref_gallery(q, q_lab, g, g_lab, ks=(1, 2, 4, 8)) -> dict[str, float]:
+    """Queries against a gallery, nothing left out: per-query loops in float64."""
+    q, g = np.asarray(q, np.float64), np.asarray(g, np.float64)
+    hits = {k: [] for k in ks}
+    aps = []
+    for x, y in zip(q, q_lab, strict=True):
+        r = int((g_lab == y).sum())
+        if r == 0:
+            continue
+        order = np.argsort(((g - x) ** 2).sum(-1), kind="stable")
+        rel = g_lab[order] == y
+        for k in ks:
+            hits[k].append(rel[:k].any())
+        aps.append(sum(rel[:i].sum() / i for i in range(1, r + 1) if rel[i - 1]) / r)
+    out = {"precision_at_1": float(np.mean(hits[1]))}
+    out.update({f"recall_at_{k}": float(np.mean(hits[k])) for k in ks})
+    out["map_at_r"] = float(np.mean(aps))
+    return out
+
+
+def test_gallery_by_hand():
+    # Gallery: 0(A) 1(B) 3(A). Queries: 0.9 (A): 1(B), 0(A), 3(A): miss, hit at 2;
+    # R = 2 -> AP = (1/2)(1/2) = 0.25. 2.9 (B): 3(A), 1(B): hit at 2; R = 1 -> AP = 0.
+    # 5 (C) has no gallery item: left out. A query identical to a gallery item is not left
+    # out (it is another image): 3.0 (A) finds 3(A) first, then 1(B); R = 2 -> AP = 1/2.
+    gallery, g_lab = np.array([[0.0], [1.0], [3.0]]), np.array([0, 1, 0])
+    queries, q_lab = np.array([[0.9], [2.9], [5.0], [3.0]]), np.array([0, 1, 2, 0])
+    got = retrieval_metrics(queries, q_lab, gallery_embeddings=gallery, gallery_labels=g_lab)
+    assert got["precision_at_1"] == pytest.approx(1 / 3)
+    assert got["recall_at_2"] == pytest.approx(1.0)
+    assert got["map_at_r"] == pytest.approx((0.25 + 0.0 + 0.5) / 3)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gallery_matches_brute_force_for_any_chunk_size(seed):
+    rng = np.random.default_rng(seed)
+    g_lab = rng.choice(5, size=70, p=[0.4, 0.3, 0.15, 0.1, 0.05])
+    q_lab = rng.choice(6, size=40)  # class 5 is never in the gallery
+    g = rng.normal(size=(70, 4)) + 0.8 * g_lab[:, None]
+    q = rng.normal(size=(40, 4)) + 0.8 * q_lab[:, None]
+    ref = _ref_gallery(q, q_lab, g, g_lab)
+    for chunk_size in (1, 9, 40, 4096):
+        got = retrieval_metrics(
+            q, q_lab, chunk_size=chunk_size, gallery_embeddings=g, gallery_labels=g_lab
+        )
+        assert got == pytest.approx(ref, abs=1e-12), chunk_size
+    assert 0.0 < ref["map_at_r"] < ref["recall_at_1"] < ref["recall_at_8"] < 1.0
+    # Through evaluate_embeddings, with kNN on a train set as before.
+    both = evaluate_embeddings(q, q_lab, g, g_lab, knn_k=3, gallery_emb=g, gallery_labels=g_lab)
+    assert {k: both[k] for k in KEYS} == pytest.approx(ref, abs=1e-12)
+    assert "knn_accuracy" in both
+
+
+def test_gallery_errors_and_lone_queries():
+    q = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="given together"):
+        retrieval_metrics(q, [0, 1], gallery_embeddings=q)
+    with pytest.raises(DataError, match="gallery embeddings have 2"):
+        retrieval_metrics(q, [0, 1], gallery_embeddings=np.zeros((4, 2)), gallery_labels=[0] * 4)
+    # No query has its class in the gallery: every metric is missing.
+    got = retrieval_metrics(q, [0, 1], gallery_embeddings=q, gallery_labels=[5, 6])
+    assert _missing(got)
+
+
+def test_shares_classes():
+    assert shares_classes([0, 1, 2], [2, 3])
+    assert not shares_classes([0, 1], [2, 3])

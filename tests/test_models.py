@@ -61,3 +61,101 @@ def test_weight_decay_adds_regularisation_losses():
     model = build_model(_cfg("small_cnn"), (8, 8, 1), weight_decay=1e-4)
     assert len(model.losses) > 0
     assert not build_model(_cfg("small_cnn"), (8, 8, 1)).losses
+
+
+# ------------------------------------------------------------------ pretrained backbones
+
+
+def _pretrained(name="mobilenetv3_small", **kw):
+    base = {"name": name, "embedding_size": 8, "l2_normalize": True, "weights": "none"}
+    return OmegaConf.create(base | {"freeze_batch_norm": True} | kw)
+
+
+def _batch_norms(model):
+    import keras
+
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    return [
+        layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def test_a_pretrained_backbone_takes_grey_or_rgb_and_freezes_batch_norm():
+    x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
+    model = build_model(_pretrained(), (32, 32, 1), weight_decay=1e-4)
+    emb = model(x, training=True).numpy()
+    assert emb.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    norms = _batch_norms(model)
+    assert norms and not any(bn.trainable for bn in norms)
+    # Frozen batch norm runs in inference mode: training=True leaves its statistics alone.
+    assert all(np.all(bn.moving_mean.numpy() == 0.0) for bn in norms)
+    trainable = {id(v) for v in model.trainable_weights}
+    assert not any(id(bn.gamma) in trainable for bn in norms)
+    assert len(model.losses) > 10  # weight decay reached the backbone's kernels, not just the head
+    free = build_model(_pretrained(freeze_batch_norm=False), (32, 32, 3))
+    free(np.repeat(x, 3, axis=-1), training=True)
+    assert all(bn.trainable for bn in _batch_norms(free))
+    assert any(np.any(bn.moving_mean.numpy() != 0.0) for bn in _batch_norms(free))
+
+
+def test_resnet_input_is_keras_own_preprocessing():
+    import keras
+
+    from tripletlab.models import ImagenetInput
+
+    x = np.random.default_rng(1).random((2, 4, 4, 3), dtype=np.float32)
+    ours = ImagenetInput("caffe")(x).numpy()
+    theirs = keras.applications.resnet50.preprocess_input(x * 255.0)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(ImagenetInput("raw")(x).numpy(), x * 255.0, rtol=1e-6)
+    grey = ImagenetInput("raw")(x[..., :1]).numpy()
+    np.testing.assert_allclose(grey, np.repeat(x[..., :1], 3, axis=-1) * 255.0, rtol=1e-6)
+
+
+def test_weights_from_a_file_and_the_errors(tmp_path):
+    import keras
+
+    from tripletlab.errors import ConfigError, DataError
+
+    donor = keras.applications.MobileNetV3Small(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    for v in donor.weights:
+        v.assign(np.random.default_rng(len(v.path)).normal(0, 0.1, v.shape).astype(v.dtype))
+    path = tmp_path / "backbone.weights.h5"
+    donor.save_weights(path)
+    model = build_model(_pretrained(weights=str(path)), (48, 48, 3))  # any input size
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for ours, theirs in zip(backbone.weights, donor.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    other = tmp_path / "dense.weights.h5"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(other)
+    with pytest.raises(DataError, match=f"cannot load model.weights={other} into MobileNetV3Small"):
+        build_model(_pretrained(weights=str(other)), (32, 32, 3))
+    with pytest.raises(ConfigError, match="model.weights=/no/such.weights.h5: no such file"):
+        build_model(_pretrained(weights="/no/such.weights.h5"), (32, 32, 3))
+    with pytest.raises(ConfigError, match="at least 32x32, got 28x28"):
+        build_model(_pretrained(), (28, 28, 1))
+
+
+def test_imagenet_weights_offline_name_the_file_keras_expects(tmp_path, monkeypatch):
+    from tripletlab import models
+    from tripletlab.errors import DataError
+
+    def offline(original, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(models, "keras_home", lambda: tmp_path)
+    monkeypatch.setattr(models, "_download_weights", offline)
+    name = "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"
+    with pytest.raises(DataError) as err:
+        build_model(_pretrained(weights="imagenet"), (32, 32, 3))
+    text = str(err.value)
+    assert f"model.weights=imagenet needs {tmp_path / 'models' / name}, which is not there" in text
+    assert f"keras-applications/mobilenet_v3/{name}" in text and "model.weights=none" in text
+    # A file there is used as is, once its hash matches: a partial download is refused.
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / name).write_bytes(b"half a download")
+    with pytest.raises(DataError, match=f"{name} does not have the content Keras expects"):
+        build_model(_pretrained(weights="imagenet"), (32, 32, 3))

@@ -88,6 +88,6 @@ def test_tensorboard_scalars_skip_missing_values(tmp_path):
     def series(tag):
         return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
 
-    loss, p1 = series("loss"), series("precision_at_1")
+    loss, p1 = series("train/loss"), series("eval/precision_at_1")
     assert loss == [(10, 0.5), (20, 0.25)]
     assert p1 == [(20, 0.75)]

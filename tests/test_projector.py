@@ -20,7 +20,7 @@ from tripletlab import projector
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.projector import checkpoint_tensor_name, write_projector
 
-TENSOR = checkpoint_tensor_name("embedding")  # "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+TENSOR = checkpoint_tensor_name("embedding")  # the name itself
 
 
 class ProjectorServer:
@@ -103,7 +103,8 @@ def test_projector_as_a_run_under_a_parent_logdir(tmp_path):
     n = 5
     emb = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
     images = np.linspace(0, 1, n)[:, None, None, None] * np.ones((n, 4, 4, 3))  # float RGB
-    write_projector(run_dir, emb, np.arange(n) % 2, ["even", "odd"], images, tensor_name="val")
+    name = "digits test (5 points)"  # what a person reads in the projector's menu
+    write_projector(run_dir, emb, np.arange(n) % 2, ["even", "odd"], images, tensor_name=name)
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(tmp_path / "logs"))
@@ -112,7 +113,8 @@ def test_projector_as_a_run_under_a_parent_logdir(tmp_path):
     server = ProjectorServer(tmp_path / "logs", provider)
 
     assert server.json("/runs") == ["validation"]
-    name = checkpoint_tensor_name("val")
+    (info,) = server.json("/info", run="validation")["embeddings"]
+    assert info["tensorName"] == checkpoint_tensor_name(name) == name
     raw = server.get("/tensor", run="validation", name=name).get_data()
     np.testing.assert_array_equal(np.frombuffer(raw, np.float32).reshape(n, 2), emb)
     sprite = np.asarray(
@@ -160,7 +162,10 @@ def test_without_images_no_sprite(tmp_path):
         ({"images": np.full((3, 2, 2), 255.0)}, DataError),  # float on the wrong scale
         ({"images": np.zeros((2, 2, 2), np.uint8)}, DataError),  # one image missing
         ({"images": np.zeros((3, 2, 2, 2), np.uint8)}, DataError),  # 2 channels
-        ({"tensor_name": "a/b"}, ConfigError),
+        ({"tensor_name": "a\nb"}, ConfigError),  # a control character
+        ({"tensor_name": ""}, ConfigError),
+        ({"tensor_name": " padded"}, ConfigError),
+        ({"tensor_name": "x" * 101}, ConfigError),
     ],
 )
 def test_bad_input_raises(tmp_path, kwargs, error):

@@ -76,7 +76,8 @@ def test_the_options_and_the_code_agree(group):
 @pytest.mark.parametrize("group", REGISTRIES)
 def test_each_option_composes_to_its_own_name(group):
     for option in REGISTRIES[group].options():
-        extra = ["dataset.root=/x"] if option == "image_folder" else []
+        defaults = {f.name: f.default for f in dataclasses.fields(config.schema_for(group, option))}
+        extra = ["dataset.root=/x"] if defaults.get("root") == "???" else []  # no default
         cfg = tripletlab.compose([f"{group}={option}", *extra])
         assert cfg[group][config.NAME_KEYS[group]] == option
 
@@ -87,8 +88,22 @@ def test_the_name_lists_derive_from_the_registries():
     from tripletlab.config import SAMPLERS as samplers
     from tripletlab.data import DATASET_NAMES
 
-    assert datasets == DATASET_NAMES == ("digits", "fashion_mnist", "image_folder", "mnist")
-    assert MODELS == BACKBONES.names() == ("lenet", "small_cnn", "vgg_gap")
+    assert (
+        datasets
+        == DATASET_NAMES
+        == (
+            *("cars196", "cub200", "digits", "fashion_mnist", "image_folder", "inshop"),
+            *("mnist", "sop"),
+        )
+    )
+    assert (
+        MODELS
+        == BACKBONES.names()
+        == (
+            *("efficientnetv2_b0", "lenet", "mobilenetv3_small", "resnet50", "small_cnn"),
+            "vgg_gap",
+        )
+    )
     assert STRATEGIES == LOSSES.names() == ("batch_all", "batch_hard", "semi_hard")
     assert samplers == SAMPLERS.names() == ("pk", "random")
     with pytest.raises(AttributeError):
@@ -101,7 +116,8 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
 
     with pytest.raises(
         ConfigError,
-        match=r"model.name='resnet' is not valid; choose one of: lenet, small_cnn, vgg_gap",
+        match=r"model.name='resnet' is not valid; choose one of: efficientnetv2_b0, lenet, "
+        r"mobilenetv3_small, resnet50, small_cnn, vgg_gap",
     ):
         build_model(OmegaConf.create({"name": "resnet", "embedding_size": 4}), (8, 8, 1))
     with pytest.raises(ConfigError, match="choose one of: batch_all, batch_hard, semi_hard"):
@@ -111,7 +127,8 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
     ):
         pipeline.epoch_batches(np.zeros(4), OmegaConf.create({"name": "fifo"}), 2, 0, 0)
     with pytest.raises(
-        ConfigError, match="dataset.name='cifar' is not valid; choose one of: digits"
+        ConfigError,
+        match="dataset.name='cifar' is not valid; choose one of: cars196, cub200, digits",
     ):
         data.load_dataset(OmegaConf.create({"name": "cifar"}))
 
@@ -160,7 +177,9 @@ def test_a_backbone_is_one_function_plus_one_yaml_file(tmp_path):
         assert model.losses  # the regulariser reached the backbone's layers
     finally:
         BACKBONES.unregister("tiny")
-    with pytest.raises(ConfigError, match="model.name='tiny' is not valid; choose one of: lenet"):
+    with pytest.raises(
+        ConfigError, match="model.name='tiny' is not valid; choose one of: efficientnetv2_b0, lenet"
+    ):
         tripletlab.compose([searchpath, "model=tiny"])
 
 

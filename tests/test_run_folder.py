@@ -30,11 +30,17 @@ def test_layout_matches_the_design(tmp_path):
 
 def test_metrics_round_trip_with_missing_cells(tmp_path):
     f = RunFolder(tmp_path)
-    f.write_metrics([{"epoch": 1, "step": 5, "loss": 0.5}, {"epoch": 2, "step": 10, "loss": 0.25}])
+    f.write_metrics(
+        [
+            {"epoch": 1, "step": 5, "loss": 0.5, "map_at_r": float("nan")},
+            {"epoch": 2, "step": 10, "loss": 0.25},
+        ]
+    )
     rows = f.read_metrics()
     assert list(rows[0]) == METRIC_COLUMNS
     assert [r["loss"] for r in rows] == ["0.5", "0.25"]
     assert rows[0]["precision_at_1"] == ""
+    assert rows[0]["map_at_r"] == ""  # could not be computed: missing, never "nan" or 0
     with pytest.raises(ValueError):  # an unknown column is a bug, not silently dropped
         f.write_metrics([{"epoch": 1, "bogus": 1}])
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, compose
+from tests.conftest import ROOT, compose, tiny
 from tripletlab import summarize
+from tripletlab.cli import summarize as summarize_cli
 from tripletlab.summarize import CSV_COLUMNS, FINISHED
 from tripletlab.sweep import (
     MAX_DIRNAME_BYTES,
@@ -33,8 +34,15 @@ from tripletlab.sweep import (
     update_sweep_summary,
 )
 
-SMALL = [*TINY, "dataset.max_train=256"]
 MODELS = ("lenet", "small_cnn")
+
+
+def small(model: str = "lenet", sampler: str = "pk") -> list[str]:
+    """A tiny run on 256 digits (``model`` may be a sweep: "lenet,small_cnn")."""
+    return [*tiny(model, sampler), "dataset.max_train=256"]
+
+
+SMALL = small()
 STRATEGIES = ("batch_all", "batch_hard", "semi_hard")
 
 
@@ -64,8 +72,7 @@ def grid(tmp_path_factory):
             sys.executable,
             "run.py",
             "-m",
-            *SMALL,
-            f"model={','.join(MODELS)}",
+            *small(",".join(MODELS)),
             f"mining={','.join(STRATEGIES)}",
             f"hydra.sweep.dir={sweep}",
         ]
@@ -116,7 +123,7 @@ def test_job_folders_are_named_by_their_overrides(grid):
 
 def test_summarize_rebuilds_the_sweep_table(grid, tmp_path, capsys):
     sweep, _ = grid
-    assert summarize.main([str(sweep), "--out", str(tmp_path)]) == 0
+    assert summarize_cli.main([str(sweep), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "precision_at_1 (mean ± std)" in printed and "small_cnn" in printed
     ours = _csv(tmp_path / "summary.csv")
@@ -160,29 +167,35 @@ def test_rerun_skips_finished_jobs_and_resumes_unfinished_ones(grid, tmp_path):
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory):
     """Two jobs at once with the joblib launcher; the absurd learning rate gives NaN.
-    dataset.url (unused by digits) puts '/' in the folder names."""
-    sweep = tmp_path_factory.mktemp("failing") / "sweep"
+    An image folder dataset: its dataset.root puts '/' in the folder names."""
+    from tests.data_helpers import write_image_folder
+
+    root = tmp_path_factory.mktemp("failing")
+    images = root / "images"
+    write_image_folder(images, {c: 12 for c in "abcd"})
+    sweep = root / "sweep"
     proc = _run(
         [
             sys.executable,
             "run.py",
             "-m",
-            *SMALL,
-            "model=lenet",
+            *[o for o in small("lenet", sampler="random") if not o.startswith("dataset")],
+            "dataset=image_folder",
+            f"dataset.root={images}",
+            "dataset.image_size=8",
+            "trainer.batch_size=16",
             "mining=batch_all",
-            "sampler=random",
             "model.l2_normalize=false",
             "trainer.learning_rate=0.001,1e30",
-            "dataset.url=https://example.org/mirror/",
             "hydra/launcher=parallel",
             f"hydra.sweep.dir={sweep}",
         ]
     )
-    return sweep, proc
+    return sweep, proc, images
 
 
 def test_failed_job_is_recorded_and_the_sweep_exits_nonzero(failing_sweep):
-    sweep, proc = failing_sweep
+    sweep, proc, _ = failing_sweep
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"1 of 2 jobs failed: see {sweep / 'summary.csv'}" in proc.stderr
     rows = {r["learning_rate"]: r for r in _csv(sweep / "summary.csv")}
@@ -195,31 +208,47 @@ def test_failed_job_is_recorded_and_the_sweep_exits_nonzero(failing_sweep):
 
 
 def test_parallel_jobs_split_the_cores_and_slashes_stay_in_one_folder(failing_sweep):
-    sweep, _ = failing_sweep
+    sweep, _, images = failing_sweep
     dirs = _job_dirs(sweep)
     assert len(dirs) == 2
     for d in dirs:
         assert d.parent == sweep
-        assert "dataset.url=https\\:%2F%2Fexample.org%2Fmirror%2F" in d.name  # Hydra escapes ":"
+        assert f"dataset.root={str(images).replace('/', '%2F')}" in d.name
         cfg = json.loads((d / "summary.json").read_text())["config"]
         assert cfg["trainer"]["threads"] == parallel_threads(2)
 
 
 # -------------------------------------------------------------------------- Optuna
-def test_optuna_search_on_the_returned_metric(tmp_path):
-    sweep = tmp_path / "search"
+def _search(sweep: Path, storage: str, n_trials: int) -> subprocess.CompletedProcess:
     proc = _run(
         [
             sys.executable,
             "run.py",
             "hparams_search=optuna",
             *SMALL,
-            "model=lenet",
-            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=tiny",
+            f"hydra.sweeper.n_trials={n_trials}",
             f"hydra.sweep.dir={sweep}",
         ]
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def optuna_search(tmp_path_factory):
+    """2 trials into a sqlite study whose folder does not exist yet."""
+    root = tmp_path_factory.mktemp("optuna")
+    db = root / "db" / "optuna.db"
+    _search(root / "search", f"sqlite:///{db}", 2)
+    return root / "search", db
+
+
+def test_optuna_search_on_the_returned_metric_into_a_sqlite_study(optuna_search):
+    import optuna
+
+    sweep, db = optuna_search
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(result["best_params"]) == {"trainer.learning_rate", "mining.margin"}
     rows = _csv(sweep / "summary.csv")
@@ -227,6 +256,42 @@ def test_optuna_search_on_the_returned_metric(tmp_path):
     assert len({r["learning_rate"] for r in rows}) == 2
     assert max(float(r["precision_at_1"]) for r in rows) == pytest.approx(result["best_value"])
     assert all("hparams_search" not in d.name for d in _job_dirs(sweep))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
+    assert study.best_value == pytest.approx(result["best_value"])
+
+
+@pytest.mark.slow
+def test_a_rerun_continues_the_study_up_to_n_trials(optuna_search, tmp_path):
+    """The 2-trial study rerun with n_trials=3: one more trial, not three."""
+    import optuna
+
+    _, db = optuna_search
+    copy = tmp_path / "optuna.db"
+    shutil.copy(db, copy)
+    storage = f"sqlite:///{copy}"
+    again = tmp_path / "again"
+    _search(again, storage, 3)
+    assert len(_job_dirs(again)) == 1
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    # A new trial, not the first one replayed by the same seed.
+    assert len({t.params["trainer.learning_rate"] for t in study.trials}) == 3
+    _search(tmp_path / "none_left", storage, 3)  # nothing left to run: still a success
+    assert len(optuna.load_study(study_name="tiny", storage=storage).trials) == 3
+
+
+def test_optuna_storage_checks():
+    from tripletlab.errors import ConfigError
+    from tripletlab.sweep import check_storage_versions, sqlite_path
+
+    with pytest.raises(ConfigError, match="SQLAlchemy>=1.4.24,<2"):
+        check_storage_versions("2.10.1", "2.0.30")
+    check_storage_versions("2.10.1", "1.4.54")
+    check_storage_versions("3.6.0", "2.0.30")
+    assert sqlite_path("sqlite:///outputs/optuna.db") == Path("outputs/optuna.db")
+    assert sqlite_path("sqlite:////abs/o.db?timeout=9") == Path("/abs/o.db")
+    assert sqlite_path("postgresql://host/db") is None
 
 
 # ---------------------------------------------------------------- launcher configs
@@ -264,19 +329,6 @@ def test_parallel_thread_split():
     assert parallel_jobs({"n_jobs": -1}) >= 1
 
 
-# ------------------------------------------------------------------- sweep.sh
-def test_sweep_sh_builds_the_grid_and_passes_overrides():
-    proc = _run(["bash", "sweep.sh", "--dry-run", "dataset=digits", "seed=1,2,3"], timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout.replace("\\,", ",")
-    assert "run.py -m model=lenet,small_cnn mining=batch_all,batch_hard,semi_hard" in out
-    assert out.rstrip().endswith("dataset=digits seed=1,2,3")
-    one = _run(["bash", "sweep.sh", "-n", "model=lenet"], timeout=30).stdout.replace("\\,", ",")
-    assert "model=lenet,small_cnn" not in one and "mining=batch_all,batch_hard" in one
-    bad = _run(["bash", "sweep.sh", "--resume", str(ROOT / "conf")], timeout=30)
-    assert bad.returncode == 2 and "multirun.yaml" in bad.stderr
-
-
 # ------------------------------------------------------------- folder names
 def test_job_dirname():
     assert job_dirname("mining=batch_all,model=lenet", 3) == "mining=batch_all,model=lenet"
@@ -291,31 +343,40 @@ def test_job_dirname():
 
 
 # ------------------------------------------------ failures outside train, the callback
-def test_an_unexpected_error_in_a_sweep_job_is_recorded(tmp_path, monkeypatch, caplog):
+def test_an_unexpected_error_in_a_sweep_job_is_recorded(tmp_path, caplog):
+    """A backbone that raises a plain RuntimeError when built: training records it once in
+    summary.json, and the sweep job returns NaN with the traceback in its log."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import tripletlab.train
     from tripletlab.hydra_app import run_task
+    from tripletlab.registry import BACKBONES
 
-    cfg = compose(SMALL, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.mode = "MULTIRUN"
-        cfg.hydra.runtime.output_dir = str(tmp_path)
-    HydraConfig.instance().set_config(cfg)
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "broken.yaml").write_text("name: broken\nembedding_size: 4\n")
+    overrides = [*tiny("broken"), f"hydra.searchpath=[file://{conf}]"]
+    run_dir = tmp_path / "job"
 
-    def boom(cfg, run_dir):
+    @BACKBONES.register("broken")
+    def broken(x, cfg, reg):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(tripletlab.train, "train", boom)
-    task_cfg = compose(SMALL)
-    with caplog.at_level("ERROR", logger="tripletlab"):
-        value = run_task(task_cfg)
+    try:
+        cfg = compose(overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.mode = "MULTIRUN"
+            cfg.hydra.runtime.output_dir = str(run_dir)
+        HydraConfig.instance().set_config(cfg)
+        with caplog.at_level("ERROR", logger="tripletlab"):
+            value = run_task(compose(overrides))
+    finally:
+        BACKBONES.unregister("broken")
     assert math.isnan(value)
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == "RuntimeError: a bug"
-    assert summary["config"]["dataset"]["name"] == "digits"
-    assert "Traceback" in caplog.text and "a bug" in caplog.text
+    assert summary["config"]["model"]["name"] == "broken"
+    assert "Traceback" in caplog.text and caplog.text.count("RuntimeError: a bug") == 1
 
 
 def _hydra_like(sweep: Path, job_dir: Path):
@@ -445,37 +506,25 @@ def seeds_sweep(tmp_path):
 
 def test_summarize_reports_mean_std_and_n_over_seeds(seeds_sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    assert summarize.main([str(seeds_sweep), "--out", str(out)]) == 0
+    assert summarize_cli.main([str(seeds_sweep), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = _csv(out / "summary.csv")
     assert len(rows) == 7 and [int(r["job"]) for r in rows] == list(range(7))
     assert [r["status"] for r in rows].count("failed") == 1
 
     groups = summarize.group_rows(summarize.collect_rows([seeds_sweep]), "precision_at_1")
-    assert [len(g.rows) for g in groups] == [1, 3, 3]  # best first: the single lr=0.01 run
-    lenet = groups[1]
-    mean, std, n = lenet.stats["precision_at_1"]
+    assert list(groups["runs"]) == [1, 3, 3]  # best first: the single lr=0.01 run
+    lenet = groups.iloc[1]
+    mean, std, n = (lenet[f"precision_at_1.{s}"] for s in ("mean", "std", "n"))
     assert (mean, n) == (pytest.approx(0.8), 3)
     assert std == pytest.approx(statistics.stdev([0.7, 0.8, 0.9]))
-    cnn = groups[2]
-    assert cnn.stats["precision_at_1"][2] == 2 and cnn.status_text() == "2 ok, 1 failed"
-    assert groups[0].label == "trainer.learning_rate=0.01" and lenet.label == ""
+    cnn = groups.iloc[2]
+    assert cnn["precision_at_1.n"] == 2 and cnn["status"] == "2 ok, 1 failed"
+    assert groups["label"][0] == "trainer.learning_rate=0.01" and lenet["label"] == ""
 
     md = (out / "summary.md").read_text()
     assert printed.startswith(md.splitlines()[0])
     assert "0.8000 ± 0.1000" in md and "0.5500 ± 0.0707" in md and "0.9500 " in md
-    assert "| 1    | lenet     | semi_hard  | trainer.learning_rate=0.01" in md
+    assert "| 1      | lenet     | semi_hard  | trainer.learning_rate=0.01" in md
     assert "loss became nan" in md  # failed runs are listed under the table
     assert (out / "summary.png").stat().st_size > 0
-
-
-def test_summarize_metric_option_and_errors(seeds_sweep, tmp_path, capsys):
-    assert (
-        summarize.main([str(seeds_sweep / "j0"), str(seeds_sweep / "j3"), "--metric", "map_at_r"])
-        == 0
-    )
-    assert (seeds_sweep / "summary.csv").is_file()  # default --out: the folder holding all PATHs
-    assert "map_at_r (mean ± std)" in capsys.readouterr().out
-    assert summarize.main([str(tmp_path / "missing")]) == 2
-    (tmp_path / "empty").mkdir()
-    assert summarize.main([str(tmp_path / "empty")]) == 1

@@ -57,7 +57,7 @@ def test_run_folder_has_every_artefact(finished_run):
     for name in ["loss.png", "metrics.png", "embeddings_pca.png"]:
         assert (d / "plots" / name).stat().st_size > 0, name
     for name in ["projector_config.pbtxt", "metadata.tsv", "sprite.png", "vectors.tsv"]:
-        assert (d / "projector" / name).stat().st_size > 0, name
+        assert (d / "tensorboard" / name).stat().st_size > 0, name  # one TensorBoard run
     assert "epoch 2/2" in (d / "run.log").read_text()
 
 
@@ -79,7 +79,7 @@ def test_tensorboard_scalars_are_readable(finished_run):
     acc = EventAccumulator(str(finished_run / "tensorboard"))
     acc.Reload()
     tags = acc.Tags()["tensors"] + acc.Tags()["scalars"]
-    assert "loss" in tags and "precision_at_1" in tags
+    assert "train/loss" in tags and "eval/precision_at_1" in tags
 
 
 def test_finished_run_is_not_trained_again(finished_run):

@@ -11,8 +11,10 @@ __version__ = "0.1.0"
 __all__ = ["compose", "train", "__version__"]
 
 # Before TensorFlow is imported anywhere: keep its C++ start-up chatter (oneDNN notices,
-# absl's pre-init warning) out of the user's terminal. Users can still set it themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# absl's pre-init warning, CPU features) out of the user's terminal, unless
+# TRIPLETLAB_TF_LOGS=1 asks for it. Users can still set TF_CPP_MIN_LOG_LEVEL themselves.
+if os.environ.get("TRIPLETLAB_TF_LOGS", "").strip().lower() not in ("1", "true", "yes"):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # absl's INFO lines ("Sharding callback duration") reach Python logging on every checkpoint.
 logging.getLogger("absl").setLevel(logging.WARNING)
 # tf.distribute logs every collective it sets up at INFO.

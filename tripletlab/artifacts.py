@@ -25,11 +25,14 @@ def write_views(
     images: np.ndarray,
     class_names: Sequence[str],
     max_points: int,
+    name: str = "embedding",
 ) -> int:
-    """``folder``'s plots/ (curves, a 2-D PCA view) and projector/ for one split's embeddings.
+    """``folder``'s plots/ (curves, a 2-D PCA view) and projector for one split's embeddings.
 
     Returns the number of points shown. The projector gets the very same images, in the same
-    order, as its embeddings.
+    order, as its embeddings, and lists them as ``name`` (the dataset and split: "digits
+    test"). It is written into the run's TensorBoard folder, so that each run is one
+    TensorBoard run: scalars, HParams and projector.
     """
     from tripletlab.plots import plot_curves, plot_embeddings_2d
     from tripletlab.projector import write_projector
@@ -44,23 +47,23 @@ def write_views(
         emb, lab, class_names, plots / "embeddings_pca.png", max_points=max(len(keep), 1)
     )
     projector_dir = folder.projector_dir
-    write_projector(projector_dir, emb, lab, class_names, np.asarray(images)[keep])
-    mark_as_tensorboard_run(projector_dir, len(keep))
+    # Index first: streamed images (ImageFiles) then decode only the points shown.
+    write_projector(
+        projector_dir, emb, lab, class_names, np.asarray(images[keep]), tensor_name=name
+    )
+    mark_as_tensorboard_run(projector_dir)
     return len(keep)
 
 
-def mark_as_tensorboard_run(folder: Path, points: int) -> None:
-    """Write one event file so that TensorBoard treats ``folder`` as a run.
+def mark_as_tensorboard_run(folder: Path) -> None:
+    """Make sure ``folder`` holds an event file, so that TensorBoard treats it as a run.
 
     The projector plugin only looks into the logdir itself or into runs (folders holding
-    event files), so without it ``tensorboard --logdir RUN_DIR`` (or a sweep folder) would
-    show the scalars but not the embeddings.
+    event files). Training's scalars are one already; a folder without them gets an empty
+    event file. Nothing is deleted: the folder's events are the run's scalars.
     """
     import tensorflow as tf
 
-    for old in Path(folder).glob("events.out.tfevents.*"):
-        old.unlink()
-    writer = tf.summary.create_file_writer(str(folder))
-    with writer.as_default(step=0):
-        tf.summary.scalar("projector_points", float(points))
-    writer.close()
+    if any(Path(folder).glob("events.out.tfevents.*")):
+        return
+    tf.summary.create_file_writer(str(folder)).close()

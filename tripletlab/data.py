@@ -1,5 +1,14 @@
-"""Datasets as uint8 numpy arrays: Fashion-MNIST and MNIST (IDX files), scikit-learn's digits,
-and a folder of images with one sub-folder per class.
+"""Datasets: Fashion-MNIST and MNIST (IDX files), scikit-learn's digits, a folder of images
+with one sub-folder per class, and the metric-learning benchmarks in their published layouts
+(cub200, cars196, sop, inshop: :mod:`tripletlab.layouts`).
+
+Small datasets are uint8 numpy arrays [N, H, W, C]. Image files are streamed when decoding
+them all would take more than STREAM_ABOVE_BYTES (``dataset.stream=auto``) or when asked
+(``dataset.stream=true``): the split then holds an :class:`~tripletlab.image_files.ImageFiles`
+index of paths in place of the array, checked file by file before training starts.
+
+``dataset.split=classes`` (any dataset) pools the splits and trains on the first half of the
+classes (or ``dataset.train_classes``), testing on the others: the unseen-class protocol.
 
 Only numpy and PIL are imported here (TensorFlow takes seconds to import), so loading and
 checking data stays fast. Every problem with the input raises one
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import http.client
 import logging
 import math
@@ -36,7 +46,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tripletlab.config import DATASET_SPLITS, STREAM_CHOICES
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.image_files import ImageFiles, common_format, inspect_images
 from tripletlab.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -87,6 +99,8 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+# dataset.stream=auto streams image files whose decoded splits would take more than this.
+STREAM_ABOVE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,8 @@ class _IdxSpec:
 IDX_DATASETS = {
     "fashion_mnist": _IdxSpec(
         "fashion-mnist",
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        # The dataset's own repository over HTTPS (its S3 website mirror is plain HTTP).
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
         FASHION_MNIST_CLASSES,
         "dataset-fashion-mnist",
     ),
@@ -108,19 +123,43 @@ IDX_DATASETS = {
         "mnist", "https://storage.googleapis.com/cvdf-datasets/mnist/", DIGIT_CLASSES, None
     ),
 }
+# The published sha256 of each official file (the .gz as distributed); a download from the
+# official mirror is checked against it before use. A dataset.url mirror of the user's
+# choice has no published checksum: its files get the IDX format checks only.
+PUBLISHED_SHA256 = {
+    "fashion_mnist": {
+        "train-images-idx3-ubyte": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    },
+}
 
 
 @dataclass(repr=False)
 class Dataset:
-    """Train and test images (uint8, [N, H, W, C]) with int64 labels indexing class_names."""
+    """Train and test images (uint8 [N, H, W, C], or ImageFiles streamed from disk) with
+    int64 labels indexing class_names.
+
+    With a gallery (In-Shop's query/gallery protocol) the test split is the queries, ranked
+    against ``x_gallery`` only; without one, each test image is ranked against the others.
+    """
 
     name: str
-    x_train: np.ndarray
+    x_train: np.ndarray | ImageFiles
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | ImageFiles
     y_test: np.ndarray
     class_names: list[str]
     source: str  # where it was read from: a folder, "scikit-learn" or a URL
+    x_gallery: np.ndarray | ImageFiles | None = None
+    y_gallery: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -130,11 +169,17 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.x_train, ImageFiles)
+
     def __repr__(self) -> str:
         # The default repr would print the arrays.
+        gallery = "" if self.x_gallery is None else f", gallery={len(self.x_gallery)}"
         return (
-            f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
-            f"image_shape={self.image_shape}, classes={self.num_classes}, source={self.source!r})"
+            f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}"
+            f"{gallery}, image_shape={self.image_shape}, classes={self.num_classes}, "
+            f"streamed={self.streamed}, source={self.source!r})"
         )
 
 
@@ -143,8 +188,9 @@ class DatasetSource:
     """One dataset's code, registered by name in :data:`tripletlab.registry.DATASETS`.
 
     ``load(cfg)`` -> (x_train, y_train, x_test, y_test, class_names, source): uint8 images
-    [N, H, W, C], int64 labels, and where they were read from; :func:`load_dataset` then
-    applies max_train / max_test, image_size and channels. ``ensure(root, download, url)``
+    [N, H, W, C] (or ImageFiles), int64 labels, and where they were read from; or a
+    :class:`Dataset` (to give a gallery). :func:`load_dataset` then applies split,
+    max_train / max_test, image_size and channels. ``ensure(root, download, url)``
     -> (folder, how it was found): makes sure the files are present (``tripletlab-fetch``).
     """
 
@@ -440,6 +486,9 @@ def _download(name: str, target: Path, base_url: str) -> None:
     except OSError as exc:
         raise DataError(f"cannot create {target}: {exc.strerror or exc}") from None
     missing = _find_files(target)[1]  # files kept from an interrupted earlier download
+    official = base_url.rstrip("/") == _idx_spec(name).url.rstrip("/")
+    if not official:
+        log.warning("%s is not the official mirror: no published sha256 to check", base_url)
     for stem in missing:
         file_url = base_url.rstrip("/") + "/" + stem + ".gz"
         log.info("downloading %s", file_url)
@@ -458,9 +507,27 @@ def _download(name: str, target: Path, base_url: str) -> None:
                 )
                 reason = exc.reason if plain_url_error else exc
                 raise DataError(f"{file_url}: {reason or type(exc).__name__}") from None
-            # Check before the file takes its real name, so a bad download never looks like data.
+            # Check before the file takes its real name, so a bad download never looks like data
+            # (the temporary file is deleted on any error).
+            expected = PUBLISHED_SHA256.get(name, {}).get(stem) if official else None
+            if expected is not None:
+                digest = _sha256(tmp)
+                if digest != expected:
+                    raise DataError(
+                        f"{file_url}: sha256 {digest} is not the published {expected}: the "
+                        "file is damaged or was replaced; it was deleted (retry, or fetch "
+                        "the files by hand)"
+                    )
             magic = IMAGES_MAGIC if "images" in stem else LABELS_MAGIC
             _parse_idx(_gunzip(tmp.read_bytes(), file_url), file_url, magic)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _load_idx(name: str, folder: Path) -> tuple[np.ndarray, ...]:
@@ -698,8 +765,61 @@ def _require_root(root: Any) -> Path:
     return root_path
 
 
+def stream_mode(cfg: Any) -> str:
+    """``dataset.stream`` as auto, true or false (a YAML bool arrives as True/False)."""
+    value = str(_opt(cfg, "stream") or "auto").lower()
+    if value not in STREAM_CHOICES:
+        raise ConfigError(
+            f"dataset.stream={value!r} is not valid; choose one of: {', '.join(STREAM_CHOICES)}"
+        )
+    return value
+
+
+def images_from_files(
+    splits: Sequence[Sequence[Path]],
+    channels: int | None,
+    size: int | None,
+    stream: str = "auto",
+    verify: bool = True,
+) -> list[np.ndarray | ImageFiles]:
+    """The images of each split's files: uint8 arrays, or ImageFiles when streamed.
+
+    ``stream``: "true", "false", or "auto" (stream when ``size`` is set and decoding every
+    split would take more than STREAM_ABOVE_BYTES). Streamed files are inspected first
+    (``verify``): an unreadable one fails now, named, not mid-epoch. ``channels`` None:
+    RGB if any image has colour, else grayscale; ``size`` None: the images' own size,
+    which must then be the same for all. Both span every split.
+    """
+    paths = [p for split in splits for p in split]
+    bounds = np.cumsum([0] + [len(split) for split in splits])
+    if stream == "auto":
+        decoded = len(paths) * (size or 0) ** 2 * (channels or 3)
+        stream = "true" if decoded > STREAM_ABOVE_BYTES else "false"
+    if stream == "false":
+        # Decoded together: channels=None and the size check span every split.
+        x = _stack([decode_image(p, channels, size) for p in paths], paths, channels, size)
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if verify:
+        shape = common_format(inspect_images(paths), paths, size, channels)
+    elif size is None or channels is None:
+        raise ConfigError(
+            "dataset.verify=false reads no image header, so it needs dataset.image_size and "
+            "dataset.channels set"
+        )
+    else:
+        shape = (int(size), int(size), int(channels))
+    files = ImageFiles(paths, *shape)
+    return [files[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _load_image_folder(
-    root: Path, channels: int | None, size: int | None, test_fraction: float, seed: int
+    root: Path,
+    channels: int | None,
+    size: int | None,
+    test_fraction: float,
+    seed: int,
+    stream: str = "false",
+    verify: bool = True,
 ) -> tuple[Any, ...]:
     train_dir, test_dir = root / "train", root / "test"
     if train_dir.is_dir() != test_dir.is_dir():
@@ -737,9 +857,10 @@ def _load_image_folder(
         paths = [paths[i] for i in train_idx] + [paths[i] for i in test_idx]
         y_train, y_test = labels[train_idx], labels[test_idx]
         n_train = len(train_idx)
-    # Decode both splits together: channels=None and the size check span the whole dataset.
-    x = _stack([decode_image(p, channels, size) for p in paths], paths, channels, size)
-    return x[:n_train], y_train, x[n_train:], y_test, train_names
+    x_train, x_test = images_from_files(
+        [paths[:n_train], paths[n_train:]], channels, size, stream, verify
+    )
+    return x_train, y_train, x_test, y_test, train_names
 
 
 def _image_folder_load(cfg: Any) -> tuple:
@@ -751,6 +872,8 @@ def _image_folder_load(cfg: Any) -> tuple:
         None if size is None else int(size),
         float(_opt(cfg, "test_fraction")),
         int(_opt(cfg, "split_seed")),
+        stream_mode(cfg),
+        bool(_opt(cfg, "verify")),
     )
     return (*arrays, str(root_path.absolute()))
 
@@ -783,8 +906,15 @@ def _to_gray(x: np.ndarray) -> np.ndarray:
     return gray.astype(np.uint8)[..., None]
 
 
-def adapt_images(x: np.ndarray, size: int | None, channels: int | None) -> np.ndarray:
-    """Resize to size x size and convert to ``channels`` (None: keep)."""
+def adapt_images(
+    x: np.ndarray | ImageFiles, size: int | None, channels: int | None
+) -> np.ndarray | ImageFiles:
+    """Resize to size x size and convert to ``channels`` (None: keep); ImageFiles are only
+    told to decode so."""
+    if isinstance(x, ImageFiles):
+        h, w = (x.height, x.width) if size is None else (size, size)
+        c = x.channels if channels is None else channels
+        return x if (h, w, c) == x.image_shape else x.with_format(h, w, c)
     if channels == 1 and x.shape[-1] == 3:
         x = _to_gray(x)
     if size is not None and x.shape[1:3] != (size, size):
@@ -835,20 +965,100 @@ def load_dataset(cfg: Any) -> Dataset:
         raise ConfigError(f"dataset.test_fraction={test_fraction!r} must be between 0 and 1")
     size = None if size is None else int(size)
     seed = int(_opt(cfg, "split_seed"))
-    x_train, y_train, x_test, y_test, class_names, where = source.load(cfg)
+    split = str(_opt(cfg, "split") or "original")
+    train_classes = _opt(cfg, "train_classes")
+    if split not in DATASET_SPLITS:
+        raise ConfigError(
+            f"dataset.split={split!r} is not valid; choose one of: {', '.join(DATASET_SPLITS)}"
+        )
+    if train_classes is not None and split != "classes":
+        raise ConfigError(
+            f"dataset.train_classes is set but dataset.split={split}: add dataset.split=classes"
+        )
+    loaded = source.load(cfg)
+    if isinstance(loaded, Dataset):
+        data = loaded
+    else:
+        x_train, y_train, x_test, y_test, class_names, where = loaded
+        data = Dataset(name, x_train, y_train, x_test, y_test, list(class_names), where)
+    data.name = name
+    if split == "classes":
+        split_by_classes(data, train_classes)
 
     # Truncate before adapting so tiny runs do not resize images they then drop.
-    x_train, y_train = _limit(x_train, y_train, _opt(cfg, "max_train"), seed, 1)
-    x_test, y_test = _limit(x_test, y_test, _opt(cfg, "max_test"), seed, 2)
-    return Dataset(
-        name=name,
-        x_train=np.ascontiguousarray(adapt_images(x_train, size, channels)),
-        y_train=y_train,
-        x_test=np.ascontiguousarray(adapt_images(x_test, size, channels)),
-        y_test=y_test,
-        class_names=class_names,
-        source=where,
-    )
+    x_train, y_train = _limit(data.x_train, data.y_train, _opt(cfg, "max_train"), seed, 1)
+    x_test, y_test = _limit(data.x_test, data.y_test, _opt(cfg, "max_test"), seed, 2)
+
+    def adapt(x):
+        x = adapt_images(x, size, channels)
+        return x if isinstance(x, ImageFiles) else np.ascontiguousarray(x)
+
+    data.x_train, data.y_train = adapt(x_train), np.asarray(y_train, np.int64)
+    data.x_test, data.y_test = adapt(x_test), np.asarray(y_test, np.int64)
+    if data.x_gallery is not None:
+        data.x_gallery = adapt(data.x_gallery)
+        data.y_gallery = np.asarray(data.y_gallery, np.int64)
+    return data
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    if all(isinstance(p, ImageFiles) for p in parts):
+        return ImageFiles.concatenate(parts)
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def _class_ids(entries: Sequence[Any], class_names: Sequence[str]) -> np.ndarray:
+    """``dataset.train_classes`` entries (class names or ids) -> ids into class_names."""
+    ids = []
+    for entry in entries:
+        text = str(entry)
+        if text in class_names:
+            ids.append(list(class_names).index(text))
+        elif text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
+            ids.append(int(text))
+        else:
+            shown = ", ".join(repr(n) for n in list(class_names)[:12])
+            more = ", ..." if len(class_names) > 12 else ""
+            raise ConfigError(
+                f"dataset.train_classes has {entry!r}, which is neither a class name nor a "
+                f"class id 0..{len(class_names) - 1}; the classes: {shown}{more}"
+            )
+    return np.unique(np.asarray(ids, np.int64))
+
+
+def split_by_classes(data: Dataset, train_classes: Sequence[Any] | None = None) -> None:
+    """The unseen-class protocol, in place: pool every split (gallery too), train on the
+    first half of the classes present (sorted by id) or on ``train_classes``, test on the
+    others. Labels keep their ids, so class_names still name them."""
+    xs = [data.x_train, data.x_test]
+    ys = [data.y_train, data.y_test]
+    if data.x_gallery is not None:
+        xs.append(data.x_gallery)
+        ys.append(data.y_gallery)
+    x, y = _concatenate(xs), np.concatenate([np.asarray(v, np.int64) for v in ys])
+    present = np.unique(y)
+    if train_classes is None:
+        chosen = present[: len(present) // 2]
+    else:
+        chosen = _class_ids(train_classes, data.class_names)
+        absent = np.setdiff1d(chosen, present)
+        if len(absent):
+            raise ConfigError(
+                f"dataset.train_classes names classes without images: "
+                f"{[data.class_names[i] for i in absent]}"
+            )
+    test_classes = np.setdiff1d(present, chosen)
+    for side, classes in (("training", chosen), ("test", test_classes)):
+        if len(classes) < 2:
+            raise ConfigError(
+                f"dataset.split=classes leaves {len(classes)} class(es) for {side} "
+                f"({len(present)} classes in all): each side needs at least 2; "
+                "change dataset.train_classes"
+            )
+    mask = np.isin(y, chosen)
+    data.x_train, data.y_train = x[mask], y[mask]
+    data.x_test, data.y_test = x[~mask], y[~mask]
+    data.x_gallery = data.y_gallery = None
 
 
 def fetch(
@@ -860,3 +1070,7 @@ def fetch(
     Raises DataError when the files are missing (and not downloaded) or corrupt.
     """
     return _ensure(name, root, download, url)
+
+
+# The benchmark layouts register themselves (they build on this module, so they come last).
+from tripletlab import layouts  # noqa: E402, F401

@@ -39,21 +39,27 @@ def evaluate_split(
     embed: Callable[[np.ndarray], np.ndarray], data, eval_cfg
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Every metric on the test split: the test set is queries and gallery (leaving the query
-    out), the train set is kNN's gallery.
+    out), or queries against ``data.x_gallery`` when the dataset has one; the train set is
+    kNN's gallery, unless it shares no class with the test set (unseen classes: no kNN).
 
     ``embed``: uint8 images [N, H, W, C] -> [N, D]. Returns (metrics, test embeddings [N_test,
-    D], train embeddings [N_train, D]).
+    D], train embeddings [N_train, D], or [0, D] when kNN was not computed).
     """
-    from tripletlab.metrics import evaluate_embeddings
+    from tripletlab.metrics import evaluate_embeddings, shares_classes
 
-    test_emb, train_emb = embed(data.x_test), embed(data.x_train)
+    test_emb = embed(data.x_test)
+    knn = shares_classes(data.y_train, data.y_test)
+    train_emb = embed(data.x_train) if knn else np.zeros((0, test_emb.shape[1]), np.float32)
+    gallery = getattr(data, "x_gallery", None)
     metrics = evaluate_embeddings(
         test_emb,
         data.y_test,
-        train_emb,
-        data.y_train,
+        train_emb if knn else None,
+        data.y_train if knn else None,
         knn_k=eval_cfg.knn_k,
         chunk_size=eval_cfg.chunk_size,
+        gallery_emb=None if gallery is None else embed(gallery),
+        gallery_labels=None if gallery is None else data.y_gallery,
     )
     return metrics, test_emb, train_emb
 
@@ -95,6 +101,12 @@ class Embedder:
         return int(self.model.output_shape[-1])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
+        from tripletlab.image_files import ImageFiles
+
+        if isinstance(images, ImageFiles):  # streamed: decoded batch by batch, never all at once
+            if images.image_shape != self.input_shape:
+                images = images.with_format(*self.input_shape)
+            return embed_images(self._step, images, self.batch_size, self.embedding_size)
         images = np.asarray(images)
         if images.shape[1:] != self.input_shape:
             from tripletlab.reuse import conform_images

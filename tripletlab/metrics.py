@@ -9,14 +9,17 @@ Ties are broken deterministically: ``tf.math.top_k`` puts the lower gallery inde
 among equal scores. Distances that are equal on paper may differ in the last bit after
 rounding, which decides such ties instead; either way the result is reproducible.
 
-Queries whose label has no other item in the set ("lone" queries, R = 0) are left out of
+Queries whose label has no other item in the set, or none in the gallery when a separate
+gallery is given ("lone" queries, R = 0), are left out of
 every retrieval metric, as pytorch-metric-learning's ``AccuracyCalculator`` does: they have no
-correct answer to find. If every query is lone, each retrieval metric is 0.0 (again as in
-pytorch-metric-learning).
+correct answer to find. If every query is lone, each retrieval metric is missing: NaN, with
+a warning (pytorch-metric-learning reports 0.0, which reads as a model that found nothing).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,7 +28,9 @@ import tensorflow as tf
 
 from tripletlab.errors import ConfigError, DataError
 
-__all__ = ["evaluate_embeddings", "knn_accuracy", "retrieval_metrics"]
+log = logging.getLogger("tripletlab")
+
+__all__ = ["evaluate_embeddings", "knn_accuracy", "retrieval_metrics", "shares_classes"]
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
@@ -95,17 +100,22 @@ def retrieval_metrics(
     labels: Any,
     ks: Sequence[int] = (1, 2, 4, 8),
     chunk_size: int = 1024,
+    gallery_embeddings: Any | None = None,
+    gallery_labels: Any | None = None,
 ) -> dict[str, float]:
-    """Leave-one-out retrieval metrics of a labelled set of embeddings.
+    """Retrieval metrics of labelled queries: leave-one-out, or against a separate gallery.
 
-    Every item is a query against all the others (the set is both queries and gallery; the
-    query itself is left out).
+    Without a gallery every item is a query against all the others (the set is both
+    queries and gallery; the query itself is left out). With one (In-Shop's protocol) each
+    query is ranked against the gallery items only, and nothing is left out.
 
     Args:
         embeddings: [N, D] float (numpy or tf; float16/bfloat16 are cast to float32).
         labels: [N] integer class ids (any integers, not necessarily contiguous).
-        ks: the k of each ``recall_at_k``; values above N - 1 see all N - 1 other items.
-        chunk_size: number of queries scored at once (memory ~ chunk_size * N).
+        ks: the k of each ``recall_at_k``; values above the gallery's size see all of it.
+        chunk_size: number of queries scored at once (memory ~ chunk_size * gallery size).
+        gallery_embeddings: optional [M, D] float; gallery_labels: [M] integers (give both
+            or neither).
 
     Returns:
         ``precision_at_1``: share of queries whose nearest neighbour has their label (always
@@ -113,49 +123,74 @@ def retrieval_metrics(
         ``recall_at_{k}``: share of queries with at least one same-label item among their
         k nearest (the metric-learning Recall@K, not the information-retrieval recall).
         ``map_at_r``: MAP@R (Musgrave et al. 2020, "A Metric Learning Reality Check"): with
-        R = number of other items sharing the query's label,
-        ``AP@R = (1/R) * sum_{i<=R} P(i) * rel(i)``, averaged over queries.
-        Lone queries (R = 0) are excluded from all of them (see the module docstring).
+        R = number of gallery items (other items, without a gallery) sharing the query's
+        label, ``AP@R = (1/R) * sum_{i<=R} P(i) * rel(i)``, averaged over queries.
+        Queries with R = 0 are excluded from all of them (see the module docstring).
     """
+    if (gallery_embeddings is None) != (gallery_labels is None):
+        raise ValueError("gallery_embeddings and gallery_labels must be given together")
     ks = _check_ks(ks)
     chunk_size = _check_chunk_size(chunk_size)
     emb = _as_embeddings(embeddings, "embeddings")
     n = int(emb.shape[0])
     lab = _as_labels(labels, n, "labels")
+    leave_one_out = gallery_embeddings is None
+    if leave_one_out:
+        gal, gal_lab = emb, lab
+    else:
+        gal = _as_embeddings(gallery_embeddings, "gallery embeddings")
+        gal_lab = _as_labels(gallery_labels, int(gal.shape[0]), "gallery labels")
+        if gal.shape[1] != emb.shape[1]:
+            raise DataError(
+                f"query embeddings have {emb.shape[1]} dimensions but gallery embeddings "
+                f"have {gal.shape[1]}"
+            )
+        if gal.dtype != emb.dtype:
+            emb, gal = tf.cast(emb, tf.float64), tf.cast(gal, tf.float64)
+    m = int(gal.shape[0])
 
-    # R per item: how many *other* items share its label.
-    _, label_idx = tf.unique(lab)
-    class_counts = tf.math.bincount(tf.cast(label_idx, tf.int32), dtype=tf.int64)
-    r_all = tf.gather(class_counts, label_idx) - 1  # [N]
+    # R per query: how many gallery items (other items, leave-one-out) share its label.
+    _, label_idx = tf.unique(tf.concat([lab, gal_lab], axis=0))
+    q_idx, g_idx = label_idx[:n], label_idx[n:]
+    class_counts = tf.math.bincount(
+        tf.cast(g_idx, tf.int32), minlength=tf.reduce_max(label_idx) + 1, dtype=tf.int64
+    )
+    r_all = tf.gather(class_counts, q_idx) - (1 if leave_one_out else 0)  # [N]
     num_valid = int(tf.reduce_sum(tf.cast(r_all > 0, tf.int64)))
 
     names = ["precision_at_1", *[f"recall_at_{k}" for k in ks], "map_at_r"]
     if num_valid == 0:
-        return dict.fromkeys(names, 0.0)
+        log.warning(
+            "no query has another item of its class%s: the retrieval metrics are missing "
+            "(NaN); evaluate more images per class (e.g. a larger dataset.max_test)",
+            "" if leave_one_out else " in the gallery",
+        )
+        return dict.fromkeys(names, math.nan)
 
     # One top-k depth for every chunk: deep enough for the largest k and for the largest R
-    # (MAP@R looks at the first R neighbours), and never more than the N - 1 other items.
+    # (MAP@R looks at the first R neighbours), and never more than the candidates there are.
     max_r = int(tf.reduce_max(r_all))
-    depth = min(max(ks[-1], max_r), n - 1)
+    depth = min(max(ks[-1], max_r), m - 1 if leave_one_out else m)
     ranks = tf.range(1, depth + 1, dtype=tf.float64)  # [depth], 1-based rank i
 
-    sq_norms = tf.reduce_sum(tf.square(emb), axis=1)  # [N]
+    sq_norms = tf.reduce_sum(tf.square(gal), axis=1)  # [M]
     # k = 1 is always scored: precision@1 is recall@1, wanted even when ks lacks 1.
     hits_at = {k: tf.constant(0.0, tf.float64) for k in sorted({1, *ks})}
     ap_sum = tf.constant(0.0, tf.float64)
-    neg_inf = tf.constant(-np.inf, emb.dtype)
+    neg_inf = tf.constant(-np.inf, gal.dtype)
     for start in range(0, n, chunk_size):
         end = min(start + chunk_size, n)
-        scores = _scores(emb[start:end], emb, sq_norms)  # [B, N]
-        # Leave each query out of its own gallery: its own column becomes -inf.
-        own = tf.range(start, end, dtype=tf.int64)[:, None] == tf.range(n, dtype=tf.int64)
-        scores = tf.where(own, neg_inf, scores)
+        scores = _scores(emb[start:end], gal, sq_norms)  # [B, M]
+        if leave_one_out:
+            # Leave each query out of its own gallery: its own column becomes -inf.
+            own = tf.range(start, end, dtype=tf.int64)[:, None] == tf.range(m, dtype=tf.int64)
+            scores = tf.where(own, neg_inf, scores)
         _, nn_idx = tf.math.top_k(scores, k=depth, sorted=True)  # [B, depth]
 
         q_lab = lab[start:end]
         q_r = r_all[start:end]  # [B]
         valid = tf.cast(q_r > 0, tf.float64)  # [B]; lone queries count for nothing
-        rel = tf.cast(tf.gather(lab, nn_idx) == q_lab[:, None], tf.float64)  # [B, depth]
+        rel = tf.cast(tf.gather(gal_lab, nn_idx) == q_lab[:, None], tf.float64)  # [B, depth]
 
         for k in hits_at:
             found = tf.reduce_max(rel[:, : min(k, depth)], axis=1)  # [B]
@@ -173,6 +208,12 @@ def retrieval_metrics(
         out[f"recall_at_{k}"] = float(hits_at[k] / num_valid)
     out["map_at_r"] = float(ap_sum / num_valid)
     return out
+
+
+def shares_classes(train_labels: Any, test_labels: Any) -> bool:
+    """Whether any test label is a train label: k-NN classification means nothing without
+    (the unseen-class protocol), so it is then not computed."""
+    return bool(np.isin(np.asarray(test_labels), np.asarray(train_labels)).any())
 
 
 def knn_accuracy(
@@ -245,6 +286,8 @@ def evaluate_embeddings(
     train_labels: Any | None = None,
     knn_k: int = 10,
     chunk_size: int = 1024,
+    gallery_emb: Any | None = None,
+    gallery_labels: Any | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics on the test set, plus ``knn_accuracy`` when a train set is given.
 
@@ -253,6 +296,8 @@ def evaluate_embeddings(
         train_emb: optional [M, D] float; train_labels: [M] integers (give both or neither).
         knn_k: k of the k-NN classifier.
         chunk_size: queries scored at once.
+        gallery_emb: optional [G, D] float; gallery_labels: [G] integers: the test items
+            are then queries ranked against this gallery (In-Shop), not against each other.
 
     Returns:
         The keys of :func:`retrieval_metrics` (default ks), then ``knn_accuracy`` if a train
@@ -261,7 +306,13 @@ def evaluate_embeddings(
     if (train_emb is None) != (train_labels is None):
         # A bug in the calling code rather than bad user input, hence not a TripletLabError.
         raise ValueError("train_emb and train_labels must be given together")
-    out = retrieval_metrics(test_emb, test_labels, chunk_size=chunk_size)
+    out = retrieval_metrics(
+        test_emb,
+        test_labels,
+        chunk_size=chunk_size,
+        gallery_embeddings=gallery_emb,
+        gallery_labels=gallery_labels,
+    )
     if train_emb is not None:
         out["knn_accuracy"] = knn_accuracy(
             train_emb, train_labels, test_emb, test_labels, k=knn_k, chunk_size=chunk_size

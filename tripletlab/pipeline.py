@@ -1,9 +1,15 @@
 """tf.data input pipelines: batches of indices made per epoch, then one vectorised gather.
 
-The images stay in memory as one uint8 tensor (the "cache"); each epoch the sampler draws
-the batches' indices with numpy from ``(seed, epoch)``, so a fixed seed gives the same
-batches, also after a resume, and no Python runs per step. Each batch is gathered, scaled
-to [0, 1] and augmented on whole batches (no per-image map), then prefetched.
+In memory (a uint8 array, Fashion-MNIST's 47 MB) the images live as one uint8 tensor; each
+epoch the sampler draws the batches' indices with numpy from ``(seed, epoch)``, so a fixed
+seed gives the same batches, also after a resume, and no Python runs per step. Each batch is
+gathered, augmented as a whole batch of uint8 (no per-image map), scaled to [0, 1], then
+prefetched.
+
+Streamed (an :class:`~tripletlab.image_files.ImageFiles` index of files): the same batches
+of indices; each image is read, decoded and resized by a parallel ``tf.data`` map, then
+batched, augmented and scaled exactly as above. Memory holds the paths and a few prefetched
+batches, whatever the number of images.
 
 Samplers are registered by name in :data:`tripletlab.registry.SAMPLERS` (``sampler.name``);
 a new one is a :class:`Sampler` registered there plus ``conf/sampler/<name>.yaml``.
@@ -19,10 +25,14 @@ import numpy as np
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.image_files import ImageFiles, decode_file
 from tripletlab.registry import SAMPLERS
 
 # Largest translation, in pixels, of the "translate" augmentation (about 10% of 28 px).
 MAX_SHIFT_FRACTION = 0.1
+# Largest evaluation batch, in values: 1024 Fashion-MNIST images, but 111 at 224x224x3, so
+# that an eval batch of large images (and the model's activations) fits in memory.
+MAX_EVAL_BATCH_VALUES = 1 << 24
 
 
 def random_batches(labels: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -137,74 +147,122 @@ def scale_images(images: tf.Tensor) -> tf.Tensor:
 def augment_batch(images: tf.Tensor, mode: str, seed: tf.Tensor) -> tf.Tensor:
     """Random translation (and horizontal flip) of a whole batch, stateless from ``seed``.
 
-    images: float32 [B, H, W, C]; seed: int [2]. Translation uses one projective-transform
-    op for the batch (zero fill), so the cost is one pass over the pixels.
+    images: [B, H, W, C] of any dtype (the pipelines augment uint8, before scaling); seed:
+    int [2]. Each image moves by a whole number of pixels, up to MAX_SHIFT_FRACTION of its
+    side, with zero fill: a zero row and column padded on, then two gathers (rows, then
+    columns, the flip folded into the column index), not an interpolating transform.
     """
     if mode == "none":
         return images
     shape = tf.shape(images)
     b, h, w = shape[0], shape[1], shape[2]
     if mode == "flip_translate":
-        flip = tf.random.stateless_uniform([b, 1, 1, 1], seed=seed) < 0.5
-        images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+        flip = tf.random.stateless_uniform([b], seed=seed) < 0.5
+    else:
+        flip = tf.zeros([b], tf.bool)
     max_dy = tf.cast(h, tf.float32) * MAX_SHIFT_FRACTION
     max_dx = tf.cast(w, tf.float32) * MAX_SHIFT_FRACTION
     shifts = tf.random.stateless_uniform([b, 2], seed=seed + 1, minval=-1.0, maxval=1.0)
-    dy = tf.round(shifts[:, 0] * max_dy)
-    dx = tf.round(shifts[:, 1] * max_dx)
-    ones, zeros = tf.ones_like(dx), tf.zeros_like(dx)
-    # Output pixel (x, y) reads input (x + dx, y + dy): a shift by (-dx, -dy).
-    transforms = tf.stack([ones, zeros, dx, zeros, ones, dy, zeros, zeros], axis=1)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.stack([h, w]),
-        fill_value=0.0,
-        interpolation="NEAREST",
-        fill_mode="CONSTANT",
-    )
+    dy = tf.cast(tf.round(shifts[:, 0] * max_dy), tf.int32)
+    dx = tf.cast(tf.round(shifts[:, 1] * max_dx), tf.int32)
+    # Output pixel (y, x) shows pixel (y + dy, x + dx) of the (flipped) input, else 0: a
+    # source outside the image reads the zero row (index h) or column (w) padded on.
+    rows = tf.range(h)[None, :] + dy[:, None]  # [B, H]
+    cols = tf.range(w)[None, :] + dx[:, None]  # [B, W], in the flipped image
+    rows = tf.where((rows >= 0) & (rows < h), rows, h)
+    cols = tf.where((cols >= 0) & (cols < w), tf.where(flip[:, None], w - 1 - cols, cols), w)
+    padded = tf.pad(images, [[0, 0], [0, 1], [0, 1], [0, 0]])
+    x = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W + 1, C]
+    return tf.gather(x, cols, axis=2, batch_dims=1)
 
 
 class TrainPipeline:
-    """Builds one epoch's ``tf.data.Dataset`` of (images float32 [B,H,W,C], labels int32 [B])."""
+    """Builds one epoch's ``tf.data.Dataset`` of (images float32 [B,H,W,C], labels int32 [B]).
+
+    ``images``: uint8 [N, H, W, C] (kept in memory) or an ImageFiles (streamed from disk);
+    ``max_steps`` (``trainer.steps_per_epoch``) keeps only an epoch's first batches.
+    """
 
     def __init__(
         self,
-        images: np.ndarray,
+        images: np.ndarray | ImageFiles,
         labels: np.ndarray,
         sampler,
         batch_size: int,
         seed: int,
         augment: str = "none",
+        max_steps: int | None = None,
     ):
         self.labels = np.asarray(labels)
         self.sampler = sampler
         self.batch_size = batch_size
         self.seed = int(seed)
         self.augment = augment
-        # The whole split lives in memory once, as uint8 (47 MB for Fashion-MNIST).
-        self._images = tf.constant(images, dtype=tf.uint8)
+        self.max_steps = None if max_steps is None else int(max_steps)
+        self.streamed = isinstance(images, ImageFiles)
+        if len(images) != len(self.labels):
+            raise DataError(f"{len(images)} images but {len(self.labels)} labels")
+        if self.streamed:
+            self._files = images
+            self._paths = tf.constant(list(images.paths), tf.string)
+        else:
+            # The whole split lives in memory once, as uint8 (47 MB for Fashion-MNIST).
+            self._images = tf.constant(images, dtype=tf.uint8)
         self._labels = tf.constant(self.labels, dtype=tf.int32)
         self.steps_per_epoch = len(self.batch_indices(0))
 
     def batch_indices(self, epoch: int) -> np.ndarray:
-        return epoch_batches(self.labels, self.sampler, self.batch_size, self.seed, epoch)
+        """int32 [steps, B]: the epoch's batches (the first ``max_steps`` of them)."""
+        batches = epoch_batches(self.labels, self.sampler, self.batch_size, self.seed, epoch)
+        return batches if self.max_steps is None else batches[: self.max_steps]
+
+    def _seed(self, epoch: int, step):
+        return tf.stack([tf.cast(self.seed, tf.int64), tf.cast(epoch, tf.int64) * 1_000_003 + step])
 
     def epoch(self, epoch: int) -> tf.data.Dataset:
         indices = self.batch_indices(epoch)
-        images, labels, augment, base = self._images, self._labels, self.augment, self.seed
+        if self.streamed:
+            return self._streamed_epoch(epoch, indices)
+        images, labels, augment = self._images, self._labels, self.augment
 
         def gather(step, idx):
-            x = scale_images(tf.gather(images, idx))
-            seed = tf.stack([tf.cast(base, tf.int64), tf.cast(epoch, tf.int64) * 1_000_003 + step])
-            return augment_batch(x, augment, seed), tf.gather(labels, idx)
+            x = augment_batch(tf.gather(images, idx), augment, self._seed(epoch, step))
+            return scale_images(x), tf.gather(labels, idx)
 
         ds = tf.data.Dataset.from_tensor_slices(indices).enumerate()
         ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
 
+    def _streamed_epoch(self, epoch: int, indices: np.ndarray) -> tf.data.Dataset:
+        paths, labels, augment = self._paths, self._labels, self.augment
+        h, w, c = self._files.image_shape
 
-def eval_dataset(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """Unshuffled float32 batches in [0, 1], for embedding a whole split."""
-    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+        def load(i):
+            return decode_file(tf.gather(paths, i), h, w, c), tf.gather(labels, i)
+
+        def finish(step, batch):
+            x, y = batch
+            return scale_images(augment_batch(x, augment, self._seed(epoch, step))), y
+
+        ds = tf.data.Dataset.from_tensor_slices(indices.reshape(-1))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(indices.shape[1], drop_remainder=True).enumerate()
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batch_size(image_shape, batch_size: int) -> int:
+    """``batch_size``, lowered so a batch holds at most MAX_EVAL_BATCH_VALUES values."""
+    values = int(np.prod(image_shape))
+    return max(1, min(int(batch_size), MAX_EVAL_BATCH_VALUES // max(values, 1)))
+
+
+def eval_dataset(images: np.ndarray | ImageFiles, batch_size: int) -> tf.data.Dataset:
+    """Unshuffled float32 batches in [0, 1], for embedding a whole split (in memory or
+    streamed); large images get smaller batches (:func:`eval_batch_size`)."""
+    batch = eval_batch_size(images.shape[1:], batch_size)
+    if isinstance(images, ImageFiles):
+        ds = images.dataset().batch(batch)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
     return ds.map(scale_images, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -3,8 +3,9 @@
 :func:`write_projector` fills one folder with:
 
 - ``embedding.ckpt.index`` / ``embedding.ckpt.data-*`` and ``checkpoint``: a TF checkpoint
-  holding the embeddings as a variable. The projector plugin finds it with
-  ``tf.train.latest_checkpoint``, which needs the ``checkpoint`` state file.
+  holding the embeddings as one tensor, stored under a name a person reads (``digits test``:
+  the dataset and split), which is the name the projector lists. The projector plugin finds
+  it with ``tf.train.latest_checkpoint``, which needs the ``checkpoint`` state file.
 - ``projector_config.pbtxt``: a ``ProjectorConfig`` pointing the checkpoint tensor at
   ``metadata.tsv`` and ``sprite.png``. Paths in it are relative to the folder, so the folder
   can be moved; no ``model_checkpoint_path`` is written for the same reason (TensorBoard
@@ -16,7 +17,8 @@
 
 TensorBoard shows it when its ``--logdir`` is this folder, or when the folder is a run (a
 folder holding event files) under ``--logdir``: a plain subfolder without event files is not
-a run, and the plugin does not look into it.
+a run, and the plugin does not look into it. A run folder's projector is its ``tensorboard/``
+folder, so that the scalars, the HParams session and the projector are one TensorBoard run.
 """
 
 from __future__ import annotations
@@ -45,12 +47,15 @@ __all__ = ["MAX_SPRITE_SIDE", "checkpoint_tensor_name", "write_projector"]
 MAX_SPRITE_SIDE = 8192
 
 CHECKPOINT_PREFIX = "embedding.ckpt"
-_TENSOR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_NAME_CHARS = 100
+# Printable text: a control character would break the projector's menu and its URLs.
+_TENSOR_NAME_RE = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 def checkpoint_tensor_name(tensor_name: str = "embedding") -> str:
-    """The name the projector lists for ``tensor_name`` (its key in the checkpoint)."""
-    return f"{tensor_name}/.ATTRIBUTES/VARIABLE_VALUE"
+    """The name the projector lists for ``tensor_name``: its key in the checkpoint, which
+    is the name itself (no ``/.ATTRIBUTES/VARIABLE_VALUE`` suffix)."""
+    return tensor_name
 
 
 def write_projector(
@@ -71,14 +76,23 @@ def write_projector(
         class_names: name of each class id; tabs and newlines become spaces in metadata.tsv.
         images: [N, H, W, C] (C = 1, 3 or 4) or [N, H, W], float in [0, 1] or uint8, in the
             same order as the embeddings; ``None`` writes no sprite.
-        tensor_name: attribute name of the variable in the checkpoint (a Python identifier).
-            TensorBoard lists it as ``checkpoint_tensor_name(tensor_name)``.
+        tensor_name: the embedding's name in the projector's menu (and its key in the
+            checkpoint), e.g. ``"digits test"``: printable text of at most
+            :data:`MAX_NAME_CHARS` characters.
 
     Thumbnails are shrunk when the sprite would exceed ``MAX_SPRITE_SIDE`` pixels per side;
     a :class:`DataError` is raised when even 1-pixel thumbnails would not fit.
     """
-    if not isinstance(tensor_name, str) or not _TENSOR_NAME_RE.fullmatch(tensor_name):
-        raise ConfigError(f"tensor_name must be a Python identifier, got {tensor_name!r}")
+    if (
+        not isinstance(tensor_name, str)
+        or not _TENSOR_NAME_RE.fullmatch(tensor_name)
+        or tensor_name != tensor_name.strip()
+        or len(tensor_name) > MAX_NAME_CHARS
+    ):
+        raise ConfigError(
+            f"tensor_name must be printable text of 1 to {MAX_NAME_CHARS} characters without "
+            f"leading or trailing spaces, got {tensor_name!r}"
+        )
     emb = _check_embeddings(embeddings)
     n = emb.shape[0]
     lab = _check_labels(labels, n, len(class_names))
@@ -87,11 +101,9 @@ def write_projector(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # TF's saver writes the checkpoint under "<prefix>_temp" and merges it into place; the
-    # small "checkpoint" state file that makes it visible to TensorBoard comes last.
-    tf.train.Checkpoint(**{tensor_name: tf.Variable(emb, trainable=False)}).write(
-        str(out / CHECKPOINT_PREFIX)
-    )
+    # The checkpoint is written under a temporary prefix and merged into place (what TF's
+    # savers do); the small "checkpoint" state file that makes it visible comes last.
+    _save_tensor(out / CHECKPOINT_PREFIX, tensor_name, emb)
     atomic_write_text(out / "vectors.tsv", _tsv_vectors(emb))
     atomic_write_text(out / "metadata.tsv", _metadata_tsv(lab, class_names))
 
@@ -110,6 +122,21 @@ def write_projector(
         out / "checkpoint",
         f'model_checkpoint_path: "{CHECKPOINT_PREFIX}"\n'
         f'all_model_checkpoint_paths: "{CHECKPOINT_PREFIX}"\n',
+    )
+
+
+def _save_tensor(prefix: Path, name: str, value: np.ndarray) -> None:
+    """A V2 checkpoint at ``prefix`` holding ``value`` under the key ``name``.
+
+    ``tf.train.Checkpoint`` would store it as ``<attribute>/.ATTRIBUTES/VARIABLE_VALUE``,
+    the name the projector would then list; the raw ops store the key as given.
+    """
+    temp = f"{prefix}_temp/part-00000"
+    tf.raw_ops.SaveV2(
+        prefix=temp, tensor_names=[name], shape_and_slices=[""], tensors=[tf.constant(value)]
+    )
+    tf.raw_ops.MergeV2Checkpoints(
+        checkpoint_prefixes=[temp], destination_prefix=str(prefix), delete_old_dirs=True
     )
 
 

@@ -8,7 +8,7 @@ Training writes through it, and sweeps, summaries and the reuse commands read th
       metrics.csv      one row per epoch (METRIC_COLUMNS)
       summary.json     status, error, final metrics, best, timing, device, precision, config
       eval/<name>.json written by tripletlab-evaluate
-      checkpoints/  tensorboard/  projector/  plots/  model/embedding_model.keras
+      checkpoints/  tensorboard/ (scalars, HParams, projector)  plots/  model/embedding_model.keras
 
 Every write is atomic (:mod:`tripletlab.io_utils`). Nothing here imports TensorFlow.
 """
@@ -114,7 +114,8 @@ class RunFolder:
 
     @property
     def projector_dir(self) -> Path:
-        return self.path / "projector"
+        # The projector lives in the TensorBoard folder: one TensorBoard run per run folder.
+        return self.tensorboard_dir
 
     @property
     def plots_dir(self) -> Path:
@@ -186,7 +187,13 @@ class RunFolder:
             return list(csv.DictReader(f))
 
     def write_metrics(self, rows: Iterable[Mapping[str, Any]]) -> Path:
-        return atomic_write_csv(self.metrics_path, rows, METRIC_COLUMNS)
+        """Write metrics.csv; a value that could not be computed (NaN) is an empty cell."""
+
+        def cell(value: Any) -> Any:
+            return None if isinstance(value, float) and math.isnan(value) else value
+
+        clean = [{key: cell(value) for key, value in row.items()} for row in rows]
+        return atomic_write_csv(self.metrics_path, clean, METRIC_COLUMNS)
 
     # -------------------------------------------------------------------- model
     def require_model(self) -> Path:

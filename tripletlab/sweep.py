@@ -5,10 +5,16 @@
   a ``/`` in a value never nests folders, and a name too long for the file system is
   shortened with a hash that keeps it unique and the same on every rerun (resume).
 - :class:`SweepSummary`, a Hydra callback (``hydra.callbacks.sweep_summary``), rebuilds
-  ``summary.csv`` / ``.md`` / ``.png`` in the sweep folder each time a job ends, from the
-  jobs' summaries (:mod:`tripletlab.run_folder`), under a file lock, so parallel jobs never lose a row. At the
+  ``summary.csv`` / ``.md`` / ``.png`` and the TensorBoard HParams experiment
+  (:func:`tripletlab.tracking.write_sweep_experiment`) in the sweep folder each time a job
+  ends, from the
+  jobs' summaries (:mod:`tripletlab.run_folder`), under a file lock (``filelock``: portable,
+  imported only when a summary is written), so parallel jobs never lose a row. At the
   end of the sweep it prints the table and, if a job failed, one line with the count and
   exits 1.
+- :class:`ContinueStudy`, a Hydra callback that ``hparams_search=optuna`` adds, makes a
+  persistent Optuna study (``hydra.sweeper.storage=sqlite:///...``) continue: its
+  ``n_trials`` becomes the study's total, so a rerun runs only the trials still missing.
 - :func:`parallel_threads` splits the cores between parallel local jobs.
 - :func:`resume_overrides` gives the overrides a sweep folder was made with
   (``tripletlab-sweep --resume DIR`` reruns them into DIR).
@@ -17,12 +23,11 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,22 +99,34 @@ def parallel_threads(n_jobs: int, cpus: int | None = None) -> int:
 # --------------------------------------------------------------------- the summary
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """An exclusive ``fcntl`` lock on ``folder/.summary.lock`` (blocks until it is free)."""
+    """An exclusive lock on ``folder/.summary.lock`` (blocks until it is free).
+
+    ``filelock`` picks what the platform has (``fcntl.flock`` on Unix, ``msvcrt`` on
+    Windows); where ``flock`` is refused (some Lustre or NFS mounts) it falls back to a lock
+    file created exclusively, which any shared file system supports.
+    """
+    import filelock
+
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    path = str(folder / LOCK_NAME)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = filelock.FileLock(path)
+        lock.acquire()
+    except (NotImplementedError, OSError) as err:
+        log.debug("file lock refused on %s (%s): using a lock file", folder, err)
+        lock = filelock.SoftFileLock(path + ".soft")
+        lock.acquire()
+    try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lock.release()
 
 
 def update_sweep_summary(
     sweep_dir: str | os.PathLike, metric: str | None = None, plot: bool = True
-) -> tuple[list[dict], str]:
-    """Rebuild the sweep folder's summary files from its jobs' run folders; (rows, markdown)."""
+) -> tuple[Any, str]:
+    """Rebuild the sweep folder's summary files from its jobs' run folders; (rows, markdown)
+    with ``rows`` a DataFrame (:func:`tripletlab.summarize.collect_rows`)."""
     from tripletlab.summarize import collect_rows, default_metric, write_summary
 
     folder = Path(sweep_dir).resolve()
@@ -117,6 +134,12 @@ def update_sweep_summary(
         rows = collect_rows([folder], relative_to=folder)
         metric = metric or default_metric(rows)
         text = write_summary(rows, folder, metric, title=f"Sweep {folder}", plot=plot)
+        try:  # TensorBoard's HPARAMS tab: the hparams that differ, the metric first
+            from tripletlab.tracking import write_sweep_experiment
+
+            write_sweep_experiment(folder, list(rows["_config"]) if len(rows) else [], metric)
+        except Exception as err:  # noqa: BLE001 - the table is what matters
+            log.warning("could not write the sweep's HParams experiment: %s", err)
     return rows, text
 
 
@@ -166,7 +189,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         if not _is_multirun(config):
             return
-        # Training recorded the job's status (a failure too) in its run folder.
+        # Training recorded the job's status (a failure too) in its run folder; a job that
+        # failed before training started (Hydra, the task function) left no summary.
+        _record_early_failure(config, job_return)
         update_sweep_summary(_sweep_dir(config), _metric(config), plot=self.plot)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
@@ -174,7 +199,7 @@ class SweepSummary(Callback):
         if not folder.is_dir():
             return
         rows, text = update_sweep_summary(folder, _metric(config), plot=self.plot)
-        if not rows:
+        if rows.empty:
             return
         print(text, end="", flush=True)
         print(f"summary: {folder / 'summary.csv'} (and summary.md, summary.png)", flush=True)
@@ -190,11 +215,32 @@ class SweepSummary(Callback):
             sys.exit(1)
 
 
-def failures(rows: Sequence[dict]) -> list[dict]:
-    """Rows of jobs that did not finish (failed, interrupted, still marked running)."""
+def _record_early_failure(config: Any, job_return: Any) -> None:
+    """Mark the job failed, with its error, if it failed and its folder has no summary."""
+    from hydra.core.utils import JobStatus
+
+    from tripletlab.run_folder import RunFolder, Status
+
+    if getattr(job_return, "status", None) != JobStatus.FAILED:
+        return
+    try:
+        folder = RunFolder(str(config.hydra.runtime.output_dir))
+    except Exception:  # noqa: BLE001 - no output folder known: nothing to mark
+        return
+    if folder.read_summary():
+        return
+    error = getattr(job_return, "_return_value", None)
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else None
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.mark(Status.FAILED, text or "the job failed before training started")
+
+
+def failures(rows: Any) -> list[dict]:
+    """Rows (a DataFrame from :func:`update_sweep_summary`) of the jobs that did not finish
+    (failed, interrupted, still marked running), as dicts."""
     from tripletlab.run_folder import FINISHED
 
-    return [r for r in rows if r["status"] not in FINISHED]
+    return [r for r in rows.to_dict("records") if r["status"] not in FINISHED]
 
 
 # -------------------------------------------------------------------------- resume
@@ -224,3 +270,97 @@ def resume_overrides(sweep_dir: str | os.PathLike) -> list[str]:
             continue
         out.append(str(o))
     return out
+
+
+# ------------------------------------------------------------------- Optuna studies
+# Trials that will not run again: finished, pruned or failed (a RUNNING one from a killed
+# search is left as it is and does not count).
+_DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def check_storage_versions(optuna_version: str, sqlalchemy_version: str | None) -> None:
+    """ConfigError for optuna < 3 with SQLAlchemy >= 2, whose database storage fails inside
+    ``create_study`` with a bare AssertionError."""
+    from tripletlab.errors import ConfigError
+
+    if sqlalchemy_version is None or int(optuna_version.split(".")[0]) >= 3:
+        return
+    if int(sqlalchemy_version.split(".")[0]) >= 2:
+        raise ConfigError(
+            f"optuna {optuna_version}'s database storage does not work with SQLAlchemy "
+            f"{sqlalchemy_version}: pip install 'SQLAlchemy>=1.4.24,<2' (pip install -e "
+            "'.[optuna]' pins it), or use hydra.sweeper.storage=null"
+        )
+
+
+def sqlite_path(storage: str) -> Path | None:
+    """The file of a ``sqlite:///path`` storage URL (relative to the working directory)."""
+    prefix = "sqlite:///"
+    if not storage.startswith(prefix):
+        return None
+    path = storage[len(prefix) :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def trials_done(storage: str, study_name: str | None) -> int:
+    """Trials of the study that will not run again; 0 when there is no such study yet."""
+    import optuna
+
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+    except Exception:  # noqa: BLE001 - a new database: no study in it yet
+        return 0
+    if study_name not in names:
+        return 0
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    states = [getattr(optuna.trial.TrialState, s) for s in _DONE_STATES]
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+class ContinueStudy(Callback):
+    """Before Hydra's Optuna sweeper is built: with a ``storage``, check that optuna and
+    SQLAlchemy work together, create a sqlite file's folder, and lower ``n_trials`` by the
+    trials the study already has (20 done, ``n_trials=30``: 10 more). The plugin alone runs
+    ``n_trials`` more on every rerun. A seeded sampler gets ``seed + trials done``, so that
+    the new trials are not the first ones again."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import read_write
+
+        sweeper = config.hydra.sweeper
+        storage = sweeper.get("storage")
+        if not storage or "n_trials" not in sweeper:
+            return
+        storage = str(storage)
+        import optuna
+
+        try:
+            import sqlalchemy
+
+            sqlalchemy_version = sqlalchemy.__version__
+        except ImportError:
+            sqlalchemy_version = None
+        check_storage_versions(optuna.__version__, sqlalchemy_version)
+        path = sqlite_path(storage)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # The sweeper writes optimization_results.yaml there even when no trial is left.
+        _sweep_dir(config).mkdir(parents=True, exist_ok=True)
+        done = trials_done(storage, sweeper.get("study_name"))
+        if not done:
+            return
+        left = max(int(sweeper.n_trials) - done, 0)
+        log.info(
+            "study %r in %s has %d trial(s): %d more to reach n_trials=%d",
+            sweeper.get("study_name"),
+            storage,
+            done,
+            left,
+            sweeper.n_trials,
+        )
+        with read_write(sweeper):
+            sweeper.n_trials = left
+            seed = sweeper.get("sampler", {}).get("seed")
+            if seed is not None:
+                # The same seed in a new process would replay the study's first trials.
+                sweeper.sampler.seed = int(seed) + done

@@ -54,6 +54,7 @@ def visualize_run(
         images,
         data.class_names,
         max_points,
+        name=f"{data.name} {split}",
     )
     return {
         "run_dir": str(folder.path),

@@ -26,7 +26,6 @@ forward + backward pass) exceeds ``--dense-cap-gb``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tripletlab import losses
@@ -346,46 +346,46 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
-def _mb_spec(mb: float) -> str:
-    return ".2f" if mb < 10 else ".0f"
+def _mb_spec(mb: float | None) -> str:
+    return ".2f" if mb is None or not np.isfinite(mb) or mb < 10 else ".0f"
 
 
 def markdown_table(rows: list[dict]) -> str:
     """One line per (B, strategy): ours, its ratios to batch-hard, the dense form beside it."""
-    lines = [
-        "| B | strategy | ours ms | ours peak MB | time / batch-hard | mem / batch-hard "
-        "| dense ms | dense peak MB | dense / ours time | dense / ours mem |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    dense = {(r["batch_size"], r["strategy"]): r for r in rows if r["impl"] == "dense"}
-    for r in rows:
-        if r["impl"] != "ours":
-            continue
-        dr = dense.get((r["batch_size"], r["strategy"]))
-        if dr is None:
-            dense_cells = ["n/a"] * 4
-        elif dr.get("ms_median") is None:
-            dense_cells = ["skipped", "skipped", "-", "-"]
-        else:
-            dense_cells = [
-                _fmt(dr["ms_median"], ".1f"),
-                _fmt(dr["peak_mb"], _mb_spec(dr["peak_mb"])),
-                _fmt(r.get("time_dense_over_ours"), ".1f", "x"),
-                _fmt(r.get("mem_dense_over_ours"), ".1f", "x"),
-            ]
-        cells = [
-            str(r["batch_size"]),
-            r["strategy"],
-            _fmt(r["ms_median"], ".1f"),
-            _fmt(r["peak_mb"], _mb_spec(r["peak_mb"])),
-            _fmt(r.get("time_vs_batch_hard"), ".2f", "x"),
-            _fmt(r.get("mem_vs_batch_hard"), ".2f", "x"),
-            *dense_cells,
-        ]
-        if r["note"]:
-            cells[-1] += f" ({r['note']})"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    frame = pd.DataFrame(rows)
+    ours = frame[frame["impl"] == "ours"]
+    dense = frame[frame["impl"] == "dense"][["batch_size", "strategy", "ms_median", "peak_mb"]]
+    merged = ours.merge(
+        dense, on=["batch_size", "strategy"], how="left", suffixes=("", "_dense"), indicator=True
+    )
+    table = pd.DataFrame(
+        {
+            "B": merged["batch_size"].astype(str),
+            "strategy": merged["strategy"],
+            "ours ms": [_fmt(v, ".1f") for v in merged["ms_median"]],
+            "ours peak MB": [_fmt(v, _mb_spec(v)) for v in merged["peak_mb"]],
+            "time / batch-hard": [_fmt(v, ".2f", "x") for v in _col(merged, "time_vs_batch_hard")],
+            "mem / batch-hard": [_fmt(v, ".2f", "x") for v in _col(merged, "mem_vs_batch_hard")],
+        }
+    )
+    has_dense = merged["_merge"] == "both"
+    skipped = has_dense & merged["ms_median_dense"].isna()
+    table["dense ms"] = [_fmt(v, ".1f") for v in merged["ms_median_dense"]]
+    table["dense peak MB"] = [_fmt(v, _mb_spec(v)) for v in merged["peak_mb_dense"]]
+    table["dense / ours time"] = [_fmt(v, ".1f", "x") for v in _col(merged, "time_dense_over_ours")]
+    table["dense / ours mem"] = [_fmt(v, ".1f", "x") for v in _col(merged, "mem_dense_over_ours")]
+    dense_columns = ["dense ms", "dense peak MB", "dense / ours time", "dense / ours mem"]
+    table.loc[~has_dense, dense_columns] = "n/a"
+    table.loc[skipped, dense_columns] = ["skipped", "skipped", "-", "-"]
+    notes = merged["note"].fillna("")
+    last = dense_columns[-1]
+    table[last] = [f"{c} ({n})" if n else c for c, n in zip(table[last], notes, strict=True)]
+    align = ("right", "left", *["right"] * (len(table.columns) - 2))
+    return table.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _col(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
 
 
 def header(args: argparse.Namespace) -> str:
@@ -406,11 +406,9 @@ def header(args: argparse.Namespace) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS})
+    # dtype=object: a batch size stays "8", not "8.0", in a column with missing cells.
+    frame = pd.DataFrame(rows, dtype=object).reindex(columns=list(CSV_COLUMNS))
+    frame.to_csv(path, index=False, lineterminator="\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

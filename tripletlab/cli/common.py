@@ -62,17 +62,15 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 
 def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """A plain text table; floats with 4 decimals, columns aligned."""
+    """A plain text table (a pandas frame in tabulate's "simple" layout): floats with 4
+    decimals, a missing value (None, NaN) as ``-``, columns aligned."""
+    import pandas as pd
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return "-" if math.isnan(v) else f"{v:.4f}"
         return "-" if v is None else str(v)
 
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in cells:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    frame = pd.DataFrame([[cell(v) for v in row] for row in rows], columns=list(header))
+    text = frame.to_markdown(index=False, tablefmt="simple", disable_numparse=True)
+    return "\n".join(line.rstrip() for line in text.splitlines())

@@ -50,7 +50,7 @@ def _main(argv: Sequence[str] | None) -> int:
         rows = summarize.collect_rows(args.paths, relative_to=out)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
-    if not rows:
+    if rows.empty:
         raise TripletLabError(f"no {SUMMARY_FILE} under {' '.join(args.paths)}")
     metric = args.metric or summarize.default_metric(rows)
     text = summarize.write_summary(rows, out, metric, plot=not args.no_plot)

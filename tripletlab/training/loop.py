@@ -70,7 +70,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ record
     def write_summary(self, status: Status, error: str | None = None) -> dict:
-        """Write summary.json (the chief only) and return its content."""
+        """Write the run summary (the chief only) and return its content."""
         summary = build_summary(
             status,
             self.rows,

@@ -1,0 +1,170 @@
+"""The streamed pipeline: the same batches as in memory, capped epochs, and real (tiny) runs
+on image files in the benchmark layouts."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+import tripletlab
+from tests.data_helpers import write_image_folder
+from tests.layout_helpers import write_cub, write_inshop
+from tripletlab.config import ImageFolderConfig
+from tripletlab.data import load_dataset
+from tripletlab.pipeline import MAX_EVAL_BATCH_VALUES, TrainPipeline, eval_batch_size, eval_dataset
+from tripletlab.run_folder import RunFolder
+
+
+@pytest.fixture(scope="module")
+def folder_pair(tmp_path_factory):
+    """One PNG folder loaded twice: decoded in memory and streamed (same pixels: PNG at its
+    own size)."""
+    root = tmp_path_factory.mktemp("imgs")
+    write_image_folder(root, {"a": 9, "b": 8, "c": 7, "d": 6}, size=(10, 12), colour=True)
+    memory = load_dataset(ImageFolderConfig(root=str(root), image_size=None, stream="false"))
+    streamed = load_dataset(ImageFolderConfig(root=str(root), image_size=None, stream="true"))
+    return memory, streamed
+
+
+def _batches(pipe, epoch):
+    return [(x.numpy(), y.numpy()) for x, y in pipe.epoch(epoch)]
+
+
+@pytest.mark.parametrize("sampler", ["random", "pk"])
+def test_streamed_batches_equal_the_in_memory_ones(folder_pair, sampler):
+    memory, streamed = folder_pair
+    cfg = OmegaConf.create({"name": sampler, "classes_per_batch": 3, "images_per_class": 2})
+    a = TrainPipeline(memory.x_train, memory.y_train, cfg, 6, seed=4, augment="flip_translate")
+    b = TrainPipeline(streamed.x_train, streamed.y_train, cfg, 6, seed=4, augment="flip_translate")
+    assert b.streamed and not a.streamed and a.steps_per_epoch == b.steps_per_epoch > 1
+    for epoch in (1, 2):
+        got, want = _batches(b, epoch), _batches(a, epoch)
+        assert len(got) == len(want) == a.steps_per_epoch
+        for (xb, yb), (xa, ya) in zip(got, want, strict=True):
+            assert xb.dtype == np.float32 and xb.shape == (6, 12, 10, 3)
+            np.testing.assert_array_equal(xb, xa)
+            np.testing.assert_array_equal(yb, ya)
+    # A resumed run rebuilds the pipeline: epoch 2 is the same batches again.
+    again = TrainPipeline(
+        streamed.x_train, streamed.y_train, cfg, 6, seed=4, augment="flip_translate"
+    )
+    np.testing.assert_array_equal(_batches(again, 2)[0][0], _batches(b, 2)[0][0])
+
+
+def test_max_steps_keeps_the_first_batches_of_each_epoch(folder_pair):
+    _, streamed = folder_pair
+    cfg = OmegaConf.create({"name": "random"})
+    full = TrainPipeline(streamed.x_train, streamed.y_train, cfg, 4, seed=0)
+    capped = TrainPipeline(streamed.x_train, streamed.y_train, cfg, 4, seed=0, max_steps=2)
+    assert full.steps_per_epoch > 2 and capped.steps_per_epoch == 2
+    np.testing.assert_array_equal(capped.batch_indices(3), full.batch_indices(3)[:2])
+    assert len(_batches(capped, 3)) == 2
+    more = TrainPipeline(streamed.x_train, streamed.y_train, cfg, 4, seed=0, max_steps=10**6)
+    assert more.steps_per_epoch == full.steps_per_epoch
+
+
+def test_eval_batches_are_the_same_and_large_images_get_smaller_batches(folder_pair):
+    memory, streamed = folder_pair
+    a = np.concatenate([x.numpy() for x in eval_dataset(memory.x_test, 3)])
+    b = np.concatenate([x.numpy() for x in eval_dataset(streamed.x_test, 3)])
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, memory.x_test / 255.0, rtol=1e-6)
+    assert eval_batch_size((28, 28, 1), 1024) == 1024  # Fashion-MNIST: unchanged
+    assert eval_batch_size((224, 224, 3), 1024) == MAX_EVAL_BATCH_VALUES // (224 * 224 * 3) == 111
+    assert eval_batch_size((4096, 4096, 3), 8) == 1
+
+
+def _run(tmp_path, overrides):
+    cfg = tripletlab.compose(overrides)
+    value = tripletlab.train(cfg, tmp_path / "run")
+    folder = tmp_path / "run"
+    with (folder / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    summary = json.loads((folder / "summary.json").read_text())
+    return value, rows, summary, folder
+
+
+TINY_FILES = [
+    "model=small_cnn",
+    "model.num_channels=4",
+    "model.embedding_size=8",
+    "sampler=pk",
+    "sampler.classes_per_batch=2",
+    "sampler.images_per_class=2",
+    "trainer.warmup_epochs=0",
+    "trainer.progress=log",
+    "eval.max_points=50",
+    "dataset.image_size=16",
+    "dataset.stream=true",
+]
+
+
+def test_a_streamed_unseen_class_run_with_capped_epochs(tmp_path):
+    root = write_cub(tmp_path / "data", classes=4, per_class=6)
+    value, rows, summary, folder = _run(
+        tmp_path,
+        [
+            "dataset=cub200",
+            f"dataset.root={root}",
+            *TINY_FILES,
+            "trainer.epochs=2",
+            "trainer.steps_per_epoch=2",
+            "trainer.augment=flip_translate",
+        ],
+    )
+    assert summary["status"] == "ok"
+    assert [int(r["step"]) for r in rows] == [2, 4]  # 12 training images would give 3 steps
+    assert 0.0 <= value <= 1.0 and summary["metrics"]["precision_at_1"] == value
+    # Unseen classes: no k-NN (no test class has training images), retrieval metrics only.
+    assert summary["metrics"]["knn_accuracy"] is None and rows[-1]["knn_accuracy"] == ""
+    run = RunFolder(folder)
+    assert run.model_path.is_file() and list(run.projector_dir.glob("*sprite*"))
+    # The reuse commands stream the same files: tripletlab-evaluate gives the run's metrics.
+    from tripletlab.evaluate import evaluate_run
+
+    result = evaluate_run(folder)
+    assert result["dataset"]["knn_gallery"] == 0 and result["dataset"]["queries"] == 12
+    for key in ("precision_at_1", "map_at_r", "recall_at_2"):
+        assert result["metrics"][key] == pytest.approx(summary["metrics"][key], abs=1e-6)
+
+
+def test_inshop_queries_are_ranked_against_the_gallery(tmp_path):
+    root = write_inshop(tmp_path / "data", train_items=3, test_items=3)
+    value, rows, summary, _ = _run(
+        tmp_path,
+        ["dataset=inshop", f"dataset.root={root}", *TINY_FILES, "trainer.epochs=1"],
+    )
+    # 3 queries, each with 2 gallery images of its item among 6: recall@8 sees all of them.
+    assert summary["status"] == "ok" and 0.0 <= value <= 1.0
+    assert float(rows[-1]["recall_at_8"]) == 1.0
+    assert summary["metrics"]["knn_accuracy"] is None
+
+
+@pytest.mark.slow  # about 16 s: a MobileNetV3 built, compiled and saved
+def test_a_pretrained_backbone_trains_on_streamed_rgb_images(tmp_path):
+    root = write_cub(tmp_path / "data", classes=4, per_class=4)
+    value, rows, summary, _ = _run(
+        tmp_path,
+        [
+            "dataset=cub200",
+            f"dataset.root={root}",
+            "dataset.image_size=32",
+            "dataset.stream=true",
+            "model=mobilenetv3_small",
+            "model.weights=none",
+            "model.embedding_size=8",
+            "sampler.classes_per_batch=2",
+            "sampler.images_per_class=2",
+            "trainer.epochs=1",
+            "trainer.warmup_epochs=0",
+            "trainer.steps_per_epoch=1",
+            "trainer.progress=log",
+            "eval.max_points=20",
+        ],
+    )
+    assert summary["status"] == "ok" and int(rows[0]["step"]) == 1
+    assert np.isfinite(float(rows[0]["loss"]))

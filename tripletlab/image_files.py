@@ -1,0 +1,265 @@
+"""Images that stay on disk: an index of files, decoded by ``tf.data`` when a batch needs them.
+
+:class:`ImageFiles` stands where a dataset's uint8 array [N, H, W, C] would be: it has the
+array's ``shape``, ``len()`` and indexing, but holds only the paths (about 100 bytes per
+image). Indexing with a slice or an index array gives another ImageFiles (nothing is
+decoded); an integer index, ``np.asarray(files)`` or :meth:`ImageFiles.read` decode.
+:mod:`tripletlab.pipeline` streams training and evaluation batches from it, decoding and
+resizing in parallel.
+
+:func:`inspect_images` checks every file before training starts, cheaply: PIL reads the
+header (format, size, colour mode) and the last bytes are checked for the format's end
+marker (a file without one is decoded once, by TensorFlow, to be sure), so a text file named
+``.jpg``, an empty file or a truncated JPEG/PNG is reported by name instead of failing
+mid-epoch. Only numpy and PIL are imported here; TensorFlow is
+imported by the functions that decode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tripletlab.errors import DataError
+
+# Formats that tf.io.decode_image reads (it goes by the file's bytes, not its name).
+TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+TAIL_BYTES = 64  # the end marker is looked for in the last TAIL_BYTES bytes
+MAX_LISTED = 5  # bad files named in one error message
+INSPECT_THREADS = 8  # header reads are small and wait on the disk
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file's header says: width, height and whether it has colour."""
+
+    width: int
+    height: int
+    colour: bool
+
+
+def _has_end_marker(fmt: str, tail: bytes) -> bool | None:
+    """True/False when the format has an end marker (JPEG EOI, PNG IEND); None otherwise."""
+    if fmt == "JPEG":
+        return b"\xff\xd9" in tail
+    if fmt == "PNG":
+        return b"IEND" in tail
+    return None
+
+
+def _full_decode_error(path: str) -> str | None:
+    """TensorFlow (the pipeline's decoder, stricter than PIL: it rejects a PNG without its
+    IEND chunk) decodes the whole file: None if it can, else why not."""
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
+        text = exc.message.split(" [Op:")[0].split("}}")[-1].strip()  # drop TF's op names
+        return text or type(exc).__name__
+    return None
+
+
+def inspect_image(path: str | os.PathLike) -> ImageInfo | str:
+    """The header of one image file, or a sentence saying what is wrong with it."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - TAIL_BYTES))
+            tail = f.read()
+        if size == 0:
+            return "is empty (0 bytes)"
+        with Image.open(path) as im:
+            width, height, mode, fmt = im.width, im.height, im.mode, im.format
+    except FileNotFoundError:
+        return "does not exist"
+    except UnidentifiedImageError:
+        return f"is not an image (it starts with {head[:8]!r})"
+    except OSError as exc:
+        if "truncated" in str(exc).lower():
+            return f"is truncated or corrupt ({exc})"
+        return f"cannot be read: {exc.strerror or exc}"
+    except Exception as exc:  # a damaged header makes PIL raise SyntaxError, struct.error...
+        return f"has a damaged header: {exc}"
+    if fmt not in TF_FORMATS:
+        return f"is a {fmt} image, which TensorFlow cannot decode; convert it to JPEG or PNG"
+    if width < 1 or height < 1:
+        return f"has no pixels ({width}x{height})"
+    if _has_end_marker(fmt, tail) is False:
+        # Some writers append bytes after the end marker: only a failed decode condemns it.
+        error = _full_decode_error(path)
+        if error is not None:
+            return f"is truncated or corrupt ({error}; no {fmt} end marker)"
+    return ImageInfo(width, height, mode not in GRAY_MODES)
+
+
+def inspect_images(paths: Sequence[str | os.PathLike]) -> list[ImageInfo]:
+    """Every file's header, in order; one DataError naming the bad files if any is bad."""
+    with ThreadPoolExecutor(INSPECT_THREADS) as pool:
+        results = list(pool.map(inspect_image, paths, chunksize=64))
+    bad = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
+    if bad:
+        listed = "; ".join(f"{p} {why}" for p, why in bad[:MAX_LISTED])
+        more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
+        raise DataError(
+            f"{len(bad)} of {len(paths)} image file(s) cannot be used: {listed}{more}; "
+            "fix or remove them"
+        )
+    return results  # type: ignore[return-value]
+
+
+def common_format(
+    infos: Sequence[ImageInfo],
+    paths: Sequence[str | os.PathLike],
+    size: int | None,
+    channels: int | None,
+) -> tuple[int, int, int]:
+    """(height, width, channels) for all images: ``size`` x ``size`` if given, else their
+    common native size (an error naming two files that differ); ``channels`` if given, else
+    3 if any header has colour, else 1."""
+    if size is not None:
+        height = width = int(size)
+    else:
+        first = infos[0]
+        for info, path in zip(infos, paths, strict=True):
+            if (info.width, info.height) != (first.width, first.height):
+                raise DataError(
+                    f"images differ in size: {paths[0]} is {first.width}x{first.height} but "
+                    f"{path} is {info.width}x{info.height}; set dataset.image_size=N to resize "
+                    "them all to N x N"
+                )
+        height, width = first.height, first.width
+    if channels is None:
+        channels = 3 if any(info.colour for info in infos) else 1
+    return height, width, int(channels)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_file(path, height: int, width: int, channels: int):
+    """TensorFlow: one file (a string tensor) -> uint8 [height, width, channels].
+
+    ``tf.io.decode_image`` goes by the bytes (a PNG named .jpg decodes); images of another
+    size are resized bilinearly with antialiasing (as PIL does).
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(
+        tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False
+    )
+    image.set_shape([None, None, channels])
+
+    def resize():
+        resized = tf.image.resize(image, [height, width], method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+    same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
+    out = tf.cond(same, lambda: image, resize)
+    out.set_shape([height, width, channels])
+    return out
+
+
+class ImageFiles:
+    """A read-only uint8 "array" [N, H, W, C] of image files, decoded on demand.
+
+    ``paths``: N files; every image is decoded to ``channels`` (1 or 3) and resized to
+    ``height`` x ``width``.
+    """
+
+    ndim = 4
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, paths: Iterable[str | os.PathLike], height: int, width: int, channels: int):
+        self.paths = np.array([str(p) for p in paths], dtype=object)
+        self.height, self.width, self.channels = int(height), int(width), int(channels)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.height, self.width, self.channels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    @property
+    def nbytes(self) -> int:
+        """What the decoded images would take in memory."""
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} files, image_shape={self.image_shape})"
+
+    def _like(self, paths: np.ndarray) -> ImageFiles:
+        return ImageFiles(paths, self.height, self.width, self.channels)
+
+    def __getitem__(self, key: Any) -> ImageFiles | np.ndarray:
+        """An integer decodes that image (uint8 [H, W, C]); a slice or index array gives the
+        ImageFiles of those files, still on disk."""
+        if isinstance(key, (int, np.integer)):
+            return self.read_indices([int(key)])[0]
+        return self._like(self.paths[key])
+
+    def with_format(self, height: int, width: int, channels: int) -> ImageFiles:
+        """The same files, decoded to another size or number of channels."""
+        return ImageFiles(self.paths, height, width, channels)
+
+    @staticmethod
+    def concatenate(parts: Sequence[ImageFiles]) -> ImageFiles:
+        shapes = {p.image_shape for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"cannot concatenate ImageFiles of different shapes {shapes}")
+        first = parts[0]
+        return first._like(np.concatenate([p.paths for p in parts]))
+
+    def dataset(self):
+        """``tf.data.Dataset`` of uint8 images [H, W, C] in order, decoded in parallel."""
+        import tensorflow as tf
+
+        h, w, c = self.image_shape
+        files = tf.data.Dataset.from_tensor_slices(tf.constant(list(self.paths), tf.string))
+        return files.map(
+            lambda p: decode_file(p, h, w, c),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def read_indices(self, indices: Sequence[int]) -> np.ndarray:
+        """Decode the images at ``indices``: uint8 [len(indices), H, W, C]."""
+        return self._like(self.paths[np.asarray(indices, dtype=np.int64)]).read()
+
+    def read(self, batch_size: int = 256) -> np.ndarray:
+        """Decode every image: uint8 [N, H, W, C] (as much memory as :attr:`nbytes`)."""
+        out = np.empty(self.shape, np.uint8)
+        if len(self) == 0:
+            return out
+        start = 0
+        for batch in self.dataset().batch(batch_size):
+            out[start : start + len(batch)] = batch.numpy()
+            start += len(batch)
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        images = self.read()
+        return images if dtype is None else images.astype(dtype)
+
+
+def as_image_files(paths: Sequence[Path], size: int | None, channels: int | None) -> ImageFiles:
+    """Inspect every file (errors name them) and index them for streaming."""
+    infos = inspect_images(paths)
+    return ImageFiles(paths, *common_format(infos, paths, size, channels))

@@ -1,0 +1,107 @@
+"""The triplet losses as Keras loss classes, for ``model.compile(loss=...)`` and ``model.fit``.
+
+Drop-in replacements for tensorflow-addons' ``tfa.losses.TripletSemiHardLoss`` and
+``TripletHardLoss`` (same argument names and defaults: ``margin=1.0``,
+``distance_metric="L2"``; ``soft`` for the soft margin), plus ``TripletBatchAllLoss``::
+
+    model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2))
+    model.fit(images, labels, batch_size=64)
+
+``y_true`` holds the integer labels, [B] or [B, 1]; ``y_pred`` the embeddings, [B, D]. Each
+call returns the functional loss of :mod:`tripletlab.losses` for the batch (the fraction it
+also returns is dropped), so the value is the same as ``batch_hard_triplet_loss(labels,
+embeddings, margin, squared, soft_margin)[0]``. A batch is mined as a whole: shuffle the
+data (``fit`` does) and use batches large enough to hold positives, or a P x K sampler.
+
+The classes are registered with Keras (package ``tripletlab``): ``get_config`` round-trips,
+and a compiled model saved to ``.keras`` loads again once this module is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tripletlab import losses
+from tripletlab.errors import ConfigError
+
+__all__ = ["DISTANCE_METRICS", "TripletBatchAllLoss", "TripletHardLoss", "TripletSemiHardLoss"]
+
+# tensorflow-addons' distance_metric names -> our ``squared`` flag. Its "angular" (cosine)
+# distance and callables are not supported.
+DISTANCE_METRICS = {"L2": False, "squared-L2": True}
+
+
+def _squared(distance_metric: Any) -> bool:
+    if isinstance(distance_metric, str) and distance_metric in DISTANCE_METRICS:
+        return DISTANCE_METRICS[distance_metric]
+    raise ConfigError(
+        f"distance_metric={distance_metric!r} is not supported; use one of "
+        f"{', '.join(map(repr, DISTANCE_METRICS))}. For a cosine distance, end the model with "
+        "keras.layers.UnitNormalization(): on unit vectors squared L2 = 2 - 2 cos."
+    )
+
+
+class _TripletLoss(keras.losses.Loss):
+    """A mining strategy of :mod:`tripletlab.losses` as a Keras loss (a scalar per batch)."""
+
+    strategy = ""  # the function's name in tripletlab.losses, without _triplet_loss
+
+    def __init__(
+        self,
+        margin: float = 1.0,
+        soft: bool = False,
+        distance_metric: str = "L2",
+        name: str | None = None,
+        **kwargs: Any,
+    ):
+        self._squared = _squared(distance_metric)
+        if not soft and float(margin) < 0:
+            raise ConfigError(f"margin={margin!r} is not valid; it must be >= 0")
+        super().__init__(name=name or f"triplet_{self.strategy}_loss", **kwargs)
+        self.margin = float(margin)
+        self.soft = bool(soft)
+        self.distance_metric = distance_metric
+
+    def call(self, y_true, y_pred):
+        """y_true [B] or [B, 1] labels, y_pred [B, D] embeddings -> the loss, a scalar."""
+        labels = tf.reshape(y_true, [-1])
+        function = getattr(losses, f"{self.strategy}_triplet_loss")
+        loss, _ = function(
+            labels, y_pred, margin=self.margin, squared=self._squared, soft_margin=self.soft
+        )
+        return loss
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "margin": self.margin,
+            "soft": self.soft,
+            "distance_metric": self.distance_metric,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tripletlab")
+class TripletSemiHardLoss(_TripletLoss):
+    """Semi-hard mining (FaceNet): per positive pair, the nearest negative farther than the
+    positive, else the farthest negative; the mean hinge over those pairs."""
+
+    strategy = "semi_hard"
+
+
+@keras.saving.register_keras_serializable(package="tripletlab")
+class TripletHardLoss(_TripletLoss):
+    """Batch-hard mining: per anchor, its farthest positive and nearest negative; the mean
+    hinge (``soft=True``: softplus) over the anchors."""
+
+    strategy = "batch_hard"
+
+
+@keras.saving.register_keras_serializable(package="tripletlab")
+class TripletBatchAllLoss(_TripletLoss):
+    """Batch-all: every valid triplet; the mean of the positive hinges (``soft=True``: the
+    mean softplus over all of them)."""
+
+    strategy = "batch_all"
