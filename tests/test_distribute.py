@@ -171,6 +171,11 @@ def test_two_workers_one_run_folder_written_by_the_chief(tmp_path, extra):
     chiefs = {".hydra", "checkpoints", "metrics.csv", "model", "plots", "projector", "run.log",
               "summary.json", "tensorboard"}  # fmt: skip
     assert {p.name for p in run_dir.iterdir()} <= chiefs
+    # One writer of TensorBoard events: the scalars and the HParams session, both the chief's.
+    events = sorted(p.name for p in (run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    hosts = {name.split(".")[4] for name in events}  # events.out.tfevents.<time>.<host>.<pid>...
+    pids = {name.split(".")[5] for name in events}
+    assert len(hosts) == 1 and len(pids) == 1, events
 
 
 @pytest.mark.parametrize(

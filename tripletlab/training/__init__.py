@@ -36,7 +36,8 @@ def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -
         trainer = Trainer(cfg, folder, callbacks)
         # TensorBoard HParams and logger=mlflow (tripletlab.tracking): epoch callbacks that
         # only warn when they fail; finished below, once the summary is final.
-        trackers = start_trackers(cfg, folder)
+        # Only the chief reports (multi-worker: the other workers write nothing).
+        trackers = start_trackers(cfg, folder) if trainer.chief else []
         trainer.callbacks.extend(trackers)
         return trainer.run()
     except KeyboardInterrupt:
