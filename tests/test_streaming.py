@@ -15,6 +15,7 @@ from tests.data_helpers import write_image_folder
 from tests.layout_helpers import write_cub, write_inshop
 from tripletlab.config import ImageFolderConfig
 from tripletlab.data import load_dataset
+from tripletlab.errors import DataError
 from tripletlab.pipeline import MAX_EVAL_BATCH_VALUES, TrainPipeline, eval_batch_size, eval_dataset
 from tripletlab.run_folder import RunFolder
 
@@ -142,6 +143,29 @@ def test_inshop_queries_are_ranked_against_the_gallery(tmp_path):
     assert summary["status"] == "ok" and 0.0 <= value <= 1.0
     assert float(rows[-1]["recall_at_8"]) == 1.0
     assert summary["metrics"]["knn_accuracy"] is None
+
+
+def test_without_the_check_a_bad_file_fails_its_epoch_by_name(tmp_path):
+    root = write_cub(tmp_path / "data", classes=4, per_class=4)
+    bad = next((root / "images").glob("001.*/*.jpg"))
+    bad.write_text("not a JPEG at all")
+    cfg = tripletlab.compose(
+        ["dataset=cub200", f"dataset.root={root}", *TINY_FILES, "dataset.verify=false",
+         "dataset.channels=3", "trainer.epochs=1"]
+    )  # fmt: skip
+    with pytest.raises(DataError, match=f"image file {bad} is not an image"):
+        tripletlab.train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and str(bad) in summary["error"]
+    # find_unreadable names it; it finds nothing wrong in a good epoch, or in memory.
+    data = load_dataset(cfg.dataset)
+    pk = OmegaConf.create({"name": "pk", "classes_per_batch": 2, "images_per_class": 2})
+    pipe = TrainPipeline(data.x_train, data.y_train, pk, 4, seed=0)
+    assert str(bad) in str(pipe.find_unreadable(1))
+    bad.unlink()
+    good = next((root / "images").glob("002.*/*.jpg")).read_bytes()
+    bad.write_bytes(good)
+    assert pipe.find_unreadable(1) is None
 
 
 @pytest.mark.slow  # about 16 s: a MobileNetV3 built, compiled and saved

@@ -55,7 +55,7 @@ def _has_end_marker(fmt: str, tail: bytes) -> bool | None:
     return None
 
 
-def _full_decode_error(path: str) -> str | None:
+def decode_error(path: str) -> str | None:
     """TensorFlow (the pipeline's decoder, stricter than PIL: it rejects a PNG without its
     IEND chunk) decodes the whole file: None if it can, else why not."""
     import tensorflow as tf
@@ -97,7 +97,7 @@ def inspect_image(path: str | os.PathLike) -> ImageInfo | str:
         return f"has no pixels ({width}x{height})"
     if _has_end_marker(fmt, tail) is False:
         # Some writers append bytes after the end marker: only a failed decode condemns it.
-        error = _full_decode_error(path)
+        error = decode_error(path)
         if error is not None:
             return f"is truncated or corrupt ({error}; no {fmt} end marker)"
     return ImageInfo(width, height, mode not in GRAY_MODES)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError, DataError
-from tripletlab.image_files import ImageFiles, decode_file
+from tripletlab.image_files import ImageFiles, decode_error, decode_file, inspect_image
 from tripletlab.registry import SAMPLERS
 
 # Largest translation, in pixels, of the "translate" augmentation (about 10% of 28 px).
@@ -232,6 +232,23 @@ class TrainPipeline:
         ds = tf.data.Dataset.from_tensor_slices(indices).enumerate()
         ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    def find_unreadable(self, epoch: int) -> DataError | None:
+        """After a decode error mid-epoch (TensorFlow's message names no file): the first of
+        the epoch's files that cannot be decoded, as a DataError naming it; None if every
+        file decodes (or the images are in memory). Slow (it decodes the files one by
+        one), so only for the failure path."""
+        if not self.streamed:
+            return None
+        for i in dict.fromkeys(self.batch_indices(epoch).reshape(-1).tolist()):
+            path = str(self._files.paths[i])
+            found = inspect_image(path)
+            if isinstance(found, str):
+                return DataError(f"image file {path} {found}; fix or remove it")
+            why = decode_error(path)
+            if why is not None:
+                return DataError(f"image file {path} cannot be decoded ({why}); fix or remove it")
+        return None
 
     def _streamed_epoch(self, epoch: int, indices: np.ndarray) -> tf.data.Dataset:
         paths, labels, augment = self._paths, self._labels, self.augment

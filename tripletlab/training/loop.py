@@ -318,6 +318,8 @@ class Parts:
 
     def train_epoch(self, epoch: int) -> dict:
         """Train one epoch; its metrics row without the retrieval metrics."""
+        import tensorflow as tf
+
         steps, batch_size = self.pipeline.steps_per_epoch, self.progress.batch_size
         for m in self.means.values():
             m.reset_state()
@@ -325,11 +327,18 @@ class Parts:
         first_step = (epoch - 1) * steps
         t0 = time.perf_counter()
         batches = distribute_batches(self.strategy, lambda: self.pipeline.epoch(epoch), batch_size)
-        for i, (images, labels) in enumerate(batches):
-            self.train_step(images, labels)
-            if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
-                self.guard.check(epoch, first_step + i + 1)
-                self.progress.update(i + 1, self.means)
+        try:
+            for i, (images, labels) in enumerate(batches):
+                self.train_step(images, labels)
+                if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps:
+                    self.guard.check(epoch, first_step + i + 1)
+                    self.progress.update(i + 1, self.means)
+        except tf.errors.InvalidArgumentError:
+            # A streamed image that fails to decode: TensorFlow's message names no file.
+            unreadable = self.pipeline.find_unreadable(epoch)
+            if unreadable is None:
+                raise
+            raise unreadable from None
         seconds = time.perf_counter() - t0
         step = epoch * steps
         return {
