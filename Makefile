@@ -15,7 +15,7 @@ DATASET ?= fashion_mnist
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test data run test test-slow sweep bench lint format clean
+.PHONY: help setup setup-test data run test test-fast test-slow sweep bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ run: data ## train the default run (Fashion-MNIST, small CNN, semi-hard); ARGS="
 
 test: setup-test data ## the whole default test suite (fast; slow tests are excluded)
 	$(PY) -m pytest $(ARGS)
+
+test-fast: setup-test data ## the unit tests only: no end-to-end runs (marker e2e), no slow ones
+	$(PY) -m pytest -m "not slow and not e2e" $(ARGS)
 
 test-slow: setup-test data ## only the slow tests (full datasets, long runs)
 	$(PY) -m pytest -m slow $(ARGS)

@@ -10,6 +10,9 @@ import pytest
 import tripletlab
 from tripletlab.errors import ConfigError
 
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
+
 TINY = [
     "dataset=digits",
     "sampler.classes_per_batch=4",

@@ -6,7 +6,7 @@ import csv
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_bench_prints_one_device_beside_the_replicas(tmp_path):

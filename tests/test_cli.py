@@ -20,8 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import ROOT, TINY
-from tests.data_helpers import serve_folder, write_idx_folder, write_image_folder
+from tests.helpers import ROOT, TINY, serve_folder, write_idx_folder, write_image_folder
 from tripletlab import data
 from tripletlab.cli import embed as embed_cli
 from tripletlab.cli import evaluate as evaluate_cli
@@ -31,6 +30,9 @@ from tripletlab.cli import sweep as sweep_cli
 from tripletlab.cli import train as train_cli
 from tripletlab.cli import visualize as visualize_cli
 from tripletlab.data import IDX_FILES
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 # Class folders of the gallery; its images are digits test images, so the run's own test
 # split contains them.
@@ -189,7 +191,7 @@ def test_evaluate_with_overrides_split_and_name(run_dir, capsys):
 def _projector_server(logdir):
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
 
-    from tests.test_projector import ProjectorServer
+    from tests.helpers import ProjectorServer
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))

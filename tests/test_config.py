@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 import tripletlab
-from tests.conftest import ROOT, compose
+from tests.helpers import ROOT, compose
 from tripletlab import config
 from tripletlab.config import typed, validate
 from tripletlab.errors import ConfigError

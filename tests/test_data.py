@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.data_helpers import (
+from tests.helpers import (
     closed_port_url,
     idx_arrays,
     serve_folder,

@@ -17,9 +17,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, tiny
+from tests.helpers import ROOT, tiny
 from tripletlab.distribute import task_is_chief
 from tripletlab.errors import ConfigError
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 SCRIPT = ROOT / "tests" / "scripts" / "global_batch_step.py"
 

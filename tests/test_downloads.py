@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from tests.data_helpers import serve_folder, write_idx_folder
+from tests.helpers import serve_folder, write_idx_folder
 from tripletlab import data
 from tripletlab.config import schema_for
 from tripletlab.data import IDX_FILES, load_dataset

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tripletlab
-from tests.layout_helpers import write_cars, write_cub, write_inshop, write_jpeg, write_sop
+from tests.helpers import write_cars, write_cub, write_inshop, write_jpeg, write_sop
 from tripletlab.data import fetch, load_dataset
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.image_files import ImageFiles

@@ -6,7 +6,7 @@ import csv
 import logging
 
 import tripletlab
-from tests.conftest import compose, tiny
+from tests.helpers import compose, tiny
 from tripletlab.run_folder import RunFolder
 
 

@@ -23,7 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, TINY
+from tests.helpers import ROOT, TINY
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 BUILD_INPUTS = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "tripletlab", "conf")
 COMMANDS = ("train", "sweep", "evaluate", "visualize", "embed", "summarize", "fetch")

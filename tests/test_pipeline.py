@@ -91,17 +91,6 @@ def test_pipeline_scales_to_unit_range_and_keeps_pairs():
         np.testing.assert_allclose(x[:, 0, 0, 0], y * 50 / 255.0, rtol=1e-6)
 
 
-def test_translate_moves_pixels_and_keeps_shape():
-    import tensorflow as tf
-
-    x = np.zeros((64, 10, 10, 1), np.float32)
-    x[:, 5, 5, 0] = 1.0
-    out = augment_batch(tf.constant(x), "flip_translate", tf.constant([1, 2], tf.int64)).numpy()
-    assert out.shape == x.shape
-    assert np.allclose(out.sum(axis=(1, 2, 3)), 1.0)  # a 1-px shift keeps the dot inside
-    assert (out[:, 5, 5, 0] == 0).any()  # some images moved
-
-
 # ------------------------------------------------- augmentation, checked pixel by pixel
 AUG_B, AUG_H, AUG_W = 64, 20, 20
 AUG_SEED = (5, 9)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 
 import numpy as np
@@ -12,32 +11,13 @@ import tensorflow as tf
 from PIL import Image
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from tensorboard.plugins.projector import projector_plugin
-from werkzeug.test import Client
 
+from tests.helpers import ProjectorServer
 from tripletlab import projector
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.projector import checkpoint_tensor_name, write_projector
 
 TENSOR = checkpoint_tensor_name("embedding")  # the name itself
-
-
-class ProjectorServer:
-    """TensorBoard's projector plugin, called through its WSGI routes like the browser does."""
-
-    def __init__(self, logdir, data_provider=None):
-        # With no data provider the plugin still serves the logdir itself as run ".".
-        context = base_plugin.TBContext(logdir=str(logdir), data_provider=data_provider)
-        self.apps = projector_plugin.ProjectorPlugin(context).get_plugin_apps()
-
-    def get(self, route, **args):
-        response = Client(self.apps[route]).get(route, query_string=args)
-        assert response.status_code == 200, response.get_data(as_text=True)
-        return response
-
-    def json(self, route, **args):
-        return json.loads(self.get(route, **args).get_data(as_text=True))
 
 
 def _gray_images(n, h, w):

@@ -6,7 +6,12 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT, tiny
+import pytest
+
+from tests.helpers import ROOT, tiny
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 TF_NOISE = ("absl::InitializeLog", "cpu_feature_guard", "oneDNN custom operations", "I0000")
 

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import tripletlab
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tripletlab import config
 from tripletlab.errors import ConfigError
 from tripletlab.registry import BACKBONES, DATASETS, LOSSES, SAMPLERS, Registry

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, TINY
+from tests.helpers import ROOT, TINY
 from tripletlab import embed, evaluate, reuse
 from tripletlab.errors import ConfigError, DataError
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 # Class folders of the gallery; its images are digits test images, so the run's own test
 # split contains them.

@@ -18,8 +18,11 @@ import math
 import pytest
 
 import tripletlab
-from tests.conftest import TINY
+from tests.helpers import TINY
 from tripletlab.schedules import WarmupCosine
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 COS_PI_4 = 0.7071067811865476  # cos(pi / 4) = sqrt(2) / 2
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tiny
+from tests.helpers import ROOT, tiny
 
-pytestmark = pytest.mark.slow  # each sweep starts fresh Python processes per job
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # each sweep starts fresh Python processes per job
 
 
 def _sweep(args, sweep_dir):

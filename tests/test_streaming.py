@@ -11,13 +11,15 @@ import pytest
 from omegaconf import OmegaConf
 
 import tripletlab
-from tests.data_helpers import write_image_folder
-from tests.layout_helpers import write_cub, write_inshop
+from tests.helpers import write_cub, write_image_folder, write_inshop
 from tripletlab.config import ImageFolderConfig
 from tripletlab.data import load_dataset
 from tripletlab.errors import DataError
 from tripletlab.pipeline import MAX_EVAL_BATCH_VALUES, TrainPipeline, eval_batch_size, eval_dataset
 from tripletlab.run_folder import RunFolder
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

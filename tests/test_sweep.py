@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, compose, tiny
+from tests.helpers import (
+    ROOT,
+    checkpoint_numbers,
+    compose,
+    read_rows,
+    simulate_kill,
+    tiny,
+)
 from tripletlab import summarize
 from tripletlab.cli import summarize as summarize_cli
 from tripletlab.summarize import CSV_COLUMNS, FINISHED
@@ -33,6 +40,9 @@ from tripletlab.sweep import (
     resume_overrides,
     update_sweep_summary,
 )
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 MODELS = ("lenet", "small_cnn")
 
@@ -65,7 +75,7 @@ def _job_dirs(sweep: Path) -> list[Path]:
 # ------------------------------------------------------------------ the tiny real grid
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """2 models x 3 strategies on digits, 1 epoch, through `python run.py -m` (once)."""
+    """2 models x 3 strategies on digits, 2 epochs, through `python run.py -m` (once)."""
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
     proc = _run(
         [
@@ -73,6 +83,7 @@ def grid(tmp_path_factory):
             "run.py",
             "-m",
             *small(",".join(MODELS)),
+            "trainer.epochs=2",
             f"mining={','.join(STRATEGIES)}",
             f"hydra.sweep.dir={sweep}",
         ]
@@ -91,9 +102,9 @@ def test_grid_ends_with_one_row_per_job(grid):
     for r in rows:
         assert r["status"] in FINISHED and r["error"] == "", r
         assert r["dataset"] == "digits" and r["sampler"] == "pk" and r["batch_size"] == "16"
-        assert r["epochs"] == "1" and r["seed"] == "42" and r["learning_rate"] == "0.001"
+        assert r["epochs"] == "2" and r["seed"] == "42" and r["learning_rate"] == "0.001"
         assert r["precision"] in ("off", "bfloat16")  # auto, resolved on this machine
-        assert r["best_metric"] == "precision_at_1" and r["best_epoch"] == "1"
+        assert r["best_metric"] == "precision_at_1" and r["best_epoch"] in ("1", "2")
         for key in ["precision_at_1", "recall_at_8", "map_at_r", "knn_accuracy", "best_value"]:
             assert math.isfinite(float(r[key])), key
         assert float(r["train_seconds"]) > 0 and float(r["images_per_second"]) > 0
@@ -141,23 +152,26 @@ def test_rerun_skips_finished_jobs_and_resumes_unfinished_ones(grid, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(grid[0], sweep)
     dirs = _job_dirs(sweep)
-    before = {d: (d / "metrics.csv").read_text() for d in dirs}
-    # One job "killed" after its checkpoint: not finished, so it must resume, not restart.
+    # One job killed during epoch 2: only its epoch-1 checkpoint and row were written.
     unfinished = dirs[0]
-    summary = json.loads((unfinished / "summary.json").read_text())
-    summary["status"] = "interrupted"
-    (unfinished / "summary.json").write_text(json.dumps(summary))
+    shutil.rmtree(unfinished)
+    simulate_kill(grid[0] / unfinished.name, unfinished, rows_kept=1, checkpoints_kept=[1])
+    before = {d: (d / "metrics.csv").read_text() for d in dirs}
     assert "hydra.sweep.dir" not in " ".join(resume_overrides(sweep))
 
     proc = _run(["bash", "sweep.sh", "--resume", str(sweep)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert _job_dirs(sweep) == dirs  # same folders, no new ones
     for d in dirs:
-        assert (d / "metrics.csv").read_text() == before[d], d  # no epoch trained again
         log = (d / "run.log").read_text()
         if d == unfinished:
-            assert "resuming from" in log
+            assert "resuming from" in log and "ckpt-1" in log
+            rows = read_rows(d)
+            assert [r["epoch"] for r in rows] == ["1", "2"]  # epoch 2 trained, once
+            assert rows[0] == read_rows(grid[0] / d.name)[0]  # epoch 1 not trained again
+            assert checkpoint_numbers(d) == [1, 2]
         else:
+            assert (d / "metrics.csv").read_text() == before[d], d  # no epoch trained again
             assert "already finished" in log
     rows = _csv(sweep / "summary.csv")
     assert len(rows) == 6 and all(r["status"] in FINISHED for r in rows)
@@ -168,7 +182,7 @@ def test_rerun_skips_finished_jobs_and_resumes_unfinished_ones(grid, tmp_path):
 def failing_sweep(tmp_path_factory):
     """Two jobs at once with the joblib launcher; the absurd learning rate gives NaN.
     An image folder dataset: its dataset.root puts '/' in the folder names."""
-    from tests.data_helpers import write_image_folder
+    from tests.helpers import write_image_folder
 
     root = tmp_path_factory.mktemp("failing")
     images = root / "images"

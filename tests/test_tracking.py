@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose, tiny
+from tests.helpers import ROOT, compose, tiny
 from tripletlab import tracking
 from tripletlab.run_folder import RunFolder
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 STRATEGIES = ("batch_all", "semi_hard")
 ALL_STATUSES = ["STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING", "STATUS_UNKNOWN"]
@@ -98,7 +101,7 @@ def test_each_job_is_one_tensorboard_run_with_scalars_hparams_and_projector(swee
     assert {"train/loss", "train/fraction_positive", "eval/precision_at_1"} <= run_tags
     assert all(t.startswith(("train/", "eval/")) for t in run_tags)
 
-    from tests.test_projector import ProjectorServer
+    from tests.helpers import ProjectorServer
 
     projector = ProjectorServer(folder, board.provider)
     (info,) = projector.json("/info", run=f"{jobs[0].name}/tensorboard")["embeddings"]

@@ -1,20 +1,45 @@
-"""End-to-end: a tiny digits run leaves every artefact; resume, NaN and mixed precision."""
+"""Training (tripletlab.training) end to end, checked through the run folder's files.
+
+A tiny digits run leaves every artefact; interruption, resume, divergence, collapse,
+eval.every and checkpoint_every, mixed precision. Runs are started through the Python API
+or run.py; results are read back from metrics.csv, summary.json and checkpoints/ with csv,
+json and ``tf.train.load_checkpoint`` (DESIGN.md, "One run's folder"). A "killed" run is
+made by hand from a finished one: its later checkpoints and metrics rows are deleted, as a
+kill would have left them, and the rerun must give back what the uninterrupted run wrote.
+Module-scoped fixtures serve several tests; tests that rerun a folder work on a copy, so no
+test depends on another.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, compose, tiny
+import tripletlab
+from tests.helpers import (
+    ROOT,
+    TINY,
+    checkpoint_numbers,
+    compose,
+    latest_checkpoint,
+    read_rows,
+    read_summary,
+    simulate_kill,
+)
 from tripletlab import train
 from tripletlab.errors import TrainingError
 from tripletlab.run_folder import METRIC_COLUMNS
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 
 def _rows(run_dir):
@@ -126,20 +151,6 @@ def test_a_checkpoint_of_another_model_is_an_error_not_a_partial_restore(tmp_pat
         train(cfg, tmp_path)
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
-    # A raw (unnormalised) embedding with an absurd learning rate overflows within an epoch.
-    overrides = [*tiny(sampler="random"), "trainer.epochs=3", "model.l2_normalize=false"]
-    train(compose([*overrides, "trainer.epochs=1"]), tmp_path)
-    cfg = compose([*overrides, "trainer.learning_rate=1e30"])
-    with pytest.raises(TrainingError, match="training diverged"):
-        train(cfg, tmp_path)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed"
-    assert "training diverged" in summary["error"]
-    assert (tmp_path / "checkpoints" / "checkpoint").exists()
-    assert list((tmp_path / "checkpoints").glob("ckpt-1.*"))
-
-
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
 def test_mixed_precision_run(tmp_path, precision):
     import keras
@@ -178,3 +189,253 @@ def test_auto_precision_run_records_it_and_restores_the_policy(tmp_path):
         amx = "amx_bf16" in f.read()
     assert summary["precision"] == ("bfloat16" if amx else "off")
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+# ------------------------------------------------ resume, divergence, collapse, cadence
+RETRIEVAL = [
+    "precision_at_1",
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "map_at_r",
+    "knn_accuracy",
+]
+# Columns that must come back equal after a resume (timing columns cannot).
+TRAINED = ["step", "loss", "fraction_positive", "embedding_norm", "embedding_spread"]
+REPRODUCIBLE = [*TRAINED, "learning_rate", *RETRIEVAL]
+
+# The reference run: 5 epochs, a checkpoint and an evaluation every 2 epochs (and after the
+# last), warm-up and cosine so that the schedule's position matters on resume. Raw (not
+# L2-normalised) embeddings, so that an absurd learning rate can make them overflow.
+REFERENCE = [
+    *TINY,
+    "model.l2_normalize=false",
+    "trainer.epochs=5",
+    "trainer.checkpoint_every=2",
+    "eval.every=2",
+    "trainer.warmup_epochs=1",
+    "trainer.schedule=cosine",
+    "trainer.deterministic=true",
+    "trainer.mixed_precision=off",
+]
+# With trainer.weight_decay=1.0 every embedding goes to one point: weight decay pulls the
+# raw (not normalised) embedding's weights to 0, so all embeddings equal the bias and
+# batch-hard's loss is the margin (0.2). With 0 it trains.
+COLLAPSING = [
+    *TINY,
+    "mining=batch_hard",
+    "model.l2_normalize=false",
+    "trainer.learning_rate=0.01",
+    "trainer.mixed_precision=off",
+    "trainer.epochs=6",
+]
+PATIENCE = 3
+
+
+# ------------------------------------------------------------------------------ helpers
+def assert_rows_equal(got: dict, want: dict, columns=REPRODUCIBLE) -> None:
+    for key in columns:
+        if want[key] == "":
+            assert got[key] == "", (want["epoch"], key)
+            continue
+        assert float(got[key]) == pytest.approx(float(want[key]), rel=1e-6, abs=1e-7), (
+            want["epoch"],
+            key,
+        )
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    """Every saved variable (model weights, Adam's moments and step count, the epoch) equal."""
+    import tensorflow as tf
+
+    ra, rb = tf.train.load_checkpoint(str(a)), tf.train.load_checkpoint(str(b))
+    names = sorted(ra.get_variable_to_shape_map())
+    assert names == sorted(rb.get_variable_to_shape_map())
+    assert any("optimizer" in n for n in names) and any("model" in n for n in names)
+    for name in names:
+        if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
+            continue
+        np.testing.assert_allclose(
+            ra.get_tensor(name), rb.get_tensor(name), rtol=1e-5, atol=1e-6, err_msg=name
+        )
+
+
+# ---------------------------------------------------------------------- the reference
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference")
+    tripletlab.train(tripletlab.compose(REFERENCE), run_dir)
+    return run_dir
+
+
+def test_eval_every_evaluates_on_its_multiples_and_the_last_epoch(reference):
+    rows = read_rows(reference)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows:
+        evaluated = int(r["epoch"]) in (2, 4, 5)
+        for key in RETRIEVAL:
+            assert (r[key] != "") is evaluated, (r["epoch"], key)
+        assert math.isfinite(float(r["loss"]))  # the training columns are always there
+    summary = read_summary(reference)
+    assert summary["status"] == "ok" and summary["epochs_done"] == 5
+    for key in RETRIEVAL:  # the final metrics are the last epoch's
+        assert summary["metrics"][key] == pytest.approx(float(rows[-1][key]), rel=1e-9)
+    p1 = {int(r["epoch"]): float(r["precision_at_1"]) for r in rows if r["precision_at_1"]}
+    best_epoch = max(p1, key=p1.get)
+    assert summary["best"]["epoch"] == best_epoch
+    assert summary["best"]["value"] == pytest.approx(p1[best_epoch], rel=1e-9)
+
+
+def test_checkpoint_every_saves_its_multiples_and_the_last_epoch(reference):
+    assert checkpoint_numbers(reference) == [2, 4, 5]
+    assert latest_checkpoint(reference).endswith("ckpt-5")
+
+
+def test_resume_after_the_last_checkpoint_equals_the_uninterrupted_run(reference, tmp_path):
+    """Killed in epoch 5: checkpoint 4 and rows 1-4 remain. The rerun trains epoch 5 only and
+    gets the uninterrupted run's row and weights (a checkpoint restored only in part, e.g.
+    without Adam's moments, would give others)."""
+    killed = tmp_path / "killed"
+    simulate_kill(reference, killed, rows_kept=4, checkpoints_kept=[2, 4])
+    kept = read_rows(killed)
+
+    value = tripletlab.train(tripletlab.compose(REFERENCE), killed)
+
+    want, got = read_rows(reference), read_rows(killed)
+    assert [int(r["epoch"]) for r in got] == [1, 2, 3, 4, 5]
+    assert got[:4] == kept  # epochs 1-4 were not trained again: their rows are untouched
+    assert_rows_equal(got[4], want[4])
+    assert checkpoint_numbers(killed) == [2, 4, 5]
+    assert_same_checkpoint(killed / "checkpoints" / "ckpt-5", reference / "checkpoints" / "ckpt-5")
+    summary = read_summary(killed)
+    assert summary["status"] == "ok" and summary["epochs_done"] == 5
+    assert value == pytest.approx(float(want[4]["precision_at_1"]), rel=1e-6)
+    assert (killed / "model" / "embedding_model.keras").is_file()
+
+
+def test_resume_between_checkpoints_retrains_the_unsaved_epochs(reference, tmp_path):
+    """checkpoint_every=2, killed in epoch 4: rows 1-3 were written but only epoch 2 was
+    saved. The rerun resumes from checkpoint 2, trains epoch 3 again (its row replaced, not
+    duplicated), then 4 and 5, all equal to the uninterrupted run."""
+    killed = tmp_path / "killed"
+    simulate_kill(reference, killed, rows_kept=3, checkpoints_kept=[2])
+
+    tripletlab.train(tripletlab.compose(REFERENCE), killed)
+
+    want, got = read_rows(reference), read_rows(killed)
+    assert [int(r["epoch"]) for r in got] == [1, 2, 3, 4, 5]
+    for g, w in zip(got, want, strict=True):
+        assert_rows_equal(g, w)
+    assert checkpoint_numbers(killed) == [2, 4, 5]
+    assert_same_checkpoint(killed / "checkpoints" / "ckpt-5", reference / "checkpoints" / "ckpt-5")
+    assert read_summary(killed)["status"] == "ok"
+
+
+def test_the_diverged_epoch_is_never_saved(reference, tmp_path):
+    """The finished reference continued for 2 more epochs with an absurd learning rate: epoch
+    6 diverges, the run fails naming its last good checkpoint (epoch 5), and nothing of
+    epoch 6 is saved: no checkpoint, no metrics row."""
+    run_dir = tmp_path / "diverging"
+    shutil.copytree(reference, run_dir)
+    before = read_rows(run_dir)
+    cfg = tripletlab.compose([*REFERENCE, "trainer.epochs=7", "trainer.learning_rate=1e30"])
+    with pytest.raises(TrainingError) as err:
+        tripletlab.train(cfg, run_dir)
+    message = str(err.value)
+    assert "epoch 6" in message and "ckpt-5" in message
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed"
+    assert "ckpt-5" in summary["error"] and "learning_rate" in summary["error"]
+    assert checkpoint_numbers(run_dir) == [2, 4, 5]
+    assert latest_checkpoint(run_dir).endswith("ckpt-5")
+    assert read_rows(run_dir) == before
+
+
+# ------------------------------------------------------------------------- collapse
+def looks_collapsed(row: dict, margin: float = 0.2) -> bool:
+    """README: the loss sits at the margin while embedding_spread is below 1% of the mean
+    embedding norm."""
+    loss, spread, norm = (float(row[k]) for k in ("loss", "embedding_spread", "embedding_norm"))
+    return abs(loss - margin) <= 0.02 * margin and spread < 0.01 * max(norm, 1e-2)
+
+
+@pytest.fixture(scope="module")
+def collapse_sweep(tmp_path_factory):
+    """``run.py -m`` over two jobs, the same but for weight decay: 0 trains, 1.0 collapses.
+    Returns (sweep folder, the process, {weight decay: summary.csv row})."""
+    sweep = tmp_path_factory.mktemp("collapse") / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            *COLLAPSING,
+            f"trainer.collapse_patience={PATIENCE}",
+            "trainer.weight_decay=0,1.0",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with (sweep / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_decay = {r["overrides"].split("trainer.weight_decay=")[1].split()[0]: r for r in rows}
+    assert len(rows) == 2 and set(by_decay) == {"0", "1.0"}
+    return sweep, proc, by_decay
+
+
+def test_sweep_with_a_collapsed_job_succeeds(collapse_sweep):
+    """A collapse is a result, not a failure: the sweep exits 0 and its table says so."""
+    _, proc, by_decay = collapse_sweep
+    assert by_decay["0"]["status"] == "ok" and by_decay["0"]["error"] == ""
+    assert by_decay["1.0"]["status"] == "collapsed" and "semi_hard" in by_decay["1.0"]["error"]
+    assert "jobs failed" not in proc.stdout + proc.stderr
+
+
+def test_collapse_stops_the_run_after_patience_epochs_with_advice(collapse_sweep):
+    sweep, _, by_decay = collapse_sweep
+    run_dir = sweep / by_decay["1.0"]["run_dir"]
+    rows = read_rows(run_dir)
+    flags = [looks_collapsed(r) for r in rows]
+    # It stopped at the first epoch that ended PATIENCE collapsed epochs in a row, before
+    # its trainer.epochs (6).
+    assert len(rows) < 6
+    assert flags[-PATIENCE:] == [True] * PATIENCE
+    assert not any(all(flags[i : i + PATIENCE]) for i in range(len(flags) - PATIENCE)), (
+        "a streak of PATIENCE collapsed epochs ended earlier and training went on"
+    )
+    summary = read_summary(run_dir)
+    assert summary["status"] == "collapsed"
+    assert summary["epochs_done"] == len(rows)
+    error = summary["error"]
+    assert "collapsed" in error
+    for advice in ("trainer.learning_rate", "mining=semi_hard"):
+        assert advice in error
+    assert error in (run_dir / "run.log").read_text()  # logged, not only recorded
+    # A collapsed run is a result: it has its model and final metrics.
+    assert (run_dir / "model" / "embedding_model.keras").is_file()
+    assert summary["metrics"]["precision_at_1"] == pytest.approx(float(rows[-1]["precision_at_1"]))
+    # The job that did not collapse ran all its epochs.
+    assert len(read_rows(sweep / by_decay["0"]["run_dir"])) == 6
+
+
+def test_collapsed_run_is_not_trained_again(collapse_sweep, tmp_path):
+    sweep, _, by_decay = collapse_sweep
+    run_dir = tmp_path / "collapsed"
+    shutil.copytree(sweep / by_decay["1.0"]["run_dir"], run_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").iterdir()}
+    assert len(stamps) > 1
+    before = (run_dir / "metrics.csv").read_bytes()
+    summary = read_summary(run_dir)
+    cfg = tripletlab.compose(
+        [*COLLAPSING, f"trainer.collapse_patience={PATIENCE}", "trainer.weight_decay=1.0"]
+    )
+    value = tripletlab.train(cfg, run_dir)
+    assert (run_dir / "metrics.csv").read_bytes() == before
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert read_summary(run_dir)["status"] == "collapsed"
+    assert value == pytest.approx(summary["metrics"]["precision_at_1"])

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 import tripletlab
-from tests.conftest import TINY
+from tests.helpers import TINY
+
+# Real runs or commands end to end (`make test-fast` leaves them out).
+pytestmark = pytest.mark.e2e
 
 KS = (1, 2, 4, 8)
 
