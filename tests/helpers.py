@@ -129,6 +129,34 @@ def simulate_kill(src: Path, dst: Path, rows_kept: int, checkpoints_kept: list[i
 
 
 # ------------------------------------------------------------------ generated datasets
+def isolate_data_search(tmp_path: Path, monkeypatch) -> Path:
+    """No test sees the machine's data, home folder or proxies (call it from a fixture).
+
+    Returns where a Fashion-MNIST download would go (~/.keras/datasets/fashion-mnist).
+    """
+    from tripletlab import data
+
+    monkeypatch.delenv("TRIPLETLAB_DATA", raising=False)
+    for var in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "system")
+    return tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
+
+
+def write_digit_gallery(root: Path, digits, classes, per_class: int) -> Path:
+    """PNGs of digits test images in class sub-folders, in other sizes and channels than
+    the model's (16x16, RGB for half of them), so embedding has to convert them."""
+    for name in classes:
+        members = np.flatnonzero(digits.y_test == int(name))[:per_class]
+        (root / name).mkdir(parents=True)
+        for j, i in enumerate(members):
+            im = Image.fromarray(digits.x_test[i][..., 0]).resize((16, 16))
+            (im.convert("RGB") if j % 2 else im).save(root / name / f"{i}.png")
+    return root
+
+
 def idx_arrays(
     n: int, shape: tuple[int, int] = (6, 6), num_classes: int = 10, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import ROOT, TINY, serve_folder, write_idx_folder, write_image_folder
+from tests.helpers import (
+    ROOT,
+    TINY,
+    isolate_data_search,
+    serve_folder,
+    write_digit_gallery,
+    write_idx_folder,
+    write_image_folder,
+)
 from tripletlab import data
 from tripletlab.cli import embed as embed_cli
 from tripletlab.cli import evaluate as evaluate_cli
@@ -95,16 +103,10 @@ def digits(run_dir):
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory, digits):
-    """PNGs of digits in class sub-folders, in other sizes and channels than the model's
-    (16x16, RGB for half of them), so embedding has to convert them."""
-    root = tmp_path_factory.mktemp("gallery")
-    for name in GALLERY_CLASSES:
-        members = np.flatnonzero(digits.y_test == int(name))[:PER_CLASS]
-        (root / name).mkdir()
-        for j, i in enumerate(members):
-            im = Image.fromarray(digits.x_test[i][..., 0]).resize((16, 16))
-            (im.convert("RGB") if j % 2 else im).save(root / name / f"{i}.png")
-    return root
+    """Digits as PNGs in class sub-folders, in other sizes and channels than the model's."""
+    return write_digit_gallery(
+        tmp_path_factory.mktemp("gallery"), digits, GALLERY_CLASSES, PER_CLASS
+    )
 
 
 # --------------------------------------------------------------------------- train
@@ -476,13 +478,7 @@ def test_sweep_override_typo_is_one_error_line(tmp_path, capsys, monkeypatch):
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No test sees the machine's data, home folder or proxies."""
-    monkeypatch.delenv("TRIPLETLAB_DATA", raising=False)
-    for var in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "system")
-    return tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
+    return isolate_data_search(tmp_path, monkeypatch)
 
 
 def test_fetch_command(isolated, tmp_path, capsys):

@@ -13,6 +13,7 @@ from PIL import Image
 from tests.helpers import (
     closed_port_url,
     idx_arrays,
+    isolate_data_search,
     serve_folder,
     write_idx_folder,
     write_image,
@@ -39,12 +40,7 @@ REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No test sees the machine's data, home folder or proxies."""
-    monkeypatch.delenv("TRIPLETLAB_DATA", raising=False)
-    for var in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "system")
+    return isolate_data_search(tmp_path, monkeypatch)
 
 
 def idx_cfg(**kwargs) -> DatasetConfig:

@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from tests.helpers import serve_folder, write_idx_folder
+from tests.helpers import isolate_data_search, serve_folder, write_idx_folder
 from tripletlab import data
 from tripletlab.config import schema_for
 from tripletlab.data import IDX_FILES, load_dataset
@@ -22,12 +22,8 @@ from tripletlab.errors import DataError
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.delenv("TRIPLETLAB_DATA", raising=False)
-    for var in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var.upper(), raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "system")
+    """No test sees the machine's data, home folder or proxies."""
+    return isolate_data_search(tmp_path, monkeypatch)
 
 
 def _cfg(**kwargs):

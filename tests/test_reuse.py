@@ -11,9 +11,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.helpers import ROOT, TINY
+from tests.helpers import ROOT, TINY, write_digit_gallery
 from tripletlab import embed, evaluate, reuse
 from tripletlab.errors import ConfigError, DataError
 
@@ -51,16 +50,10 @@ def digits(run_dir):
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory, digits):
-    """PNGs of digits in class sub-folders, in other sizes and channels than the model's
-    (16x16, RGB for half of them), so embedding has to convert them."""
-    root = tmp_path_factory.mktemp("gallery")
-    for name in GALLERY_CLASSES:
-        members = np.flatnonzero(digits.y_test == int(name))[:PER_CLASS]
-        (root / name).mkdir()
-        for j, i in enumerate(members):
-            im = Image.fromarray(digits.x_test[i][..., 0]).resize((16, 16))
-            (im.convert("RGB") if j % 2 else im).save(root / name / f"{i}.png")
-    return root
+    """Digits as PNGs in class sub-folders, in other sizes and channels than the model's."""
+    return write_digit_gallery(
+        tmp_path_factory.mktemp("gallery"), digits, GALLERY_CLASSES, PER_CLASS
+    )
 
 
 # --------------------------------------------------------------------------- evaluate
