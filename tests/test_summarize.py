@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from tests.helpers import ROOT
+from tripletlab.config import METRICS
 
 BASE_CONFIG = {
     "dataset": {"name": "digits"},
@@ -26,15 +27,6 @@ BASE_CONFIG = {
     "seed": 1,
     "optimized_metric": "precision_at_1",
 }
-METRIC_NAMES = [
-    "precision_at_1",
-    "recall_at_1",
-    "recall_at_2",
-    "recall_at_4",
-    "recall_at_8",
-    "map_at_r",
-    "knn_accuracy",
-]
 
 # folder: (model, mining, seed, status, precision_at_1, map_at_r, train_seconds, img/s)
 RUNS = {
@@ -52,7 +44,7 @@ def _summary(model, mining, seed, status, p1, map_r, train_s, speed):
     config = copy.deepcopy(BASE_CONFIG)
     config["model"]["name"], config["mining"]["strategy"], config["seed"] = model, mining, seed
     finished = p1 is not None
-    metrics = {m: (p1 if m in ("precision_at_1", "recall_at_1") else 0.9) for m in METRIC_NAMES}
+    metrics = {m: (p1 if m in ("precision_at_1", "recall_at_1") else 0.9) for m in METRICS}
     metrics.update(map_at_r=map_r, knn_accuracy=0.7, epoch=3)
     return {
         "status": status,

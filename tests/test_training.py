@@ -35,6 +35,7 @@ from tests.helpers import (
     simulate_kill,
 )
 from tripletlab import train
+from tripletlab.config import METRICS
 from tripletlab.errors import TrainingError
 from tripletlab.run_folder import METRIC_COLUMNS
 
@@ -192,15 +193,7 @@ def test_auto_precision_run_records_it_and_restores_the_policy(tmp_path):
 
 
 # ------------------------------------------------ resume, divergence, collapse, cadence
-RETRIEVAL = [
-    "precision_at_1",
-    "recall_at_1",
-    "recall_at_2",
-    "recall_at_4",
-    "recall_at_8",
-    "map_at_r",
-    "knn_accuracy",
-]
+RETRIEVAL = list(METRICS)
 # Columns that must come back equal after a resume (timing columns cannot).
 TRAINED = ["step", "loss", "fraction_positive", "embedding_norm", "embedding_spread"]
 REPRODUCIBLE = [*TRAINED, "learning_rate", *RETRIEVAL]

@@ -233,6 +233,7 @@ class Parts:
     embed_step: Callable
     guard: NanGuard
     progress: ProgressBar
+    batch_size: int  # the global batch
 
     @classmethod
     def build(
@@ -307,6 +308,7 @@ class Parts:
             embed_step=make_embed_step(model, runtime.jit_compile),
             guard=NanGuard(means, lambda: checkpoints.latest),
             progress=ProgressBar(steps, batch_size, cfg.trainer.progress),
+            batch_size=batch_size,
         )
 
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -320,7 +322,7 @@ class Parts:
         """Train one epoch; its metrics row without the retrieval metrics."""
         import tensorflow as tf
 
-        steps, batch_size = self.pipeline.steps_per_epoch, self.progress.batch_size
+        steps, batch_size = self.pipeline.steps_per_epoch, self.batch_size
         for m in self.means.values():
             m.reset_state()
         self.progress.start()
