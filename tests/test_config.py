@@ -72,7 +72,15 @@ DEFAULT = {
         "steps_per_epoch": None,
         "collapse_patience": 2,
     },
-    "eval": {"every": 1, "batch_size": 1024, "knn_k": 10, "max_points": 2000, "chunk_size": 1024},
+    "eval": {
+        "every": 1,
+        "sample_queries": 2000,
+        "full_every": 0,
+        "batch_size": 1024,
+        "knn_k": 10,
+        "max_points": 2000,
+        "chunk_size": 1024,
+    },
     "distribute": {"name": "none", "cpu_devices": 0},
     "logger": {"name": "none"},
     "seed": 42,
@@ -318,6 +326,8 @@ def test_unknown_group_option_names_the_options():
         (["dataset.channels=2"], "dataset.channels=2 is not valid; use 1, 3 or null"),
         (["dataset=digits", "dataset.test_fraction=1.5"], "it must be between 0 and 1"),
         (["eval.knn_k=0"], "eval.knn_k=0 is not valid; it must be > 0"),
+        (["eval.sample_queries=0"], "eval.sample_queries=0 is not valid; it must be > 0"),
+        (["eval.full_every=-1"], "eval.full_every=-1 is not valid; it must be >= 0"),
     ],
 )
 def test_bad_values_name_what_is_valid(overrides, message):

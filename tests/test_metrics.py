@@ -29,15 +29,18 @@ KEYS = [
 # ---------------------------------------------------------------- brute-force references
 
 
-def _ref_retrieval(emb: np.ndarray, labels: np.ndarray, ks=(1, 2, 4, 8)) -> dict[str, float]:
-    """Per-query loops over a full float64 distance matrix: slow, obviously correct."""
+def _ref_retrieval(
+    emb: np.ndarray, labels: np.ndarray, ks=(1, 2, 4, 8), queries=None
+) -> dict[str, float]:
+    """Per-query loops over a full float64 distance matrix: slow, obviously correct.
+    ``queries``: the items that are queries (all by default); the gallery is every item."""
     emb = np.asarray(emb, np.float64)
     n = len(emb)
     dist = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(dist, np.inf)
     hits = {k: [] for k in ks}
     aps = []
-    for q in range(n):
+    for q in range(n) if queries is None else queries:
         r = int((labels == labels[q]).sum()) - 1
         if r == 0:
             continue
@@ -154,6 +157,24 @@ def test_matches_brute_force_for_any_chunk_size(seed):
     assert 0.0 < ref["map_at_r"] < ref["recall_at_1"] < ref["recall_at_8"] < 1.0
 
 
+def test_a_sample_of_queries_is_ranked_against_every_item():
+    """Only the sampled items are queries; each still sees all the others as its gallery
+    (not just the other sampled items), so the sample's metrics estimate the full ones."""
+    rng = np.random.default_rng(3)
+    n = 80
+    labels = rng.integers(0, 4, size=n)
+    emb = rng.normal(size=(n, 4)) + 0.8 * labels[:, None]
+    queries = np.sort(rng.choice(n, size=23, replace=False))
+    ref = _ref_retrieval(emb, labels, queries=queries)
+    for chunk_size in (1, 5, 64):
+        got = retrieval_metrics(emb, labels, chunk_size=chunk_size, queries=queries)
+        assert got == pytest.approx(ref, abs=1e-12), chunk_size
+    # Ranked among the sampled items alone, the queries would score otherwise.
+    assert retrieval_metrics(emb[queries], labels[queries]) != pytest.approx(ref, abs=1e-6)
+    # Every item as a query is the full evaluation, and so is queries=None.
+    assert retrieval_metrics(emb, labels, queries=np.arange(n)) == retrieval_metrics(emb, labels)
+
+
 def test_accepts_tf_tensors_and_half_precision():
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(4), 5)
@@ -178,6 +199,9 @@ def test_accepts_tf_tensors_and_half_precision():
         (np.zeros((3, 2)), [0, 0, 1], {"chunk_size": 0}, ConfigError),
         (np.zeros((3, 2)), [0, 0, 1], {"ks": ()}, ConfigError),
         (np.zeros((3, 2)), [0, 0, 1], {"ks": (1, 0)}, ConfigError),
+        (np.zeros((3, 2)), [0, 0, 1], {"queries": [0, 3]}, DataError),  # out of range
+        (np.zeros((3, 2)), [0, 0, 1], {"queries": [1, 1]}, DataError),  # repeated
+        (np.zeros((3, 2)), [0, 0, 1], {"queries": []}, DataError),
     ],
 )
 def test_bad_input_raises(emb, labels, kwargs, error):

@@ -199,14 +199,18 @@ TRAINED = ["step", "loss", "fraction_positive", "embedding_norm", "embedding_spr
 REPRODUCIBLE = [*TRAINED, "learning_rate", *RETRIEVAL]
 
 # The reference run: 5 epochs, a checkpoint and an evaluation every 2 epochs (and after the
-# last), warm-up and cosine so that the schedule's position matters on resume. Raw (not
+# last): epoch 2's on a sample of 100 test queries, epoch 4's and 5's full (full_every=4 and
+# the last). Warm-up and cosine, so that the schedule's position matters on resume. Raw (not
 # L2-normalised) embeddings, so that an absurd learning rate can make them overflow.
+SAMPLE = 100
 REFERENCE = [
     *TINY,
     "model.l2_normalize=false",
     "trainer.epochs=5",
     "trainer.checkpoint_every=2",
     "eval.every=2",
+    f"eval.sample_queries={SAMPLE}",
+    "eval.full_every=4",
     "trainer.warmup_epochs=1",
     "trainer.schedule=cosine",
     "trainer.deterministic=true",
@@ -265,10 +269,18 @@ def reference(tmp_path_factory) -> Path:
 def test_eval_every_evaluates_on_its_multiples_and_the_last_epoch(reference):
     rows = read_rows(reference)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    from tripletlab.data import load_dataset
+
+    test_size = len(load_dataset(tripletlab.compose(REFERENCE).dataset).x_test)
+    assert test_size > SAMPLE
     for r in rows:
-        evaluated = int(r["epoch"]) in (2, 4, 5)
+        epoch = int(r["epoch"])
+        evaluated, full = epoch in (2, 4, 5), epoch in (4, 5)
         for key in RETRIEVAL:
-            assert (r[key] != "") is evaluated, (r["epoch"], key)
+            # k-NN (the train split's embeddings) only in full evaluations
+            assert (r[key] != "") is (full if key == "knn_accuracy" else evaluated), (epoch, key)
+        want_queries = str(test_size) if full else str(SAMPLE) if evaluated else ""
+        assert r["eval_queries"] == want_queries, epoch
         assert math.isfinite(float(r["loss"]))  # the training columns are always there
     summary = read_summary(reference)
     assert summary["status"] == "ok" and summary["epochs_done"] == 5
@@ -366,6 +378,7 @@ def collapse_sweep(tmp_path_factory):
             *COLLAPSING,
             f"trainer.collapse_patience={PATIENCE}",
             "trainer.weight_decay=0,1.0",
+            "eval.sample_queries=50",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=ROOT,
@@ -409,8 +422,11 @@ def test_collapse_stops_the_run_after_patience_epochs_with_advice(collapse_sweep
     for advice in ("trainer.learning_rate", "mining=semi_hard"):
         assert advice in error
     assert error in (run_dir / "run.log").read_text()  # logged, not only recorded
-    # A collapsed run is a result: it has its model and final metrics.
+    # A collapsed run is a result: it has its model and final metrics, from a full
+    # evaluation of the epoch it stopped at (the epochs before ranked a sample of queries).
     assert (run_dir / "model" / "embedding_model.keras").is_file()
+    assert [r["eval_queries"] == "50" for r in rows] == [True] * (len(rows) - 1) + [False]
+    assert rows[-1]["knn_accuracy"] != "" and summary["metrics"]["knn_accuracy"] is not None
     assert summary["metrics"]["precision_at_1"] == pytest.approx(float(rows[-1]["precision_at_1"]))
     # The job that did not collapse ran all its epochs.
     assert len(read_rows(sweep / by_decay["0"]["run_dir"])) == 6

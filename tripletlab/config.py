@@ -269,6 +269,11 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     every: int = 1  # evaluate every N epochs (and always after the last)
+    # Evaluations before the last epoch rank a fixed random sample of this many test queries
+    # against the whole test split and skip k-NN (an unbiased estimate, far cheaper); the
+    # last epoch, and every full_every-th, evaluate fully. null: every evaluation is full.
+    sample_queries: int | None = 2000
+    full_every: int = 0  # N > 0: a full evaluation every N epochs too; 0: only the last
     batch_size: int = 1024
     knn_k: int = 10
     max_points: int = 2000  # projector / PCA plot
@@ -562,6 +567,7 @@ def validate(cfg: DictConfig | Config) -> None:
         ("eval.batch_size", c.eval.batch_size),
         ("eval.knn_k", c.eval.knn_k),
         ("eval.chunk_size", c.eval.chunk_size),
+        ("eval.sample_queries", c.eval.sample_queries),
     ):
         _positive(path, value)
     for path, value in (
@@ -570,6 +576,7 @@ def validate(cfg: DictConfig | Config) -> None:
         ("trainer.collapse_patience", c.trainer.collapse_patience),
         ("trainer.threads", c.trainer.threads),
         ("eval.max_points", c.eval.max_points),
+        ("eval.full_every", c.eval.full_every),
         ("distribute.cpu_devices", c.distribute.cpu_devices),
     ):
         _positive(path, value, allow_zero=True)

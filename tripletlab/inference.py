@@ -35,20 +35,36 @@ def embed_images(embed_step: Callable, images: np.ndarray, batch_size: int, dim:
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
+def query_sample(num_items: int, size: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted indices [size] of a fixed random sample of ``num_items`` queries; None (every
+    item) when ``size`` is None or not smaller. The same seed gives the same sample, so
+    that evaluations of successive epochs are comparable."""
+    if size is None or size >= num_items:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_items, size=size, replace=False))
+
+
 def evaluate_split(
-    embed: Callable[[np.ndarray], np.ndarray], data, eval_cfg
+    embed: Callable[[np.ndarray], np.ndarray],
+    data,
+    eval_cfg,
+    queries: np.ndarray | None = None,
+    knn: bool = True,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Every metric on the test split: the test set is queries and gallery (leaving the query
     out), or queries against ``data.x_gallery`` when the dataset has one; the train set is
     kNN's gallery, unless it shares no class with the test set (unseen classes: no kNN).
 
-    ``embed``: uint8 images [N, H, W, C] -> [N, D]. Returns (metrics, test embeddings [N_test,
-    D], train embeddings [N_train, D], or [0, D] when kNN was not computed).
+    ``embed``: uint8 images [N, H, W, C] -> [N, D]. ``queries``: optional [Q] indices of the
+    test items used as retrieval queries (None: all); ``knn=False`` skips k-NN accuracy and
+    the train split's embeddings (the cheap per-epoch evaluation). Returns (metrics, test
+    embeddings [N_test, D], train embeddings [N_train, D], or [0, D] when kNN was not
+    computed).
     """
     from tripletlab.metrics import evaluate_embeddings, shares_classes
 
     test_emb = embed(data.x_test)
-    knn = shares_classes(data.y_train, data.y_test)
+    knn = knn and shares_classes(data.y_train, data.y_test)
     train_emb = embed(data.x_train) if knn else np.zeros((0, test_emb.shape[1]), np.float32)
     gallery = getattr(data, "x_gallery", None)
     metrics = evaluate_embeddings(
@@ -60,6 +76,7 @@ def evaluate_split(
         chunk_size=eval_cfg.chunk_size,
         gallery_emb=None if gallery is None else embed(gallery),
         gallery_labels=None if gallery is None else data.y_gallery,
+        queries=queries,
     )
     return metrics, test_emb, train_emb
 

@@ -45,6 +45,7 @@ METRIC_COLUMNS = [
     *METRICS,
     "epoch_seconds",
     "eval_seconds",
+    "eval_queries",  # test queries the retrieval metrics ranked (a sample before the last epoch)
     "images_per_second",
 ]
 

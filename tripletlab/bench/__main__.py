@@ -15,12 +15,13 @@ COMMANDS = {
     "train": ("tripletlab.bench.train", "training throughput"),
     "distribute": ("tripletlab.bench.distribute", "one device beside N mirrored replicas"),
     "data": ("tripletlab.bench.data", "streamed input pipeline: images/s and peak memory"),
+    "eval": ("tripletlab.bench.eval", "a run's evaluation seconds: every epoch full vs sampled"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: python -m tripletlab.bench <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n`python -m tripletlab.bench <command> --help` lists a command's options.")
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from tripletlab.distribute import (
     uses_logical_cpus,
 )
 from tripletlab.errors import DataError
-from tripletlab.inference import embed_images, evaluate_split, make_embed_step
+from tripletlab.inference import embed_images, evaluate_split, make_embed_step, query_sample
 from tripletlab.pipeline import effective_batch_size
 from tripletlab.run_folder import RunFolder, Status, build_summary
 from tripletlab.runtime import Runtime, setup_tf
@@ -131,15 +131,23 @@ class Trainer:
         )
         scalars = TensorBoardScalars(folder.tensorboard_dir) if self.chief else None
         status, test_emb = Status.OK, None
+        sample = query_sample(len(data.x_test), cfg.eval.sample_queries)
         try:
             for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
                 row = parts.train_epoch(epoch)
-                evaluate = epoch % cfg.eval.every == 0 or epoch == cfg.trainer.epochs
-                if evaluate and self.chief:
+                # Decided on the training statistics, before evaluating: the last epoch a
+                # run trains is always fully evaluated, also when a collapse ends it early.
+                stop = collapse.update(row)
+                if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
+                    full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
+                    queries = None if full else sample
                     t0 = time.perf_counter()
-                    scores, test_emb, _ = evaluate_split(parts.embed, data, cfg.eval)
+                    scores, test_emb, _ = evaluate_split(
+                        parts.embed, data, cfg.eval, queries=queries, knn=full
+                    )
                     row.update(scores)
                     row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+                    row["eval_queries"] = len(data.x_test) if queries is None else len(queries)
                 self.rows.append(row)
                 if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
                     parts.checkpoints.save(epoch)
@@ -147,7 +155,6 @@ class Trainer:
                     folder.write_metrics(self.rows)
                     scalars.write(row)
                 log_epoch(row, cfg.trainer.epochs)
-                stop = collapse.update(row)
                 self.write_summary(Status.RUNNING)
                 for callback in self.callbacks:
                     callback.on_epoch_end(row)
@@ -188,6 +195,19 @@ class Trainer:
         tmp = target.with_name(f".tmp-{target.name}")
         model.save(tmp)
         tmp.replace(target)
+
+
+def evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` evaluates the test split."""
+    return epoch % eval_cfg.every == 0 or full_evaluation_due(eval_cfg, epoch, epochs)
+
+
+def full_evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
+    """Whether that evaluation is full (every query, k-NN on the train split) rather than
+    the sampled estimate: always after the last epoch, every ``full_every`` epochs, and
+    every time when ``sample_queries`` is null."""
+    every = eval_cfg.full_every
+    return epoch == epochs or eval_cfg.sample_queries is None or (every > 0 and epoch % every == 0)
 
 
 def setup_runtime(cfg: Any) -> tuple[Runtime, Any]:

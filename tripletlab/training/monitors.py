@@ -181,5 +181,5 @@ def log_epoch(row: Mapping[str, Any], epochs: int) -> None:
             parts.append(f"{key} {value:.4f}")
     parts.append(f"{row['epoch_seconds']:.1f}s ({row['images_per_second']:.0f} img/s)")
     if "eval_seconds" in row:
-        parts.append(f"eval {row['eval_seconds']:.1f}s")
+        parts.append(f"eval {row['eval_seconds']:.1f}s ({row.get('eval_queries', '?')} queries)")
     log.info(", ".join(parts))
