@@ -150,6 +150,15 @@ def test_no_default_is_written_twice():
         ("fmnist_table", {"eval.every": 5}),
         ("fmnist_vgg_gap", {"eval.every": 5, "model.name": "vgg_gap"}),
         (
+            "fmnist_best",
+            {
+                "model.name": "vgg_gap",
+                "mining.strategy": "semi_hard",
+                "trainer.learning_rate": 0.003,
+                "trainer.epochs": 12,
+            },
+        ),
+        (
             "fmnist_unseen",
             {
                 "eval.every": 5,
