@@ -6,6 +6,7 @@ import csv
 import itertools
 import math
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -18,10 +19,13 @@ from tripletlab.errors import ConfigError
 
 STRATEGIES = losses.STRATEGIES
 MARGIN = 0.5
-# Both mining paths must give the same, exact answer; "auto" is what users get.
-PATHS = {
-    "slots": {"batch_all": 10**9, "semi_hard": 10**9},
-    "sorted": {"batch_all": -1, "semi_hard": -1},
+# Every mining engine must give the same, exact answer; "auto" is what users get. "sorted" is
+# the engine XLA uses; forced here outside XLA, where it runs as well. "buckets" runs
+# semi-hard's [B, B] stage in chunks of 100 distances: several chunks, the last one shorter.
+PATHS = {  # path: (_SLOT_LIMIT, _large_class_engine, _CHUNK_ELEMENTS)
+    "slots": ({"batch_all": 10**9, "semi_hard": 10**9}, "buckets", losses._CHUNK_ELEMENTS),
+    "buckets": ({"batch_all": -1, "semi_hard": -1}, "buckets", 100),
+    "sorted": ({"batch_all": -1, "semi_hard": -1}, "sorted", losses._CHUNK_ELEMENTS),
 }
 
 
@@ -80,6 +84,62 @@ def brute_force(labels, emb, strategy, margin=MARGIN, squared=False, soft_margin
     return mean(items)
 
 
+def brute_force_grad(labels, emb, strategy, margin=MARGIN, squared=False, soft_margin=False):
+    """d loss / d embeddings straight from the definitions, numpy float64, one item at a time.
+
+    Where the definition picks one element among equals (the farthest positive, the nearest
+    negative, the nearest farther one, the farthest as fallback), it takes the lowest index,
+    as argmin / argmax do. First d loss / d d, then the chain rule through d(i, j) (0 where
+    two embeddings coincide: the masked square root's gradient).
+    """
+    y = np.asarray(labels)
+    e = np.asarray(emb, dtype=np.float64)
+    b = len(y)
+    diff = e[:, None, :] - e[None, :, :]
+    d2 = (diff**2).sum(-1)
+    d = d2 if squared else np.sqrt(d2)
+
+    def derivative(x):  # d item / d x, x = d(a, p) - d(a, n)
+        return 1 / (1 + math.exp(-x)) if soft_margin else float(x + margin > 0)
+
+    g = np.zeros((b, b))  # d loss / d d, unnormalised
+    count = 0
+    for a in range(b):
+        positives = [p for p in range(b) if p != a and y[p] == y[a]]
+        negatives = [n for n in range(b) if y[n] != y[a]]
+        if not positives or not negatives:
+            continue
+        if strategy == "batch_all":
+            for p, n in itertools.product(positives, negatives):
+                x = d[a, p] - d[a, n]
+                counted = soft_margin or x + margin > 0
+                count += counted
+                g[a, p] += derivative(x) * counted
+                g[a, n] -= derivative(x) * counted
+            continue
+        if strategy == "batch_hard":
+            hardest_p = max(positives, key=lambda p: (d[a, p], -p))
+            pairs = [(hardest_p, min(negatives, key=lambda n: (d[a, n], n)))]
+        else:  # semi-hard
+            farthest = max(negatives, key=lambda n: (d[a, n], -n))
+            pairs = []
+            for p in positives:
+                farther = [n for n in negatives if d[a, n] > d[a, p]]
+                pairs.append((p, min(farther, key=lambda n: (d[a, n], n)) if farther else farthest))
+        for p, n in pairs:
+            count += 1
+            g[a, p] += derivative(d[a, p] - d[a, n])
+            g[a, n] -= derivative(d[a, p] - d[a, n])
+    g /= max(count, 1)  # items: triplets with h > 0 (hinge batch-all) or all of them
+    if squared:
+        dd_de = 2 * diff  # [a, j, :] = d d(a, j) / d e_a
+    else:
+        safe = np.where(d > 0, d, 1.0)
+        dd_de = np.where((d > 0)[..., None], diff / safe[..., None], 0.0)
+    # d(a, j) depends on e_a (+dd_de[a, j]) and on e_j (-dd_de[a, j]).
+    return np.einsum("aj,ajk->ak", g, dd_de) - np.einsum("aj,ajk->jk", g, dd_de)
+
+
 def random_batch(b, n_classes, dim, seed, dtype=np.float64):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n_classes, size=b).astype(np.int32)
@@ -93,13 +153,16 @@ def random_batch(b, n_classes, dim, seed, dtype=np.float64):
 def force_path(monkeypatch):
     def force(path):
         if path != "auto":
-            monkeypatch.setattr(losses, "_SLOT_LIMIT", PATHS[path])
+            limits, engine, chunk = PATHS[path]
+            monkeypatch.setattr(losses, "_SLOT_LIMIT", limits)
+            monkeypatch.setattr(losses, "_large_class_engine", lambda: engine)
+            monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
 
     return force
 
 
 def paths_for(strategy):
-    return ("slots", "sorted") if strategy in ("batch_all", "semi_hard") else ("auto",)
+    return tuple(PATHS) if strategy in ("batch_all", "semi_hard") else ("auto",)
 
 
 def assert_close(got, want, dtype):
@@ -111,7 +174,7 @@ def assert_close(got, want, dtype):
 # 1. Exact against brute force
 # --------------------------------------------------------------------------------------------
 
-RANDOM_CASES = [  # (B, classes, D, seed)
+RANDOM_CASES = [  # (B, classes, D, seed): labels drawn uniformly, as a random sampler does
     (2, 1, 1, 0),
     (2, 2, 3, 1),
     (5, 2, 1, 2),
@@ -121,6 +184,7 @@ RANDOM_CASES = [  # (B, classes, D, seed)
     (40, 6, 64, 6),
     (64, 10, 16, 7),
     (64, 2, 4, 8),
+    (48, 3, 2, 9),  # ~16 per class: large classes, and D = 2 gives near-ties
 ]
 
 
@@ -242,6 +306,48 @@ def test_batch_all_exact_tie_is_not_counted(name, dtype):
     assert float(fraction) == pytest.approx(want_fraction, rel=1e-6)
 
 
+PK_CASES = [(32, 4, 6, 60), (36, 12, 3, 61), (40, 20, 2, 62)]  # (B, K per class, D, seed)
+
+
+@pytest.mark.parametrize("case", PK_CASES, ids=lambda c: "B{}-K{}-D{}-s{}".format(*c))
+def test_pk_batches_match_brute_force(case, force_path):
+    """P x K batches (shuffled), small and large K, every engine."""
+    b, k, dim, seed = case
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(b) // k).astype(np.int32)
+    emb = rng.normal(size=(b, dim)) / np.sqrt(dim)
+    for strategy, soft, squared in itertools.product(STRATEGIES, (False, True), (False, True)):
+        want = brute_force(labels, emb, strategy, MARGIN, squared, soft)
+        for path in paths_for(strategy):
+            force_path(path)
+            got = losses.triplet_loss(labels, emb, strategy, MARGIN, squared, soft)
+            assert_close(got, want, np.float64)
+
+
+def tie_batch():
+    """Large classes on the integer line: most distances, and distance + margin (margin 1),
+    coincide exactly with other distances, and several embeddings coincide. Class 0 has 9
+    members (8 positives per anchor: every engine but slots when forced), classes 1-3 fewer.
+    """
+    xs = [0, 1, 1, 2, 3, 3, 4, 5, 6] + [1, 2, 2, 4, 6] + [3, 5, 7] + [0, 2]
+    labels = [0] * 9 + [1] * 5 + [2] * 3 + [3] * 2
+    order = np.random.default_rng(70).permutation(len(xs))  # no label-sorted input
+    return np.asarray(labels, np.int32)[order], np.asarray(xs, np.float64)[order, None]
+
+
+def test_ties_with_large_classes_match_brute_force(force_path):
+    """Exact ties between a negative and a positive's distance (semi-hard: not "farther")
+    and between a negative and a threshold d_ap + margin (batch-all: h = 0, not counted)."""
+    labels, emb = tie_batch()
+    for strategy, soft, squared in itertools.product(STRATEGIES, (False, True), (False, True)):
+        for dtype in (np.float64, np.float32):
+            want = brute_force(labels, emb, strategy, 1.0, squared, soft)
+            for path in paths_for(strategy):
+                force_path(path)
+                got = losses.triplet_loss(labels, emb.astype(dtype), strategy, 1.0, squared, soft)
+                assert_close(got, want, dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Gradients
 # --------------------------------------------------------------------------------------------
@@ -274,6 +380,70 @@ def test_gradients_match_dense_reference(case, strategy, force_path):
             got_loss, got_grad = value_and_grad(ours, labels, emb, **kwargs)
             np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
             np.testing.assert_allclose(got_grad, want_grad, rtol=1e-7, atol=1e-10)
+
+
+def test_gradients_with_large_random_classes_match_dense_reference(force_path):
+    """Random labels over few classes (the random sampler's batches), float64, every engine:
+    the bucket engines' custom gradients against autodiff through the B^3 forms."""
+    for b, n_classes, seed in ((30, 2, 80), (36, 3, 81)):
+        labels, emb = random_batch(b, n_classes, 4, seed)
+        assert np.bincount(labels).max() - 1 > max(losses._SLOT_LIMIT.values())
+        for strategy, soft, squared in itertools.product(
+            ("batch_all", "semi_hard"), (False, True), (False, True)
+        ):
+            kwargs = {"margin": MARGIN, "squared": squared, "soft_margin": soft}
+            ours, dense = getattr(losses, f"{strategy}_triplet_loss"), bench.DENSE[strategy]
+            want_loss, want_grad = value_and_grad(dense, labels, emb, **kwargs)
+            for path in paths_for(strategy):
+                force_path(path)
+                got_loss, got_grad = value_and_grad(ours, labels, emb, **kwargs)
+                np.testing.assert_allclose(got_loss, want_loss, rtol=1e-10)
+                np.testing.assert_allclose(got_grad, want_grad, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["ties", "random"])
+def test_gradients_match_brute_force(name, force_path):
+    """float64 gradients against the definition computed one item at a time, every engine:
+    the ties batch (exact ties of distances and of distance + margin, coincident embeddings;
+    the gradient goes to the lowest index among equals) and random large classes."""
+    if name == "ties":
+        labels, emb = tie_batch()
+        emb, margin = np.concatenate([emb, np.zeros_like(emb)], axis=1), 1.0  # D = 2
+    else:
+        (labels, emb), margin = random_batch(30, 2, 3, 85), MARGIN
+    for strategy, soft, squared in itertools.product(STRATEGIES, (False, True), (False, True)):
+        want = brute_force_grad(labels, emb, strategy, margin, squared, soft)
+        assert np.abs(want).max() > 0
+        fn = getattr(losses, f"{strategy}_triplet_loss")
+        for path in paths_for(strategy):
+            force_path(path)
+            _, got = value_and_grad(
+                fn, labels, emb, margin=margin, squared=squared, soft_margin=soft
+            )
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=(strategy, path))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_engines_pick_the_same_element_on_ties(dtype, force_path):
+    """At a tie the gradient goes to one element, the same in every engine: the lowest
+    column among equally near (or, as fallback, equally far) negatives. float32 exercises
+    semi-hard's packed int64 keys, float64 its two-pass minimum."""
+    labels, emb = tie_batch()
+    emb = np.concatenate([emb, np.zeros_like(emb)], axis=1).astype(dtype)  # D = 2
+    for strategy, soft, squared in itertools.product(
+        ("batch_all", "semi_hard"), (False, True), (False, True)
+    ):
+        fn = getattr(losses, f"{strategy}_triplet_loss")
+        kwargs = {"margin": 1.0, "squared": squared, "soft_margin": soft}
+        results = {}
+        for path in paths_for(strategy):
+            force_path(path)
+            results[path] = value_and_grad(fn, labels, emb, **kwargs)
+        for path, (loss, grad) in results.items():
+            # The sums run in other orders: equal up to rounding, not bit for bit. A different
+            # pick would move a whole coefficient, far above these tolerances.
+            np.testing.assert_allclose(loss, results["slots"][0], rtol=1e-6, err_msg=path)
+            np.testing.assert_allclose(grad, results["slots"][1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["duplicates", "all_identical"])
@@ -323,13 +493,35 @@ def _largest_tensor(fn, b, soft_margin):
     for op in _all_ops(graph):
         for out in op.outputs:
             if not out.shape.is_fully_defined():
-                # Unused placeholders of loop conditions, and 1-D index vectors of the
-                # gradient's broadcasting: nothing else may hide its size.
-                index_vector = out.shape.rank == 1 and out.dtype in (tf.int32, tf.int64)
-                assert op.type == "Placeholder" or index_vector, (op.type, op.name, out.shape)
+                # Sizes known only at run time (the bucket engine's [B, K] tables: K comes
+                # from the labels): test_no_cubic_tensor_at_run_time measures them.
                 continue
             largest = max(largest, out.shape.num_elements())
     return largest
+
+
+def _largest_tensor_at_run_time(fn, labels, emb, soft_margin=False):
+    """Largest tensor (elements) any op outputs in one forward + backward run, loop bodies
+    included: every executed node's outputs, from a session's full trace."""
+    graph = tf.Graph()
+    with graph.as_default():
+        y = tf.compat.v1.placeholder(tf.int32, [None])
+        e = tf.compat.v1.placeholder(tf.float32, [None, emb.shape[1]])
+        loss, fraction = fn(y, e, soft_margin=soft_margin)
+        grad = tf.gradients(loss, e)[0]
+        with tf.compat.v1.Session(graph=graph) as session:
+            trace = tf.compat.v1.RunMetadata()
+            options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+            feed = {y: labels, e: emb}
+            session.run([loss, fraction, grad], feed, options=options, run_metadata=trace)
+    sizes = [
+        math.prod(dim.size for dim in out.tensor_description.shape.dim)
+        for device in trace.step_stats.dev_stats
+        for node in device.node_stats
+        for out in node.output
+    ]
+    assert len(sizes) > 100  # the trace did record the run
+    return max(sizes)
 
 
 @pytest.mark.parametrize("soft", [False, True], ids=["hinge", "soft"])
@@ -338,6 +530,48 @@ def test_no_cubic_tensor_in_graph(strategy, soft):
     b = 50
     fn = getattr(losses, f"{strategy}_triplet_loss")
     assert _largest_tensor(fn, b, soft) <= b * b  # both mining paths, forward and backward
+
+
+RUN_TIME_LABELS = {  # B = 40
+    "pk": np.arange(40, dtype=np.int32) % 10,  # 4 per class: slots
+    "random3": np.random.default_rng(90).integers(0, 3, 40).astype(np.int32),  # ~13: buckets
+    "one_big": (np.arange(40) >= 38).astype(np.int32),  # 38 + 2
+}
+
+
+RUN_TIME_CASES = [  # (strategy, soft, labels, path): every engine once
+    ("batch_hard", False, "random3", "auto"),
+    ("batch_all", False, "pk", "auto"),  # slots
+    ("batch_all", True, "random3", "auto"),  # soft: slots
+    ("batch_all", False, "random3", "auto"),  # buckets
+    ("batch_all", False, "one_big", "sorted"),
+    ("semi_hard", False, "pk", "auto"),  # slots
+    ("semi_hard", True, "random3", "auto"),  # buckets
+    ("semi_hard", False, "one_big", "auto"),  # buckets, K = 37: the [B, 2K] pairs
+    ("semi_hard", False, "one_big", "sorted"),
+]
+
+
+@pytest.mark.parametrize("case", RUN_TIME_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_no_cubic_tensor_at_run_time(case, force_path):
+    """Actual sizes, for every engine. The bound is 2 B^2: semi-hard's [B, 2K] gradient
+    pairs (K < B); a [B, B, B] tensor would be B / 2 = 20 times over it."""
+    strategy, soft, labels, path = case
+    b = 40
+    force_path(path)
+    emb = np.random.default_rng(91).normal(size=(b, 16)).astype(np.float32)
+    fn = getattr(losses, f"{strategy}_triplet_loss")
+    assert _largest_tensor_at_run_time(fn, RUN_TIME_LABELS[labels], emb, soft) <= 2 * b * b
+
+
+def test_run_time_check_detects_cubes():
+    """Positive controls: the dense forms, and a cube inside a loop body."""
+    b = 40
+    emb = np.random.default_rng(92).normal(size=(b, 16)).astype(np.float32)
+    labels = RUN_TIME_LABELS["pk"]
+    assert _largest_tensor_at_run_time(bench.DENSE["batch_all"], labels, emb) >= b**3
+    assert _largest_tensor_at_run_time(bench.DENSE["semi_hard"], labels, emb) >= b**3
+    assert _largest_tensor_at_run_time(_cubic_inside_a_while_loop, labels, emb) >= b**3
 
 
 def test_cubic_check_detects_dense_forms():
@@ -431,6 +665,23 @@ def test_jit_compile(strategy):
             np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-7, atol=1e-10)
 
 
+def test_large_class_engine_follows_xla():
+    """The bucket engine's label-dependent shapes cannot compile: XLA gets the row sort,
+    also when the loss is traced in a plain function called from a jit-compiled one."""
+    seen = []
+
+    def probe(x):
+        seen.append(losses._large_class_engine())
+        return x + 1
+
+    inner = tf.function(probe)
+    tf.function(probe)(tf.ones(1))
+    tf.function(probe, jit_compile=True)(tf.ones(1))
+    tf.function(lambda x: inner(x), jit_compile=True)(tf.ones(1))
+    probe(tf.ones(1))  # eager
+    assert seen == ["buckets", "sorted", "sorted", "buckets"]
+
+
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
 def test_low_precision_embeddings_compute_in_float32(dtype):
     labels, emb = random_batch(20, 4, 8, 50, np.float32)
@@ -486,30 +737,88 @@ def test_pairwise_distances():
 
 def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
     path = tmp_path / "sub" / "losses.csv"
-    args = ["losses", "--sizes", "8", "16", "--repeats", "2", "--warmup", "1", "--csv", str(path)]
-    assert bench_cli.main(args) == 0
+    args = ["losses", "--sizes", "24", "--repeats", "2", "--warmup", "1", "--memory", "off"]
+    assert bench_cli.main([*args, "--labels", "pk,random2", "--csv", str(path)]) == 0
     with path.open() as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
         rows = list(reader)
-    assert len(rows) == 2 * 5  # per size: 3 strategies ours + 2 dense
+    assert len(rows) == 2 * 5  # per regime (and size): 3 strategies ours + 2 dense
     for row in rows:
         assert float(row["ms_median"]) > 0 and "MISMATCH" not in row["note"]
         if row["strategy"] == "batch_hard":
             assert float(row["time_vs_batch_hard"]) == 1.0
-    ours = {(r["batch_size"], r["strategy"]): r for r in rows if r["impl"] == "ours"}
+    key = ("labels", "batch_size", "strategy")
+    ours = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "ours"}
     for r in rows:
         if r["impl"] == "dense":  # same triplets counted: same loss
-            mine = float(ours[r["batch_size"], r["strategy"]]["loss"])
+            mine = float(ours[tuple(r[k] for k in key)]["loss"])
             assert float(r["loss"]) == pytest.approx(mine, rel=1e-5)
+    by_labels = {(r["labels"], r["batch_size"]): r for r in rows}
+    assert by_labels["pk", "24"]["images_per_class"] == "4"
+    assert by_labels["pk", "24"]["classes"] == "6"
+    assert by_labels["random2", "24"]["images_per_class"] == ""
+    assert int(by_labels["random2", "24"]["largest_class"]) >= 12  # 2 classes share 24
     out = capsys.readouterr().out
-    assert re.search(r"\|\s*B \| strategy\s*\|", out) and str(path) in out
+    assert re.search(r"\|\s*labels\s*\|\s*B \| strategy\s*\|", out) and str(path) in out
+    assert "| P x 4 " in out and "| 2 random (max " in out
+
+
+def test_benchmark_memory_from_a_second_process(tmp_path, monkeypatch):
+    """CPU allocator without statistics: the peaks come from a second process, run with the
+    BFC allocator and the same cases (simulated here in-process: the real one costs a
+    TensorFlow start-up), and the memory ratios are computed from them."""
+    calls = []
+
+    def second_process(argv, env, check, stdout):
+        assert argv[:3] == [sys.executable, "-m", "tripletlab.bench.losses"]
+        assert env["TF_CPU_ALLOCATOR_USE_BFC"] == "true" and check
+        calls.append(argv)
+        with monkeypatch.context() as child:
+            peaks = iter([4.0, 8.0, 8.0, 6.0, 6.0])  # per case, in the order of the rows
+            child.setattr(bench, "peak_memory_mb", lambda *_: next(peaks))
+            assert bench.main(argv[3:]) == 0
+
+    monkeypatch.setattr(bench, "peak_memory_mb", lambda *_: float("nan"))  # no statistics
+    monkeypatch.setattr(bench.subprocess, "run", second_process)
+    path = tmp_path / "losses.csv"
+    args = ["--sizes", "8", "--repeats", "1", "--warmup", "1", "--labels", "random2", "--margin"]
+    assert bench.main([*args, "0.3", "--csv", str(path)]) == 0
+    assert len(calls) == 1 and "--memory-json" in calls[0] and "0.3" in calls[0]
+    with path.open() as f:
+        rows = {(r["strategy"], r["impl"]): r for r in csv.DictReader(f)}
+    assert float(rows["batch_hard", "ours"]["peak_mb"]) == 4.0
+    assert float(rows["batch_all", "ours"]["mem_vs_batch_hard"]) == 2.0
+    assert float(rows["semi_hard", "ours"]["mem_vs_batch_hard"]) == 1.5
+
+
+def test_benchmark_label_regimes():
+    assert bench.DEFAULT_LABELS == ("pk", "random10", "random100")
+    assert bench.parse_args([]).labels == ["pk", "random10", "random100"]
+    assert bench.parse_labels("pk") is None and bench.parse_labels("random7") == 7
+    for bad in ("random", "random0", "pk4", "Random10"):
+        with pytest.raises(ValueError):
+            bench.parse_labels(bad)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--labels", "pk,random0"])
+    labels, emb = bench.make_batch(64, 8, 4, labels="random10")
+    assert labels.shape == (64,) and emb.shape == (64, 8) and labels.numpy().max() < 10
+    labels, _ = bench.make_batch(64, 8, 4, labels="pk")
+    np.testing.assert_array_equal(np.bincount(labels.numpy()), np.full(16, 4))
+    # clustered: positives nearer than negatives on average; unit norm like random ones
+    labels, emb = bench.make_batch(64, 8, 4, labels="random4", embeddings="clustered")
+    np.testing.assert_allclose(np.linalg.norm(emb.numpy(), axis=1), 1, rtol=1e-6)
+    d = losses.pairwise_distances(emb).numpy()
+    same = labels.numpy()[:, None] == labels.numpy()[None, :]
+    assert d[same & ~np.eye(64, dtype=bool)].mean() < d[~same].mean() - 0.3
+    with pytest.raises(ValueError):
+        bench.make_batch(8, 2, 4, embeddings="uniform")
 
 
 def test_benchmark_skips_dense_above_cap(tmp_path):
     path = tmp_path / "losses.csv"
-    args = ["--sizes", "8", "--repeats", "1", "--dense-cap-gb", "0", "--csv", str(path)]
-    assert bench.main(args) == 0
+    args = ["--sizes", "8", "--repeats", "1", "--dense-cap-gb", "0", "--labels", "pk"]
+    assert bench.main([*args, "--memory", "off", "--csv", str(path)]) == 0
     with path.open() as f:
         dense = [r for r in csv.DictReader(f) if r["impl"] == "dense"]
     assert len(dense) == 2 and all(r["note"].startswith("skipped") for r in dense)

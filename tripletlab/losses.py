@@ -27,9 +27,10 @@ inf, both are NaN (never a finite loss that would hide a diverged model).
 Exact, and O(B^2) memory
 ------------------------
 The textbook batch-all builds the [B, B, B] tensor of every triplet, and tf-addons' semi-hard
-tiles the distances to [B*B, B]: 2 GB of float32 at B = 4096. Nothing here is larger than
-[B, B]. Both mining problems are, per anchor a, "where does each positive's threshold fall
-among a's negatives":
+tiles the distances to [B*B, B]: 2 GB of float32 at B = 4096. No tensor here has more than
+2 B^2 elements (the largest are [B, B], and semi-hard's [B, 2K] gradient pairs, K < B). Both
+mining problems are, per anchor a, "where does each positive's threshold fall among a's
+negatives":
 
 * batch-all (hinge) needs, for each positive p, c(a,p) = #{n : d_an < d_ap + m}, and for each
   negative n, r(a,n) = #{p : d_ap + m > d_an}. Then the sum of the positive hinges is
@@ -37,31 +38,46 @@ among a's negatives":
   so its gradient is exact too (counts are piecewise constant).
 * semi-hard needs, for each positive, the negative that follows d_ap in a's sorted negatives.
 
-Two exact ways compute these integer results from distances without gradient:
+Three exact ways compute these integer results from distances without gradient:
 
 1. Positive slots (fast when classes are small, e.g. PK batches with K = 4): group the batch
    by label so an anchor's positives are a contiguous run, and loop over the slot j = 0 ..
    max class size - 2: one [B, B] comparison of every anchor's j-th positive against all its
    negatives per step. Time O(B^2 * S), S = largest class size - 1; memory O(B^2).
-2. One sort per row (when classes are big): sort, per anchor, the positives' thresholds and
-   the negatives' distances together, as int64 keys whose last bit breaks ties the way the
-   definition needs (a negative exactly at the threshold has h = 0 and is not counted; one
-   at the same distance as p is not "farther"). Exclusive cumulative sums of the type flags
-   give c and r; a stable partition gives the negatives in order. Time O(B^2 log B). No
-   ``tf.searchsorted`` over [B, B]: on CPU it is 2x slower than the sort itself, and XLA
-   lowers it to a [B, B, B] comparison.
+2. Buckets (larger classes, e.g. a random sampler over 10 classes): sort only each anchor's
+   positives ([B, K], K = S padded with +inf), then place every distance of the row among
+   them with one ``tf.searchsorted`` over [B, B]: bucket(a, x) = number of a's thresholds
+   below d_ax. Batch-all: r(a, n) = n_pos - bucket, and c = the cumulative per-row
+   histogram of the buckets (``DenseBincount``), minus the anchor's own and positive columns
+   (searched again, [B, K]). Semi-hard: bucket j holds the negatives in (d_a(j-1), d_aj],
+   so one segment min per (anchor, bucket) (float32: of int64 keys, distance bits then
+   column, so ties go to the lowest column as with argmin; float64: the minimum, then the
+   lowest column holding it) and "first non-empty bucket after i" on [B, K] give every
+   positive's negative; that [B, B] stage runs in chunks of rows, so its temporaries stay a
+   few MB. Time O(B^2 log K), memory O(B^2); the search is the cost (branch mispredictions:
+   ~40-60 ns per distance when the distances interleave with the thresholds, ~8 ns when
+   they do not: random embeddings are semi-hard's slow case, clustered ones batch-all's).
+   Ties follow the definitions: searchsorted's side="right" puts a negative exactly at a
+   threshold above it (h = 0, not counted), side="left" puts one at exactly d_ap below p
+   (not "farther").
+3. One sort per row (only under XLA, whose static shapes the [B, K] tables of 2 do not
+   have, and which lowers ``tf.searchsorted`` to a [B, B, K] comparison): sort, per anchor,
+   the positives' thresholds and the negatives' distances together, as int64 keys whose
+   last bit breaks ties the way the definition needs. Exclusive cumulative sums of the type
+   flags give c and r; a stable partition gives the negatives in order. Time O(B^2 log B).
 
-``_SLOT_LIMIT`` picks between them at run time (``tf.cond``). Soft-margin batch-all
-cannot use counts (softplus is not linear), so it always loops over slots, summing softplus
-and its derivative per slot: O(B^2) memory, O(B^2 * S) time, which is O(B^3) when one class
-fills the batch.
+``_SLOT_LIMIT`` picks 1 or the other at run time (``tf.cond``), crossover measured on CPU;
+``_large_class_engine`` picks 2 or 3 when tracing. Soft-margin batch-all cannot use counts
+(softplus is not linear), so it always loops over slots, summing softplus and its
+derivative per slot: O(B^2) memory, O(B^2 * S) time, which is O(B^3 / C) with C classes
+of similar size: exact, but no faster for large classes.
 
-Gradients: batch-all (hinge) is rebuilt from ``d`` as ``sum(w * d)`` with the integer
-coefficients w, an ordinary differentiable expression. The other losses compute, in the
-forward pass, both the value and its exact derivative w.r.t. ``d`` (+h'(x) at (a, p), -h'(x)
-at the chosen negative; summed per slot for soft batch-all) and attach it with
-``tf.custom_gradient``: recording the loop or the gathers for the tape would keep O(B^2) per
-loop step alive, or cost a slow [B, B] gather backward. First-order gradients only.
+Gradients: every loss computes, in the forward pass, both the value and its exact derivative
+w.r.t. ``d`` and attaches it with ``tf.custom_gradient``: batch-all (hinge) is
+``sum(w * d) + margin * count`` with the integer coefficients w, so its derivative is
+w / count; the others put +h'(x) at (a, p) and -h'(x) at the chosen negative (summed per
+slot for soft batch-all). Recording the loop or the gathers for the tape would keep O(B^2)
+per loop step alive, or cost a slow [B, B] gather backward. First-order gradients only.
 
 Distances use the Gram matrix; ``squared=False`` takes a square root that is masked at 0, so
 coincident embeddings get a zero (finite) gradient instead of NaN, as in
@@ -77,11 +93,24 @@ import tensorflow as tf
 
 from tripletlab.registry import LOSSES
 
-# Loop over positive slots while there are at most this many; sort each row beyond. One slot
-# costs a few elementwise passes over [B, B]; the sort path costs about as much as 30-50 of
-# them on CPU. Crossovers measured at B = 256 and 1024 (fwd + bwd, 2 CPU cores); both paths
-# give identical results, so this only moves time.
-_SLOT_LIMIT = {"batch_all": 40, "semi_hard": 24}
+try:  # how tf_keras asks "am I being compiled by XLA?"; not public API
+    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
+except ImportError:  # pragma: no cover - a TensorFlow without it: assume XLA, always correct
+    GraphOrParentsInXlaContext = None
+
+# Loop over positive slots while an anchor has at most this many positives; bucket (or, under
+# XLA, sort) beyond. One slot costs 3-4 elementwise passes over [B, B]; the bucket engines
+# cost about as much as 10-40 of them. Crossovers measured at B = 256 and 1024 with K = 4,
+# 8, 16, 32 images per class, random and clustered embeddings (fwd + bwd, 2 CPU cores): P x 4
+# batches (3 positives) stay on slots. All engines give identical results: this only moves
+# time.
+_SLOT_LIMIT = {"batch_all": 4, "semi_hard": 5}
+
+# Semi-hard's bucket stage runs over chunks of rows with about this many distances: its
+# temporaries (mask, distances, buckets, segment ids, int64 keys: ~25 bytes per distance)
+# then take ~6 MB per chunk in flight instead of ~25 B^2 bytes (400 MB at B = 4096). B <= 512
+# is one chunk; the loop costs nothing measurable at larger B.
+_CHUNK_ELEMENTS = 2**18
 
 # Key of the anchor itself in the row sort: after every distance key, and odd like a
 # negative's key, so the flag tests below exclude it explicitly.
@@ -240,14 +269,17 @@ def _flag(keys: tf.Tensor) -> tf.Tensor:
     return tf.equal(tf.bitwise.bitwise_and(keys, 1), 1)
 
 
-def _with_gradient(d: tf.Tensor, value: tf.Tensor, grad_d: tf.Tensor) -> tf.Tensor:
+def _with_gradient(d: tf.Tensor, value: tf.Tensor, grad_d: tf.Tensor, scale=None) -> tf.Tensor:
     """value (a scalar computed without gradient), differentiable w.r.t. d with d value/d d
-    = grad_d [B, B]. Used where the forward pass already produced the exact gradient and
-    recording it op by op would keep O(B^2) per loop step alive for the backward pass."""
+    = grad_d [B, B] (times the scalar `scale`, if given: one pass over [B, B] fewer). Used
+    where the forward pass already produced the exact gradient and recording it op by op
+    would keep O(B^2) per loop step alive for the backward pass."""
 
     @tf.custom_gradient
     def attach(x):
         def backward(upstream):
+            if scale is not None:
+                upstream = upstream * scale
             return upstream * grad_d
 
         return tf.identity(value), backward
@@ -378,10 +410,13 @@ def _semi_hard_sorted(d, labels, margin, soft_margin):
     k = tf.range(b)[None, :]
     dest = tf.where(is_neg, neg_before, n_neg + k - neg_before)
     neg_by_rank = tf.gather(order, _invert_rows(dest), batch_dims=1)  # columns, nearest first
-    # The negatives sorted before p are those with d_an <= d_ap; the next one is the pick,
-    # else the last (farthest) one.
+    # The negatives sorted before p are those with d_an <= d_ap; the next one is the pick
+    # (equal keys keep column order: the lowest column, as argmin in the slot loop), else the
+    # farthest one (argmax: the lowest column among equals too, as in the other engines).
     rank = tf.clip_by_value(neg_before, 0, tf.maximum(n_neg - 1, 0))
     chosen = tf.gather(neg_by_rank, rank, batch_dims=1)
+    farthest = tf.argmax(tf.where(neg, d, -tf.ones_like(d)), axis=1, output_type=tf.int32)
+    chosen = tf.where(neg_before < n_neg, chosen, farthest[:, None])
     chosen = tf.gather(chosen, _invert_rows(order), batch_dims=1)  # back to column order
 
     valid = tf.logical_and(pos, n_neg > 0)
@@ -424,8 +459,190 @@ def _soft_batch_all_slots(d, labels, blocks: _Blocks):
     return total, count, grad
 
 
+def _positives_by_distance(d, blocks: _Blocks):
+    """Every anchor's positives sorted by distance, padded to the largest class.
+
+    d [B, B] (no gradient). Returns (d_ap [B, K] ascending, +inf in the padding; their
+    columns [B, K] int32, the anchor's own index in the padding; exists [B, K] bool, which
+    is the prefix j < n_pos; K = max(largest number of positives, 1)). O(B K log K).
+    """
+    b = tf.shape(d)[0]
+    k = tf.maximum(tf.reduce_max(blocks.n_pos), 1)
+    j = tf.range(k)[None, :]
+    exists = j < blocks.n_pos[:, None]
+    place = blocks.start[:, None] + j + tf.cast(j >= blocks.self_rank[:, None], tf.int32)
+    cols = tf.gather(blocks.order, tf.where(exists, place, 0))
+    cols = tf.where(exists, cols, tf.range(b)[:, None])
+    inf = tf.constant(float("inf"), d.dtype)
+    d_ap = tf.where(exists, tf.gather(d, cols, batch_dims=1), inf)
+    top = tf.math.top_k(-d_ap, k=k, sorted=True)  # descending -d: ascending d, inf last
+    return -top.values, tf.gather(cols, top.indices, batch_dims=1), exists, k
+
+
+def _flat_index(cols: tf.Tensor) -> tf.Tensor:
+    """cols [B, N] column per (row, slot) -> [B * N] indices into the flattened [B, B]."""
+    b = tf.shape(cols)[0]
+    return tf.reshape(cols + tf.range(b)[:, None] * b, [-1])
+
+
+def _to_matrix(values: tf.Tensor, cols: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Sum values [B, N] into a [B, B] matrix at (row, cols[row, j]); duplicates add up.
+
+    unsorted_segment_sum over flat indices: on CPU 3x faster than scatter_nd for B x K
+    updates."""
+    flat = tf.math.unsorted_segment_sum(tf.reshape(values, [-1]), _flat_index(cols), b * b)
+    return tf.reshape(flat, [b, b])
+
+
+def _segment_argmin(values: tf.Tensor, ids: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """Column of the smallest value per segment, the lowest column among equal values.
+
+    values [R, B] float (R rows of B columns), ids [R, B] int32 segment of each entry (< n).
+    Returns [n] int32, >= B for an empty segment. float32: one segment min over int64 keys: the float64 bits
+    of a float32 value have 29 low zero bits, which hold the column (B < 2^29), and the bits
+    of non-negative floats sort like their values (negative ones stay below them). float64
+    has no spare bits: the minimum, then the lowest column holding it.
+    """
+    b = tf.shape(values)[1]
+    if values.dtype == tf.float32:
+        bits = tf.bitcast(tf.cast(values, tf.float64), tf.int64)
+        keys = bits + tf.cast(tf.range(b), tf.int64)[None, :]
+        best = tf.math.unsorted_segment_min(keys, ids, n)  # empty: int64 max
+        return tf.cast(tf.bitwise.bitwise_and(best, 2**29 - 1), tf.int32)  # empty: 2^29 - 1
+    smallest = tf.math.unsorted_segment_min(values, ids, n)
+    at_min = tf.equal(values, tf.gather(smallest, ids))
+    return tf.math.unsorted_segment_min(tf.where(at_min, tf.range(b)[None, :], b), ids, n)
+
+
+def _row_histogram(values: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """values [B, N] int32 -> [B, size] counts of 0 .. size - 1 per row; larger values are
+    not counted. The raw op: tf.math.bincount adds a pass over the input for its maximum."""
+    no_weights = tf.zeros([0], tf.int32)
+    return tf.raw_ops.DenseBincount(input=values, size=size, weights=no_weights)
+
+
+def _batch_all_buckets(d, margin, blocks: _Blocks) -> tuple[tf.Tensor, tf.Tensor]:
+    """Same contract as :func:`_batch_all_slots`, by bucketing every distance among the
+    anchor's sorted thresholds. O(B^2 log K) time, O(B^2) memory.
+
+    bucket(a, x) = #{p : d_ap + m <= d_ax}. For a negative n, r(a, n) = n_pos - bucket (the
+    thresholds above d_an). For the j-th smallest threshold, c = #{n : bucket(a, n) <= j}: a
+    cumulative histogram. Tied thresholds leave the buckets between them empty, so they get
+    the same c; a negative exactly at a threshold is in the bucket above it (h = 0, not
+    counted).
+    """
+    b = tf.shape(d)[0]
+    d_ap, cols, exists, k = _positives_by_distance(d, blocks)
+    threshold = d_ap + margin  # ascending; the +inf padding is above every distance
+    bucket = tf.searchsorted(threshold, d, side="right", out_type=tf.int32)  # [B, B]
+    hist = _row_histogram(bucket, k + 1)
+    # The histogram counted every column: take out the anchor's positives and itself, with
+    # the buckets of the same distances (searched again: [B, K + 1], not [B, B]).
+    own_d = tf.concat([d_ap, tf.linalg.diag_part(d)[:, None]], axis=1)
+    own_cols = tf.concat([cols, tf.range(b)[:, None]], axis=1)
+    own_exists = tf.concat([exists, tf.ones([b, 1], tf.bool)], axis=1)
+    own_bucket = tf.searchsorted(threshold, own_d, side="right", out_type=tf.int32)
+    dropped = tf.where(own_exists, own_bucket, k + 1)  # k + 1: past maxlength, not counted
+    hist -= _row_histogram(dropped, k + 1)
+    c = tf.where(exists, tf.cumsum(hist[:, :k], axis=1), 0)
+    count = tf.reduce_sum(tf.cast(c, tf.int64))
+    # w = bucket - n_pos = -r everywhere, then corrected at the positives (to c) and on the
+    # diagonal (to 0) with one sparse [B, K + 1] sum instead of a [B, B] mask.
+    n_pos = blocks.n_pos[:, None]
+    wanted = tf.concat([c, tf.zeros([b, 1], tf.int32)], axis=1)
+    correction = tf.where(own_exists, wanted - (own_bucket - n_pos), 0)
+    w = bucket - n_pos + _to_matrix(correction, own_cols, b)
+    return tf.cast(w, d.dtype), count
+
+
+def _nearest_in_buckets(d, labels, d_ap, k) -> tuple[tf.Tensor, tf.Tensor]:
+    """Semi-hard's [B, B] stage: the nearest negative in every (anchor, bucket).
+
+    d [B, B] (no gradient), labels [B], d_ap [B, K] each anchor's positive distances,
+    ascending. Returns (nearest [B, K + 1] int32: column of the nearest negative in bucket
+    j = #{p : d_ap < d_an}, >= B when the bucket is empty; farthest [B] int32: the farthest
+    negative, the lowest column among equals, 0 for an anchor without negatives). Chunks of
+    rows, one after the other (two in flight: their searches, single-threaded ops, can share
+    two cores): the temporaries are those of one chunk, not [B, B] ones.
+    """
+    b = tf.shape(d)[0]
+    chunk = tf.maximum(_CHUNK_ELEMENTS // b, 1)
+    n_chunks = (b + chunk - 1) // chunk
+
+    def body(i, nearest, farthest):
+        start = i * chunk
+        stop = tf.minimum(start + chunk, b)
+        n = stop - start
+        neg = tf.not_equal(labels[start:stop, None], labels[None, :])
+        neg_d = tf.where(neg, d[start:stop], -tf.ones([], d.dtype))  # non-negatives: below all
+        bucket = tf.searchsorted(d_ap[start:stop], neg_d, side="left", out_type=tf.int32)
+        ids = bucket + tf.range(n)[:, None] * (k + 1)
+        nearest = nearest.write(i, tf.reshape(_segment_argmin(neg_d, ids, n * (k + 1)), [n, -1]))
+        farthest = farthest.write(i, tf.argmax(neg_d, axis=1, output_type=tf.int32))
+        return i + 1, nearest, farthest
+
+    arrays = [tf.TensorArray(tf.int32, size=n_chunks, infer_shape=False) for _ in range(2)]
+    _, nearest, farthest = tf.while_loop(
+        lambda i, *_: i < n_chunks, body, (tf.constant(0), *arrays), parallel_iterations=2
+    )
+    return tf.reshape(nearest.concat(), [b, k + 1]), tf.reshape(farthest.concat(), [b])
+
+
+def _semi_hard_buckets(d, labels, margin, soft_margin, blocks: _Blocks):
+    """Same contract as :func:`_semi_hard_slots`, by bucketing every negative among the
+    anchor's sorted positives. O(B^2 log K) time, O(B^2) memory.
+
+    bucket(a, n) = #{p : d_ap < d_an}: n is farther than exactly the `bucket` nearest
+    positives. Bucket j >= 1 lies in (d_a(j-1), d_a(j)], so bucket minima increase with j,
+    and the nearest negative farther than the i-th positive is the minimum of the first
+    non-empty bucket j > i (none: the farthest negative). A negative at exactly d_ap is in
+    bucket <= i, so it is not "farther". The minimum per (anchor, bucket) is one segment
+    min over [B, B]; the lowest column wins ties, as argmin does in the slot loop.
+    """
+    b = tf.shape(d)[0]
+    rows = tf.range(b)
+    d_ap, cols, exists, k = _positives_by_distance(d, blocks)
+    nearest, farthest = _nearest_in_buckets(d, labels, d_ap, k)
+    has_neg = blocks.n_pos + 1 < b
+    nearest = nearest[:, 1:]  # bucket 0: nearer than every positive
+    # Column i of `nearest` is bucket i + 1. Cut each row into runs: empty buckets up to and
+    # including the next non-empty one. Every bucket of a run answers with that one.
+    non_empty = nearest < b
+    run = tf.cumsum(tf.cast(non_empty, tf.int32), axis=1, exclusive=True) + rows[:, None] * k
+    first = tf.math.unsorted_segment_min(tf.reshape(nearest, [-1]), tf.reshape(run, [-1]), b * k)
+    chosen = tf.gather(first, run)  # [B, K]: >= B when no negative is farther
+    found = chosen < b
+    pick = tf.where(found, chosen, farthest[:, None])
+
+    items, coef, active = _items(d_ap - tf.gather(d, pick, batch_dims=1), margin, soft_margin)
+    valid = tf.logical_and(exists, has_neg[:, None])
+    zero = tf.zeros_like(items)
+    total = tf.reduce_sum(tf.where(valid, items, zero))
+    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
+    coef = tf.where(valid, coef, zero)
+    # +coef at (a, p), -coef at (a, chosen); several positives may share a negative.
+    grad = _to_matrix(tf.concat([coef, -coef], 1), tf.concat([cols, pick], 1), b)
+    return total, n_active, grad
+
+
 def _use_slots(blocks: _Blocks, strategy: str) -> tf.Tensor:
     return tf.reduce_max(blocks.n_pos) <= _SLOT_LIMIT[strategy]
+
+
+def _in_xla_context() -> bool:
+    """True while tracing for XLA (``jit_compile=True``, also from an enclosing function)."""
+    if GraphOrParentsInXlaContext is None:  # pragma: no cover
+        return True
+    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _large_class_engine() -> str:
+    """Engine for batches with large classes: "buckets", or "sorted" under XLA.
+
+    The bucket engine's [B, K] shapes depend on the labels, which XLA cannot compile (and it
+    would lower tf.searchsorted to a [B, B, K] comparison); the row sort has static shapes.
+    """
+    return "sorted" if _in_xla_context() else "buckets"
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,23 +671,29 @@ def batch_all_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
 
     if soft_margin:
         total, n_violating, grad = _soft_batch_all_slots(d_const, labels, blocks)
-        loss = _with_gradient(
-            d, _ratio(total, n_valid, dtype), grad / tf.cast(tf.maximum(n_valid, 1), dtype)
-        )
+        scale = 1 / tf.cast(tf.maximum(n_valid, 1), dtype)
+        loss = _with_gradient(d, _ratio(total, n_valid, dtype), grad, scale)
         return _nan_unless_finite(embeddings, loss, _ratio(n_violating, n_valid, dtype))
 
     margin = tf.cast(margin, dtype)
+
+    def large():
+        if _large_class_engine() == "sorted":
+            return _batch_all_sorted(d_const, labels, margin)
+        return _batch_all_buckets(d_const, margin, blocks)
+
     w, count = tf.cond(
         _use_slots(blocks, "batch_all"),
         lambda: _batch_all_slots(d_const, labels, margin, blocks),
-        lambda: _batch_all_sorted(d_const, labels, margin),
+        large,
     )
-    # A flat dot product: no [B, B] temporary for w * d in the forward pass.
-    total = tf.tensordot(tf.reshape(w, [-1]), tf.reshape(d, [-1]), 1)
+    # A flat dot product: no [B, B] temporary for w * d. The gradient w.r.t. d is w / count,
+    # attached directly: the tape's gradient of the dot product is a slow outer product.
+    total = tf.tensordot(tf.reshape(w, [-1]), tf.reshape(d_const, [-1]), 1)
     total += margin * tf.cast(count, dtype)
-    return _nan_unless_finite(
-        embeddings, _ratio(total, count, dtype), _ratio(count, n_valid, dtype)
-    )
+    scale = 1 / tf.cast(tf.maximum(count, 1), dtype)
+    loss = _with_gradient(d, _ratio(total, count, dtype), w, scale)
+    return _nan_unless_finite(embeddings, loss, _ratio(count, n_valid, dtype))
 
 
 @LOSSES.register("batch_hard")
@@ -521,15 +744,21 @@ def semi_hard_triplet_loss(labels, embeddings, margin=0.5, squared=False, soft_m
     d_const = tf.stop_gradient(d)
     blocks = _class_blocks(labels)
     margin = tf.cast(margin, dtype)
+
+    def large():
+        if _large_class_engine() == "sorted":
+            return _semi_hard_sorted(d_const, labels, margin, soft_margin)
+        return _semi_hard_buckets(d_const, labels, margin, soft_margin, blocks)
+
     total, n_active, grad = tf.cond(
         _use_slots(blocks, "semi_hard"),
         lambda: _semi_hard_slots(d_const, labels, margin, soft_margin, blocks),
-        lambda: _semi_hard_sorted(d_const, labels, margin, soft_margin),
+        large,
     )
     has_neg = blocks.n_pos + 1 < tf.shape(labels)[0]
     n_pairs = tf.reduce_sum(tf.where(has_neg, tf.cast(blocks.n_pos, tf.int64), 0))
-    scale = tf.cast(tf.maximum(n_pairs, 1), dtype)
-    loss = _with_gradient(d, _ratio(total, n_pairs, dtype), grad / scale)
+    scale = 1 / tf.cast(tf.maximum(n_pairs, 1), dtype)
+    loss = _with_gradient(d, _ratio(total, n_pairs, dtype), grad, scale)
     return _nan_unless_finite(embeddings, loss, _ratio(n_active, n_pairs, dtype))
 
 

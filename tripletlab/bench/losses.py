@@ -15,20 +15,42 @@ Figures:
   it (``tf.config.experimental.get_memory_info``): the tensors the step creates. On CPU this
   counts the TF CPU allocator, not memory that kernels take from malloc directly.
 
-Labels are PK batches: K images per class (``--images-per-class``, default 4) and B / K
-classes (16 classes at B = 64, the project's PK default), shuffled. Embeddings are random
-normal, L2-normalised like the model's output (D = ``--dim``, default 64).
+Labels (``--labels``, default ``pk,random10,random100``, one table section each):
+
+* ``pk``: PK batches, K images per class (``--images-per-class``, default 4) and B / K
+  classes (16 classes at B = 64, the project's PK default), shuffled.
+* ``random<N>``: each label drawn uniformly from N classes, as a random sampler over a
+  dataset of N classes gives: about B / N images per class, so each anchor has many
+  positives (the mining's hard case: 10 classes at B = 4096 is ~410 positives per anchor).
+
+Embeddings (``--embeddings``) are L2-normalised like the model's output (D = ``--dim``,
+default 64): ``random`` (default) normal, as from an untrained model, or ``clustered``, a
+centre per class plus noise. With large classes the time of batch-all and semi-hard depends
+on them: their search's branches mispredict when distances interleave with the anchor's
+positives' thresholds. Random: semi-hard's worst case (positives and negatives at the same
+distances), batch-all's best (d + margin is above most negatives); clustered: the reverse.
 
 Dense cases are skipped when ``12 * B^3`` bytes (three live float32 [B, B, B] tensors in the
 forward + backward pass) exceeds ``--dense-cap-gb``.
+
+Times are taken with the process's allocator: TensorFlow's default CPU allocator, as in
+training. That allocator keeps no statistics, so on CPU the peak memory is measured in a
+second process (same cases, one call each) with the BFC allocator,
+``TF_CPU_ALLOCATOR_USE_BFC=true`` (``--memory off``: no second process, peak MB "-"). BFC
+reuses freed blocks, which makes the elementwise passes faster: timed under it, batch-hard
+gains more than the others, and the ratios to it grow by ~0.2-0.5.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,14 +62,19 @@ import tensorflow as tf
 from tripletlab import losses
 
 DEFAULT_SIZES = (64, 256, 1024, 2048, 4096)
+DEFAULT_LABELS = ("pk", "random10", "random100")
+CLUSTER_NOISE = 0.9  # --embeddings clustered: noise scale around the class centres
 DEFAULT_CSV = "outputs/bench/losses.csv"
 CSV_COLUMNS = (
+    "labels",
     "strategy",
     "impl",
     "batch_size",
     "dim",
     "images_per_class",
     "classes",
+    "largest_class",
+    "embeddings",
     "soft_margin",
     "jit",
     "repeats",
@@ -195,11 +222,46 @@ OURS = {
 # --------------------------------------------------------------------------------------------
 
 
-def make_batch(batch_size: int, dim: int, images_per_class: int, seed: int = 0):
-    """PK labels [B] int32 (shuffled) and L2-normalised float32 embeddings [B, D]."""
+def parse_labels(regime: str) -> int | None:
+    """Labels regime -> number of classes: "pk" -> None, "random<N>" (N >= 1) -> N.
+
+    ValueError for anything else."""
+    if regime == "pk":
+        return None
+    match = re.fullmatch(r"random([1-9][0-9]*)", regime)
+    if match is None:
+        raise ValueError(f"labels {regime!r}: expected pk or random<N>, e.g. random10")
+    return int(match.group(1))
+
+
+def make_batch(
+    batch_size: int,
+    dim: int,
+    images_per_class: int,
+    seed: int = 0,
+    labels: str = "pk",
+    embeddings: str = "random",
+):
+    """Labels [B] int32 and L2-normalised float32 embeddings [B, D].
+
+    labels "pk": B / images_per_class classes of images_per_class each, shuffled;
+    "random<N>": each label uniform over N classes (see :func:`parse_labels`).
+    embeddings "random": normal, no class structure (an untrained model); "clustered": a
+    normal centre per class plus 0.9 x normal noise (a model part-way through training:
+    positives nearer than most negatives, with overlap).
+    """
     rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(batch_size) // images_per_class).astype(np.int32)
-    emb = rng.normal(size=(batch_size, dim)).astype(np.float32)
+    n_classes = parse_labels(labels)
+    if n_classes is None:
+        labels = rng.permutation(np.arange(batch_size) // images_per_class).astype(np.int32)
+    else:
+        labels = rng.integers(0, n_classes, size=batch_size).astype(np.int32)
+    emb = rng.normal(size=(batch_size, dim))
+    if embeddings == "clustered":
+        emb = rng.normal(size=(labels.max() + 1, dim))[labels] + CLUSTER_NOISE * emb
+    elif embeddings != "random":
+        raise ValueError(f"embeddings {embeddings!r}: expected random or clustered")
+    emb = emb.astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     return tf.constant(labels), tf.constant(emb)
 
@@ -267,41 +329,103 @@ def measure_interleaved(steps: dict, labels, emb, warmup: int, repeats: int) -> 
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for b in args.sizes:
-        labels, emb = make_batch(b, args.dim, args.images_per_class)
-        base = {
-            "batch_size": b,
-            "dim": args.dim,
-            "images_per_class": args.images_per_class,
-            "classes": int(tf.size(tf.unique(labels).y)),
-            "soft_margin": args.soft_margin,
-            "jit": args.jit,
-            "repeats": args.repeats,
-            "note": "",
-        }
-        by_key, steps = {}, {}
-        for strategy in ("batch_hard", "batch_all", "semi_hard"):
-            impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED else [])
-            for impl in impls:
-                row = dict(base, strategy=strategy, impl=impl)
-                estimate_gb = DENSE_BYTES_PER_TRIPLET * b**3 / 1e9
-                if impl == "dense" and estimate_gb > args.dense_cap_gb:
-                    cap = args.dense_cap_gb
-                    row["note"] = f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {cap} GB"
-                else:
-                    fn = OURS[strategy] if impl == "ours" else DENSE[strategy]
-                    steps[strategy, impl] = make_step(fn, args.margin, args.soft_margin, args.jit)
-                by_key[strategy, impl] = row
-        for key, figures in measure_interleaved(
-            steps, labels, emb, args.warmup, args.repeats
-        ).items():
-            by_key[key].update(figures)
-        _add_ratios(by_key)
-        for row in by_key.values():
-            _progress(row)
-            rows.append(row)
+    """Every case, timed here; peak memory from a second process when this one's allocator
+    keeps no statistics (CPU), unless --memory off."""
+    cases = [(regime, b) for regime in args.labels for b in args.sizes]
+    rows = [row for regime, b in cases for row in run_case(args, regime, b)]
+    missing = [row for row in rows if "ms_median" in row and not np.isfinite(row["peak_mb"])]
+    if missing and args.memory == "auto":
+        peaks = peaks_in_child(args)
+        for row in rows:
+            if _row_key(row) in peaks:
+                row["peak_mb"] = peaks[_row_key(row)]
+        for regime, b in cases:
+            _add_ratios(
+                {
+                    (r["strategy"], r["impl"]): r
+                    for r in rows
+                    if r["labels"] == regime and r["batch_size"] == b
+                }
+            )
     return rows
+
+
+def _row_key(row: dict) -> str:
+    return f"{row['labels']} {row['batch_size']} {row['strategy']} {row['impl']}"
+
+
+def peaks_in_child(args: argparse.Namespace) -> dict:
+    """{row key: peak MB} for every case, measured by ``--memory-json`` in a new process with
+    TensorFlow's BFC allocator (the CPU allocator with statistics)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "peaks.json"
+        argv = [sys.executable, "-m", "tripletlab.bench.losses", "--memory-json", str(out)]
+        argv += ["--sizes", *map(str, args.sizes), "--labels", ",".join(args.labels)]
+        argv += ["--dim", str(args.dim), "--images-per-class", str(args.images_per_class)]
+        argv += ["--embeddings", args.embeddings]
+        argv += ["--margin", str(args.margin), "--dense-cap-gb", str(args.dense_cap_gb)]
+        argv += ["--soft-margin"] * args.soft_margin + ["--jit"] * args.jit
+        env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+        print("peak memory: a second process with the BFC allocator ...", file=sys.stderr)
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+        return json.loads(out.read_text())
+
+
+def memory_only(args: argparse.Namespace) -> dict:
+    """{row key: peak MB}: one traced call, then one measured call per case, no timing."""
+    peaks = {}
+    for regime, b in [(regime, b) for regime in args.labels for b in args.sizes]:
+        labels, emb, _, by_key, steps = _case(args, regime, b)
+        for key, step in steps.items():
+            _call(step, labels, emb)
+            peaks[_row_key(by_key[key])] = peak_memory_mb(step, labels, emb)
+    return peaks
+
+
+def run_case(args: argparse.Namespace, regime: str, b: int) -> list[dict]:
+    """Every strategy (and dense form) on one batch: labels regime, batch size b."""
+    labels, emb, _, by_key, steps = _case(args, regime, b)
+    for key, figures in measure_interleaved(steps, labels, emb, args.warmup, args.repeats).items():
+        by_key[key].update(figures)
+    _add_ratios(by_key)
+    for row in by_key.values():
+        _progress(row)
+    return list(by_key.values())
+
+
+def _case(args: argparse.Namespace, regime: str, b: int):
+    """-> (labels, emb, base row, {(strategy, impl): row}, {(strategy, impl): step})."""
+    labels, emb = make_batch(
+        b, args.dim, args.images_per_class, labels=regime, embeddings=args.embeddings
+    )
+    counts = np.bincount(labels.numpy())
+    base = {
+        "labels": regime,
+        "batch_size": b,
+        "dim": args.dim,
+        "images_per_class": args.images_per_class if regime == "pk" else None,
+        "classes": int(np.count_nonzero(counts)),
+        "largest_class": int(counts.max()),
+        "embeddings": args.embeddings,
+        "soft_margin": args.soft_margin,
+        "jit": args.jit,
+        "repeats": args.repeats,
+        "note": "",
+    }
+    by_key, steps = {}, {}
+    for strategy in ("batch_hard", "batch_all", "semi_hard"):
+        impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED else [])
+        for impl in impls:
+            row = dict(base, strategy=strategy, impl=impl)
+            estimate_gb = DENSE_BYTES_PER_TRIPLET * b**3 / 1e9
+            if impl == "dense" and estimate_gb > args.dense_cap_gb:
+                cap = args.dense_cap_gb
+                row["note"] = f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {cap} GB"
+            else:
+                fn = OURS[strategy] if impl == "ours" else DENSE[strategy]
+                steps[strategy, impl] = make_step(fn, args.margin, args.soft_margin, args.jit)
+            by_key[strategy, impl] = row
+    return labels, emb, base, by_key, steps
 
 
 def _ratio(a, b):
@@ -329,7 +453,8 @@ def _progress(row: dict) -> None:
     figures = row.get("ms_median")
     text = f"{row['ms_median']:9.1f} ms {row['peak_mb']:9.1f} MB" if figures is not None else "-"
     print(
-        f"B={row['batch_size']:<5} {row['strategy']:<10} {row['impl']:<5} {text} {row['note']}",
+        f"{row['labels']:<10} B={row['batch_size']:<5} {row['strategy']:<10} {row['impl']:<5} "
+        f"{text} {row['note']}",
         file=sys.stderr,
         flush=True,
     )
@@ -351,15 +476,16 @@ def _mb_spec(mb: float | None) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """One line per (B, strategy): ours, its ratios to batch-hard, the dense form beside it."""
+    """One line per (labels, B, strategy): ours, its ratios to batch-hard (measured in the
+    same run, on the same batch), the dense form beside it."""
     frame = pd.DataFrame(rows)
     ours = frame[frame["impl"] == "ours"]
-    dense = frame[frame["impl"] == "dense"][["batch_size", "strategy", "ms_median", "peak_mb"]]
-    merged = ours.merge(
-        dense, on=["batch_size", "strategy"], how="left", suffixes=("", "_dense"), indicator=True
-    )
+    keys = ["labels", "batch_size", "strategy"]
+    dense = frame[frame["impl"] == "dense"][[*keys, "ms_median", "peak_mb"]]
+    merged = ours.merge(dense, on=keys, how="left", suffixes=("", "_dense"), indicator=True)
     table = pd.DataFrame(
         {
+            "labels": [_labels_text(r) for r in merged.itertuples()],
             "B": merged["batch_size"].astype(str),
             "strategy": merged["strategy"],
             "ours ms": [_fmt(v, ".1f") for v in merged["ms_median"]],
@@ -380,8 +506,15 @@ def markdown_table(rows: list[dict]) -> str:
     notes = merged["note"].fillna("")
     last = dense_columns[-1]
     table[last] = [f"{c} ({n})" if n else c for c, n in zip(table[last], notes, strict=True)]
-    align = ("right", "left", *["right"] * (len(table.columns) - 2))
+    align = ("left", "right", "left", *["right"] * (len(table.columns) - 3))
     return table.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _labels_text(row) -> str:
+    """Table text of a regime: "P x 4", or "10 random (max 121)" (the largest class)."""
+    if row.labels == "pk":
+        return f"P x {int(row.images_per_class)}"
+    return f"{parse_labels(row.labels)} random (max {row.largest_class})"
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -394,14 +527,33 @@ def header(args: argparse.Namespace) -> str:
     return (
         f"Triplet losses, forward + backward (d loss / d embeddings) in a tf.function"
         f"{' (jit_compile)' if args.jit else ''}; TF {tf.__version__} on {device}, "
-        f"{threads} threads. D = {args.dim}, PK labels with K = {args.images_per_class} "
-        f"(B / {args.images_per_class} classes), margin {args.margin}"
+        f"{threads} threads. D = {args.dim}, {args.embeddings} embeddings; labels: P x K = "
+        f"PK batches with K = "
+        f"{args.images_per_class} (B / {args.images_per_class} classes), N random = each label "
+        f"uniform over N classes (max = the largest class in the batch); margin {args.margin}"
         f"{', soft margin' if args.soft_margin else ''}. ms = median of {args.repeats} runs "
-        f"after {args.warmup} warm-up; peak MB = peak bytes the step allocates (TF "
-        f"{device} allocator, get_memory_info). Dense: [B,B,B] batch-all (omoindrot), "
+        f"after {args.warmup} warm-up, the cases of one batch interleaved, TF's "
+        f"{_allocator_name(device)} allocator; peak MB = peak bytes the step allocates "
+        f"(get_memory_info{_memory_note(device, args)}). Dense: [B,B,B] batch-all (omoindrot), "
         f"[B*B,B] tiled semi-hard (tf-addons); skipped above {args.dense_cap_gb} GB "
         f"estimated."
     )
+
+
+def _bfc_on_cpu() -> bool:
+    return os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
+
+
+def _allocator_name(device: str) -> str:
+    if device.startswith("CPU"):
+        return "BFC CPU" if _bfc_on_cpu() else "default CPU"
+    return f"{device}"
+
+
+def _memory_note(device: str, args: argparse.Namespace) -> str:
+    if device.startswith("CPU") and not _bfc_on_cpu():
+        return ", off" if args.memory == "off" else ", in a second process with the BFC allocator"
+    return ""
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -421,6 +573,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (>= 1)")
     parser.add_argument("--dim", type=int, default=64, help="embedding size D")
     parser.add_argument("--images-per-class", type=int, default=4, help="K of the PK labels")
+    parser.add_argument(
+        "--labels",
+        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        default=list(DEFAULT_LABELS),
+        help="label regimes, comma-separated: pk and/or random<N> (N classes, uniform); "
+        f"default {','.join(DEFAULT_LABELS)}",
+    )
+    parser.add_argument(
+        "--embeddings",
+        choices=("random", "clustered"),
+        default="random",
+        help="random: no class structure; clustered: class centres + noise (see make_batch)",
+    )
     parser.add_argument("--margin", type=float, default=0.5)
     parser.add_argument("--soft-margin", action="store_true")
     parser.add_argument("--jit", action="store_true", help="tf.function(jit_compile=True)")
@@ -428,14 +593,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dense-cap-gb", type=float, default=2.0, help="skip dense cases estimated above this"
     )
     parser.add_argument("--csv", type=Path, default=Path(DEFAULT_CSV), help="output CSV path")
+    parser.add_argument(
+        "--memory",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: peak memory, from a second process when the CPU allocator has no "
+        "statistics; off: no peak memory",
+    )
+    parser.add_argument("--memory-json", type=Path, help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
     if min(args.sizes) < 2 or args.repeats < 1 or args.images_per_class < 1 or args.dim < 1:
         parser.error("--sizes must be >= 2; --repeats, --images-per-class, --dim >= 1")
+    try:
+        if not args.labels:
+            raise ValueError("--labels is empty")
+        for regime in args.labels:
+            parse_labels(regime)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_json is not None:  # the second process of peaks_in_child
+        args.memory_json.write_text(json.dumps(memory_only(args)))
+        return 0
     rows = run(args)
     write_csv(rows, args.csv)
     print(header(args))
