@@ -276,3 +276,12 @@ def test_a_resumed_run_is_one_session_that_ends_once(tmp_path):
     (group,) = groups
     assert group["name"] == "run" and group["hparams"]["trainer.learning_rate"] == 0.01
     assert [s["status"] for s in group["sessions"]] == ["STATUS_SUCCESS"]
+
+
+def test_scalar_tags_group_evaluation_columns_apart_from_training():
+    from tripletlab.tracking import scalar_tag
+
+    for key in ("precision_at_1", "knn_accuracy", "eval_seconds", "eval_queries"):
+        assert scalar_tag(key) == f"eval/{key}"
+    for key in ("loss", "fraction_positive", "epoch_seconds", "images_per_second"):
+        assert scalar_tag(key) == f"train/{key}"

@@ -47,8 +47,10 @@ SESSION_SUFFIX = ".hparams"
 
 def scalar_tag(key: str) -> str:
     """A metrics row's key as a TensorBoard tag: ``eval/<metric>`` for the retrieval metrics
-    and the evaluation's time, ``train/<key>`` for the rest (loss, fraction, speed...)."""
-    return f"eval/{key}" if key in METRICS or key == "eval_seconds" else f"train/{key}"
+    and the evaluation's time and query count, ``train/<key>`` for the rest (loss, fraction,
+    speed...)."""
+    evaluation = key in METRICS or key in ("eval_seconds", "eval_queries")
+    return f"eval/{key}" if evaluation else f"train/{key}"
 
 
 # ------------------------------------------------------------------------ HParams
