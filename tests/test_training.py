@@ -448,3 +448,29 @@ def test_collapsed_run_is_not_trained_again(collapse_sweep, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert read_summary(run_dir)["status"] == "collapsed"
     assert value == pytest.approx(summary["metrics"]["precision_at_1"])
+
+
+@pytest.mark.parametrize(
+    ("every", "sample_queries", "full_every", "want"),
+    [
+        # per epoch 1..6: "-" no evaluation, "s" sampled, "F" full
+        (1, 2000, 0, "sssssF"),
+        (2, 2000, 0, "-s-s-F"),
+        (2, 2000, 3, "-sFs-F"),
+        (5, None, 0, "----FF"),  # sample_queries=null: every evaluation is full, no more
+        (1, None, 0, "FFFFFF"),
+    ],
+)
+def test_evaluation_schedule(every, sample_queries, full_every, want):
+    from types import SimpleNamespace
+
+    from tripletlab.training.loop import evaluation_due, full_evaluation_due
+
+    cfg = SimpleNamespace(every=every, sample_queries=sample_queries, full_every=full_every)
+    got = ""
+    for epoch in range(1, 7):
+        if not evaluation_due(cfg, epoch, 6):
+            got += "-"
+        else:
+            got += "F" if full_evaluation_due(cfg, epoch, 6) else "s"
+    assert got == want

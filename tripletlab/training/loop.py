@@ -198,8 +198,14 @@ class Trainer:
 
 
 def evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
-    """Whether epoch ``epoch`` (1-based) of ``epochs`` evaluates the test split."""
-    return epoch % eval_cfg.every == 0 or full_evaluation_due(eval_cfg, epoch, epochs)
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` evaluates the test split: every
+    ``every`` epochs, every ``full_every`` epochs (when > 0) and after the last."""
+    full_every = eval_cfg.full_every
+    return (
+        epoch % eval_cfg.every == 0
+        or epoch == epochs
+        or (full_every > 0 and epoch % full_every == 0)
+    )
 
 
 def full_evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
