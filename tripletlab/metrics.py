@@ -86,7 +86,10 @@ def _query_index(queries: Any | None, n: int) -> tf.Tensor:
         return tf.range(n, dtype=tf.int64)
     index = np.asarray(queries)
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer) or index.size == 0:
-        raise DataError(f"queries must be a non-empty list of item indices, got {queries!r}")
+        raise DataError(
+            "queries must be a non-empty 1-D list of integer item indices, got an array of "
+            f"shape {index.shape} and dtype {index.dtype}"
+        )
     if index.min() < 0 or index.max() >= n or np.unique(index).size != index.size:
         raise DataError(f"queries must be distinct item indices in [0, {n})")
     return tf.constant(index, tf.int64)
