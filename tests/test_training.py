@@ -33,6 +33,7 @@ from tests.helpers import (
     read_rows,
     read_summary,
     simulate_kill,
+    tiny,
 )
 from tripletlab import train
 from tripletlab.config import METRICS
@@ -355,6 +356,79 @@ def test_the_diverged_epoch_is_never_saved(reference, tmp_path):
     assert checkpoint_numbers(run_dir) == [2, 4, 5]
     assert latest_checkpoint(run_dir).endswith("ckpt-5")
     assert read_rows(run_dir) == before
+
+
+# A NaN in the very last step of an epoch whose length is no multiple of the guard's
+# CHECK_EVERY: a guard that only looks every CHECK_EVERY steps misses it, the NaN epoch is
+# checkpointed, and the run fails an epoch later, naming the wrong one.
+NAN_STEPS_PER_EPOCH = 25
+NAN_EPOCH = 2
+NAN_CALL = (NAN_EPOCH - 1) * NAN_STEPS_PER_EPOCH + NAN_STEPS_PER_EPOCH  # 1-based
+
+
+def _nan_from_call(first_nan_call: int):
+    """A backbone (images [B, H, W, C] -> features [B, 8]) whose features turn NaN from its
+    ``first_nan_call``-th training call on: a counter it keeps as a non-trainable weight."""
+    import keras
+    import tensorflow as tf
+
+    class NanFromCall(keras.layers.Layer):
+        def build(self, input_shape):
+            self.calls = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, name="training_calls"
+            )
+
+        def call(self, x, training=False):
+            if training:
+                self.calls.assign_add(1.0)
+            poisoned = self.calls >= float(first_nan_call)
+            return x * tf.where(poisoned, float("nan"), 1.0)
+
+    def backbone(x, cfg, reg):
+        x = keras.layers.Dense(8, kernel_regularizer=reg)(keras.layers.Flatten()(x))
+        return NanFromCall()(x)
+
+    return backbone
+
+
+def test_a_nan_in_the_last_step_of_an_epoch_stops_the_run_in_that_epoch(tmp_path):
+    """Epochs of 25 steps, the NaN in step 25 of epoch 2 only (evaluated every 3 epochs, so
+    no evaluation trips over it first): the run stops in epoch 2, keeps checkpoint 1 and
+    saves nothing of epoch 2."""
+    from tripletlab.registry import BACKBONES
+    from tripletlab.training.monitors import CHECK_EVERY
+
+    assert NAN_STEPS_PER_EPOCH % CHECK_EVERY != 0
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "nan_late.yaml").write_text(
+        "name: nan_late\nembedding_size: 8\n"
+    )
+    overrides = [
+        *tiny("nan_late"),
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "model.l2_normalize=false",
+        "trainer.mixed_precision=off",
+        "trainer.epochs=3",
+        f"trainer.steps_per_epoch={NAN_STEPS_PER_EPOCH}",
+        "eval.every=3",
+    ]
+    run_dir = tmp_path / "run"
+    BACKBONES.register("nan_late")(_nan_from_call(NAN_CALL))
+    try:
+        with pytest.raises(TrainingError) as err:
+            tripletlab.train(tripletlab.compose(overrides), run_dir)
+    finally:
+        BACKBONES.unregister("nan_late")
+    message = str(err.value)
+    step = NAN_EPOCH * NAN_STEPS_PER_EPOCH
+    assert f"diverged in epoch {NAN_EPOCH}, by step {step}" in message
+    assert "ckpt-1" in message
+    assert checkpoint_numbers(run_dir) == [1]
+    assert [int(r["epoch"]) for r in read_rows(run_dir)] == [1]
+    assert math.isfinite(float(read_rows(run_dir)[0]["loss"]))
+    summary = read_summary(run_dir)
+    assert summary["status"] == "failed" and summary["epochs_done"] == 1
+    assert f"epoch {NAN_EPOCH}" in summary["error"]
 
 
 # ------------------------------------------------------------------------- collapse
