@@ -158,3 +158,46 @@ def test_bad_input_raises(tmp_path, kwargs, error):
     }
     with pytest.raises(error):
         write_projector(tmp_path, **args)
+
+
+def test_sampled_points_keep_their_label_and_image_row_by_row(tmp_path):
+    """A split larger than max_points: the run's projector (artifacts.write_views) shows a
+    sample, and every row of metadata.tsv, the sprite and the checkpoint tensor belongs to
+    the same point as that row of vectors.tsv. Point j has the embedding (j, its label),
+    the label j % 10 and an image whose two pixels spell j in base 256."""
+    from tripletlab.artifacts import write_views
+    from tripletlab.run_folder import RunFolder
+
+    n, max_points = 600, 50
+    index = np.arange(n)
+    labels = index % 10
+    embeddings = np.stack([index, labels], axis=1).astype(np.float32)
+    images = np.stack([index // 256, index % 256], axis=1).astype(np.uint8)[:, None, :, None]
+    names = [f"class {k}" for k in range(10)]
+    folder = RunFolder(tmp_path / "run")
+
+    shown = write_views(folder, [], embeddings, labels, images, names, max_points, "digits test")
+
+    out = folder.projector_dir
+    vectors = np.loadtxt(out / "vectors.tsv", delimiter="\t", dtype=np.float32, ndmin=2)
+    assert shown == max_points == len(vectors)
+    points = vectors[:, 0].astype(int)
+    # A sample from the whole split, each point once, in the split's order.
+    assert (np.diff(points) > 0).all() and points[-1] >= max_points
+    np.testing.assert_array_equal(vectors, embeddings[points])
+
+    rows = (out / "metadata.tsv").read_text().splitlines()
+    assert rows[0] == "label\tclass_name"
+    assert [row.split("\t") for row in rows[1:]] == [
+        [str(j % 10), f"class {j % 10}"] for j in points
+    ]
+
+    reader = tf.train.load_checkpoint(str(out / "embedding.ckpt"))
+    np.testing.assert_array_equal(reader.get_tensor("digits test"), vectors)
+
+    sprite = np.asarray(Image.open(out / "sprite.png"))
+    grid = math.ceil(math.sqrt(max_points))
+    assert sprite.shape == (grid * 1, grid * 2)
+    for i, j in enumerate(points):
+        high, low = _tile(sprite, i, 1, 2, grid)[0].astype(int)
+        assert high * 256 + low == j, (i, j)
