@@ -50,7 +50,7 @@ def test_summary_takes_the_last_evaluated_metrics_and_reports_missing_as_none():
         {"epoch": 1, "step": 5, "loss": 0.4, "precision_at_1": 0.7, "map_at_r": 0.5,
          "epoch_seconds": 2.0, "images_per_second": 100.0},
         {"epoch": 2, "step": 10, "loss": 0.3, "precision_at_1": 0.9, "map_at_r": 0.6,
-         "epoch_seconds": 3.0, "images_per_second": 300.0},
+         "epoch_seconds": 3.0, "images_per_second": 900.0},
         {"epoch": 3, "step": 15, "loss": 0.2, "precision_at_1": "", "map_at_r": "",
          "epoch_seconds": 4.0, "images_per_second": 200.0},
     ]  # fmt: skip
@@ -63,6 +63,24 @@ def test_summary_takes_the_last_evaluated_metrics_and_reports_missing_as_none():
     assert s["epochs_done"] == 3 and s["train_seconds"] == 9.0
     assert s["images_per_second"] == 200.0  # the median
     assert s["replicas"] == 1
+
+
+@pytest.mark.parametrize(
+    ("speeds", "median"),
+    [
+        # The first epoch traces the step (slow), one ran beside another job (fast): the
+        # median is the typical epoch's speed (the mean, 1212 and 765, is not).
+        ([50.0, 1000.0, 1020.0, 990.0, 3000.0], 1000.0),
+        ([50.0, 1000.0, 1020.0, 990.0], 995.0),  # an even count: the middle two's mean
+        ([50.0, "", 990.0, 1000.0], 990.0),  # a missing cell is skipped, not a 0
+    ],
+)
+def test_summary_images_per_second_is_the_median_epoch(speeds, median):
+    rows = [
+        {"epoch": e, "step": 5 * e, "loss": 0.1, "epoch_seconds": 1.0, "images_per_second": v}
+        for e, v in enumerate(speeds, start=1)
+    ]
+    assert build_summary(Status.OK, rows, "map_at_r")["images_per_second"] == median
 
 
 def test_summary_of_no_epochs_has_no_best():
