@@ -147,3 +147,174 @@ def test_find_summaries(tmp_path):
     assert sorted(p.parent.name for p in found) == ["a", "c"]
     with pytest.raises(FileNotFoundError):
         find_summaries([tmp_path / "missing"])
+
+
+# ------------------------------------------------------------ one process, one config
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(folder: RunFolder, host: str, pid: int, age: float = 0.0) -> None:
+    import os
+    import time
+
+    from tripletlab.run_folder import LOCK_FILE
+
+    path = folder.path / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host, "pid": pid, "token": "t", "since": "then"}))
+    old = time.time() - age
+    os.utime(path, (old, old))
+
+
+def test_a_second_process_is_refused_with_the_holders_host_and_pid(tmp_path):
+    import os
+    import socket
+
+    from tripletlab.run_folder import RunFolderBusy, RunLock
+
+    folder = RunFolder(tmp_path / "run")
+    with RunLock(folder):
+        with pytest.raises(RunFolderBusy) as err:
+            RunLock(folder).acquire()
+        assert f"process {os.getpid()} on host {socket.gethostname()}" in str(err.value)
+    # Released: the next process takes it, and only its own lock is ever removed.
+    with RunLock(folder) as lock:
+        RunLock(folder).release()
+        assert lock.path.exists()
+    assert not lock.path.exists()
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
+    import socket
+
+    from tripletlab.run_folder import RunLock
+
+    folder = RunFolder(tmp_path)
+    _write_lock(folder, socket.gethostname(), _dead_pid())
+    with RunLock(folder) as lock:
+        assert json.loads(lock.path.read_text())["token"] == lock.token
+
+
+def test_another_hosts_lock_blocks_until_its_lease_expires(tmp_path):
+    from tripletlab.run_folder import RunFolderBusy, RunLock
+
+    folder = RunFolder(tmp_path)
+    _write_lock(folder, "a-host-that-cannot-be-asked", 1, age=5.0)
+    with pytest.raises(RunFolderBusy, match="a-host-that-cannot-be-asked"):
+        RunLock(folder, lease_seconds=60).acquire()
+    with RunLock(folder, lease_seconds=4) as lock:  # 5 s without a refresh: expired
+        assert json.loads(lock.path.read_text())["token"] == lock.token
+
+
+def test_the_holder_keeps_its_lease_alive(tmp_path):
+    import time
+
+    from tripletlab.run_folder import RunFolderBusy, RunLock
+
+    folder = RunFolder(tmp_path)
+    with RunLock(folder, lease_seconds=0.4):
+        time.sleep(1.0)  # more than two leases: only the refreshes keep it
+        with pytest.raises(RunFolderBusy):
+            RunLock(folder, lease_seconds=0.4).acquire()
+
+
+def test_an_empty_lock_left_by_a_dead_writer_is_taken_over(tmp_path):
+    import os
+    import time
+
+    from tripletlab.run_folder import LOCK_FILE, RunLock
+
+    path = tmp_path / LOCK_FILE
+    path.write_text("")
+    old = time.time() - 10
+    os.utime(path, (old, old))
+    with RunLock(RunFolder(tmp_path)) as lock:
+        assert json.loads(path.read_text())["token"] == lock.token
+
+
+def _previous_run(tmp_path, config: dict, status: str = "running") -> RunFolder:
+    folder = RunFolder(tmp_path)
+    folder.checkpoints_dir.mkdir(parents=True)
+    (folder.checkpoints_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    folder.write_summary({"status": status, "config": config})
+    return folder
+
+
+SAVED = {
+    "seed": 42,
+    "mining": {"strategy": "semi_hard", "margin": 0.5},
+    "trainer": {"epochs": 2, "learning_rate": 0.001, "progress": "auto", "resume": "auto"},
+    "eval": {"every": 1},
+    "logger": {"name": "none"},
+}
+
+
+def _changed(**changes) -> dict:
+    import copy
+
+    config = copy.deepcopy(SAVED)
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+def test_a_rerun_with_another_config_is_refused_naming_every_difference(tmp_path):
+    from tripletlab.run_folder import RunConfigMismatch, check_resume
+
+    folder = _previous_run(tmp_path, SAVED)
+    new = _changed(mining__strategy="batch_all", trainer__learning_rate=0.01, seed=7)
+    with pytest.raises(RunConfigMismatch) as err:
+        check_resume(folder, new, "auto")
+    text = str(err.value)
+    for line in (
+        "mining.strategy: 'semi_hard' -> 'batch_all'",
+        "trainer.learning_rate: 0.001 -> 0.01",
+        "seed: 42 -> 7",
+    ):
+        assert line in text
+    assert "hydra.run.dir" in text and "trainer.resume=force" in text
+    check_resume(folder, new, "force")  # forced: resumes
+
+
+def test_keys_that_do_not_change_what_is_trained_resume(tmp_path):
+    from tripletlab.run_folder import RunConfigMismatch, check_resume
+
+    folder = _previous_run(tmp_path, SAVED)
+    same_training = _changed(
+        trainer__epochs=5, trainer__progress="log", eval__every=3, logger__name="mlflow"
+    )
+    check_resume(folder, same_training, "auto")
+    # A key that appears or disappears is a difference too.
+    with pytest.raises(RunConfigMismatch, match=r"mining.squared: \(absent\) -> False"):
+        check_resume(folder, {**SAVED, "mining": {**SAVED["mining"], "squared": False}}, "auto")
+
+
+def test_resume_never_refuses_a_folder_that_holds_a_run(tmp_path):
+    from tripletlab.run_folder import RunConfigMismatch, check_resume
+
+    check_resume(RunFolder(tmp_path / "empty"), SAVED, "never")  # nothing there: fine
+    with pytest.raises(RunConfigMismatch, match="trainer.resume=never"):
+        check_resume(_previous_run(tmp_path / "run", SAVED, status="ok"), SAVED, "never")
+
+
+def test_a_folder_without_a_record_of_its_config_is_not_resumed_silently(tmp_path):
+    from tripletlab.run_folder import RunConfigMismatch, check_resume
+
+    folder = _previous_run(tmp_path, SAVED)
+    folder.write_summary({"status": "running"})
+    with pytest.raises(RunConfigMismatch, match="no record of its config"):
+        check_resume(folder, SAVED, "auto")
+    # .hydra/config.yaml is the record when summary.json has none.
+    folder.config_path.parent.mkdir()
+    folder.config_path.write_text(json.dumps(SAVED))  # JSON is YAML
+    check_resume(folder, SAVED, "auto")

@@ -46,7 +46,16 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
         raise ConfigError(f"cannot compose the config: {text}") from None
     finally:
         GlobalHydra.instance().clear()
-    validate(cfg)
+    if return_hydra_config:
+        from omegaconf import OmegaConf
+
+        from tripletlab.credentials import config_strings, refuse_secrets
+
+        # Hydra's own settings too: an Optuna storage URI lives in hydra.sweeper.
+        refuse_secrets(config_strings(cfg.hydra, "hydra."))
+        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    else:
+        validate(cfg)
     return cfg
 
 
@@ -56,14 +65,13 @@ def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -
     Returns the value of ``cfg.optimized_metric`` (NaN when it could not be computed).
     ``callbacks``: objects with ``on_epoch_end(row)``, called after each epoch with its
     metrics row (a dict), once the epoch is checkpointed.
-    Writes ``.hydra/config.yaml`` too when the folder has none, so the reuse commands
+    Writes ``.hydra/config.yaml`` too, once the folder is this run's, so the reuse commands
     (``tripletlab-evaluate RUN_DIR``...) work on runs started from Python.
     """
     from tripletlab.training import train as train_run
 
     run_dir = Path(run_dir)
-    _save_config(cfg, run_dir)
-    return train_run(cfg, run_dir, callbacks)
+    return train_run(cfg, run_dir, callbacks, on_claimed=lambda: _save_config(cfg, run_dir))
 
 
 def _save_config(cfg: Any, run_dir: Path) -> None:
@@ -72,7 +80,7 @@ def _save_config(cfg: Any, run_dir: Path) -> None:
     from tripletlab.io_utils import atomic_write_text
 
     path = run_dir / ".hydra" / "config.yaml"
-    if isinstance(cfg, DictConfig) and not path.exists():
+    if isinstance(cfg, DictConfig):
         plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         atomic_write_text(path, OmegaConf.to_yaml(plain, resolve=True))
 

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from tripletlab import registry
+from tripletlab.credentials import config_strings, refuse_secrets
 from tripletlab.errors import ConfigError
 from tripletlab.runtime import normalize_precision
 
@@ -32,6 +33,19 @@ PRECISIONS = ("auto", "off", "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("none", "translate", "flip_translate")
 PROGRESS = ("auto", "bar", "log")
+RESUME_MODES = ("auto", "never", "force")
+# Keys a rerun into an existing run folder may change and still resume (trainer.resume=auto):
+# they do not change what is trained. A key here covers everything below it.
+RESUME_NEUTRAL_KEYS = (
+    "trainer.epochs",  # extending a run
+    "trainer.progress",
+    "trainer.threads",
+    "trainer.checkpoint_every",
+    "trainer.resume",
+    "eval",
+    "logger",
+    "optimized_metric",
+)
 DATASET_SPLITS = ("original", "classes")
 STREAM_CHOICES = ("auto", "true", "false")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multi_worker")
@@ -264,6 +278,9 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs
     steps_per_epoch: int | None = None  # cap an epoch at N batches; None: the whole split
     collapse_patience: int = 2  # epochs a collapse must last before the run stops
+    # A rerun into a folder that holds a run: auto resumes only when the config is the same
+    # (apart from RESUME_NEUTRAL_KEYS), never refuses to touch it, force resumes anyway.
+    resume: str = "auto"
 
 
 @dataclass
@@ -518,6 +535,7 @@ def validate(cfg: DictConfig | Config) -> None:
     if isinstance(c, DictConfig):
         _check_keys(c)
         _check_missing(c)
+    refuse_secrets(config_strings(c if isinstance(c, DictConfig) else dataclasses.asdict(c)))
     dataset, model, sampler = c.dataset, c.model, c.sampler
     registry.DATASETS.check(dataset.name)
     registry.BACKBONES.check(model.name)
@@ -530,6 +548,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _choice("trainer.jit_compile", c.trainer.jit_compile, JIT_CHOICES)
     _choice("trainer.mixed_precision", normalize_precision(c.trainer.mixed_precision), PRECISIONS)
     _choice("trainer.progress", c.trainer.progress, PROGRESS)
+    _choice("trainer.resume", c.trainer.resume, RESUME_MODES)
     _choice("optimized_metric", c.optimized_metric, METRICS)
     _choice("dataset.split", dataset.split, DATASET_SPLITS)
     if getattr(dataset, "stream", None) is not None:

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from tripletlab.distribute import task_is_chief
 from tripletlab.errors import TripletLabError
+from tripletlab.io_utils import atomic_write_text
+from tripletlab.run_folder import RunConfigMismatch, RunFolder, RunFolderBusy
 from tripletlab.sweep import (
     parallel_jobs,
     parallel_threads,
@@ -40,6 +42,9 @@ def run_task(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    # A log line that cannot be written (a full disk) is dropped, not printed as a traceback:
+    # the error it causes elsewhere is reported once, as one message.
+    logging.raiseExceptions = False
     output_dir = hydra_cfg.runtime.output_dir
     if multirun:
         _split_threads(cfg, hydra_cfg)
@@ -49,11 +54,14 @@ def run_task(cfg: DictConfig) -> float:
     from tripletlab.training import train  # after _split_threads: it sets OMP_NUM_THREADS
 
     try:
-        return train(cfg, output_dir)
+        return train(cfg, output_dir, on_claimed=lambda: write_hydra_record(cfg, hydra_cfg))
     except TripletLabError as err:
-        log.error("%s", err)
+        if isinstance(err, RunFolderBusy | RunConfigMismatch):
+            _log_to_the_terminal_only()  # the folder's run.log belongs to its run
         if multirun:
+            log.error("%s", err)
             return math.nan
+        _log_to_run_log(logging.ERROR, str(err))  # the terminal gets the one line below
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -66,6 +74,29 @@ def run_task(cfg: DictConfig) -> float:
             raise  # a bug: keep the traceback
         log.exception("job failed with an unexpected error: %s", err)
         return math.nan
+
+
+def write_hydra_record(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them.
+
+    ``conf/config.yaml`` sets ``hydra.output_subdir: null`` so that Hydra does not write
+    them before the task starts: a rerun that the folder refuses (another process holds it,
+    or its run has another config) must leave the record of the folder's own run as it was.
+    """
+    from omegaconf import OmegaConf
+
+    folder = RunFolder(hydra_cfg.runtime.output_dir)
+    atomic_write_text(folder.config_path, OmegaConf.to_yaml(cfg))
+    atomic_write_text(folder.hydra_path, OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write_text(folder.overrides_path, OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def _log_to_run_log(level: int, message: str) -> None:
+    """Write ``message`` to run.log only (Hydra's file handler), not to the terminal."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _log_to_the_terminal_only() -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_text",
     "is_hidden",
     "read_yaml",
+    "unwritable_folder",
 ]
 
 
@@ -44,10 +45,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
     try:
         yield tmp
+        _fsync(tmp)  # the content reaches the disk before the name does
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         # Never leave the temporary file behind, whatever went wrong (even KeyboardInterrupt).
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a folder, if it exists (a writer may have written nothing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def unwritable_folder(path: str | os.PathLike) -> str | None:
+    """Why the folder ``path`` (which need not exist yet) cannot be made and written, or None.
+
+    Its nearest existing ancestor must be a folder this process may write (a read-only
+    file system answers no, for root too).
+    """
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is read-only or not writable by this user"
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

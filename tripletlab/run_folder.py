@@ -15,11 +15,17 @@ Every write is atomic (:mod:`tripletlab.io_utils`). Nothing here imports TensorF
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import json
+import logging
 import math
 import os
+import secrets
+import socket
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,8 @@ from typing import Any
 from tripletlab.config import METRICS
 from tripletlab.errors import TripletLabError
 from tripletlab.io_utils import atomic_write_csv, atomic_write_json
+
+log = logging.getLogger("tripletlab")
 
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
@@ -322,3 +330,210 @@ def build_summary(
         "replicas": replicas,
         "config": dict(config) if config is not None else None,
     }
+
+
+# ------------------------------------------------------------------ one process, one config
+LOCK_FILE = ".lock"
+# A holder refreshes its lock's time every LEASE_SECONDS / 4; a lock not refreshed for
+# LEASE_SECONDS is stale even when its host cannot be asked (a dead host, a shared disk).
+LEASE_SECONDS = 120.0
+
+
+class RunFolderBusy(RunFolderError):
+    """Another live process trains in this run folder."""
+
+
+class RunConfigMismatch(RunFolderError):
+    """A rerun into a folder whose saved run has another config."""
+
+
+class RunLock:
+    """The claim of one process on a run folder: ``<run>/.lock`` holds its host, pid and a
+    token, and its modification time is the lease, refreshed by a background thread.
+
+    A second process is refused with the holder's host and pid. A lock whose process is gone
+    (same host) or whose lease expired (any host) is stale and taken over.
+    """
+
+    def __init__(self, folder: RunFolder, lease_seconds: float = LEASE_SECONDS):
+        self.path = folder.path / LOCK_FILE
+        self.lease_seconds = float(lease_seconds)
+        self.token = secrets.token_hex(8)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None and self._age() < 2.0:  # being written this instant
+                    time.sleep(0.1)
+                    continue
+                if holder is not None and not self._stale(holder):
+                    raise RunFolderBusy(self._busy_message(holder)) from None
+                self._break()  # stale, or unreadable for seconds (its writer died)
+                continue
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({**me, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # a full disk: no half-written lock left behind
+                self.path.unlink(missing_ok=True)
+                raise
+            self._thread = threading.Thread(target=self._keep_alive, daemon=True)
+            self._thread.start()
+            return
+        raise RunFolderBusy(f"cannot take the lock {self.path}: other processes keep taking it")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        holder = self._holder()
+        if holder is not None and holder.get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def _keep_alive(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 4):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def _holder(self) -> dict | None:
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return holder if isinstance(holder, dict) else None
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _stale(self, holder: dict) -> bool:
+        if self._age() > self.lease_seconds:
+            return True
+        if holder.get("host") != socket.gethostname():
+            return False  # another host: only its lease can tell
+        pid = int(holder.get("pid") or 0)
+        if pid <= 0:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+    def _break(self) -> None:
+        """Remove a stale lock: renamed first, so that of two processes only one removes it."""
+        aside = self.path.with_name(f"{LOCK_FILE}.stale-{self.token}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+            log.warning("took over the stale lock of %s", self.path.parent)
+        aside.unlink(missing_ok=True)
+
+    def _busy_message(self, holder: dict) -> str:
+        return (
+            f"run folder {self.path.parent} is in use by process {holder.get('pid')} on host "
+            f"{holder.get('host')} (since {holder.get('since', '?')}): two processes must not "
+            "train into one folder. Wait for it to finish, or start this run in a new folder "
+            "(hydra.run.dir=PATH, or no hydra.run.dir for a fresh one)"
+        )
+
+
+def holds_previous_run(folder: RunFolder) -> bool:
+    """Whether ``folder`` holds a run's work: a checkpoint, or a finished run."""
+    return (folder.checkpoints_dir / "checkpoint").is_file() or folder.status in FINISHED
+
+
+def saved_config(folder: RunFolder) -> dict | None:
+    """The config the folder's run was trained with (summary.json, else .hydra/config.yaml)."""
+    config = folder.read_summary().get("config")
+    if isinstance(config, dict) and config:
+        return config
+    from tripletlab.io_utils import read_yaml
+
+    with contextlib.suppress(Exception):
+        loaded = read_yaml(folder.config_path)
+        if isinstance(loaded, dict) and loaded:
+            return loaded
+    return None
+
+
+def config_differences(saved: Mapping, new: Mapping, ignore: Sequence[str] = ()) -> list[str]:
+    """``key: saved -> new`` for every leaf that differs, leaving out ``ignore`` (and below)."""
+
+    def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, Mapping):
+            out: dict[str, Any] = {}
+            for key, value in node.items():
+                out.update(leaves(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): node}
+
+    def ignored(key: str) -> bool:
+        return any(key == i or key.startswith(f"{i}.") for i in ignore)
+
+    old, now = leaves(saved), leaves(new)
+    missing = object()
+    lines = []
+    for key in sorted(set(old) | set(now)):
+        a, b = old.get(key, missing), now.get(key, missing)
+        if ignored(key) or a == b:
+            continue
+        shown = ["(absent)" if v is missing else repr(v) for v in (a, b)]
+        lines.append(f"{key}: {shown[0]} -> {shown[1]}")
+    return lines
+
+
+def check_resume(folder: RunFolder, config: Mapping | None, mode: str) -> None:
+    """Refuse a rerun that would mix two configs in ``folder`` (DESIGN.md, "One run's folder").
+
+    ``mode`` is ``trainer.resume``: ``auto`` resumes only when ``config`` equals the saved
+    config apart from :data:`tripletlab.config.RESUME_NEUTRAL_KEYS`; ``never`` refuses any
+    folder that holds a run; ``force`` resumes whatever differs (the differences are logged).
+    """
+    from tripletlab.config import RESUME_NEUTRAL_KEYS
+
+    if not holds_previous_run(folder):
+        return
+    new_folder = "start it in a new folder (hydra.run.dir=PATH, or no hydra.run.dir)"
+    if mode == "never":
+        raise RunConfigMismatch(
+            f"run folder {folder.path} already holds a run and trainer.resume=never: "
+            f"{new_folder}, or resume it with trainer.resume=auto"
+        )
+    saved = saved_config(folder)
+    if config is None or saved is None:
+        differences = ["(the saved run has no record of its config)"] if saved is None else []
+    else:
+        differences = config_differences(saved, config, RESUME_NEUTRAL_KEYS)
+    if not differences:
+        return
+    if mode == "force":
+        log.warning(
+            "trainer.resume=force: resuming %s with a changed config: %s",
+            folder.path,
+            "; ".join(differences),
+        )
+        return
+    raise RunConfigMismatch(
+        f"run folder {folder.path} holds a run with another config, so resuming it would mix "
+        f"two experiments: {'; '.join(differences)}. Rerun with the saved values, "
+        f"{new_folder}, or train on from its checkpoint with this config: trainer.resume=force"
+    )

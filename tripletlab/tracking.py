@@ -401,14 +401,20 @@ def _hydra_sweep() -> Path | None:
 
 def mlflow_store(logger_cfg: Any) -> tuple[str, str | None]:
     """(tracking URI, artifact location for new experiments): ``logger.tracking_uri``, else
-    ``$MLFLOW_TRACKING_URI`` (the server's own artifact store), else a sqlite file under
-    ``outputs/`` with artifacts beside it."""
+    ``$MLFLOW_TRACKING_URI``, else a sqlite file under ``outputs/``. Artifacts go to
+    ``outputs/mlartifacts`` unless a tracking server (http, https, databricks) or a file
+    store keeps its own."""
     uri = getattr(logger_cfg, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return str(uri), None
     store = Path(DEFAULT_MLFLOW_DIR).resolve()
+    artifacts = (store / MLFLOW_ARTIFACTS).as_uri()
+    if uri:
+        # A tracking server decides where artifacts go; with a database or file store the
+        # client does, and MLflow's default is ./mlruns in whatever folder we run from.
+        scheme = str(uri).split("://", 1)[0].lower() if "://" in str(uri) else "file"
+        served = scheme in ("http", "https", "databricks") or scheme.startswith("databricks")
+        return str(uri), None if served or scheme == "file" else artifacts
     store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / MLFLOW_DB}", (store / MLFLOW_ARTIFACTS).as_uri()
+    return f"sqlite:///{store / MLFLOW_DB}", artifacts
 
 
 def experiment_name(logger_cfg: Any) -> str:

@@ -17,11 +17,13 @@ import sys
 from collections.abc import Sequence
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tripletlab.config import register_configs
-from tripletlab.errors import TripletLabError
+from tripletlab.credentials import refuse_secrets
+from tripletlab.errors import StorageError, TripletLabError
 from tripletlab.hydra_app import run_task
+from tripletlab.io_utils import unwritable_folder
 from tripletlab.resources import config_dir
 
 register_configs()
@@ -41,7 +43,13 @@ hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), confi
 
 
 def check_overrides(args: Sequence[str]) -> None:
-    """Compose the config the arguments ask for; ConfigError if it fails (see the docstring)."""
+    """Compose the config the arguments ask for; ConfigError if it fails (see the docstring).
+
+    Every argument is searched for a credential first, also those Hydra alone checks, and
+    the output folder (``hydra.run.dir``, or ``hydra.sweep.dir`` for a sweep) must be one
+    that can be written.
+    """
+    refuse_secrets((arg.split("=", 1)[0].lstrip("+~"), arg) for arg in args)
     overrides = [a for a in args if a not in MULTIRUN_FLAGS]
     if any(a.startswith("-") for a in overrides):
         return  # Hydra's own options, some with values (--cfg job, -cn NAME): Hydra checks
@@ -51,7 +59,15 @@ def check_overrides(args: Sequence[str]) -> None:
         return
     from tripletlab.api import compose
 
-    compose(overrides)
+    cfg = compose(overrides, return_hydra_config=True)
+    multirun = any(a in MULTIRUN_FLAGS for a in args) or str(cfg.hydra.mode) == "MULTIRUN"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    problem = unwritable_folder(OmegaConf.select(cfg, key))
+    if problem:
+        raise StorageError(
+            f"cannot write the output folder {OmegaConf.select(cfg, key)}: {problem}; "
+            f"choose another with {key}=PATH"
+        )
 
 
 def first_of_each_sweep(overrides: list[str]) -> list[str] | None:

@@ -7,29 +7,61 @@ summary, whatever raised it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tripletlab.errors import TripletLabError
-from tripletlab.run_folder import RunFolder, Status
+from tripletlab.errors import TripletLabError, storage_fault
+from tripletlab.run_folder import RunFolder, RunLock, Status, check_resume
+
+log = logging.getLogger("tripletlab")
 
 
-def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -> float:
+def train(
+    cfg: Any,
+    run_dir: str | os.PathLike,
+    callbacks: Sequence[Any] = (),
+    on_claimed: Callable[[], None] | None = None,
+) -> float:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); the optimised metric.
 
     ``callbacks``: objects with ``on_epoch_end(row)`` (see :class:`~.loop.Trainer`).
+    ``on_claimed``: called once the folder is this process's (locked, and its saved run, if
+    any, has the same config): Hydra's record of the run is written then, not before.
+
+    The chief holds the folder's lock (:class:`~tripletlab.run_folder.RunLock`) while it
+    trains; a disk-full or unwritable-folder error becomes one
+    :class:`~tripletlab.errors.StorageError`.
 
     The Keras precision policy the run sets is global: it is put back afterwards, so that
     models built later in the same process (tests, notebooks) are not silently bfloat16.
     """
+    folder = RunFolder(run_dir)
+    try:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        chief = _is_chief(cfg)
+        with RunLock(folder) if chief else contextlib.nullcontext():
+            if chief:
+                check_resume(folder, _plain(cfg), str(_resume_mode(cfg)))
+                if on_claimed is not None:
+                    on_claimed()
+            return _train_claimed(cfg, folder, callbacks)
+    except OSError as err:
+        fault = storage_fault(err, folder.path)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Sequence[Any]) -> float:
     import keras
 
     from tripletlab.tracking import finish_trackers, start_trackers
     from tripletlab.training.loop import Trainer
 
-    folder = RunFolder(run_dir)
-    folder.path.mkdir(parents=True, exist_ok=True)
     policy = keras.mixed_precision.global_policy()
     trainer, trackers = None, []
     try:
@@ -47,30 +79,54 @@ def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -
         _record(trainer, folder, cfg, Status.FAILED, str(err))
         raise
     except Exception as err:
-        _record(trainer, folder, cfg, Status.FAILED, f"{type(err).__name__}: {err}")
+        fault = storage_fault(err, folder.path)
+        _record(trainer, folder, cfg, Status.FAILED, str(fault or f"{type(err).__name__}: {err}"))
+        if fault is not None:
+            raise fault from None
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
         finish_trackers(trackers, folder)
 
 
-def _record(trainer, folder: RunFolder, cfg: Any, status: Status, error: str) -> None:
+def _is_chief(cfg: Any) -> bool:
     from tripletlab.distribute import task_is_chief
 
-    try:
-        if not task_is_chief(cfg.distribute):
-            return  # only the chief writes the run folder
-    except Exception:  # noqa: BLE001 - a config without the key: a single-host run
-        pass
-    if trainer is not None:
-        trainer.write_summary(status, error=error)
-        return
-    config = None
+    distribute = getattr(cfg, "distribute", None)
+    return distribute is None or task_is_chief(distribute)
+
+
+def _resume_mode(cfg: Any) -> str:
+    return getattr(getattr(cfg, "trainer", None), "resume", "auto") or "auto"
+
+
+def _plain(cfg: Any) -> dict | None:
+    """The config as plain data, as summary.json records it; None for other objects."""
     if hasattr(cfg, "_metadata"):
         from tripletlab.config import to_container
 
+        return to_container(cfg)
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    return None
+
+
+def _record(trainer, folder: RunFolder, cfg: Any, status: Status, error: str) -> None:
+    """Record the failure in summary.json (the chief only); a full disk only warns here, as
+    the error being raised already says what went wrong."""
+    try:
+        if not _is_chief(cfg):
+            return  # only the chief writes the run folder
+    except Exception:  # noqa: BLE001 - a config without the key: a single-host run
+        pass
+    try:
+        if trainer is not None:
+            trainer.write_summary(status, error=error)
+            return
         try:
-            config = to_container(cfg)
+            config = _plain(cfg)
         except Exception:  # noqa: BLE001 - an unresolvable config is what failed
             config = None
-    folder.mark(status, error, config)
+        folder.mark(status, error, config)
+    except OSError as err:
+        log.warning("could not record the run's status in %s: %s", folder.summary_path, err)

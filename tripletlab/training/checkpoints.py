@@ -63,8 +63,23 @@ class Checkpoints:
         return epoch
 
     def save(self, epoch: int) -> str:
+        """Save the state after ``epoch``. If writing fails (a full disk), what TensorFlow
+        left of this checkpoint is removed; the earlier checkpoints stay as they were."""
         self.epoch.assign(epoch)
-        return self._manager.save(checkpoint_number=epoch)
+        try:
+            return self._manager.save(checkpoint_number=epoch)
+        except BaseException:
+            self._remove_partial(epoch)
+            raise
+
+    def _remove_partial(self, epoch: int) -> None:
+        if self._manager.latest_checkpoint == str(self.folder / f"ckpt-{epoch}"):
+            return  # recorded: it is complete (what failed came after)
+        for leftover in self.folder.glob(f"ckpt-{epoch}[._]*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.temporary:

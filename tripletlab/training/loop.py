@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from tripletlab.artifacts import write_views
-from tripletlab.config import to_container, validate
+from tripletlab.config import METRICS, to_container, validate
 from tripletlab.distribute import (
     distribute_batches,
     make_strategy,
@@ -31,6 +31,7 @@ from tripletlab.distribute import (
 )
 from tripletlab.errors import DataError
 from tripletlab.inference import embed_images, evaluate_split, make_embed_step, query_sample
+from tripletlab.io_utils import atomic_path
 from tripletlab.pipeline import effective_batch_size
 from tripletlab.run_folder import RunFolder, Status, build_summary
 from tripletlab.runtime import Runtime, setup_tf
@@ -138,19 +139,15 @@ class Trainer:
                 # Decided on the training statistics, before evaluating: the last epoch a
                 # run trains is always fully evaluated, also when a collapse ends it early.
                 stop = collapse.update(row)
-                if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
-                    full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
-                    queries = None if full else sample
-                    t0 = time.perf_counter()
-                    scores, test_emb, _ = evaluate_split(
-                        parts.embed, data, cfg.eval, queries=queries, knn=full
-                    )
-                    row.update(scores)
-                    row["eval_seconds"] = round(time.perf_counter() - t0, 3)
-                    row["eval_queries"] = len(data.x_test) if queries is None else len(queries)
                 self.rows.append(row)
+                # Saved before evaluating: a failure there loses no training.
                 if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
                     parts.checkpoints.save(epoch)
+                    if self.chief:
+                        folder.write_metrics(self.rows)
+                if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
+                    full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
+                    test_emb = self._evaluate(parts, data, row, None if full else sample)
                 if self.chief:
                     folder.write_metrics(self.rows)
                     scalars.write(row)
@@ -166,6 +163,9 @@ class Trainer:
                 scalars.close()
 
         error = CollapseDetector.MESSAGE if status == Status.COLLAPSED else None
+        if self.chief and self._last_evaluation_lost(start_epoch):
+            test_emb = self._evaluate(parts, data, self.rows[-1], None)
+            folder.write_metrics(self.rows)
         if self.chief:
             self._save_model(parts.model)
             if test_emb is None:
@@ -188,13 +188,31 @@ class Trainer:
             log.info("done: %s = %s; run folder %s", cfg.optimized_metric, value, folder.path)
         return math.nan if value is None else float(value)
 
+    def _evaluate(self, parts: Parts, data: Any, row: dict, queries: Any) -> np.ndarray:
+        """Add the retrieval metrics to ``row`` (all queries when ``queries`` is None, with
+        k-NN); the test embeddings."""
+        t0 = time.perf_counter()
+        scores, test_emb, _ = evaluate_split(
+            parts.embed, data, self.cfg.eval, queries=queries, knn=queries is None
+        )
+        row.update(scores)
+        row["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        row["eval_queries"] = len(data.x_test) if queries is None else len(queries)
+        return test_emb
+
+    def _last_evaluation_lost(self, start_epoch: int) -> bool:
+        """Whether this session resumed after the last epoch, whose evaluation failed (its
+        checkpoint is saved before evaluating): that evaluation is run again."""
+        if not self.rows or start_epoch < self.cfg.trainer.epochs:
+            return False
+        return int(self.rows[-1]["epoch"]) == start_epoch and not any(
+            str(self.rows[-1].get(m) or "") for m in METRICS
+        )
+
     def _save_model(self, model) -> None:
-        """The embedding model, written under a temporary name and then renamed."""
-        target = self.folder.model_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{target.name}")
-        model.save(tmp)
-        tmp.replace(target)
+        """The embedding model, written under a unique temporary name, synced, then renamed."""
+        with atomic_path(self.folder.model_path) as tmp:
+            model.save(tmp)
 
 
 def evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
