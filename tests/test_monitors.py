@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from tripletlab.errors import TrainingError
@@ -26,6 +27,45 @@ from tripletlab.training.monitors import (
 )
 def test_collapse_detection(loss, spread, norm, soft, expected):
     assert is_collapsed(loss, spread, norm, margin=0.2, soft=soft) is expected
+
+
+def _spread_and_norm(scale: float, jitter: float) -> tuple[float, float]:
+    """A batch of 32 raw 8-d embeddings around one point at distance ``scale`` from the
+    origin, each moved by ``jitter`` in a random direction; (spread, norm) as the train
+    step measures them: mean distance to the batch mean, mean norm."""
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(32, 8))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    emb = scale * np.eye(8)[0] + jitter * (directions - directions.mean(axis=0))
+    spread = np.linalg.norm(emb - emb.mean(axis=0), axis=1).mean()
+    return float(spread), float(np.linalg.norm(emb, axis=1).mean())
+
+
+@pytest.mark.parametrize(
+    ("margin", "loss", "scale", "jitter", "expected"),
+    [
+        # Embeddings far from the origin (norm 100) squeezed to a blob 0.5 wide: 0.5% of the
+        # norm, collapsed, though 0.5 is far above an absolute 0.01.
+        (0.2, 0.2, 100.0, 0.5, True),
+        # Near the origin (norm 0.5) a blob 0.008 wide is 1.6% of the norm: still a spread,
+        # though below an absolute 0.01.
+        (0.2, 0.2, 0.5, 0.008, False),
+        # A wide margin (5): a loss 0.05 above it is within 2% of it, though above an
+        # absolute 0.02.
+        (5.0, 5.05, 1.0, 1e-4, True),
+        # A narrow margin (0.05): a loss 0.01 above it is 20% off, though within an
+        # absolute 0.02.
+        (0.05, 0.06, 1.0, 1e-4, False),
+    ],
+)
+def test_collapse_tolerances_are_relative_to_the_margin_and_the_norm(
+    margin, loss, scale, jitter, expected
+):
+    spread, norm = _spread_and_norm(scale, jitter)
+    assert spread == pytest.approx(jitter, rel=0.2) and norm == pytest.approx(scale, rel=0.01)
+    detector = CollapseDetector(margin=margin, soft_margin=False, patience=1, epochs=10)
+    row = {"epoch": 1, "loss": loss, "embedding_spread": spread, "embedding_norm": norm}
+    assert detector.update(row) is expected
 
 
 def _row(epoch, collapsed):
