@@ -119,3 +119,83 @@ def test_decoding_converts_channels_and_resizes_like_pil(tmp_path):
     gray_file = _png(tmp_path / "g.png", smooth[..., 0])
     rgb = ImageFiles([gray_file], 48, 64, 3)[0]
     np.testing.assert_array_equal(rgb, np.repeat(smooth[..., :1], 3, axis=-1))
+
+
+def _garble_the_middle(path):
+    """Overwrite 200 bytes in the middle of the scan data; header and end marker intact."""
+    raw = path.read_bytes()
+    middle = len(raw) // 2
+    path.write_bytes(raw[:middle] + b"\xff" * 200 + raw[middle + 200 :])
+    assert path.read_bytes()[-2:] == b"\xff\xd9"
+    return path
+
+
+def test_a_jpeg_garbled_in_the_middle_fails_the_check(tmp_path):
+    from PIL import ImageFile
+
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES  # PIL would then accept a truncated file
+    paths = [_jpeg(tmp_path / f"{i}.jpg", shape=(64, 64, 3), seed=i) for i in range(3)]
+    _garble_the_middle(paths[1])
+    # Its header and end marker are fine: only decoding every byte finds the fault.
+    assert inspect_image(paths[1]) == ImageInfo(64, 64, True)
+    with pytest.raises(DataError) as err:
+        inspect_images(paths)
+    text = str(err.value)
+    assert text.startswith("1 of 3 image file(s) cannot be used: ")
+    assert f"{paths[1]} cannot be decoded (" in text and str(paths[0]) not in text
+
+
+def test_a_file_that_fails_to_decode_later_is_named(tmp_path):
+    paths = [_jpeg(tmp_path / f"{i}.jpg", shape=(64, 64, 3), seed=i) for i in range(6)]
+    files = ImageFiles(paths, 64, 64, 3)
+    _garble_the_middle(paths[4])
+    with pytest.raises(DataError, match=rf"image file {paths[4]} cannot be decoded \("):
+        files.read(batch_size=2)
+    assert files.find_unreadable(start=5) is None  # the ones after it are fine
+    paths[2].unlink()
+    assert f"image file {paths[2]} does not exist" in str(files.find_unreadable())
+
+
+def test_images_over_the_pixel_limit_are_refused_in_every_path(tmp_path, monkeypatch):
+    from tripletlab import image_files
+    from tripletlab.data import decode_image
+
+    paths = [_jpeg(tmp_path / f"{i}.jpg", seed=i) for i in range(3)]
+    big = _jpeg(tmp_path / "big.jpg", shape=(40, 50, 3))
+    limit = 24 * 32  # the small ones are exactly at the limit: allowed
+    monkeypatch.setattr(image_files, "MAX_PIXELS", limit)
+    says = f"has 50x40 = 2,000 pixels, more than the limit of {limit:,}"
+    assert says in inspect_image(big)  # dataset.verify=true
+    with pytest.raises(DataError, match=f"image {big} {says}"):
+        decode_image(big, 3, 24)  # in memory: refused before PIL decodes it
+    # Streamed without the check: refused before TensorFlow decodes it, and named.
+    assert ImageFiles(paths, 24, 32, 3).read().shape == (3, 24, 32, 3)
+    with pytest.raises(DataError, match=f"image file {big} {says}"):
+        ImageFiles([*paths, big], 24, 32, 3).read()
+
+
+def _png_bomb(path, side: int) -> None:
+    """A 1-bit side x side PNG of zeros: a file of some kilobytes declaring side**2 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_png_bomb_is_refused_unchecked_and_streamed_without_being_decoded(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    _png_bomb(bomb, 20_000)  # 400 million pixels, beyond PIL's own limit too
+    assert bomb.stat().st_size < 100_000
+    good = _jpeg(tmp_path / "good.jpg")
+    with pytest.raises(DataError, match=f"image file {bomb} has more pixels than the limit"):
+        ImageFiles([good, bomb], 24, 32, 1).read()

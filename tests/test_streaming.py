@@ -194,3 +194,53 @@ def test_a_pretrained_backbone_trains_on_streamed_rgb_images(tmp_path):
     )
     assert summary["status"] == "ok" and int(rows[0]["step"]) == 1
     assert np.isfinite(float(rows[0]["loss"]))
+
+
+def _garbled_jpeg_folder(root, bad_split: str):
+    """train/ and test/ of 64x64 noise JPEGs; one file of ``bad_split`` garbled in the middle
+    of its scan data (header and end marker intact: the header check passes it)."""
+    for split in ("train", "test"):
+        write_image_folder(
+            root / split, {"a": 4, "b": 4, "c": 4}, size=(64, 64), colour=True, ext=".jpg"
+        )
+    bad = root / bad_split / "b" / "1.jpg"
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2] + b"\xff" * 200 + raw[len(raw) // 2 + 200 :])
+    return bad
+
+
+UNCHECKED = ["dataset=image_folder", "dataset.verify=false", "dataset.channels=3"]
+
+
+def test_a_file_that_fails_to_decode_in_evaluation_is_named(tmp_path):
+    bad = _garbled_jpeg_folder(tmp_path / "data", "test")
+    cfg = tripletlab.compose(
+        [*UNCHECKED, f"dataset.root={tmp_path / 'data'}", *TINY_FILES, "trainer.epochs=1"]
+    )
+    # Training reads only train/: the test split's file fails when evaluation embeds it.
+    with pytest.raises(DataError, match=f"image file {bad} cannot be decoded"):
+        tripletlab.train(cfg, tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and str(bad) in summary["error"]
+    # With the check, it fails before training, named.
+    checked = tripletlab.compose(
+        ["dataset=image_folder", f"dataset.root={tmp_path / 'data'}", *TINY_FILES]
+    )
+    with pytest.raises(DataError, match=f"{bad} cannot be decoded"):
+        load_dataset(checked.dataset)
+
+
+def test_a_file_that_fails_to_decode_in_the_knn_gallery_is_named(tmp_path):
+    import keras
+
+    from tripletlab.inference import Embedder, evaluate_split
+
+    bad = _garbled_jpeg_folder(tmp_path / "data", "train")
+    cfg = tripletlab.compose([*UNCHECKED, f"dataset.root={tmp_path / 'data'}", *TINY_FILES])
+    data = load_dataset(cfg.dataset)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten()])
+    embedder = Embedder(model, batch_size=4)
+    assert embedder.embed(data.x_test).shape == (12, 16 * 16 * 3)
+    # The train split is kNN's gallery (tripletlab-evaluate, tripletlab-embed's default).
+    with pytest.raises(DataError, match=f"image file {bad} cannot be decoded"):
+        evaluate_split(embedder.embed, data, cfg.eval)

@@ -7,12 +7,14 @@ decoded); an integer index, ``np.asarray(files)`` or :meth:`ImageFiles.read` dec
 :mod:`tripletlab.pipeline` streams training and evaluation batches from it, decoding and
 resizing in parallel.
 
-:func:`inspect_images` checks every file before training starts, cheaply: PIL reads the
-header (format, size, colour mode) and the last bytes are checked for the format's end
-marker (a file without one is decoded once, by TensorFlow, to be sure), so a text file named
-``.jpg``, an empty file or a truncated JPEG/PNG is reported by name instead of failing
-mid-epoch. Only numpy and PIL are imported here; TensorFlow is
-imported by the functions that decode.
+:func:`inspect_images` checks every file before training starts: PIL reads the header
+(format, size, colour mode; more than MAX_PIXELS pixels is refused), then TensorFlow, the
+pipeline's own decoder, decodes every file in parallel (:func:`undecodable`), so a text file
+named ``.jpg``, an empty file, a truncated JPEG/PNG or one garbled in the middle is reported
+by name instead of failing mid-epoch. A file that fails later anyway (changed on disk, or
+``dataset.verify=false``) is named by :meth:`ImageFiles.find_unreadable`, which the code that
+iterates over decoded files calls on TensorFlow's error. Only numpy and PIL are imported here;
+TensorFlow is imported by the functions that decode.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 TAIL_BYTES = 64  # the end marker is looked for in the last TAIL_BYTES bytes
 MAX_LISTED = 5  # bad files named in one error message
 INSPECT_THREADS = 8  # header reads are small and wait on the disk
+# Most pixels (width x height) an image may have, in every path (in memory and streamed): PIL's
+# own decompression-bomb limit (a 256 MiB greyscale image); a module constant so tests can
+# lower it. A small file can declare a huge image, which decoding would then allocate.
+MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,33 @@ def decode_error(path: str) -> str | None:
     return None
 
 
+def tf_decode_errors() -> tuple[type[Exception], ...]:
+    """TensorFlow's errors when a file cannot be read or decoded (deleted: NotFoundError)."""
+    import tensorflow as tf
+
+    return (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError)
+
+
+def too_many_pixels(width: int, height: int) -> str:
+    """The sentence refusing a width x height image over MAX_PIXELS."""
+    return (
+        f"has {width}x{height} = {width * height:,} pixels, more than the limit of "
+        f"{MAX_PIXELS:,} (decoding it could exhaust memory); shrink it or remove it"
+    )
+
+
+def header_pixels(path: bytes | str) -> int:
+    """width x height from the file's header (PIL reads only the header); -1 when PIL cannot
+    read it (the decoder then says why), MAX_PIXELS + 1 when PIL itself calls it a bomb."""
+    try:
+        with Image.open(os.fsdecode(path)) as im:
+            return im.width * im.height
+    except Image.DecompressionBombError:
+        return MAX_PIXELS + 1
+    except Exception:  # unreadable: tf.io.decode_image reports it
+        return -1
+
+
 def inspect_image(path: str | os.PathLike) -> ImageInfo | str:
     """The header of one image file, or a sentence saying what is wrong with it."""
     path = str(path)
@@ -85,6 +118,8 @@ def inspect_image(path: str | os.PathLike) -> ImageInfo | str:
         return "does not exist"
     except UnidentifiedImageError:
         return f"is not an image (it starts with {head[:8]!r})"
+    except Image.DecompressionBombError as exc:  # PIL's own limit, twice MAX_PIXELS
+        return f"has more pixels than the limit of {MAX_PIXELS:,} ({exc}); shrink it or remove it"
     except OSError as exc:
         if "truncated" in str(exc).lower():
             return f"is truncated or corrupt ({exc})"
@@ -95,6 +130,8 @@ def inspect_image(path: str | os.PathLike) -> ImageInfo | str:
         return f"is a {fmt} image, which TensorFlow cannot decode; convert it to JPEG or PNG"
     if width < 1 or height < 1:
         return f"has no pixels ({width}x{height})"
+    if width * height > MAX_PIXELS:
+        return too_many_pixels(width, height)
     if _has_end_marker(fmt, tail) is False:
         # Some writers append bytes after the end marker: only a failed decode condemns it.
         error = decode_error(path)
@@ -103,11 +140,41 @@ def inspect_image(path: str | os.PathLike) -> ImageInfo | str:
     return ImageInfo(width, height, mode not in GRAY_MODES)
 
 
-def inspect_images(paths: Sequence[str | os.PathLike]) -> list[ImageInfo]:
-    """Every file's header, in order; one DataError naming the bad files if any is bad."""
+def undecodable(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """The files that TensorFlow (the pipeline's decoder) cannot decode in full, each with
+    why, in order. Every file is decoded, in parallel by tf.data: a JPEG garbled in the
+    middle has a valid header and end marker, and only its scan data shows the fault."""
+    import tensorflow as tf
+
+    if not len(paths):
+        return []
+
+    def decodes(path):
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        return path, tf.shape(image)[0]
+
+    names = [str(p) for p in paths]
+    files = tf.data.Dataset.from_tensor_slices(tf.constant(names, tf.string))
+    decoded = files.map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    # ignore_errors drops the files that fail; the ones missing from what comes out are bad.
+    good = {p.decode() for p, _ in decoded.ignore_errors().as_numpy_iterator()}
+    return [
+        (p, f"cannot be decoded ({decode_error(p) or 'unknown error'})")
+        for p in names
+        if p not in good
+    ]
+
+
+def inspect_images(paths: Sequence[str | os.PathLike], decode: bool = True) -> list[ImageInfo]:
+    """Every file's header, in order; one DataError naming the bad files if any is bad.
+
+    ``decode``: also decode every file whose header is good (:func:`undecodable`).
+    """
     with ThreadPoolExecutor(INSPECT_THREADS) as pool:
         results = list(pool.map(inspect_image, paths, chunksize=64))
     bad = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
+    if decode and not bad:
+        bad = undecodable(paths)
     if bad:
         listed = "; ".join(f"{p} {why}" for p, why in bad[:MAX_LISTED])
         more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""
@@ -151,13 +218,20 @@ def decode_file(path, height: int, width: int, channels: int):
     """TensorFlow: one file (a string tensor) -> uint8 [height, width, channels].
 
     ``tf.io.decode_image`` goes by the bytes (a PNG named .jpg decodes); images of another
-    size are resized bilinearly with antialiasing (as PIL does).
+    size are resized bilinearly with antialiasing (as PIL does). A file whose header declares
+    more than MAX_PIXELS pixels fails before it is decoded (InvalidArgumentError, like any
+    undecodable file; :meth:`ImageFiles.find_unreadable` then names it).
     """
     import tensorflow as tf
 
-    image = tf.io.decode_image(
-        tf.io.read_file(path), channels=channels, dtype=tf.uint8, expand_animations=False
+    # PIL reads the header (a few hundred bytes) so that a bomb is never decoded.
+    pixels = tf.numpy_function(header_pixels, [path], tf.int64, stateful=False)
+    within_limit = tf.debugging.assert_less_equal(
+        pixels, tf.constant(MAX_PIXELS, tf.int64), message="image over the pixel limit"
     )
+    with tf.control_dependencies([within_limit]):
+        contents = tf.io.read_file(path)
+    image = tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, channels])
 
     def resize():
@@ -239,6 +313,24 @@ class ImageFiles:
             deterministic=True,
         )
 
+    def find_unreadable(self, start: int = 0) -> DataError | None:
+        """After TensorFlow failed to decode one of these files (its message names none): the
+        first file from index ``start`` on that cannot be used, as a DataError naming it and
+        what to do; None if every one decodes. Slow (one file at a time): for the failure
+        path only, with ``start`` the number of images that came out before the error."""
+        for path in self.paths[int(start) :]:
+            found = inspect_image(path)
+            why = found if isinstance(found, str) else None
+            if why is None:
+                error = decode_error(path)
+                why = None if error is None else f"cannot be decoded ({error})"
+            if why is not None:
+                return DataError(
+                    f"image file {path} {why}; fix or remove it (dataset.verify=true checks "
+                    "every file before training)"
+                )
+        return None
+
     def read_indices(self, indices: Sequence[int]) -> np.ndarray:
         """Decode the images at ``indices``: uint8 [len(indices), H, W, C]."""
         return self._like(self.paths[np.asarray(indices, dtype=np.int64)]).read()
@@ -249,9 +341,15 @@ class ImageFiles:
         if len(self) == 0:
             return out
         start = 0
-        for batch in self.dataset().batch(batch_size):
-            out[start : start + len(batch)] = batch.numpy()
-            start += len(batch)
+        try:
+            for batch in self.dataset().batch(batch_size):
+                out[start : start + len(batch)] = batch.numpy()
+                start += len(batch)
+        except tf_decode_errors():
+            unreadable = self.find_unreadable(start)
+            if unreadable is None:
+                raise
+            raise unreadable from None
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

@@ -28,10 +28,25 @@ def make_embed_step(model, jit_compile: bool = False) -> Callable:
 
 
 def embed_images(embed_step: Callable, images: np.ndarray, batch_size: int, dim: int) -> np.ndarray:
-    """uint8 images [N, H, W, C] -> float32 embeddings [N, dim], in batches of ``batch_size``."""
+    """uint8 images [N, H, W, C] -> float32 embeddings [N, dim], in batches of ``batch_size``.
+
+    Streamed images (ImageFiles): a file that fails to decode is a DataError naming it.
+    """
+    from tripletlab.image_files import ImageFiles, tf_decode_errors
     from tripletlab.pipeline import eval_dataset
 
-    parts = [embed_step(x).numpy() for x in eval_dataset(images, int(batch_size))]
+    parts: list[np.ndarray] = []
+    try:
+        for x in eval_dataset(images, int(batch_size)):
+            parts.append(embed_step(x).numpy())
+    except tf_decode_errors():
+        # TensorFlow's message names no file: find it among those not embedded yet.
+        if not isinstance(images, ImageFiles):
+            raise
+        unreadable = images.find_unreadable(sum(len(p) for p in parts))
+        if unreadable is None:
+            raise
+        raise unreadable from None
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
