@@ -169,6 +169,46 @@ def test_corrupt_gz(tmp_path, damage):
     assert str(path) in str(err.value) and "not a valid gzip file" in str(err.value)
 
 
+def _gzip_bomb(path: Path, header: bytes, zeros: int) -> None:
+    """``header`` then ``zeros`` zero bytes, gzip-compressed a MiB at a time (a small file)."""
+    with gzip.open(path, "wb", compresslevel=9) as out:
+        out.write(header)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            out.write(block)
+
+
+def test_a_gz_bomb_is_refused_without_being_decompressed(tmp_path):
+    import tracemalloc
+
+    # A valid header declaring 10 images of 28x28 (7,856 bytes), then 200 MB of zeros.
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_bomb(
+        path, bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (10, 28, 28)), 200 << 20
+    )
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            read_idx(path, IMAGES_MAGIC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{path} has extra bytes at the end: expected 7856 bytes" in str(err.value)
+    assert peak < 8 << 20  # decompressing it whole would hold 200 MB
+
+
+def test_a_header_declaring_an_absurd_size_is_refused(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    dims = (100_000, 10_000, 10_000)  # 10 TB of pixels, declared by a 50-byte file
+    _gzip_bomb(path, bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in dims), 0)
+    with pytest.raises(DataError) as err:
+        read_idx(path, IMAGES_MAGIC)
+    message = str(err.value)
+    assert f"{path} declares 10,000,000,000,016 bytes in its header" in message
+    assert f"more than the limit of {data.MAX_IDX_BYTES:,}" in message
+
+
 def test_empty_and_missing_files(tmp_path):
     (tmp_path / "empty.gz").write_bytes(b"")
     with pytest.raises(DataError, match=r"empty\.gz is empty"):

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from tripletlab import image_files
 from tripletlab.config import DATASET_SPLITS, STREAM_CHOICES
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.image_files import ImageFiles, common_format, inspect_images
@@ -91,6 +92,10 @@ _IDX_DTYPES = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+# Largest IDX file (header and payload, decompressed) that a header may declare: 4 GiB, 85x
+# Fashion-MNIST's 47 MB training images. A larger declared size is a corrupt file or a bomb.
+MAX_IDX_BYTES = 1 << 32
+IDX_CHUNK_BYTES = 1 << 20  # a .gz stream is decompressed this many bytes at a time
 # Stems of the four IDX files, each found as-is or with a .gz suffix.
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -210,10 +215,12 @@ def __getattr__(name: str) -> tuple[str, ...]:
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
     """Read an IDX file (gzip-compressed if the name ends in .gz) into a native-endian array.
 
-    ``expected_magic`` (e.g. IMAGES_MAGIC) makes any other magic number an error.
+    ``expected_magic`` (e.g. IMAGES_MAGIC) makes any other magic number an error. A .gz file
+    is decompressed as a stream, never further than the size its header declares (at most
+    MAX_IDX_BYTES), so a small file that inflates to gigabytes is refused, not decompressed.
     """
     path = Path(path)
-    return _parse_idx(_read_bytes(path), str(path), expected_magic)
+    return _read_idx_file(path, str(path), expected_magic)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -238,28 +245,42 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         tmp.write_bytes(payload)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_idx_file(path: Path, where: str, expected_magic: int | None) -> np.ndarray:
+    """read_idx of ``path``, its errors naming ``where`` (the file, or the URL it came from)."""
     try:
-        raw = path.read_bytes()
+        raw = path.open("rb")
     except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
+        raise DataError(f"{where} does not exist") from None
     except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not raw:
-        raise DataError(f"{path} is empty (0 bytes): delete it and download or copy it again")
-    if path.name.lower().endswith(".gz"):
-        return _gunzip(raw, str(path))
-    return raw
+        raise DataError(f"cannot read {where}: {exc.strerror or exc}") from None
+    with raw:
+        size = os.fstat(raw.fileno()).st_size
+        if not size:
+            raise DataError(f"{where} is empty (0 bytes): delete it and download or copy it again")
+        if not path.name.lower().endswith(".gz"):
+            return _read_idx_stream(raw, where, expected_magic, size)
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                return _read_idx_stream(stream, where, expected_magic, None)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise DataError(
+                f"{where} is not a valid gzip file ({exc}): it is corrupt or incomplete; "
+                "delete it and download or copy it again"
+            ) from None
+        except OSError as exc:
+            raise DataError(f"cannot read {where}: {exc.strerror or exc}") from None
 
 
-def _gunzip(raw: bytes, where: str) -> bytes:
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(
-            f"{where} is not a valid gzip file ({exc}): it is corrupt or incomplete; "
-            "delete it and download or copy it again"
-        ) from None
+def _read_up_to(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes (fewer only at the end of the stream)."""
+    parts, left = [], size
+    while left:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _describe_magic(magic: int) -> str:
@@ -270,7 +291,14 @@ def _describe_magic(magic: int) -> str:
     return f"0x{magic:08x} ({dtype.name}, {ndim} dimension{'s' if ndim != 1 else ''})"
 
 
-def _parse_idx(data: bytes, where: str, expected_magic: int | None) -> np.ndarray:
+def _read_idx_stream(
+    stream: Any, where: str, expected_magic: int | None, file_size: int | None
+) -> np.ndarray:
+    """Header first, then exactly the payload it declares, into one preallocated array.
+
+    ``file_size``: the size of an uncompressed file (None for a stream), for the messages.
+    """
+    data = _read_up_to(stream, 4)
     if len(data) < 4:
         raise DataError(
             f"{where} is truncated: an IDX header needs at least 4 bytes, found {len(data)}"
@@ -296,6 +324,7 @@ def _parse_idx(data: bytes, where: str, expected_magic: int | None) -> np.ndarra
             f"found {_describe_magic(magic)}{hint}"
         )
     header = 4 + 4 * ndim
+    data += _read_up_to(stream, header - 4)
     if len(data) < header:
         raise DataError(
             f"{where} is truncated: its {ndim}-dimension IDX header needs {header} bytes, "
@@ -305,16 +334,33 @@ def _parse_idx(data: bytes, where: str, expected_magic: int | None) -> np.ndarra
     dtype = _IDX_DTYPES[code]
     count = math.prod(shape)
     expected_size = header + count * dtype.itemsize
-    if len(data) != expected_size:
-        problem = "is truncated" if len(data) < expected_size else "has extra bytes at the end"
+    described = f"shape {shape}, {dtype.name}"
+    if expected_size > MAX_IDX_BYTES:
         raise DataError(
-            f"{where} {problem}: expected {expected_size} bytes from its header "
-            f"(shape {shape}, {dtype.name}), found {len(data)}; "
-            "delete it and download or copy it again"
+            f"{where} declares {expected_size:,} bytes in its header ({described}), more than "
+            f"the limit of {MAX_IDX_BYTES:,}: it is corrupt or not an IDX file; delete it and "
+            "download or copy it again"
         )
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(shape)
-    # Copy: frombuffer views the (read-only) bytes; callers expect a writable native array.
-    return arr.astype(dtype.newbyteorder("="))
+    payload = np.empty(expected_size - header, np.uint8)
+    view, got = memoryview(payload), 0
+    while got < len(payload):
+        n = stream.readinto(view[got : got + IDX_CHUNK_BYTES])
+        if not n:
+            break
+        got += n
+    found = None
+    if got < len(payload):
+        found, problem = str(header + got), "is truncated"
+    elif stream.read(1):  # one byte past the declared end, never the whole rest
+        found = str(file_size) if file_size is not None else "more"
+        problem = "has extra bytes at the end"
+    if found is not None:
+        raise DataError(
+            f"{where} {problem}: expected {expected_size} bytes from its header ({described}), "
+            f"found {found}; delete it and download or copy it again"
+        )
+    # Native byte order: a view for uint8, one conversion for wider types.
+    return payload.view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
 @contextlib.contextmanager
@@ -519,7 +565,7 @@ def _download(name: str, target: Path, base_url: str) -> None:
                         "the files by hand)"
                     )
             magic = IMAGES_MAGIC if "images" in stem else LABELS_MAGIC
-            _parse_idx(_gunzip(tmp.read_bytes(), file_url), file_url, magic)
+            _read_idx_file(tmp, file_url, magic)
 
 
 def _sha256(path: Path) -> str:
@@ -697,9 +743,14 @@ def _class_images(class_dir: Path, min_images: int) -> list[Path]:
 
 
 def decode_image(path: Path, channels: int | None, size: int | None) -> np.ndarray:
-    """Decode one image to uint8 [H, W, 1 or 3]; channels None keeps colour only if it has any."""
+    """Decode one image to uint8 [H, W, 1 or 3]; channels None keeps colour only if it has any.
+
+    More than ``image_files.MAX_PIXELS`` pixels is refused before decoding (as streamed).
+    """
     try:
         with Image.open(path) as im:
+            if im.width * im.height > image_files.MAX_PIXELS:
+                raise DataError(f"image {path} {image_files.too_many_pixels(im.width, im.height)}")
             im.load()
             if im.mode.startswith("I;16") or im.mode == "I":
                 # PIL's convert("L") clips 16-bit samples at 255 instead of scaling them.
@@ -712,6 +763,13 @@ def decode_image(path: Path, channels: int | None, size: int | None) -> np.ndarr
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own limit, twice MAX_PIXELS
+        raise DataError(
+            f"image {path} has more pixels than the limit of {image_files.MAX_PIXELS:,} "
+            f"({exc}); shrink it or remove it"
+        ) from None
     # PIL raises many types for corrupt files (OSError, SyntaxError, struct.error, ...).
     except Exception as exc:
         raise DataError(
