@@ -345,8 +345,38 @@ def test_bad_values_name_what_is_valid(overrides, message):
     assert message in str(err.value)
 
 
-def test_bare_off_and_bools_are_accepted():
-    validate(compose(["trainer.mixed_precision=false", "trainer.jit_compile=true"]))
+@pytest.mark.parametrize(
+    ("overrides", "jit_compile"),
+    [
+        (["trainer.mixed_precision=off", "trainer.jit_compile=true"], True),
+        (["trainer.mixed_precision=false", "trainer.jit_compile=false"], False),
+        # YAML 1.1 reads a bare `off` as False and `true` as a bool: both reach the str
+        # fields as "False" and "True".
+        (["hydra.searchpath=[file://{conf}]", "experiment=bare"], True),
+    ],
+    ids=["off-true", "false-false", "yaml-bare-off"],
+)
+def test_bare_off_and_bools_are_accepted(overrides, jit_compile, tmp_path):
+    """Each spelling means precision off and XLA as written, both in what the runtime sets
+    up and in what `auto` would not have chosen (a CPU with AMX would take bfloat16)."""
+    import keras
+
+    from tripletlab.runtime import resolve_precision, setup_tf
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "bare.yaml").write_text(
+        "# @package _global_\ntrainer:\n  mixed_precision: off\n  jit_compile: true\n"
+    )
+    cfg = compose([o.format(conf=tmp_path) for o in overrides])
+    validate(cfg)
+    assert resolve_precision(cfg.trainer.mixed_precision, [], flags={"amx_bf16"}) == "off"
+    previous = keras.mixed_precision.global_policy()
+    try:
+        runtime = setup_tf(cfg.trainer)
+        assert (runtime.precision, runtime.jit_compile) == ("off", jit_compile)
+        assert keras.mixed_precision.global_policy().compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 # ------------------------------------------------------------------ the command line
