@@ -142,6 +142,80 @@ def test_train_options_for_hydra_are_left_to_hydra(tmp_path):
     assert yaml.safe_load(proc.stdout)["dataset"]["name"] == "digits"
 
 
+SENTINEL = "s3ntinel-PW"
+
+
+def _files_holding(root: Path, text: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["logger=mlflow", f"logger.tracking_uri=http://u:{SENTINEL}@127.0.0.1:1"],
+        ["-m", "seed=1,2", "logger=mlflow", f"logger.tracking_uri=http://u:{SENTINEL}@h"],
+        ["hparams_search=optuna", f"hydra.sweeper.storage=postgresql://u:{SENTINEL}@h/db"],
+        ["logger=mlflow", "logger.tracking_uri=${oc.env:TRACKING}"],  # resolved, then refused
+        ["--cfg", "job", "logger=mlflow", f"logger.tracking_uri=http://u:{SENTINEL}@h"],
+    ],
+)
+def test_a_credential_is_refused_before_anything_is_written(tmp_path, monkeypatch, args):
+    monkeypatch.setenv("TRACKING", f"https://u:{SENTINEL}@tracking.example")
+    proc = _command("train", "dataset=digits", *args, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    _one_error_line(proc.stderr, "holds a credential")
+    assert SENTINEL not in proc.stdout + proc.stderr
+    assert not (tmp_path / "outputs").exists()
+    assert _files_holding(tmp_path, SENTINEL) == []
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_message(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    proc = _command("train", *TINY, f"hydra.run.dir={tmp_path}/a-file/run", cwd=tmp_path)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, "is a file, not a folder")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", read_only])
+    if mounted.returncode != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    try:
+        proc = _command("train", *TINY, "-m", "seed=1,2", f"hydra.sweep.dir={read_only}/s")
+        assert proc.returncode == 1
+        _one_error_line(proc.stderr, "read-only or not writable")
+        assert "hydra.sweep.dir=PATH" in proc.stderr
+    finally:
+        subprocess.run(["umount", read_only], check=False)
+
+
+def test_a_run_folder_in_use_is_refused_with_the_holders_host_and_pid(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tripletlab.run_folder import RunFolder, RunLock\n"
+            "lock = RunLock(RunFolder(sys.argv[1])); lock.acquire(); print('held', flush=True)\n"
+            "time.sleep(120)",
+            str(run),
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = _command("train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+        assert proc.returncode == 1
+        _one_error_line(proc.stderr, f"in use by process {holder.pid} on host")
+        # Nothing of the refused run in the folder: no Hydra record, no log lines.
+        assert not (run / ".hydra").exists()
+        assert not (run / "run.log").exists() or (run / "run.log").read_text() == ""
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
@@ -488,7 +562,7 @@ def test_fetch_command(isolated, tmp_path, capsys):
 
     write_idx_folder(tmp_path / "mirror")
     with serve_folder(tmp_path / "mirror") as url:
-        assert fetch_cli.main(["fashion_mnist", "--url", url]) == 0
+        assert fetch_cli.main(["fashion_mnist", "--url", url, "--allow-insecure-url"]) == 0
     assert f"downloaded from {url} to {isolated}" in capsys.readouterr().out
     assert data.ensure_dataset("fashion_mnist", download=False) == isolated
 

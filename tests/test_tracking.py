@@ -31,6 +31,9 @@ def sweep(tmp_path_factory):
     folder = cwd / "sweep"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # Where a password belongs: the environment. It must reach no file and no output.
+    env["MLFLOW_TRACKING_USERNAME"] = "user"
+    env["MLFLOW_TRACKING_PASSWORD"] = SENTINEL
     proc = subprocess.run(
         [
             sys.executable,
@@ -52,6 +55,36 @@ def sweep(tmp_path_factory):
     jobs = sorted(p.parent for p in folder.glob("*/summary.json"))
     assert len(jobs) == 2
     return cwd, folder, jobs, proc
+
+
+SENTINEL = "s3ntinel-PW"
+
+
+def test_a_password_in_the_environment_reaches_no_file_and_no_output(sweep):
+    cwd, _, _, proc = sweep
+    assert SENTINEL not in proc.stdout + proc.stderr
+    written = [p for p in cwd.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in written) and len(written) > 20
+    assert [p for p in written if SENTINEL.encode() in p.read_bytes()] == []
+    assert not (cwd / "mlruns").exists()
+
+
+def test_mlflow_artifacts_stay_under_outputs_unless_a_server_decides(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tripletlab.tracking import mlflow_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ours = (tmp_path / "outputs" / "mlartifacts").as_uri()
+    for uri, artifacts in [
+        (None, ours),
+        (f"sqlite:///{tmp_path}/elsewhere.db", ours),  # MLflow's default: ./mlruns
+        ("postgresql://db.example/mlflow", ours),
+        ("http://127.0.0.1:5000", None),  # the server's artifact store
+        (str(tmp_path / "file-store"), None),  # a file store keeps them inside
+    ]:
+        assert mlflow_store(SimpleNamespace(tracking_uri=uri))[1] == artifacts, uri
 
 
 def _summary(job: Path) -> dict:
