@@ -148,9 +148,79 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
 
 def test_a_checkpoint_of_another_model_is_an_error_not_a_partial_restore(tmp_path):
     train(compose([*TINY, "model.embedding_size=8"]), tmp_path)
-    cfg = compose([*TINY, "model.embedding_size=6", "trainer.epochs=2"])
+    # Forced past the config check: the checkpoint restore checks every variable too.
+    cfg = compose([*TINY, "model.embedding_size=6", "trainer.epochs=2", "trainer.resume=force"])
     with pytest.raises(TrainingError, match="does not fit this run's model"):
         train(cfg, tmp_path)
+
+
+def test_a_rerun_with_another_config_is_refused_and_the_run_left_as_it_was(
+    finished_run, tmp_path
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    changed = ["mining=batch_all", "trainer.learning_rate=0.01", "seed=7"]
+    proc = subprocess.run(
+        [sys.executable, "run.py", *TINY, "trainer.epochs=2", *changed, f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: run folder"), proc.stderr
+    for key in ("mining.strategy: 'semi_hard' -> 'batch_all'", "seed: 42 -> 7"):
+        assert key in lines[0]
+    # Every file as it was: .hydra/config.yaml, run.log, checkpoints, summary.
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_rerun_that_only_extends_the_epochs_resumes(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    first = _rows(run)
+    train(compose([*TINY, "trainer.epochs=3", "eval.every=2"]), run)
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and rows[:2] == first
+
+
+def test_a_failed_evaluation_loses_no_training(tmp_path):
+    from tests.helpers import write_image_folder
+    from tripletlab.errors import TripletLabError
+
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        write_image_folder(data / split, {c: 4 for c in "abcd"}, size=(16, 16))
+    bad = data / "test" / "b" / "1.png"
+    good = bad.read_bytes()
+    bad.write_bytes(good[:40] + b"\0" * 200)  # a header that promises more than it holds
+    cfg = compose(
+        [
+            "dataset=image_folder",
+            f"dataset.root={data}",
+            "dataset.stream=true",
+            "dataset.verify=false",
+            "dataset.image_size=16",
+            "dataset.channels=1",
+            *[o for o in TINY if not o.startswith("dataset=")],
+        ]
+    )
+    with pytest.raises(TripletLabError, match=str(bad)):
+        train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert checkpoint_numbers(run) == [1]  # saved before the evaluation failed
+    trained = _rows(run)
+    assert [r["epoch"] for r in trained] == ["1"] and trained[0]["precision_at_1"] == ""
+
+    bad.write_bytes(good)
+    train(cfg, run)  # resumes after epoch 1: only the lost evaluation is run
+    rows = _rows(run)
+    assert len(rows) == 1 and float(rows[0]["precision_at_1"]) > 0
+    assert rows[0]["loss"] == trained[0]["loss"]
+    assert rows[0]["epoch_seconds"] == trained[0]["epoch_seconds"]  # not trained again
+    assert read_summary(run)["status"] == "ok"
 
 
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
@@ -164,7 +234,25 @@ def test_mixed_precision_run(tmp_path, precision):
         keras.mixed_precision.set_global_policy("float32")
     assert math.isfinite(value)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "ok"
+    assert summary["status"] == "ok" and summary["precision"] == precision
+
+    # What the run really computed in: the saved model's layers keep the policy they were
+    # built and trained with. The backbone's features come out in `precision`, its weights
+    # stay float32 (mixed, not pure, low precision), the embedding is float32.
+    import tripletlab.models  # noqa: F401  registers the custom layers
+
+    model = keras.models.load_model(tmp_path / "model" / "embedding_model.keras")
+    features = keras.Model(model.inputs, model.get_layer("embedding").input)
+    x = np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)
+    assert keras.backend.standardize_dtype(features(x).dtype) == precision
+    assert keras.backend.standardize_dtype(model(x).dtype) == "float32"
+    assert {w.dtype for w in model.weights} == {"float32"}
+    # float16 needs loss scaling (its small gradients underflow); bfloat16 does not.
+    import tensorflow as tf
+
+    saved = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+    scaled = any("dynamic_scale" in name for name in saved.get_variable_to_shape_map())
+    assert scaled is (precision == "float16")
 
 
 @pytest.mark.slow
