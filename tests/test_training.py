@@ -154,9 +154,7 @@ def test_a_checkpoint_of_another_model_is_an_error_not_a_partial_restore(tmp_pat
         train(cfg, tmp_path)
 
 
-def test_a_rerun_with_another_config_is_refused_and_the_run_left_as_it_was(
-    finished_run, tmp_path
-):
+def test_a_rerun_with_another_config_is_refused_and_the_run_left_as_it_was(finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -636,3 +634,46 @@ def test_evaluation_schedule(every, sample_queries, full_every, want):
         else:
             got += "F" if full_evaluation_due(cfg, epoch, 6) else "s"
     assert got == want
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs mounted at tmp_path/disk (needs root), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", disk]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", disk], check=False)
+
+
+def _fill(disk: Path, leave_bytes: int) -> Path:
+    """Fill ``disk`` until about ``leave_bytes`` are free; the filler file."""
+    import os
+
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with filler.open("wb") as f:
+        f.write(b"\0" * max(free - leave_bytes, 0))
+    return filler
+
+
+def test_a_full_disk_is_one_message_and_the_last_checkpoint_stays_good(small_disk):
+    from tripletlab.errors import StorageError
+
+    run = small_disk / "run"
+    overrides = [*TINY, "model.num_channels=32", "trainer.steps_per_epoch=4"]
+    train(compose([*overrides, "trainer.epochs=1"]), run)
+    filler = _fill(small_disk, leave_bytes=64 * 1024)  # less than a checkpoint of this model
+
+    with pytest.raises(StorageError, match=r"disk is full \(No space left on device\)") as err:
+        train(compose([*overrides, "trainer.epochs=2"]), run)
+    assert "rerun the same command" in str(err.value)
+    assert latest_checkpoint(run).endswith("ckpt-1")
+    assert not list((run / "checkpoints").glob("*_temp*"))
+    assert not list((run / "checkpoints").glob("ckpt-2*"))
+
+    filler.unlink()  # space again: the same command resumes after epoch 1
+    train(compose([*overrides, "trainer.epochs=2"]), run)
+    assert [r["epoch"] for r in _rows(run)] == ["1", "2"]
+    assert read_summary(run)["status"] == "ok"
