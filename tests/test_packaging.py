@@ -166,3 +166,58 @@ def test_a_one_job_sweep(site, elsewhere):
     with (sweep / "summary.csv").open(newline="") as f:
         rows = [(r["model"], r["mining"], r["status"]) for r in csv.DictReader(f)]
     assert rows == [("small_cnn", "batch_all", "ok")]
+
+
+def _requirements(section: str, key: str) -> list:
+    """setup.cfg's requirements under ``[section] key``, parsed (markers kept)."""
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = cfg[section][key].splitlines()
+    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+# Versions with known security holes (setup.cfg says which): the floors must refuse them.
+UNSAFE = {
+    "keras": ["3.8.0", "3.10.0", "3.11.2", "3.12.0", "3.13.1"],
+    "pillow": ["9.5.0", "10.2.0"],
+    "protobuf": ["3.20.3", "4.25.7"],
+    "filelock": ["3.12.4", "3.20.2"],
+}
+
+
+def test_dependency_floors_refuse_unsafe_versions():
+    required = {r.name.lower(): r.specifier for r in _requirements("options", "install_requires")}
+    for name, versions in UNSAFE.items():
+        assert [v for v in versions if required[name].contains(v)] == [], name
+    assert required["keras"].contains("3.12.2")  # the newest series for Python 3.10
+
+
+def test_the_venv_meets_every_floor():
+    """What setup.cfg asks for is what the package is tested with: every install_requires,
+    and each extra's requirement that is installed here (gpu's TensorFlow is not)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = [
+        r
+        for extra in cfg["options.extras_require"]
+        for r in _requirements("options.extras_require", extra)
+        if r.marker is None or r.marker.evaluate()
+    ]
+    unmet = {}
+    for requirement, optional in [
+        *((r, False) for r in _requirements("options", "install_requires")),
+        *((r, True) for r in extras),
+    ]:
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            if not optional:
+                unmet[requirement.name] = "not installed"
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            unmet[requirement.name] = f"{installed} is not {requirement.specifier}"
+    assert unmet == {}
