@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,8 @@ from tripletlab import summarize
 from tripletlab.cli import summarize as summarize_cli
 from tripletlab.summarize import CSV_COLUMNS, FINISHED
 from tripletlab.sweep import (
+    LOCK_LEASE_SECONDS,
+    LOCK_NAME,
     MAX_DIRNAME_BYTES,
     SweepSummary,
     job_dirname,
@@ -436,6 +439,11 @@ def _update(sweep: str, index: int) -> None:
 
 
 def test_parallel_writers_never_lose_a_row(tmp_path):
+    # The writers import TensorFlow (TensorBoard's event writer, for the sweep's HParams file)
+    # under the lock, as a sweep job has already: imported here, the forked writers share it
+    # instead of importing it one after the other (15 s each on a loaded machine).
+    import tensorflow  # noqa: F401
+
     sweep = tmp_path / "sweep"
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_update, args=(str(sweep), i)) for i in range(8)]
@@ -447,6 +455,54 @@ def test_parallel_writers_never_lose_a_row(tmp_path):
     rows = _csv(sweep / "summary.csv")
     assert sorted(int(r["job"]) for r in rows) == list(range(8))
     assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp")]
+
+
+def _lock_left_by_a_killed_job_on(sweep: Path, host: str, age: float) -> Path:
+    """The summary's lock as a job killed on another host (its pid unknowable here) left it,
+    last touched ``age`` seconds ago."""
+    lock = sweep / LOCK_NAME
+    lock.write_text(f"host={host}\npidns=pid:[4026531836]\npid=31337\ntoken=feedfacecafebeef\n")
+    stamp = time.time() - age
+    os.utime(lock, (stamp, stamp))
+    return lock
+
+
+def test_a_stale_summary_lock_from_another_host_does_not_block_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "job0", "lenet", "semi_hard", 1, 0.5, job=0)
+    lock = _lock_left_by_a_killed_job_on(sweep, "node-17", age=LOCK_LEASE_SECONDS + 60)
+    start = time.monotonic()
+    rows, _ = update_sweep_summary(sweep, "precision_at_1", plot=False, lock_timeout=30)
+    assert time.monotonic() - start < 20  # the default lease, not the timeout
+    assert list(rows["status"]) == ["ok"] and (sweep / "summary.csv").is_file()
+    assert not lock.exists()
+
+
+def test_a_held_summary_lock_ends_the_wait_with_one_message(tmp_path, capsys, caplog):
+    """A job whose summary update times out still ends (with a warning); the sweep's end
+    that cannot write the summary says so in one line and exits 1."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "a", "lenet", "semi_hard", 1, 0.9, job=0)
+    _lock_left_by_a_killed_job_on(sweep, "node-17", age=0)  # fresh: within its lease
+    config = _hydra_like(sweep, sweep / "a")
+    with open_dict(config):
+        config.hydra.mode = RunMode.MULTIRUN
+    callback = SweepSummary(plot=False, lock_timeout=0.5)
+    start = time.monotonic()
+    with caplog.at_level("WARNING", logger="tripletlab"):
+        callback.on_job_end(config=config, job_return=JobReturn(status=JobStatus.COMPLETED))
+    assert time.monotonic() - start < 10
+    assert "summary.csv not updated" in caplog.text and "node-17 pid 31337" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        callback.on_multirun_end(config=config)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert str(sweep / LOCK_NAME) in err and not (sweep / "summary.csv").exists()
 
 
 # ---------------------------------------------------- aggregation over seeds (fabricated)

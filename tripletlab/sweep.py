@@ -7,11 +7,11 @@
 - :class:`SweepSummary`, a Hydra callback (``hydra.callbacks.sweep_summary``), rebuilds
   ``summary.csv`` / ``.md`` / ``.png`` and the TensorBoard HParams experiment
   (:func:`tripletlab.tracking.write_sweep_experiment`) in the sweep folder each time a job
-  ends, from the
-  jobs' summaries (:mod:`tripletlab.run_folder`), under a file lock (``filelock``: portable,
-  imported only when a summary is written), so parallel jobs never lose a row. At the
-  end of the sweep it prints the table and, if a job failed, one line with the count and
-  exits 1.
+  ends, from the jobs' summaries (:mod:`tripletlab.run_folder`), under a lock file with a
+  lease (:mod:`tripletlab.lease_lock`: any shared file system; a job killed on another host
+  blocks the others for at most a lease), so parallel jobs never lose a row. At the end of
+  the sweep it prints the table and, if a job did not finish (failed, interrupted, still
+  marked running), one line with the counts and exits 1.
 - :class:`ContinueStudy`, a Hydra callback that ``hparams_search=optuna`` adds, makes a
   persistent Optuna study (``hydra.sweeper.storage=sqlite:///...``) continue: its
   ``n_trials`` becomes the study's total, so a rerun runs only the trials still missing.
@@ -35,7 +35,11 @@ from hydra.experimental.callback import Callback
 
 log = logging.getLogger("tripletlab")
 
-LOCK_NAME = ".summary.lock"
+LOCK_NAME = ".summary.lease"
+# A summary rebuild takes seconds; its holder touches the lock every lease / 4 seconds. The
+# wait is long enough for many jobs that end at once to queue.
+LOCK_LEASE_SECONDS = 60.0
+LOCK_TIMEOUT_SECONDS = 600.0
 # Linux allows 255 bytes per path component; keep room for Hydra's and our own suffixes.
 MAX_DIRNAME_BYTES = 200
 _HASH_CHARS = 10
@@ -98,39 +102,37 @@ def parallel_threads(n_jobs: int, cpus: int | None = None) -> int:
 
 # --------------------------------------------------------------------- the summary
 @contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder/.summary.lock`` (blocks until it is free).
+def locked(
+    folder: Path, lease: float = LOCK_LEASE_SECONDS, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> Iterator[None]:
+    """An exclusive lock on ``folder/.summary.lease`` (:class:`tripletlab.lease_lock.LeaseLock`).
 
-    ``filelock`` picks what the platform has (``fcntl.flock`` on Unix, ``msvcrt`` on
-    Windows); where ``flock`` is refused (some Lustre or NFS mounts) it falls back to a lock
-    file created exclusively, which any shared file system supports.
+    A lock file with a lease rather than ``flock``: it works on every shared file system,
+    and a job killed on another host (whose pid cannot be checked) frees it ``lease``
+    seconds after its last heartbeat. The wait ends after ``timeout`` seconds with a
+    :class:`~tripletlab.lease_lock.LockTimeout` that names the holder.
     """
-    import filelock
+    from tripletlab.lease_lock import LeaseLock
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = str(folder / LOCK_NAME)
-    try:
-        lock = filelock.FileLock(path)
-        lock.acquire()
-    except (NotImplementedError, OSError) as err:
-        log.debug("file lock refused on %s (%s): using a lock file", folder, err)
-        lock = filelock.SoftFileLock(path + ".soft")
-        lock.acquire()
-    try:
+    with LeaseLock(folder / LOCK_NAME, lease=lease, timeout=timeout):
         yield
-    finally:
-        lock.release()
 
 
 def update_sweep_summary(
-    sweep_dir: str | os.PathLike, metric: str | None = None, plot: bool = True
+    sweep_dir: str | os.PathLike,
+    metric: str | None = None,
+    plot: bool = True,
+    lock_lease: float = LOCK_LEASE_SECONDS,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
 ) -> tuple[Any, str]:
     """Rebuild the sweep folder's summary files from its jobs' run folders; (rows, markdown)
-    with ``rows`` a DataFrame (:func:`tripletlab.summarize.collect_rows`)."""
+    with ``rows`` a DataFrame (:func:`tripletlab.summarize.collect_rows`). Under the
+    folder's lock (:func:`locked`): LockTimeout if it stays held ``lock_timeout`` seconds."""
     from tripletlab.summarize import collect_rows, default_metric, write_summary
 
     folder = Path(sweep_dir).resolve()
-    with locked(folder):
+    with locked(folder, lease=lock_lease, timeout=lock_timeout):
         rows = collect_rows([folder], relative_to=folder)
         metric = metric or default_metric(rows)
         text = write_summary(rows, folder, metric, title=f"Sweep {folder}", plot=plot)
@@ -176,37 +178,58 @@ class SweepSummary(Callback):
     """Keep ``summary.csv`` (``.md``, ``.png``) of a sweep up to date as its jobs end.
 
     Args:
-        exit_on_failure: at the end of the sweep, print ``K of N jobs failed: see
-            SWEEP/summary.csv`` and exit 1 when a job did not finish (a collapse is a
-            finished run).
+        exit_on_failure: at the end of the sweep, exit 1 when a row of summary.csv is not
+            finished (failed, interrupted or still running; a collapse is a finished run),
+            after one line such as ``2 of 6 jobs failed: see SWEEP/summary.csv`` or ``2 of
+            6 jobs did not finish (1 failed, 1 interrupted): see SWEEP/summary.csv``.
         plot: also draw summary.png.
+        lock_lease, lock_timeout: seconds, for the summary's lock (:func:`locked`); every
+            job of a sweep must use the same lease.
     """
 
-    def __init__(self, exit_on_failure: bool = True, plot: bool = True) -> None:
+    def __init__(
+        self,
+        exit_on_failure: bool = True,
+        plot: bool = True,
+        lock_lease: float = LOCK_LEASE_SECONDS,
+        lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    ) -> None:
         self.exit_on_failure = exit_on_failure
         self.plot = plot
+        self.lock = {"lock_lease": float(lock_lease), "lock_timeout": float(lock_timeout)}
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from tripletlab.lease_lock import LockTimeout
+
         if not _is_multirun(config):
             return
         # Training recorded the job's status (a failure too) in its run folder; a job that
         # failed before training started (Hydra, the task function) left no summary.
         _record_early_failure(config, job_return)
-        update_sweep_summary(_sweep_dir(config), _metric(config), plot=self.plot)
+        try:
+            update_sweep_summary(_sweep_dir(config), _metric(config), self.plot, **self.lock)
+        except LockTimeout as err:  # the job itself is done; the sweep's end rebuilds it
+            log.warning("summary.csv not updated after this job: %s", err)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from tripletlab.lease_lock import LockTimeout
+
         folder = _sweep_dir(config)
         if not folder.is_dir():
             return
-        rows, text = update_sweep_summary(folder, _metric(config), plot=self.plot)
+        try:
+            rows, text = update_sweep_summary(folder, _metric(config), self.plot, **self.lock)
+        except LockTimeout as err:
+            print(f"error: the sweep's summary was not written: {err}", file=sys.stderr)
+            sys.exit(1)
         if rows.empty:
             return
         print(text, end="", flush=True)
         print(f"summary: {folder / 'summary.csv'} (and summary.md, summary.png)", flush=True)
-        failed = failures(rows)
-        if failed and self.exit_on_failure:
+        unfinished = failures(rows)
+        if unfinished and self.exit_on_failure:
             print(
-                f"{len(failed)} of {len(rows)} jobs failed: see {folder / 'summary.csv'}",
+                f"{unfinished_line(unfinished, len(rows))}: see {folder / 'summary.csv'}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -241,6 +264,19 @@ def failures(rows: Any) -> list[dict]:
     from tripletlab.run_folder import FINISHED
 
     return [r for r in rows.to_dict("records") if r["status"] not in FINISHED]
+
+
+def unfinished_line(unfinished: list[dict], total: int) -> str:
+    """``2 of 6 jobs failed`` when every unfinished job failed, else ``3 of 6 jobs did not
+    finish (1 failed, 2 interrupted)``: a killed job is not a failed one."""
+    counts: dict[str, int] = {}
+    for row in unfinished:
+        status = str(row["status"] or "unknown")
+        counts[status] = counts.get(status, 0) + 1
+    if set(counts) == {"failed"}:
+        return f"{len(unfinished)} of {total} jobs failed"
+    detail = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"{len(unfinished)} of {total} jobs did not finish ({detail})"
 
 
 # -------------------------------------------------------------------------- resume
