@@ -45,6 +45,7 @@ DEFAULT = {
         "root": None,
         "download": True,
         "url": None,
+        "allow_insecure_url": False,
     },
     "model": {
         "name": "small_cnn",

@@ -346,7 +346,7 @@ def test_missing_mnist_does_not_suggest_the_fashion_package():
 def test_download_from_a_local_mirror(tmp_path):
     arrays = write_idx_folder(tmp_path / "mirror")
     with serve_folder(tmp_path / "mirror") as url:
-        ds = load_dataset(idx_cfg(download=True, url=url))
+        ds = load_dataset(idx_cfg(download=True, url=url, allow_insecure_url=True))
     target = home_folder(tmp_path)
     assert ds.source == url
     np.testing.assert_array_equal(ds.x_train[..., 0], arrays["train_images"])
@@ -366,7 +366,7 @@ def test_download_goes_to_tripletlab_data_and_fetches_only_missing_files(tmp_pat
         (tmp_path / "mirror" / f"{IDX_FILES[key]}.gz").unlink()  # asked for them: a 404
         (target / f"{IDX_FILES[key.replace('train', 'test')]}.gz").unlink()
     with serve_folder(tmp_path / "mirror") as url:
-        ds = load_dataset(idx_cfg(download=True, url=url))
+        ds = load_dataset(idx_cfg(download=True, url=url, allow_insecure_url=True))
     assert len(ds.x_train) == 20 and len(ds.x_test) == 10
     assert not home_folder(tmp_path).exists()
 
@@ -375,7 +375,7 @@ def test_failed_download_names_the_url_and_leaves_nothing(tmp_path):
     write_idx_folder(tmp_path / "mirror")
     (tmp_path / "mirror" / f"{IDX_FILES['test_labels']}.gz").unlink()
     with serve_folder(tmp_path / "mirror") as url, pytest.raises(DataError) as err:
-        load_dataset(idx_cfg(download=True, url=url))
+        load_dataset(idx_cfg(download=True, url=url, allow_insecure_url=True))
     msg = str(err.value)
     assert f"{url}t10k-labels-idx1-ubyte.gz" in msg and "404" in msg
     assert "Searched, in order" in msg and "fetch the files by hand" in msg
@@ -388,7 +388,7 @@ def test_corrupt_download_never_takes_the_real_name(tmp_path):
     write_idx_folder(tmp_path / "mirror")
     (tmp_path / "mirror" / f"{IDX_FILES['train_images']}.gz").write_bytes(b"<html>oops</html>")
     with serve_folder(tmp_path / "mirror") as url, pytest.raises(DataError) as err:
-        load_dataset(idx_cfg(download=True, url=url))
+        load_dataset(idx_cfg(download=True, url=url, allow_insecure_url=True))
     assert "train-images-idx3-ubyte.gz is not a valid gzip file" in str(err.value)
     assert not (home_folder(tmp_path) / f"{IDX_FILES['train_images']}.gz").exists()
     assert no_temp_files(tmp_path / "home")
@@ -397,7 +397,7 @@ def test_corrupt_download_never_takes_the_real_name(tmp_path):
 def test_download_from_a_closed_port(tmp_path):
     url = closed_port_url()
     with pytest.raises(DataError) as err:
-        load_dataset(idx_cfg(download=True, url=url))
+        load_dataset(idx_cfg(download=True, url=url, allow_insecure_url=True))
     msg = str(err.value)
     assert f"{url}train-images-idx3-ubyte.gz" in msg and "refused" in msg.lower()
     assert "Downloading into" in msg and "failed" in msg

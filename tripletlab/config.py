@@ -101,6 +101,7 @@ class IdxDatasetConfig(DatasetConfig):
     root: str | None = None  # folder with the files; None searches the usual places
     download: bool = True  # fall back to the official mirror when no local copy exists
     url: str | None = None  # mirror override (None: the official one)
+    allow_insecure_url: bool = False  # allow an http:// or file:// url (no TLS: opt in)
 
 
 @dataclass

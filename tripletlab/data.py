@@ -32,10 +32,14 @@ import http.client
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import socket
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -80,6 +84,10 @@ DIGIT_CLASSES = [str(i) for i in range(10)]
 SYSTEM_DATASETS = Path("/usr/share/datasets")
 DATA_ENV = "TRIPLETLAB_DATA"
 DOWNLOAD_TIMEOUT = 60.0  # seconds a connection may stay silent before the download fails
+# A download's temporary file untouched this long was left by a killed process.
+STALE_PART_SECONDS = 2 * DOWNLOAD_TIMEOUT
+INSECURE_SCHEMES = ("http", "file")  # downloadable only with dataset.allow_insecure_url=true
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions
 LABELS_MAGIC = 0x00000801  # uint8, 1 dimension
@@ -195,12 +203,13 @@ class DatasetSource:
     ``load(cfg)`` -> (x_train, y_train, x_test, y_test, class_names, source): uint8 images
     [N, H, W, C] (or ImageFiles), int64 labels, and where they were read from; or a
     :class:`Dataset` (to give a gallery). :func:`load_dataset` then applies split,
-    max_train / max_test, image_size and channels. ``ensure(root, download, url)``
-    -> (folder, how it was found): makes sure the files are present (``tripletlab-fetch``).
+    max_train / max_test, image_size and channels. ``ensure(root, download, url,
+    allow_insecure_url)`` -> (folder, how it was found): makes sure the files are present
+    (``tripletlab-fetch``).
     """
 
     load: Callable[[Any], tuple]
-    ensure: Callable[[Any, bool, str | None], tuple[Path, str]]
+    ensure: Callable[[Any, bool, str | None, bool], tuple[Path, str]]
 
 
 def __getattr__(name: str) -> tuple[str, ...]:
@@ -369,8 +378,10 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
     The temporary name keeps the final suffix, so a .gz stays readable as .gz while it is checked.
     """
-    # Not mkstemp: its files are private (0600), and the data folder may be shared.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
+    # Not mkstemp: its files are private (0600), and the data folder may be shared. The name
+    # says which process writes it, so that one killed can be told apart (_remove_stale_parts).
+    owner = f"{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.with_name(f".{path.name}@{owner}.part{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -482,7 +493,66 @@ def _missing_message(
     return "\n".join(lines)
 
 
-def _locate(name: str, root: Any, download: bool, url: str | None) -> tuple[Path, str | None]:
+def check_download_url(url: str, allow_insecure: bool) -> None:
+    """A ConfigError unless ``url`` is https://, or http:// / file:// with the opt-in."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme == "https" or (scheme in INSECURE_SCHEMES and allow_insecure):
+        return
+    if scheme in INSECURE_SCHEMES:
+        raise ConfigError(
+            f"dataset.url={url} is {scheme}://, without TLS: what it serves can be replaced on "
+            "the way, and no published checksum guards a mirror. Use an https:// mirror, or "
+            "opt in with dataset.allow_insecure_url=true (tripletlab-fetch --allow-insecure-url)"
+        )
+    raise ConfigError(
+        f"dataset.url={url} cannot be downloaded: use an https:// URL (http:// and file:// "
+        "need dataset.allow_insecure_url=true)"
+    )
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to https://: an https mirror must not hand over to http."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urllib.parse.urlsplit(newurl).scheme.lower() != "https":
+            raise urllib.error.URLError(
+                f"redirected to {newurl}, which is not https (allowed only with "
+                "dataset.allow_insecure_url=true)"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """Delete the temporary files of downloads that were killed: written by a process of this
+    host that is gone, or untouched for STALE_PART_SECONDS (a live download writes at least
+    every DOWNLOAD_TIMEOUT seconds, or fails)."""
+    now = time.time()
+    for part in folder.glob(".*.part*"):
+        match = re.fullmatch(r"\..+@([A-Za-z0-9_]+)-(\d+)-[0-9a-f]+\.part.*", part.name)
+        try:
+            stale = now - part.stat().st_mtime > STALE_PART_SECONDS
+            if match and match.group(1) == _HOST and not stale:
+                stale = not _process_exists(int(match.group(2)))
+            if stale:
+                part.unlink()
+                log.info("removed %s, left by an interrupted download", part)
+        except OSError:  # gone meanwhile, or not ours to remove: the download goes on
+            continue
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _locate(
+    name: str, root: Any, download: bool, url: str | None, allow_insecure_url: bool = False
+) -> tuple[Path, str | None]:
     """Find (or download) ``name``'s IDX folder; return it and the URL if it was downloaded."""
     spec = _idx_spec(name)
     root_path = _root_path(root)
@@ -512,10 +582,11 @@ def _locate(name: str, root: Any, download: bool, url: str | None) -> tuple[Path
     base_url = url or spec.url
     if not download:
         raise DataError(_missing_message(name, locations, base_url, None))
+    check_download_url(base_url, allow_insecure_url)
     target = _download_dir(spec)
     created = [p for p in (target, *target.parents) if not p.exists()]  # deepest first
     try:
-        _download(name, target, base_url)
+        _download(name, target, base_url, allow_insecure_url)
     except DataError as exc:
         # A failed download leaves no trace: remove the folders it created if still empty.
         for folder in created:
@@ -525,12 +596,18 @@ def _locate(name: str, root: Any, download: bool, url: str | None) -> tuple[Path
     return target, base_url
 
 
-def _download(name: str, target: Path, base_url: str) -> None:
+def _download(name: str, target: Path, base_url: str, allow_insecure_url: bool = False) -> None:
     """Download the missing IDX files of ``name`` into ``target``, checking each one."""
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create {target}: {exc.strerror or exc}") from None
+    _remove_stale_parts(target)
+    opener = (
+        urllib.request.build_opener()
+        if allow_insecure_url
+        else urllib.request.build_opener(_HttpsOnlyRedirects)
+    )
     missing = _find_files(target)[1]  # files kept from an interrupted earlier download
     official = base_url.rstrip("/") == _idx_spec(name).url.rstrip("/")
     if not official:
@@ -541,7 +618,7 @@ def _download(name: str, target: Path, base_url: str) -> None:
         with _atomic_path(target / f"{stem}.gz") as tmp:
             try:
                 with (
-                    urllib.request.urlopen(file_url, timeout=DOWNLOAD_TIMEOUT) as response,
+                    opener.open(file_url, timeout=DOWNLOAD_TIMEOUT) as response,
                     tmp.open("wb") as out,
                 ):
                     shutil.copyfileobj(response, out, 1 << 20)
@@ -603,12 +680,16 @@ def _load_idx(name: str, folder: Path) -> tuple[np.ndarray, ...]:
 def _idx_source(name: str) -> DatasetSource:
     def load(cfg: Any) -> tuple:
         download = bool(_opt(cfg, "download"))
-        folder, url_used = _locate(name, _opt(cfg, "root"), download, _opt(cfg, "url"))
+        allow_insecure = bool(_opt(cfg, "allow_insecure_url"))
+        url = _opt(cfg, "url")
+        folder, url_used = _locate(name, _opt(cfg, "root"), download, url, allow_insecure)
         classes = list(IDX_DATASETS[name].classes)
         return (*_load_idx(name, folder), classes, url_used or str(folder.absolute()))
 
-    def ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
-        folder, url_used = _locate(name, root, download, url)
+    def ensure(
+        root: Any, download: bool, url: str | None, allow_insecure_url: bool = False
+    ) -> tuple[Path, str]:
+        folder, url_used = _locate(name, root, download, url, allow_insecure_url)
         _load_idx(name, folder)  # read everything now, so corrupt files fail here and not mid-run
         return folder, f"downloaded from {url_used} to" if url_used else "found in"
 
@@ -624,13 +705,16 @@ def ensure_dataset(
     root: str | os.PathLike | None = None,
     download: bool = True,
     url: str | None = None,
+    allow_insecure_url: bool = False,
 ) -> Path:
     """Make sure ``name``'s files are present (downloading if allowed) and readable."""
-    return _ensure(name, root, download, url)[0]
+    return _ensure(name, root, download, url, allow_insecure_url)[0]
 
 
-def _ensure(name: str, root: Any, download: bool, url: str | None) -> tuple[Path, str]:
-    return DATASETS.get(name).ensure(root, download, url)
+def _ensure(
+    name: str, root: Any, download: bool, url: str | None, allow_insecure_url: bool = False
+) -> tuple[Path, str]:
+    return DATASETS.get(name).ensure(root, download, url, allow_insecure_url)
 
 
 # --------------------------------------------------------------------------- digits
@@ -658,7 +742,7 @@ def _digits_load(cfg: Any) -> tuple:
     return (*arrays, list(DIGIT_CLASSES), "scikit-learn")
 
 
-def _digits_ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+def _digits_ensure(root: Any, download: bool, url: str | None, *_: Any) -> tuple[Path, str]:
     sklearn_datasets = _import_sklearn_datasets()
     return Path(sklearn_datasets.__file__).parent / "data", "bundled with scikit-learn in"
 
@@ -786,21 +870,39 @@ def decode_image(path: Path, channels: int | None, size: int | None) -> np.ndarr
     return arr
 
 
-def _stack(
-    images: list[np.ndarray], paths: list[Path], channels: int | None, size: int | None
-) -> np.ndarray:
-    if size is None:
-        first = images[0].shape[:2]
-        for arr, path in zip(images, paths, strict=True):
-            if arr.shape[:2] != first:
-                raise DataError(
-                    f"images differ in size: {paths[0]} is {first[1]}x{first[0]} but {path} is "
-                    f"{arr.shape[1]}x{arr.shape[0]}; set dataset.image_size=N to resize them all "
-                    "to N x N"
-                )
-    if channels is None and any(arr.shape[-1] == 3 for arr in images):
-        images = [np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr for arr in images]
-    return np.stack(images)
+def aligned_empty(shape: Sequence[int], dtype: Any = np.uint8, align: int = 64) -> np.ndarray:
+    """An uninitialised C-ordered array whose data starts at a multiple of ``align`` bytes:
+    TensorFlow can then use it without a copy (:func:`tripletlab.pipeline.as_uint8_tensor`)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(nbytes + align, np.uint8)
+    start = (-buffer.ctypes.data) % align
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _decode_all(paths: Sequence[Path], channels: int | None, size: int | None) -> np.ndarray:
+    """Every image decoded straight into one uint8 array [N, H, W, C] (about its decoded
+    size in memory, not a list of arrays and then their stack). ``channels`` None: 1 until
+    an image has colour, then the array becomes RGB once."""
+    out: np.ndarray | None = None
+    for i, path in enumerate(paths):
+        image = decode_image(path, channels, size)
+        if out is None:
+            out = aligned_empty((len(paths), *image.shape))
+        elif image.shape[:2] != out.shape[1:3]:
+            raise DataError(
+                f"images differ in size: {paths[0]} is {out.shape[2]}x{out.shape[1]} but {path} "
+                f"is {image.shape[1]}x{image.shape[0]}; set dataset.image_size=N to resize them "
+                "all to N x N"
+            )
+        if image.shape[-1] > out.shape[-1]:  # the first colour image after grey ones
+            rgb = aligned_empty((*out.shape[:3], 3))
+            rgb[:i] = out[:i]  # broadcast over the channels
+            out = rgb
+        out[i] = image  # a grey image broadcasts into an RGB array
+    if out is None:
+        return np.zeros((0, size or 0, size or 0, channels or 1), np.uint8)
+    return out
 
 
 def _read_class_tree(class_dirs: list[Path], min_images: int) -> tuple[list[Path], np.ndarray]:
@@ -855,7 +957,7 @@ def images_from_files(
         stream = "true" if decoded > STREAM_ABOVE_BYTES else "false"
     if stream == "false":
         # Decoded together: channels=None and the size check span every split.
-        x = _stack([decode_image(p, channels, size) for p in paths], paths, channels, size)
+        x = _decode_all(paths, channels, size)
         return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     if verify:
         shape = common_format(inspect_images(paths), paths, size, channels)
@@ -936,7 +1038,7 @@ def _image_folder_load(cfg: Any) -> tuple:
     return (*arrays, str(root_path.absolute()))
 
 
-def _image_folder_ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+def _image_folder_ensure(root: Any, download: bool, url: str | None, *_: Any) -> tuple[Path, str]:
     # Nothing to download: only check that the user's folder is there.
     root_path = _require_root(root)
     _class_folders(root_path / "train" if (root_path / "train").is_dir() else root_path)
@@ -1120,14 +1222,19 @@ def split_by_classes(data: Dataset, train_classes: Sequence[Any] | None = None) 
 
 
 def fetch(
-    name: str, root: Any = None, download: bool = True, url: str | None = None
+    name: str,
+    root: Any = None,
+    download: bool = True,
+    url: str | None = None,
+    allow_insecure_url: bool = False,
 ) -> tuple[Path, str]:
     """Make sure dataset ``name``'s files are present and readable (``tripletlab-fetch``).
 
     Returns the folder and how it was found ("found in", "downloaded from URL to"...).
-    Raises DataError when the files are missing (and not downloaded) or corrupt.
+    Raises DataError when the files are missing (and not downloaded) or corrupt, ConfigError
+    for an http:// or file:// URL without ``allow_insecure_url``.
     """
-    return _ensure(name, root, download, url)
+    return _ensure(name, root, download, url, allow_insecure_url)
 
 
 # The benchmark layouts register themselves (they build on this module, so they come last).

@@ -359,7 +359,7 @@ def _layout_source(layout: Layout) -> DatasetSource:
             y_gallery=index.labels.get("gallery"),
         )
 
-    def ensure(root: Any, download: bool, url: str | None) -> tuple[Path, str]:
+    def ensure(root: Any, download: bool, url: str | None, *_: Any) -> tuple[Path, str]:
         # Nothing can be downloaded (the archives need a licence or a form): check the folder.
         folder = layout.locate(root)
         layout.read(folder)

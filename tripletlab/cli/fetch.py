@@ -1,4 +1,4 @@
-"""``tripletlab-fetch NAME [--root DIR] [--no-download] [--url URL]``.
+"""``tripletlab-fetch NAME [--root DIR] [--no-download] [--url URL] [--allow-insecure-url]``.
 
 Makes sure a dataset's files are present (:func:`tripletlab.data.fetch`): found where
 ``dataset.root`` / ``$TRIPLETLAB_DATA`` / the system and Keras folders hold them, else
@@ -25,12 +25,23 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--root", help="folder holding the files (then only it is used)")
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading")
     parser.add_argument("--url", help="mirror to download from (default: the official one)")
+    parser.add_argument(
+        "--allow-insecure-url",
+        action="store_true",
+        help="allow an http:// or file:// --url (no TLS: what it serves can be replaced)",
+    )
     return parser
 
 
 def _fetch(argv: Sequence[str] | None, prog: str = "tripletlab-fetch") -> int:
     args = _parser(prog).parse_args(argv)
-    folder, how = fetch(args.name, args.root, download=not args.no_download, url=args.url)
+    folder, how = fetch(
+        args.name,
+        args.root,
+        download=not args.no_download,
+        url=args.url,
+        allow_insecure_url=args.allow_insecure_url,
+    )
     print(f"{args.name}: {how} {folder}")
     return 0
 
@@ -44,7 +55,8 @@ def data_module_main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "fetch":
         usage = (
-            "usage: python -m tripletlab.data fetch NAME [--root DIR] [--no-download] [--url URL]"
+            "usage: python -m tripletlab.data fetch NAME [--root DIR] [--no-download] [--url URL] "
+            "[--allow-insecure-url]"
         )
         help_asked = bool(args) and args[0] in ("-h", "--help")
         print(usage, file=sys.stdout if help_asked else sys.stderr)
