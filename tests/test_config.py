@@ -72,6 +72,7 @@ DEFAULT = {
         "checkpoint_every": 1,
         "steps_per_epoch": None,
         "collapse_patience": 2,
+        "resume": "auto",
     },
     "eval": {
         "every": 1,
