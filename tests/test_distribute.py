@@ -63,6 +63,33 @@ def test_replicas_give_the_single_device_loss_and_gradients(one_device, replicas
     assert many["moving_mean"] == pytest.approx([average] * replicas)
 
 
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "mobilenetv3_small",
+        pytest.param("efficientnetv2_b0", marks=pytest.mark.slow),
+        pytest.param("resnet50", marks=pytest.mark.slow),
+    ],
+)
+def test_keras_batch_norm_of_a_pretrained_backbone_is_the_global_batchs(backbone):
+    # Two replicas whose slices differ: each Keras BatchNormalization's moving statistics
+    # are equal on both replicas and equal to one device's on the global batch, and so are
+    # the embeddings (with per-replica statistics every one of these differs by over 50%).
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "replica_batch_norm.py"), "2", backbone],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["batch_norms"] > 30
+    assert result["between_replicas"] < 1e-6
+    assert result["against_single_device"] < 1e-2  # E[x^2] - E[x]^2 against two passes
+    assert result["embeddings"] < 1e-2
+
+
 def _run(args, env=None, timeout=300):
     return subprocess.run(
         [sys.executable, "run.py", *args],

@@ -14,7 +14,9 @@ The pretrained backbones (``resnet50``, ``efficientnetv2_b0``, ``mobilenetv3_sma
 keras.applications models without their classifier, after a layer doing the application's
 own input preprocessing; ``model.weights`` is imagenet (the file Keras keeps in
 ``~/.keras/models/``), none, or a ``.weights.h5`` file; ``model.freeze_batch_norm`` keeps
-their batch norm layers in inference mode with ImageNet's statistics.
+their batch norm layers in inference mode with ImageNet's statistics. Under a strategy with
+several replicas, their trainable batch norm layers are synchronised (the global batch's
+moments), so the replicas' moving statistics stay equal.
 """
 
 from __future__ import annotations
@@ -305,6 +307,25 @@ def _weights_arg(cfg) -> str | None:
     return str(path)
 
 
+def _synchronize_batch_norm(backbone: keras.Model) -> None:
+    """Under a strategy with several replicas (built inside its scope), the backbone's
+    Keras BatchNormalization layers use the global batch's moments (``synchronized``).
+
+    Keras creates their moving statistics with aggregation "none", so with per-replica
+    moments each replica's copy would silently drift apart (FusedBatchNorm averages them
+    instead). Synchronised, every replica computes the same moments and writes the same
+    moving statistics: those of a single device on the global batch, and so are the
+    normalised outputs and the gradients. One device: unchanged (no collective per layer).
+    """
+    import tensorflow as tf
+
+    if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+        return
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = True
+
+
 def _application(x, cfg, reg):
     """A keras.applications backbone with global average pooling: [B, H, W, C] -> [B, F]."""
     spec = APPLICATIONS[str(cfg.name)]
@@ -340,6 +361,7 @@ def _application(x, cfg, reg):
             if isinstance(layer, layers.BatchNormalization):
                 # trainable=False also makes Keras run the layer in inference mode.
                 layer.trainable = False
+    _synchronize_batch_norm(backbone)
     if reg is not None:
         for layer in backbone.layers:
             kernel = getattr(layer, "kernel", None)
