@@ -25,6 +25,7 @@ from tripletlab.errors import ConfigError
 pytestmark = pytest.mark.e2e
 
 SCRIPT = ROOT / "tests" / "scripts" / "global_batch_step.py"
+WEIGHT_DECAY = 0.05  # global_batch_step.py's
 
 
 def _step_results(replicas: int) -> dict:
@@ -48,7 +49,7 @@ def one_device():
 def test_replicas_give_the_single_device_loss_and_gradients(one_device, replicas):
     many = _step_results(replicas)
     cases = [k for k in one_device if k not in ("mining", "moving_mean")]
-    assert len(cases) == 6  # three strategies, with and without the soft margin
+    assert len(cases) == 7  # three strategies, with and without the soft margin; weight decay
     for case in cases:
         assert many[case]["loss"] == pytest.approx(one_device[case]["loss"], abs=1e-5), case
         for a, b in zip(one_device[case]["weights"], many[case]["weights"], strict=True):
@@ -61,6 +62,15 @@ def test_replicas_give_the_single_device_loss_and_gradients(one_device, replicas
     # Batch norm per replica, its moving statistics averaged: equal on every replica.
     average = 4.0 * (replicas - 1) / 2
     assert many["moving_mean"] == pytest.approx([average] * replicas)
+    # Weight decay counted once: its share of the step is -2 * decay * W0 on each kernel
+    # (none on the biases) on N replicas as on one device; counted on each of N replicas,
+    # it would be N times that.
+    plain, decayed = many["batch_hard/hard"], many["batch_hard/hard/decay"]
+    for index, start in enumerate(decayed["initial"]):
+        start = np.array(start)
+        expected = -2 * WEIGHT_DECAY * start if start.ndim == 2 else np.zeros_like(start)
+        decay_share = np.array(decayed["weights"][index]) - np.array(plain["weights"][index])
+        np.testing.assert_allclose(decay_share, expected, atol=1e-5, err_msg=f"weight {index}")
 
 
 @pytest.mark.parametrize(

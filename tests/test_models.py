@@ -57,10 +57,30 @@ def test_fused_batch_norm_matches_keras_batch_norm():
     np.testing.assert_allclose(ours.moving_variance.numpy(), ref.moving_variance.numpy(), rtol=2e-3)
 
 
-def test_weight_decay_adds_regularisation_losses():
-    model = build_model(_cfg("small_cnn"), (8, 8, 1), weight_decay=1e-4)
-    assert len(model.losses) > 0
-    assert not build_model(_cfg("small_cnn"), (8, 8, 1)).losses
+@pytest.mark.parametrize("name", ["lenet", "small_cnn"])
+def test_weight_decay_is_l2_on_every_kernel_and_nothing_else(name):
+    import tensorflow as tf
+
+    decay = 1e-2
+    model = build_model(_cfg(name), (8, 8, 1), weight_decay=decay)
+    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+    assert len(kernels) == 3  # two convolutions and the embedding head
+    for kernel in kernels:  # away from the initialiser's values, so a wrong factor shows
+        kernel.assign(np.random.default_rng(kernel.shape[-1]).normal(0, 1, kernel.shape))
+    with tf.GradientTape() as tape:
+        penalty = tf.add_n(model.losses)
+    expected = decay * sum(float(np.sum(np.square(k.numpy()))) for k in kernels)
+    assert float(penalty) == pytest.approx(expected, rel=1e-5)
+    grads = tape.gradient(
+        penalty,
+        [v.value for v in model.trainable_variables],  # the tf.Variables under Keras' ones
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+    kernel_ids = {id(k) for k in kernels}
+    for variable, grad in zip(model.trainable_variables, grads, strict=True):
+        want = 2 * decay * variable.numpy() if id(variable) in kernel_ids else 0.0
+        np.testing.assert_allclose(grad.numpy(), want, rtol=1e-5, atol=1e-7, err_msg=variable.path)
+    assert not build_model(_cfg(name), (8, 8, 1)).losses
 
 
 # ------------------------------------------------------------------ pretrained backbones

@@ -2,7 +2,8 @@
 
 ``python global_batch_step.py N`` prints JSON: for each mining strategy, with and without
 the soft margin, the loss and the weights after one SGD step (learning rate 1, so the change
-is minus the gradient) of tripletlab's train step on N replicas; N = 1 is one device. Also,
+is minus the gradient) of tripletlab's train step on N replicas; N = 1 is one device; and
+the same for batch-hard with weight decay (key "batch_hard/hard/decay"). Also,
 for a batch whose local and global mining differ, the global loss and the mean local loss.
 """
 
@@ -10,6 +11,8 @@ import json
 import sys
 
 import numpy as np
+
+WEIGHT_DECAY = 0.05  # the L2 factor of the weight-decay case
 
 
 def main(replicas: int) -> None:
@@ -33,27 +36,31 @@ def main(replicas: int) -> None:
     rng.shuffle(y)
 
     out = {}
-    for mining in ("batch_all", "batch_hard", "semi_hard"):
-        for soft in (False, True):
-            keras.utils.set_random_seed(3)
-            with strategy.scope():
-                model = keras.Sequential(
-                    [
-                        keras.Input((6,)),
-                        keras.layers.Dense(8, activation="tanh"),
-                        keras.layers.Dense(5),
-                    ]
-                )
-                optimizer = keras.optimizers.SGD(learning_rate=1.0)
-                optimizer.build(model.trainable_variables)
-            cfg = type("Mining", (), {"strategy": mining, "margin": 0.2, "squared": False})()
-            cfg.soft_margin = soft
-            step = make_train_step(model, optimizer, cfg, strategy=strategy)
-            data = distribute_batches(strategy, lambda: tf.data.Dataset.from_tensors((x, y)), batch)
-            images, labels = next(iter(data))
-            loss = float(step(images, labels)[0])
-            weights = [w.numpy().tolist() for w in model.trainable_variables]
-            out[f"{mining}/{'soft' if soft else 'hard'}"] = {"loss": loss, "weights": weights}
+    cases = [(m, soft, 0.0) for m in ("batch_all", "batch_hard", "semi_hard") for soft in (0, 1)]
+    cases.append(("batch_hard", False, WEIGHT_DECAY))  # L2 on both kernels, model.losses
+    for mining, soft, decay in cases:
+        keras.utils.set_random_seed(3)
+        reg = keras.regularizers.L2(decay) if decay else None
+        with strategy.scope():
+            model = keras.Sequential(
+                [
+                    keras.Input((6,)),
+                    keras.layers.Dense(8, activation="tanh", kernel_regularizer=reg),
+                    keras.layers.Dense(5, kernel_regularizer=reg),
+                ]
+            )
+            optimizer = keras.optimizers.SGD(learning_rate=1.0)
+            optimizer.build(model.trainable_variables)
+        initial = [w.numpy().tolist() for w in model.trainable_variables]
+        cfg = type("Mining", (), {"strategy": mining, "margin": 0.2, "squared": False})()
+        cfg.soft_margin = bool(soft)
+        step = make_train_step(model, optimizer, cfg, strategy=strategy)
+        data = distribute_batches(strategy, lambda: tf.data.Dataset.from_tensors((x, y)), batch)
+        images, labels = next(iter(data))
+        loss = float(step(images, labels)[0])
+        weights = [w.numpy().tolist() for w in model.trainable_variables]
+        key = f"{mining}/{'soft' if soft else 'hard'}" + ("/decay" if decay else "")
+        out[key] = {"loss": loss, "weights": weights, "initial": initial}
 
     # Replica 0 holds two classes, replica 1 the two others: locally every negative of an
     # anchor comes from one class only, globally from three.
