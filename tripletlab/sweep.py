@@ -17,7 +17,9 @@
   ``n_trials`` becomes the study's total, so a rerun runs only the trials still missing.
 - :func:`parallel_threads` splits the cores between parallel local jobs.
 - :func:`resume_overrides` gives the overrides a sweep folder was made with
-  (``tripletlab-sweep --resume DIR`` reruns them into DIR).
+  (``tripletlab-sweep --resume DIR`` reruns them into DIR): only the sweep's own, and
+  :class:`UntrustedSweep` if its ``multirun.yaml`` asks for more (a folder may be someone
+  else's).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from tripletlab.errors import TripletLabError
 
 log = logging.getLogger("tripletlab")
 
@@ -280,10 +285,102 @@ def unfinished_line(unfinished: list[dict], total: int) -> str:
 
 
 # -------------------------------------------------------------------------- resume
+class UntrustedSweep(TripletLabError):
+    """A sweep folder's ``multirun.yaml`` asks for more than a sweep's own overrides."""
+
+
+# What a resume replays of the Hydra overrides a sweep was started with: the choice of
+# launcher and sweeper (an installed config, by name) and their resource and search
+# settings. Never what runs code or changes the environment: callbacks, env_set, searchpath,
+# a launcher's setup commands, srun arguments or sbatch parameters, any _target_.
+RESUMABLE_HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
+RESUMABLE_LAUNCHER_KEYS = frozenset(
+    {
+        # joblib
+        *("n_jobs", "backend", "prefer", "verbose", "timeout", "pre_dispatch", "batch_size"),
+        # submitit (Slurm and local)
+        *("timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb"),
+        *("nodes", "name", "partition", "qos", "comment", "constraint", "exclude", "gres"),
+        *("cpus_per_gpu", "gpus_per_task", "mem_per_gpu", "mem_per_cpu", "account"),
+        *("signal_delay_s", "max_num_timeout", "array_parallelism", "stderr_to_stdout"),
+    }
+)
+RESUMABLE_SWEEPER_KEYS = frozenset(
+    {"n_trials", "n_jobs", "direction", "storage", "study_name", "sampler.seed"}
+)
+# Dropped: the caller points hydra.sweep.dir at the folder; -m sets the mode.
+_REPLACED_ON_RESUME = ("hydra.sweep.dir", "hydra.mode")
+# The callbacks tripletlab's own configs add (conf/config.yaml, hparams_search/optuna.yaml).
+OWN_CALLBACKS = frozenset({"tripletlab.sweep.SweepSummary", "tripletlab.sweep.ContinueStudy"})
+_NAME = re.compile(r"[\w-]+")
+# An OmegaConf resolver call, ${name:...}; only ${now:...} is replayed (oc.env would copy
+# the environment into the jobs' configs, and from there to a tracking server or a URL).
+_RESOLVER = re.compile(r"\$\{\s*([\w.]+)\s*:")
+
+
+def _special_key(key: str) -> bool:
+    """A key part Hydra or OmegaConf acts on (``_target_``, ``_partial_``...)."""
+    return any(part.startswith("_") and part.endswith("_") for part in re.split(r"[./]", key))
+
+
+def _replay_problem(override: Any, task: bool) -> str | None:
+    """Why ``override`` (parsed by Hydra) is not replayed on a resume; None if it is."""
+    key = str(override.key_or_group)
+    package = str(override.package or "")
+    for name in _RESOLVER.findall(override.input_line):
+        if name != "now":
+            return f"the resolver ${{{name}:...}}"
+    if _special_key(key) or package.startswith("hydra") or _special_key(package):
+        return "a special key"
+    if not key.startswith("hydra"):
+        return None
+    if task:
+        return "a Hydra setting among the job overrides"
+    if override.is_delete() or override.is_add() or override.is_force_add():
+        return "an added or deleted Hydra key"
+    if key in RESUMABLE_HYDRA_GROUPS:
+        value = override.value()
+        return None if isinstance(value, str) and _NAME.fullmatch(value) else "a config name"
+    for prefix, allowed in (
+        ("hydra.launcher.", RESUMABLE_LAUNCHER_KEYS),
+        ("hydra.sweeper.", RESUMABLE_SWEEPER_KEYS),
+    ):
+        if key.startswith(prefix) and key[len(prefix) :] in allowed:
+            return None
+    if key.startswith("hydra.sweeper.params."):  # a search space: one job key each
+        param = key[len("hydra.sweeper.params.") :]
+        return "a Hydra key in the search space" if param.startswith("hydra") else None
+    return "not a launcher or sweeper setting"
+
+
+def _unknown_callbacks(hydra_node: Any) -> list[str]:
+    """``hydra.callbacks`` and ``hydra.job.env_set`` entries of a saved config that
+    tripletlab's own configs do not write."""
+    found = []
+    callbacks = hydra_node.get("callbacks") or {}
+    for name, spec in callbacks.items() if isinstance(callbacks, dict) else []:
+        target = spec.get("_target_") if isinstance(spec, dict) else spec
+        if target not in OWN_CALLBACKS:
+            found.append(f"hydra.callbacks.{name} ({target})")
+    job = hydra_node.get("job") or {}
+    env_set = job.get("env_set") if isinstance(job, dict) else None
+    found += [f"hydra.job.env_set.{k}" for k in (env_set or {})]
+    return found
+
+
 def resume_overrides(sweep_dir: str | os.PathLike) -> list[str]:
-    """The command-line overrides a sweep folder was made with (from ``multirun.yaml``),
-    Hydra's own first, without ``hydra.sweep.dir`` (the caller points it at the folder)."""
+    """The overrides of the sweep a folder holds (from its ``multirun.yaml``), Hydra's own
+    first, without ``hydra.sweep.dir`` (the caller points it at the folder).
+
+    Only the sweep's own overrides are replayed: the jobs' keys, and the launcher's and the
+    sweeper's settings (:data:`RESUMABLE_LAUNCHER_KEYS`...). A folder may come from someone
+    else: a ``multirun.yaml`` that asks for anything else (a callback, ``env_set``,
+    ``searchpath``, a launcher's ``setup`` commands, a ``_target_``, a resolver such as
+    ``${oc.env:...}``), in its overrides or in its config, raises :class:`UntrustedSweep`
+    naming every such entry, and nothing runs.
+    """
     import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
@@ -294,17 +391,33 @@ def resume_overrides(sweep_dir: str | os.PathLike) -> list[str]:
         saved = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from None
-    overrides = (
-        ((saved.get("hydra") or {}).get("overrides") or {}) if isinstance(saved, dict) else {}
-    )
-    hydra_overrides = overrides.get("hydra") or []
-    task_overrides = overrides.get("task") or []
+    hydra_node = (saved.get("hydra") or {}) if isinstance(saved, dict) else {}
+    if not isinstance(hydra_node, dict):
+        raise ValueError(f"{path}: its hydra entry is not a mapping")
+    overrides = hydra_node.get("overrides") or {}
+    refused = _unknown_callbacks(hydra_node)
     out = []
-    for o in [*hydra_overrides, *task_overrides]:
-        key = str(o).lstrip("+~").split("=", 1)[0]
-        if key in ("hydra.sweep.dir", "hydra.mode"):
-            continue
-        out.append(str(o))
+    parser = OverridesParser.create()
+    for task, lines in ((False, overrides.get("hydra") or []), (True, overrides.get("task") or [])):
+        for line in map(str, lines):
+            try:
+                (override,) = parser.parse_overrides([line])
+            except Exception:  # noqa: BLE001 - Hydra's grammar error, whatever its class
+                refused.append(f"{line} (not an override)")
+                continue
+            if not task and str(override.key_or_group) in _REPLACED_ON_RESUME:
+                continue
+            problem = _replay_problem(override, task)
+            if problem:
+                refused.append(f"{line} ({problem})")
+            else:
+                out.append(line)
+    if refused:
+        raise UntrustedSweep(
+            f"{path} asks for more than a sweep's own overrides, and a sweep folder may come "
+            f"from someone else: {'; '.join(refused)}. Nothing was run; if you trust them, "
+            "pass the settings you want yourself after --resume DIR"
+        )
     return out
 
 

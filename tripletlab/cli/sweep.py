@@ -6,7 +6,8 @@
     tripletlab-sweep model=lenet                   a model= or mining= override replaces that axis
     tripletlab-sweep hydra/launcher=parallel       jobs in parallel on this machine
     tripletlab-sweep --resume DIR [overrides]      rerun DIR's sweep into DIR: finished jobs
-                                                   are skipped, unfinished ones resume
+                                                   are skipped, unfinished ones resume; only
+                                                   the sweep's own overrides are replayed
     tripletlab-sweep --dry-run ...                 print the command instead of running it
 
 It runs ``tripletlab-train -m <grid> <overrides>``; the sweep folder
@@ -86,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="DIR",
         help="rerun DIR's sweep (its own overrides) into DIR: finished jobs are skipped, "
-        "unfinished ones resume from their checkpoints",
+        "unfinished ones resume from their checkpoints. Only the jobs' overrides and the "
+        "launcher's and sweeper's settings are replayed: a multirun.yaml that asks for more "
+        "(callbacks, env_set, searchpath, setup commands) is refused",
     )
     parser.add_argument(
         "--dry-run", "-n", action="store_true", help="print the command instead of running it"
