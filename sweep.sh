@@ -27,6 +27,17 @@ case "${1:-}" in
   -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 esac
 
+# Before set-up (no .venv, and a python without tripletlab's dependencies): one line, not an
+# ImportError. find_spec only looks the packages up (importing TensorFlow takes seconds).
+if ! missing="$("$PY" -c 'import importlib.util as u
+print(" ".join(m for m in ("hydra", "omegaconf", "tensorflow") if u.find_spec(m) is None))' 2>/dev/null)"; then
+  echo "error: $PY does not run: run \`make setup\` first (it creates .venv)" >&2
+  exit 1
+elif [[ -n "$missing" ]]; then
+  echo "error: $PY cannot import $missing: run \`make setup\` first (it creates .venv)" >&2
+  exit 1
+fi
+
 # The clone's tripletlab, as `python run.py` finds it, installed or not.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" -m tripletlab.cli.sweep --train-script "$ROOT/run.py" "$@"

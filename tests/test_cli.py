@@ -620,6 +620,58 @@ def test_sweep_sh_resume_of_a_tampered_folder_runs_nothing(tmp_path):
     assert not marker.exists() and sorted(sweep.iterdir()) == before
 
 
+def _before_setup_env() -> dict[str, str]:
+    """The environment of a shell before `make setup`: no venv active, no PYTHONPATH."""
+    drop = ("PYTHON", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def _assert_says_run_make(proc: subprocess.CompletedProcess, missing: str) -> None:
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    _one_error_line(proc.stderr, "run `make setup` first")
+    assert missing in proc.stderr and "ModuleNotFoundError" not in proc.stderr
+
+
+def test_run_py_before_setup_says_to_run_make(tmp_path):
+    """A Python without tripletlab's dependencies (-S: no site-packages at all)."""
+    proc = subprocess.run(
+        [sys.executable, "-S", str(ROOT / "run.py"), "model=lenet"],
+        cwd=tmp_path,
+        env=_before_setup_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _assert_says_run_make(proc, "cannot import hydra")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_sweep_sh_before_setup_says_to_run_make(tmp_path):
+    """A clone with no .venv: sweep.sh falls back to `python3`, here one without
+    site-packages whatever this machine has installed."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("sweep.sh", "run.py"):
+        shutil.copy2(ROOT / name, clone / name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python3 = bin_dir / "python3"
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    python3.chmod(0o755)
+    env = _before_setup_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        ["bash", "sweep.sh", "dataset=digits"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    _assert_says_run_make(proc, "python3 cannot import hydra omegaconf tensorflow")
+    assert sorted(p.name for p in clone.iterdir()) == ["run.py", "sweep.sh"]
+
+
 def test_sweep_override_typo_is_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = _cli(sweep_cli, ["dataset=digits", "trainer.epoch=1"], capsys)
