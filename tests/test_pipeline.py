@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from tripletlab import pipeline
 from tripletlab.errors import ConfigError, DataError
-from tripletlab.pipeline import TrainPipeline, augment_batch, pk_batches, random_batches
+from tripletlab.image_files import ImageFiles
+from tripletlab.pipeline import (
+    TrainPipeline,
+    as_uint8_tensor,
+    augment_batch,
+    eval_batch_size,
+    eval_batches,
+    pk_batches,
+    prefetch_batches,
+    random_batches,
+)
 
 
 def _labels(per_class=(30, 25, 20, 12, 9), seed=0):
@@ -184,3 +195,84 @@ def test_flip_translate_flips_about_half_and_translates_all():
         flipped += matches[0]
     # Each image is flipped with probability 1/2: 32 +- 4 (sd) of 64.
     assert 16 <= flipped <= 48
+
+
+# ------------------------------------------------- memory bounded by the settings
+
+
+def test_prefetch_depth_is_a_byte_budget_not_a_count():
+    mib = 1 << 20
+    budget = pipeline.PREFETCH_BYTES
+    assert prefetch_batches(budget // 4) == 4
+    assert prefetch_batches(64 * 224 * 224 * 3 * 4) == max(1, budget // (64 * 224 * 224 * 12))
+    assert prefetch_batches(budget + 1) == 1  # one batch larger than the budget: still one
+    assert prefetch_batches(1 * mib // 64) == pipeline.MAX_PREFETCH_BATCHES  # tiny batches
+    # An eval batch never holds more than MAX_EVAL_BATCH_BYTES of float32.
+    for shape in [(28, 28, 1), (96, 96, 3), (224, 224, 3), (1024, 1024, 3)]:
+        b = eval_batch_size(shape, 4096)
+        assert b * np.prod(shape) * 4 <= pipeline.MAX_EVAL_BATCH_BYTES or b == 1
+
+
+def _fake_files(n: int, size: int) -> ImageFiles:
+    # Nothing is read until an epoch is iterated: paths alone make a streamed split.
+    return ImageFiles([f"/nonexistent/{i}.jpg" for i in range(n)], size, size, 3)
+
+
+@pytest.mark.parametrize("size", [32, 96, 224])
+def test_training_prefetch_depends_on_the_batch_bytes_not_the_number_of_images(size):
+    cfg = OmegaConf.create({"name": "random"})
+    depths = set()
+    for n in (200, 20_000):
+        labels = np.arange(n) % 10
+        pipe = TrainPipeline(_fake_files(n, size), labels, cfg, 64, seed=0, max_steps=2)
+        depths.add(pipe.ready_batches)
+    (depth,) = depths
+    assert depth == prefetch_batches(64 * size * size * 3 * 4)
+    assert depth * 64 * size * size * 3 * 4 <= max(pipeline.PREFETCH_BYTES, 64 * size**2 * 12)
+
+
+def test_in_memory_split_is_shared_with_tensorflow_not_copied():
+    from tripletlab.data import aligned_empty
+
+    images = aligned_empty((6, 4, 4, 3))
+    images[...] = np.arange(6, dtype=np.uint8)[:, None, None, None]
+    tensor = as_uint8_tensor(images)
+    images[2] = 200  # the tensor sees it: one buffer, not two
+    assert int(tensor[2, 0, 0, 0]) == 200 and int(tensor[3, 0, 0, 0]) == 3
+    # Not aligned, read-only, or not contiguous: one aligned copy, the same values.
+    raw = np.zeros(6 * 48 + 1, np.uint8)[1:].reshape(6, 4, 4, 3)
+    raw[...] = images
+    readonly = images.copy()
+    readonly.flags.writeable = False
+    for odd in (raw, readonly, images[::2]):
+        np.testing.assert_array_equal(as_uint8_tensor(odd).numpy(), odd)
+    with pytest.raises(DataError, match="uint8"):
+        as_uint8_tensor(images.astype(np.float32))
+
+
+def test_in_memory_epoch_reads_the_shared_images_while_it_runs():
+    """The epoch gathers from the array itself, not a copy of the split (tf.constant): a
+    change to the array after the epoch started shows in its later batches. (tf.data's
+    graph rewrites cost a serialised copy too, but gather from the original: the RSS test
+    in test_memory.py catches those.)"""
+    from tripletlab.data import aligned_empty
+
+    labels = np.arange(400) % 4
+    images = aligned_empty((400, 4, 4, 1))
+    images[...] = 0
+    cfg = OmegaConf.create({"name": "random"})
+    pipe = TrainPipeline(images, labels, cfg, 4, seed=0)
+    batches = iter(pipe.epoch(0))
+    first, _ = next(batches)
+    assert np.all(first.numpy() == 0.0)
+    images[...] = 255
+    *_, (last, _) = batches  # 99 batches later: far past the prefetched ones
+    assert np.all(last.numpy() == 1.0)
+
+
+def test_eval_batches_of_an_array_are_views_of_it():
+    images = np.arange(10 * 8 * 8 * 3, dtype=np.uint32).astype(np.uint8).reshape(10, 8, 8, 3)
+    batches = list(eval_batches(images, 4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert all(np.shares_memory(b, images) for b in batches)  # no copy of the split
+    np.testing.assert_array_equal(np.concatenate(batches), images)

@@ -16,6 +16,11 @@ import numpy as np
 from tripletlab.errors import one_line
 from tripletlab.run_folder import RunFolder, RunFolderError
 
+# The retrieval metrics and k-NN score a chunk of queries against the whole gallery at once
+# (float32 [chunk, gallery], and temporaries of that shape): at most this many bytes per
+# matrix, so that a larger split means more chunks, not larger ones.
+MAX_SCORE_BYTES = 1 << 25
+
 
 def make_embed_step(model, jit_compile: bool = False) -> Callable:
     """A ``tf.function``: float32 images [B, H, W, C] in [0, 1] -> float32 embeddings [B, D]."""
@@ -28,26 +33,40 @@ def make_embed_step(model, jit_compile: bool = False) -> Callable:
 
 
 def embed_images(embed_step: Callable, images: np.ndarray, batch_size: int, dim: int) -> np.ndarray:
-    """uint8 images [N, H, W, C] -> float32 embeddings [N, dim], in batches of ``batch_size``.
+    """uint8 images [N, H, W, C] (an array or ImageFiles) -> float32 embeddings [N, dim].
 
-    Streamed images (ImageFiles): a file that fails to decode is a DataError naming it.
+    One batch (:func:`~tripletlab.pipeline.eval_batches`, at most ``batch_size``) is scaled
+    to float32 and embedded at a time, written into the [N, dim] output allocated up front:
+    a streamed split is never decoded whole, an in-memory one never copied or converted to
+    float32 whole. Streamed images: a file that fails to decode is a DataError naming it.
     """
     from tripletlab.image_files import ImageFiles, tf_decode_errors
-    from tripletlab.pipeline import eval_dataset
+    from tripletlab.pipeline import eval_batches, scale_images
 
-    parts: list[np.ndarray] = []
+    out = np.empty((len(images), int(dim)), np.float32)
+    done = 0
     try:
-        for x in eval_dataset(images, int(batch_size)):
-            parts.append(embed_step(x).numpy())
+        for batch in eval_batches(images, int(batch_size)):
+            embeddings = embed_step(scale_images(batch)).numpy()
+            out[done : done + len(embeddings)] = embeddings
+            done += len(embeddings)
     except tf_decode_errors():
         # TensorFlow's message names no file: find it among those not embedded yet.
         if not isinstance(images, ImageFiles):
             raise
-        unreadable = images.find_unreadable(sum(len(p) for p in parts))
+        unreadable = images.find_unreadable(done)
         if unreadable is None:
             raise
         raise unreadable from None
-    return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    if done != len(out):  # an embed step that returned the wrong number of rows
+        raise RuntimeError(f"embedded {done} of {len(out)} images")
+    return out
+
+
+def metric_chunk_size(chunk_size: int, gallery_size: int) -> int:
+    """``eval.chunk_size`` queries, fewer when a [chunk, gallery_size] float32 score matrix
+    would pass MAX_SCORE_BYTES (at least 1)."""
+    return max(1, min(int(chunk_size), MAX_SCORE_BYTES // (4 * max(int(gallery_size), 1))))
 
 
 def query_sample(num_items: int, size: int | None, seed: int = 0) -> np.ndarray | None:
@@ -82,13 +101,16 @@ def evaluate_split(
     knn = knn and shares_classes(data.y_train, data.y_test)
     train_emb = embed(data.x_train) if knn else np.zeros((0, test_emb.shape[1]), np.float32)
     gallery = getattr(data, "x_gallery", None)
+    # The largest gallery a chunk of queries is scored against: the test split itself (or
+    # the gallery split), and the train split for k-NN.
+    largest = max(len(test_emb) if gallery is None else len(gallery), len(train_emb))
     metrics = evaluate_embeddings(
         test_emb,
         data.y_test,
         train_emb if knn else None,
         data.y_train if knn else None,
         knn_k=eval_cfg.knn_k,
-        chunk_size=eval_cfg.chunk_size,
+        chunk_size=metric_chunk_size(eval_cfg.chunk_size, largest),
         gallery_emb=None if gallery is None else embed(gallery),
         gallery_labels=None if gallery is None else data.y_gallery,
         queries=queries,

@@ -11,28 +11,73 @@ of indices; each image is read, decoded and resized by a parallel ``tf.data`` ma
 batched, augmented and scaled exactly as above. Memory holds the paths and a few prefetched
 batches, whatever the number of images.
 
+Memory is bounded by the settings, never by the number of images: the batches waiting in a
+prefetch buffer or in flight in a parallel batch map are PREFETCH_BYTES' worth
+(:func:`prefetch_batches`), not AUTOTUNE's choice; an evaluation batch holds at most
+MAX_EVAL_BATCH_BYTES of float32 input (:func:`eval_batch_size`), and :func:`eval_batches`
+yields uint8 batches of a split (slices of an array, or files decoded a batch at a time),
+so evaluating a split never materialises it. The in-memory training split is shared with
+TensorFlow without a copy (:func:`as_uint8_tensor`).
+
 Samplers are registered by name in :data:`tripletlab.registry.SAMPLERS` (``sampler.name``);
 a new one is a :class:`Sampler` registered there plus ``conf/sampler/<name>.yaml``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tripletlab.data import aligned_empty
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.image_files import ImageFiles, decode_error, decode_file, inspect_image
 from tripletlab.registry import SAMPLERS
 
 # Largest translation, in pixels, of the "translate" augmentation (about 10% of 28 px).
 MAX_SHIFT_FRACTION = 0.1
-# Largest evaluation batch, in values: 1024 Fashion-MNIST images, but 111 at 224x224x3, so
-# that an eval batch of large images (and the model's activations) fits in memory.
-MAX_EVAL_BATCH_VALUES = 1 << 24
+# Largest evaluation batch, in bytes of float32 input: 1024 Fashion-MNIST images, but 111
+# at 224x224x3, so that an eval batch of large images (and the model's activations) fits.
+MAX_EVAL_BATCH_BYTES = 1 << 26
+MAX_EVAL_BATCH_VALUES = MAX_EVAL_BATCH_BYTES // 4  # the same bound, in float32 values
+# Batches a pipeline keeps ready (prefetched, or in flight in a parallel batch map), in
+# bytes: AUTOTUNE grows these buffers by its own measure, up to a share of the machine's RAM.
+PREFETCH_BYTES = 1 << 26
+MAX_PREFETCH_BATCHES = 8  # small images need no deeper buffer than this
+# TensorFlow's CPU kernels need tensor buffers aligned to this (Eigen's EIGEN_MAX_ALIGN_BYTES).
+TENSOR_ALIGNMENT = 64
+
+
+def prefetch_batches(batch_bytes: int) -> int:
+    """How many batches of ``batch_bytes`` a pipeline keeps ready: PREFETCH_BYTES' worth,
+    at least 1, at most MAX_PREFETCH_BATCHES (a number fixed by the settings, never by the
+    data)."""
+    return max(1, min(MAX_PREFETCH_BATCHES, PREFETCH_BYTES // max(int(batch_bytes), 1)))
+
+
+def as_uint8_tensor(images: np.ndarray) -> tf.Tensor:
+    """uint8 [N, H, W, C] as a tf.Tensor that shares the array's memory (DLPack, no copy).
+
+    ``tf.constant`` would copy the array, and held two copies besides it here (3x the
+    decoded size in all). TensorFlow needs the buffer aligned to TENSOR_ALIGNMENT, C-ordered
+    and writable (DLPack has no read-only flag): an array that is not is copied once into
+    one that is. The array must not change while the tensor is in use.
+    """
+    array = np.asarray(images)
+    if array.dtype != np.uint8:
+        raise DataError(f"images must be uint8, got {array.dtype}")
+    if not (
+        array.flags.c_contiguous
+        and array.flags.writeable
+        and array.ctypes.data % TENSOR_ALIGNMENT == 0
+    ):
+        aligned = aligned_empty(array.shape, np.uint8)
+        aligned[...] = array
+        array = aligned
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
 def random_batches(labels: np.ndarray, batch_size: int, seed: int, epoch: int) -> np.ndarray:
@@ -206,8 +251,12 @@ class TrainPipeline:
             self._files = images
             self._paths = tf.constant(list(images.paths), tf.string)
         else:
-            # The whole split lives in memory once, as uint8 (47 MB for Fashion-MNIST).
-            self._images = tf.constant(images, dtype=tf.uint8)
+            # The whole split lives in memory once, as uint8, shared with the numpy array.
+            self._images = as_uint8_tensor(images)
+        h, w, c = images.shape[1:]
+        batch = effective_batch_size(sampler, batch_size)
+        # float32 batches after scaling: what the prefetch buffer holds.
+        self.ready_batches = prefetch_batches(batch * h * w * c * 4)
         self._labels = tf.constant(self.labels, dtype=tf.int32)
         self.steps_per_epoch = len(self.batch_indices(0))
 
@@ -230,8 +279,12 @@ class TrainPipeline:
             return scale_images(x), tf.gather(labels, idx)
 
         ds = tf.data.Dataset.from_tensor_slices(indices).enumerate()
-        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(gather, num_parallel_calls=self.ready_batches, deterministic=True)
+        # tf.data's default graph rewrites serialise the dataset, and with it a copy of the
+        # captured images (the whole split again); this short pipeline gains nothing from them.
+        options = tf.data.Options()
+        options.experimental_optimization.apply_default_optimizations = False
+        return ds.prefetch(self.ready_batches).with_options(options)
 
     def find_unreadable(self, epoch: int) -> DataError | None:
         """After a decode error mid-epoch (TensorFlow's message names no file): the first of
@@ -264,22 +317,33 @@ class TrainPipeline:
         ds = tf.data.Dataset.from_tensor_slices(indices.reshape(-1))
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(indices.shape[1], drop_remainder=True).enumerate()
-        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(finish, num_parallel_calls=self.ready_batches, deterministic=True)
+        return ds.prefetch(self.ready_batches)
 
 
 def eval_batch_size(image_shape, batch_size: int) -> int:
-    """``batch_size``, lowered so a batch holds at most MAX_EVAL_BATCH_VALUES values."""
-    values = int(np.prod(image_shape))
-    return max(1, min(int(batch_size), MAX_EVAL_BATCH_VALUES // max(values, 1)))
+    """``batch_size``, lowered so a batch holds at most MAX_EVAL_BATCH_BYTES of float32."""
+    image_bytes = 4 * int(np.prod(image_shape))
+    return max(1, min(int(batch_size), MAX_EVAL_BATCH_BYTES // max(image_bytes, 1)))
 
 
-def eval_dataset(images: np.ndarray | ImageFiles, batch_size: int) -> tf.data.Dataset:
-    """Unshuffled float32 batches in [0, 1], for embedding a whole split (in memory or
-    streamed); large images get smaller batches (:func:`eval_batch_size`)."""
+def eval_batches(images: np.ndarray | ImageFiles, batch_size: int) -> Iterator[Any]:
+    """A whole split's uint8 batches [b, H, W, C] in order, b = :func:`eval_batch_size`.
+
+    In memory: slices of the array (views, nothing copied). Streamed: files decoded in
+    parallel, batched, with :func:`prefetch_batches` uint8 batches ready; only those, never
+    the split, are decoded at once.
+    """
     batch = eval_batch_size(images.shape[1:], batch_size)
     if isinstance(images, ImageFiles):
-        ds = images.dataset().batch(batch)
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
-    return ds.map(scale_images, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ready = prefetch_batches(batch * int(np.prod(images.image_shape)))
+        yield from images.dataset().batch(batch).prefetch(ready)
+        return
+    for start in range(0, len(images), batch):
+        yield images[start : start + batch]
+
+
+def eval_dataset(images: np.ndarray | ImageFiles, batch_size: int) -> Iterator[tf.Tensor]:
+    """:func:`eval_batches` scaled to float32 in [0, 1], one batch at a time."""
+    for batch in eval_batches(images, batch_size):
+        yield scale_images(batch)
