@@ -12,7 +12,7 @@
 # It is `tripletlab-sweep` (tripletlab/cli/sweep.py) running `python run.py -m ...` with the
 # venv's python when there is one. The sweep folder (outputs/multirun/<date>/<time>/, or
 # hydra.sweep.dir=...) ends with summary.csv, summary.md and summary.png; the exit status is
-# 1 when a job failed.
+# 1 when a job did not finish (failed, interrupted, still running).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -433,6 +433,68 @@ def test_callback_records_failed_job_returns_and_exits_1(tmp_path, capsys):
     assert f"1 of 2 jobs failed: see {sweep / 'summary.csv'}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("unfinished", ["interrupted", "running"])
+def test_a_sweep_with_an_unfinished_job_exits_1(tmp_path, capsys, unfinished):
+    """A job killed (interrupted) or still marked running is not finished: the sweep must
+    not exit 0 with such a row in summary.csv, though no job 'failed'."""
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "a", "lenet", "semi_hard", 1, 0.9, job=0)
+    _fake_run(sweep / "b", "lenet", "batch_all", 1, 0.0, unfinished, "killed", job=1)
+    _fake_run(sweep / "c", "lenet", "batch_hard", 1, 0.0, "failed", "loss became nan", job=2)
+    _fake_run(sweep / "d", "small_cnn", "batch_hard", 1, 0.1, "collapsed", job=3)
+    config = _hydra_like(sweep, sweep / "a")
+    with open_dict(config):
+        config.hydra.mode = RunMode.MULTIRUN
+    with pytest.raises(SystemExit) as exit_info:
+        SweepSummary(plot=False).on_multirun_end(config=config)
+    assert exit_info.value.code == 1
+    statuses = [r["status"] for r in _csv(sweep / "summary.csv")]
+    assert statuses == ["ok", unfinished, "failed", "collapsed"]  # a collapse is finished
+    err = capsys.readouterr().err
+    expected = "1 failed, 1 interrupted" if unfinished == "interrupted" else "1 failed, 1 running"
+    assert f"2 of 4 jobs did not finish ({expected}): see {sweep / 'summary.csv'}" in err
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_records_the_job_and_exits_nonzero(tmp_path):
+    """Ctrl-C during a real sweep's first job: its row says interrupted, the exit status is
+    not 0, and no job after it starts."""
+    import signal
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "run.py",
+            "-m",
+            *SMALL,
+            "trainer.epochs=200",
+            "eval.every=100",
+            "mining=batch_all,semi_hard",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = list(sweep.glob("*/metrics.csv"))
+        if metrics and len(metrics[0].read_text().splitlines()) >= 2:
+            break  # an epoch is done: the job is training
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, out[-3000:]
+    rows = _csv(sweep / "summary.csv")
+    assert [(r["mining"], r["status"]) for r in rows] == [("batch_all", "interrupted")], out[-3000:]
+
+
 def _update(sweep: str, index: int) -> None:
     _fake_run(Path(sweep) / f"job{index}", "lenet", "semi_hard", index, 0.5, job=index)
     update_sweep_summary(sweep, "precision_at_1", plot=False)

@@ -12,8 +12,9 @@
 
 It runs ``tripletlab-train -m <grid> <overrides>``; the sweep folder
 (``outputs/multirun/<date>/<time>/``, or ``hydra.sweep.dir=...``) ends with summary.csv,
-summary.md and summary.png, and the exit status is 1 when a job failed. ``sweep.sh`` in a
-clone is this command running ``python run.py -m ...``.
+summary.md and summary.png, and the exit status is 1 when a job did not finish (failed,
+interrupted, still running). ``sweep.sh`` in a clone is this command running
+``python run.py -m ...``.
 """
 
 from __future__ import annotations
