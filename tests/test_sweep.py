@@ -436,15 +436,14 @@ def test_callback_records_failed_job_returns_and_exits_1(tmp_path, capsys):
 @pytest.mark.parametrize("unfinished", ["interrupted", "running"])
 def test_a_sweep_with_an_unfinished_job_exits_1(tmp_path, capsys, unfinished):
     """A job killed (interrupted) or still marked running is not finished: the sweep must
-    not exit 0 with such a row in summary.csv, though no job 'failed'."""
+    not exit 0 with such a row in summary.csv, though no job failed."""
     from hydra.types import RunMode
     from omegaconf import open_dict
 
     sweep = tmp_path / "sweep"
     _fake_run(sweep / "a", "lenet", "semi_hard", 1, 0.9, job=0)
     _fake_run(sweep / "b", "lenet", "batch_all", 1, 0.0, unfinished, "killed", job=1)
-    _fake_run(sweep / "c", "lenet", "batch_hard", 1, 0.0, "failed", "loss became nan", job=2)
-    _fake_run(sweep / "d", "small_cnn", "batch_hard", 1, 0.1, "collapsed", job=3)
+    _fake_run(sweep / "c", "small_cnn", "batch_hard", 1, 0.1, "collapsed", job=2)
     config = _hydra_like(sweep, sweep / "a")
     with open_dict(config):
         config.hydra.mode = RunMode.MULTIRUN
@@ -452,10 +451,16 @@ def test_a_sweep_with_an_unfinished_job_exits_1(tmp_path, capsys, unfinished):
         SweepSummary(plot=False).on_multirun_end(config=config)
     assert exit_info.value.code == 1
     statuses = [r["status"] for r in _csv(sweep / "summary.csv")]
-    assert statuses == ["ok", unfinished, "failed", "collapsed"]  # a collapse is finished
+    assert statuses == ["ok", unfinished, "collapsed"]  # a collapse is finished
     err = capsys.readouterr().err
-    expected = "1 failed, 1 interrupted" if unfinished == "interrupted" else "1 failed, 1 running"
-    assert f"2 of 4 jobs did not finish ({expected}): see {sweep / 'summary.csv'}" in err
+    assert f"1 of 3 jobs did not finish (1 {unfinished}): see {sweep / 'summary.csv'}" in err
+
+    # With a failed job too: both counted, each by its status.
+    _fake_run(sweep / "d", "lenet", "batch_hard", 1, 0.0, "failed", "loss became nan", job=3)
+    with pytest.raises(SystemExit):
+        SweepSummary(plot=False).on_multirun_end(config=config)
+    expected = sorted([f"1 {unfinished}", "1 failed"])
+    assert f"2 of 4 jobs did not finish ({', '.join(expected)})" in capsys.readouterr().err
 
 
 @pytest.mark.slow
