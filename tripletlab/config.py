@@ -59,6 +59,63 @@ METRICS = (
     "map_at_r",
     "knn_accuracy",
 )
+# Keys whose value is one of a closed set: validate() checks them and the configuration
+# reference lists them, from this one table. (The keys naming a group's option, such as
+# dataset.name, ask the registries.)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset.split": DATASET_SPLITS,
+    "dataset.stream": STREAM_CHOICES,
+    "trainer.schedule": SCHEDULES,
+    "trainer.augment": AUGMENTATIONS,
+    "trainer.jit_compile": JIT_CHOICES,
+    "trainer.mixed_precision": PRECISIONS,
+    "trainer.progress": PROGRESS,
+    "trainer.resume": RESUME_MODES,
+    "distribute.name": DISTRIBUTE_STRATEGIES,
+    "logger.name": LOGGERS,
+    "optimized_metric": METRICS,
+}
+# Numbers that must be > 0, and those that must be >= 0 (null, where a key allows it, means
+# "all" or "none" and passes); validate() and the configuration reference read these too.
+POSITIVE_KEYS = (
+    "dataset.image_size",
+    "dataset.max_train",
+    "dataset.max_test",
+    "model.embedding_size",
+    "model.num_channels",
+    "mining.margin",  # unless mining.soft_margin
+    "sampler.classes_per_batch",
+    "sampler.images_per_class",
+    "trainer.epochs",
+    "trainer.batch_size",
+    "trainer.learning_rate",
+    "trainer.checkpoint_every",
+    "trainer.steps_per_epoch",
+    "eval.every",
+    "eval.batch_size",
+    "eval.knn_k",
+    "eval.chunk_size",
+    "eval.sample_queries",
+)
+NON_NEGATIVE_KEYS = (
+    "trainer.warmup_epochs",
+    "trainer.weight_decay",
+    "trainer.collapse_patience",
+    "trainer.threads",
+    "eval.max_points",
+    "eval.full_every",
+    "distribute.cpu_devices",
+)
+CHANNELS = (1, 3)  # dataset.channels, or null
+FRACTION_KEYS = ("dataset.test_fraction",)  # strictly between 0 and 1
+
+
+def setting(default: Any, help: str) -> Any:
+    """A schema field with its one line of help, which the configuration reference
+    (:mod:`tripletlab.config_reference`, docs/configuration.md) prints. A subclass that only
+    changes a default (``image_size: int | None = 224``) keeps its base class's help."""
+    return field(default=default, metadata={"help": help})
+
 
 # The registries' names, read when asked for (a name registered at run time counts too).
 _NAMES = {
@@ -82,26 +139,38 @@ def __getattr__(name: str) -> tuple[str, ...]:
 class DatasetConfig:
     """The keys every dataset has; each option's schema below adds its own."""
 
-    name: str = MISSING
-    image_size: int | None = None  # resize to image_size x image_size; None keeps the native size
-    channels: int | None = None  # 1 (grayscale) or 3 (RGB); None keeps the native channels
-    split_seed: int = 0  # seeds the train/test split and max_train/max_test, whatever the seed
-    max_train: int | None = None  # keep only N training images, picked at random (tiny runs)
-    max_test: int | None = None
-    # original: the dataset's own train/test split | classes: pool the splits, train on the
-    # first half of the classes (or train_classes), test on the others (unseen classes)
-    split: str = "original"
-    train_classes: list[Any] | None = None  # class names or ids, with split=classes
+    name: str = setting(MISSING, "the dataset, chosen with dataset=<name>")
+    image_size: int | None = setting(
+        None, "resize to image_size x image_size; null keeps the native size"
+    )
+    channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); null keeps the native channels")
+    split_seed: int = setting(
+        0, "seeds the train/test split and the max_train/max_test subsets, whatever the seed"
+    )
+    max_train: int | None = setting(
+        None, "keep N training images, a random subset seeded by split_seed; null: all"
+    )
+    max_test: int | None = setting(
+        None, "keep N test images, a random subset seeded by split_seed; null: all"
+    )
+    split: str = setting(
+        "original",
+        "original: the dataset's own train/test split; classes: pool the splits, train on the "
+        "first half of the classes (or train_classes), test on the others (unseen classes)",
+    )
+    train_classes: list[Any] | None = setting(
+        None, "class names or ids to train on, with split=classes"
+    )
 
 
 @dataclass
 class IdxDatasetConfig(DatasetConfig):
     """IDX files, found locally or downloaded (fashion_mnist, mnist)."""
 
-    root: str | None = None  # folder with the files; None searches the usual places
-    download: bool = True  # fall back to the official mirror when no local copy exists
-    url: str | None = None  # mirror override (None: the official one)
-    allow_insecure_url: bool = False  # allow an http:// or file:// url (no TLS: opt in)
+    root: str | None = setting(None, "folder with the IDX files; null searches the usual places")
+    download: bool = setting(True, "fall back to the official mirror when no local copy exists")
+    url: str | None = setting(None, "mirror override; null: the official one")
+    allow_insecure_url: bool = setting(False, "allow an http:// or file:// url (no TLS: opt in)")
 
 
 @dataclass
@@ -117,54 +186,69 @@ class MnistConfig(IdxDatasetConfig):
 @dataclass
 class DigitsConfig(DatasetConfig):
     name: str = "digits"
-    test_fraction: float = 0.2  # share of each class held out for the test split
+    test_fraction: float = setting(0.2, "share of each class held out for the test split")
 
 
 @dataclass
 class FilesDatasetConfig(DatasetConfig):
     """Image files on disk (image_folder and the benchmark layouts)."""
 
-    root: str | None = MISSING
+    root: str | None = setting(MISSING, "the dataset's folder")
     image_size: int | None = 224
     channels: int | None = 3
-    # auto: stream from disk when decoding every image would take more than 1 GiB | true | false
-    stream: str = "auto"
-    verify: bool = True  # read every streamed file's header before training (names bad files)
+    stream: str = setting(
+        "auto", "auto: stream from disk when decoding every image would take more than 1 GiB"
+    )
+    verify: bool = setting(
+        True, "read every streamed file's header before training (names bad files)"
+    )
 
 
 @dataclass
 class ImageFolderConfig(FilesDatasetConfig):
     name: str = "image_folder"
-    root: str | None = MISSING  # root/<class>/*.png, or root/train/<class> and root/test/<class>
+    root: str | None = setting(
+        MISSING, "root/<class>/*.png, or root/train/<class> and root/test/<class>"
+    )
     image_size: int | None = 64
     channels: int | None = None
-    test_fraction: float = 0.2  # without train/ and test/ sub-folders
+    test_fraction: float = setting(
+        0.2, "share of each class held out for the test split, without train/ and test/"
+    )
 
 
 @dataclass
 class Cub200Config(FilesDatasetConfig):
     name: str = "cub200"
-    root: str | None = MISSING  # the CUB_200_2011 folder (images.txt, images/, ...)
-    split: str = "classes"  # classes 1-100 train, 101-200 test; original: train_test_split.txt
+    root: str | None = setting(MISSING, "the CUB_200_2011 folder (images.txt, images/, ...)")
+    split: str = setting(
+        "classes", "classes: classes 1-100 train, 101-200 test; original: train_test_split.txt"
+    )
 
 
 @dataclass
 class Cars196Config(FilesDatasetConfig):
     name: str = "cars196"
-    root: str | None = MISSING  # the folder with cars_annos.mat and car_ims/
-    split: str = "classes"  # classes 1-98 train, 99-196 test; original: the test flag
+    root: str | None = setting(MISSING, "the folder with cars_annos.mat and car_ims/")
+    split: str = setting(
+        "classes", "classes: classes 1-98 train, 99-196 test; original: the annotations' test flag"
+    )
 
 
 @dataclass
 class SopConfig(FilesDatasetConfig):
     name: str = "sop"
-    root: str | None = MISSING  # Stanford_Online_Products (Ebay_train.txt, Ebay_test.txt, ...)
+    root: str | None = setting(
+        MISSING, "Stanford_Online_Products (Ebay_train.txt, Ebay_test.txt, ...)"
+    )
 
 
 @dataclass
 class InShopConfig(FilesDatasetConfig):
     name: str = "inshop"
-    root: str | None = MISSING  # list_eval_partition.txt (or Eval/) and img/ (or Img/img/)
+    root: str | None = setting(
+        MISSING, "the folder with list_eval_partition.txt (or Eval/) and img/ (or Img/img/)"
+    )
 
 
 # --------------------------------------------------------------------------- model
@@ -174,9 +258,9 @@ class InShopConfig(FilesDatasetConfig):
 class ModelConfig:
     """The keys every backbone has (a new backbone without keys of its own needs no more)."""
 
-    name: str = MISSING
-    embedding_size: int = 64
-    l2_normalize: bool = True
+    name: str = setting(MISSING, "the backbone, chosen with model=<name>")
+    embedding_size: int = setting(64, "dimension of the embedding")
+    l2_normalize: bool = setting(True, "scale each embedding to unit length")
 
 
 @dataclass
@@ -186,8 +270,8 @@ class LeNetConfig(ModelConfig):
 
 @dataclass
 class CnnConfig(ModelConfig):
-    num_channels: int = 32  # channels of the first block
-    batch_norm: bool = True
+    num_channels: int = setting(32, "channels of the first block")
+    batch_norm: bool = setting(True, "batch normalization after each convolution")
 
 
 @dataclass
@@ -205,8 +289,12 @@ class PretrainedConfig(ModelConfig):
     """A keras.applications backbone (global average pooling) under the embedding head."""
 
     embedding_size: int = 128
-    weights: str = "imagenet"  # imagenet | none | path to a .weights.h5 file of the backbone
-    freeze_batch_norm: bool = True  # batch norm layers keep ImageNet's statistics and scales
+    weights: str = setting(
+        "imagenet", "imagenet | none | path to a .weights.h5 file of the backbone"
+    )
+    freeze_batch_norm: bool = setting(
+        True, "batch norm layers keep ImageNet's statistics and scales"
+    )
 
 
 @dataclass
@@ -231,15 +319,15 @@ class MobileNetV3SmallConfig(PretrainedConfig):
 class MiningConfig:
     """Every strategy takes the same keys, so the group has one schema."""
 
-    strategy: str = MISSING
-    margin: float = 0.2  # unused with soft_margin
-    squared: bool = False  # squared euclidean distances
-    soft_margin: bool = False  # log(1 + exp(x)) instead of max(x + margin, 0)
+    strategy: str = setting(MISSING, "the mining strategy, chosen with mining=<name>")
+    margin: float = setting(0.2, "the triplet margin (unused with soft_margin)")
+    squared: bool = setting(False, "squared euclidean distances instead of euclidean")
+    soft_margin: bool = setting(False, "log(1 + exp(x)) instead of max(x + margin, 0)")
 
 
 @dataclass
 class SamplerConfig:
-    name: str = MISSING
+    name: str = setting(MISSING, "the batch sampler, chosen with sampler=<name>")
 
 
 @dataclass
@@ -254,8 +342,8 @@ class PKSamplerConfig(SamplerConfig):
     """P classes x K images per batch (trainer.batch_size is not used)."""
 
     name: str = "pk"
-    classes_per_batch: int = 8  # P
-    images_per_class: int = 8  # K
+    classes_per_batch: int = setting(8, "P: classes in each batch (at least 2)")
+    images_per_class: int = setting(8, "K: images of each class in each batch (at least 2)")
 
 
 # --------------------------------------------------------------------------- trainer, eval
@@ -263,47 +351,60 @@ class PKSamplerConfig(SamplerConfig):
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10
-    batch_size: int = 64  # random sampler; pk uses P * K
-    learning_rate: float = 1e-3
-    warmup_epochs: float = 1.0  # linear warm-up from 0
-    schedule: str = "cosine"  # constant | cosine (decays to 0 after warm-up)
-    weight_decay: float = 0.0  # L2 on kernels, added as regularisation losses
-    augment: str = "none"  # none | translate | flip_translate
-    jit_compile: str = "auto"  # auto (on for GPU, off for CPU) | true | false
-    # auto (bfloat16 where the hardware has bf16 matrix units, else off) | off | float16 | bfloat16
-    mixed_precision: str = "auto"
-    deterministic: bool = False  # tf.config.experimental.enable_op_determinism
-    progress: str = "auto"  # auto (bar on a terminal) | bar | log
-    threads: int = 0  # TensorFlow intra-op threads; 0: TensorFlow's default (all cores)
-    checkpoint_every: int = 1  # epochs
-    steps_per_epoch: int | None = None  # cap an epoch at N batches; None: the whole split
-    collapse_patience: int = 2  # epochs a collapse must last before the run stops
-    # A rerun into a folder that holds a run: auto resumes only when the config is the same
-    # (apart from RESUME_NEUTRAL_KEYS), never refuses to touch it, force resumes anyway.
-    resume: str = "auto"
+    epochs: int = setting(10, "epochs to train")
+    batch_size: int = setting(
+        64, "images per batch with the random sampler (at least 3); pk uses P * K"
+    )
+    learning_rate: float = setting(1e-3, "Adam's learning rate after the warm-up")
+    warmup_epochs: float = setting(1.0, "linear warm-up from 0, in epochs (at most trainer.epochs)")
+    schedule: str = setting("cosine", "constant, or cosine: decays to 0 after the warm-up")
+    weight_decay: float = setting(0.0, "L2 on kernels, added as regularisation losses")
+    augment: str = setting(
+        "none", "translate: random shifts up to 10% of the image; flip_translate: and flips"
+    )
+    jit_compile: str = setting("auto", "XLA; auto: on for GPU, off for CPU")
+    mixed_precision: str = setting(
+        "auto", "auto: bfloat16 where the hardware has bf16 matrix units, else off"
+    )
+    deterministic: bool = setting(False, "tf.config.experimental.enable_op_determinism")
+    progress: str = setting("auto", "auto: a progress bar on a terminal, else log lines")
+    threads: int = setting(0, "TensorFlow intra-op threads; 0: TensorFlow's default (all cores)")
+    checkpoint_every: int = setting(1, "save a checkpoint every N epochs")
+    steps_per_epoch: int | None = setting(None, "cap an epoch at N batches; null: the whole split")
+    collapse_patience: int = setting(2, "epochs a collapse must last before the run stops")
+    resume: str = setting(
+        "auto",
+        "a rerun into a folder holding a run: auto resumes only when the config is the same "
+        "(apart from RESUME_NEUTRAL_KEYS), never refuses to touch it, force resumes anyway",
+    )
 
 
 @dataclass
 class EvalConfig:
-    every: int = 1  # evaluate every N epochs (and always after the last)
+    every: int = setting(1, "evaluate every N epochs (and always after the last)")
     # Evaluations before the last epoch rank a fixed random sample of this many test queries
     # against the whole test split and skip k-NN (an unbiased estimate, far cheaper); the
-    # last epoch, and every full_every-th, evaluate fully. null: every evaluation is full.
-    sample_queries: int | None = 2000
-    full_every: int = 0  # N > 0: a full evaluation every N epochs too; 0: only the last
-    batch_size: int = 1024
-    knn_k: int = 10
-    max_points: int = 2000  # projector / PCA plot
-    chunk_size: int = 1024  # queries per chunk in the retrieval metrics
+    # last epoch, and every full_every-th, evaluate fully.
+    sample_queries: int | None = setting(
+        2000,
+        "evaluations before the last rank a fixed random sample of N test queries and skip "
+        "k-NN; null: every evaluation is full",
+    )
+    full_every: int = setting(0, "N > 0: a full evaluation every N epochs too; 0: only the last")
+    batch_size: int = setting(1024, "images per batch when embedding for evaluation")
+    knn_k: int = setting(10, "neighbours that vote in knn_accuracy")
+    max_points: int = setting(2000, "embeddings in the projector and the 2-D plot")
+    chunk_size: int = setting(1024, "queries per chunk in the retrieval metrics")
 
 
 @dataclass
 class DistributeConfig:
     """``distribute=none|mirrored|multi_worker`` (:mod:`tripletlab.distribute`)."""
 
-    name: str = "none"
-    cpu_devices: int = 0  # N > 0: split the CPU into N logical devices (mirrored without GPUs)
+    name: str = setting("none", "the device strategy, chosen with distribute=<name>")
+    cpu_devices: int = setting(
+        0, "N > 0: split the CPU into N logical devices (mirrored without GPUs)"
+    )
 
 
 @dataclass
@@ -311,15 +412,18 @@ class LoggerConfig:
     """``logger=none|mlflow``: where a run reports besides its folder and TensorBoard
     (:mod:`tripletlab.tracking`)."""
 
-    name: str = "none"
+    name: str = setting("none", "the tracker, chosen with logger=<name>")
 
 
 @dataclass
 class MlflowLoggerConfig(LoggerConfig):
     name: str = "mlflow"
-    # null: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db (artifacts in outputs/)
-    tracking_uri: str | None = None
-    experiment: str | None = None  # null: the sweep folder for a sweep's jobs, else tripletlab
+    tracking_uri: str | None = setting(
+        None, "null: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db (artifacts in outputs/)"
+    )
+    experiment: str | None = setting(
+        None, "null: the sweep folder for a sweep's jobs, else tripletlab"
+    )
 
 
 @dataclass
@@ -335,8 +439,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    seed: int = 42
-    optimized_metric: str = "precision_at_1"
+    seed: int = setting(42, "seeds the weights, the batches and the augmentation")
+    optimized_metric: str = setting(
+        "precision_at_1", "the metric run.py returns (to Optuna) and summaries rank by"
+    )
 
 
 # group -> option -> schema, stored as schema/<group>/<option>; "base" is the group's base
@@ -408,6 +514,10 @@ def register_configs() -> None:
     defaults, and each option's YAML its own ``/schema/<group>/<option>``."""
     from hydra.core.config_store import ConfigStore
 
+    from tripletlab.config_reference import user_groups_text
+
+    # --help lists the groups a user picks (conf/config.yaml's hydra.help.template).
+    OmegaConf.register_new_resolver("tripletlab.config_groups", user_groups_text, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, table in SCHEMAS.items():
@@ -509,6 +619,17 @@ def _choice(path: str, value: Any, allowed: tuple[str, ...]) -> str:
     return text
 
 
+def _lookup(cfg: Any, path: str) -> Any:
+    """The value at dotted ``path`` in a DictConfig or a Config; None where the chosen
+    option has no such key."""
+    node = cfg
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
 def _positive(path: str, value: Any, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -544,62 +665,29 @@ def validate(cfg: DictConfig | Config) -> None:
     registry.SAMPLERS.check(sampler.name)
     for group in ("dataset", "model", "sampler"):
         _option_schema(group, getattr(c, group))
-    _choice("trainer.schedule", c.trainer.schedule, SCHEDULES)
-    _choice("trainer.augment", c.trainer.augment, AUGMENTATIONS)
-    _choice("trainer.jit_compile", c.trainer.jit_compile, JIT_CHOICES)
-    _choice("trainer.mixed_precision", normalize_precision(c.trainer.mixed_precision), PRECISIONS)
-    _choice("trainer.progress", c.trainer.progress, PROGRESS)
-    _choice("trainer.resume", c.trainer.resume, RESUME_MODES)
-    _choice("optimized_metric", c.optimized_metric, METRICS)
-    _choice("dataset.split", dataset.split, DATASET_SPLITS)
-    if getattr(dataset, "stream", None) is not None:
-        _choice("dataset.stream", dataset.stream, STREAM_CHOICES)
+    for path, allowed in CHOICES.items():
+        value = _lookup(c, path)  # None: a key the chosen option does not have
+        if value is not None:
+            if path == "trainer.mixed_precision":
+                value = normalize_precision(value)
+            _choice(path, value, allowed)
     if dataset.train_classes is not None and dataset.split != "classes":
         raise ConfigError(
             f"dataset.train_classes is set but dataset.split={dataset.split}: add "
             "dataset.split=classes"
         )
-    _choice("distribute.name", c.distribute.name, DISTRIBUTE_STRATEGIES)
-    _choice("logger.name", c.logger.name, LOGGERS)
     _option_schema("logger", c.logger)
-    if dataset.channels not in (None, 1, 3):
+    if dataset.channels is not None and dataset.channels not in CHANNELS:
         raise ConfigError(f"dataset.channels={dataset.channels!r} is not valid; use 1, 3 or null")
-    test_fraction = getattr(dataset, "test_fraction", None)
-    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
-        raise ConfigError(
-            f"dataset.test_fraction={test_fraction!r} is not valid; it must be between 0 and 1"
-        )
-    for path, value in (
-        ("dataset.image_size", dataset.image_size),
-        ("dataset.max_train", dataset.max_train),
-        ("dataset.max_test", dataset.max_test),
-        ("model.embedding_size", model.embedding_size),
-        ("model.num_channels", getattr(model, "num_channels", None)),
-        ("mining.margin", c.mining.margin if not c.mining.soft_margin else 1.0),
-        ("sampler.classes_per_batch", getattr(sampler, "classes_per_batch", None)),
-        ("sampler.images_per_class", getattr(sampler, "images_per_class", None)),
-        ("trainer.epochs", c.trainer.epochs),
-        ("trainer.batch_size", c.trainer.batch_size),
-        ("trainer.learning_rate", c.trainer.learning_rate),
-        ("trainer.checkpoint_every", c.trainer.checkpoint_every),
-        ("trainer.steps_per_epoch", c.trainer.steps_per_epoch),
-        ("eval.every", c.eval.every),
-        ("eval.batch_size", c.eval.batch_size),
-        ("eval.knn_k", c.eval.knn_k),
-        ("eval.chunk_size", c.eval.chunk_size),
-        ("eval.sample_queries", c.eval.sample_queries),
-    ):
-        _positive(path, value)
-    for path, value in (
-        ("trainer.warmup_epochs", c.trainer.warmup_epochs),
-        ("trainer.weight_decay", c.trainer.weight_decay),
-        ("trainer.collapse_patience", c.trainer.collapse_patience),
-        ("trainer.threads", c.trainer.threads),
-        ("eval.max_points", c.eval.max_points),
-        ("eval.full_every", c.eval.full_every),
-        ("distribute.cpu_devices", c.distribute.cpu_devices),
-    ):
-        _positive(path, value, allow_zero=True)
+    for path in FRACTION_KEYS:
+        value = _lookup(c, path)
+        if value is not None and not 0.0 < value < 1.0:
+            raise ConfigError(f"{path}={value!r} is not valid; it must be between 0 and 1")
+    for path in POSITIVE_KEYS:
+        if not (path == "mining.margin" and c.mining.soft_margin):
+            _positive(path, _lookup(c, path))
+    for path in NON_NEGATIVE_KEYS:
+        _positive(path, _lookup(c, path), allow_zero=True)
     if c.trainer.warmup_epochs > c.trainer.epochs:
         raise ConfigError(
             f"trainer.warmup_epochs={c.trainer.warmup_epochs} is not valid; it must be <= "
