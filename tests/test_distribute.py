@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -164,6 +166,24 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _start_workers(args, workers, scratch) -> list[subprocess.Popen]:
+    """``run.py *args`` as each worker of the local cluster ``workers`` (its TF_CONFIG);
+    the processes in task order, worker 0 (the chief) first, each with its output piped."""
+    procs = {}
+    for index in reversed(range(len(workers))):  # the chief last
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch)}
+        procs[index] = subprocess.Popen(
+            [sys.executable, "run.py", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return [procs[i] for i in range(len(workers))]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -180,20 +200,7 @@ def test_two_workers_one_run_folder_written_by_the_chief(tmp_path, extra):
     scratch.mkdir()
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     args = [*tiny("lenet"), "distribute=multi_worker", *extra, f"hydra.run.dir={run_dir}"]
-    procs = []
-    for index in (1, 0):
-        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(scratch)}
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "run.py", *args],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+    procs = list(reversed(_start_workers(args, workers, scratch)))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -261,3 +268,81 @@ def test_cluster_resolver_without_a_cluster_names_the_ways_to_get_one():
 
     with pytest.raises(ConfigError, match="TF_CONFIG.*Slurm.*distribute=mirrored"):
         cluster_resolver({})
+
+
+@pytest.mark.slow  # two clusters start: about a minute and a half on 2 cores
+def test_a_silent_worker_stops_the_chief_with_one_message_and_a_rerun_resumes(tmp_path):
+    run_dir, scratch = tmp_path / "run", tmp_path / "tmp"
+    scratch.mkdir()
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    args = [*tiny("lenet"), "distribute=multi_worker", "trainer.epochs=3"]
+    args.append(f"hydra.run.dir={run_dir}")
+    chief, worker = _start_workers(args, workers, scratch)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "checkpoints" / "ckpt-1.index").exists():
+            assert chief.poll() is None and worker.poll() is None, "a worker ended early"
+            assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
+            time.sleep(0.2)
+        # Stopped, not killed: like a host that vanished, it refuses no connection, so only
+        # a timeout can tell it is gone.
+        os.kill(worker.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        output = chief.communicate(timeout=120)[0]
+        waited = time.monotonic() - stopped
+    finally:
+        for proc in (chief, worker):
+            proc.kill()
+            proc.communicate()
+    assert chief.returncode == 1, output[-3000:]
+    assert waited < 60  # TensorFlow's heartbeat timeout is 10 s
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert "a worker of the cluster died or stopped answering" in errors[0]
+    assert "stopped sending heartbeats" in errors[0] and "resumes from" in errors[0]
+    assert "Traceback" not in output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs_done"] == 1
+    assert "a worker of the cluster died" in summary["error"]
+
+    # The same job again, on the same addresses: it resumes from the chief's checkpoint.
+    procs = _start_workers(args, workers, scratch)
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "resuming from" in (run_dir / "run.log").read_text()
+    with (run_dir / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+
+
+def test_a_lost_worker_is_one_message_that_says_how_to_resume():
+    import tensorflow as tf
+
+    from tripletlab.distribute import ClusterError, cluster_fault
+
+    # TensorFlow's text when the coordination service finds a worker silent.
+    aborted = tf.errors.UnavailableError(
+        None,
+        None,
+        "{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/"
+        "replica:0/task:0/device:CPU:0}} Collective ops is aborted by: Error reported from "
+        "/job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats):\n"
+        "/job:worker/replica:0/task:1\nThe tasks have crashed.\nThe error could be from a "
+        "previous operation. Restart your program to reset. [Op:CollectiveReduceV2] name: ",
+    )
+    multi_worker = type("Distribute", (), {"name": "multi_worker"})()
+    fault = cluster_fault(aborted, multi_worker, "/runs/a")
+    assert isinstance(fault, ClusterError)
+    message = str(fault)
+    assert "\n" not in message and "function_node" not in message
+    assert "(UnavailableError: Error reported from /job:worker/task:1:" in message
+    assert "stopped sending heartbeats): /job:worker/replica:0/task:1" in message
+    assert "hydra.run.dir (/runs/a): it resumes from the chief's last checkpoint" in message
+    assert "Restart your program" not in message  # TensorFlow's advice, not ours
+    timeout = tf.errors.DeadlineExceededError(None, None, "Deadline Exceeded")
+    assert isinstance(cluster_fault(timeout, multi_worker, "/runs/a"), ClusterError)
+    # Anything else is not a lost worker: a bug keeps its traceback.
+    assert cluster_fault(tf.errors.InvalidArgumentError(None, None, "x"), multi_worker, "") is None
+    assert cluster_fault(ValueError("x"), multi_worker, "/runs/a") is None
+    mirrored = type("Distribute", (), {"name": "mirrored"})()
+    assert cluster_fault(aborted, mirrored, "/runs/a") is None

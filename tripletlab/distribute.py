@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tripletlab.config import DISTRIBUTE_STRATEGIES as STRATEGIES
-from tripletlab.errors import ConfigError
+from tripletlab.errors import ConfigError, TripletLabError, one_line
 
 log = logging.getLogger("tripletlab")
 
@@ -137,6 +137,47 @@ def task_is_chief(distribute_cfg: Any, environ: dict[str, str] | None = None) ->
             task_type == "worker" and index == 0 and not has_chief
         )
     return str(env.get("SLURM_PROCID", "0")) == "0"
+
+
+class ClusterError(TripletLabError):
+    """A worker of a multi-worker cluster died or stopped answering: training cannot go on."""
+
+
+def cluster_fault(err: BaseException, distribute_cfg: Any, run_dir: object) -> ClusterError | None:
+    """A :class:`ClusterError` for ``err`` when it is a multi-worker collective aborted
+    because a peer is gone (TensorFlow's Unavailable, DeadlineExceeded, Aborted or
+    Cancelled); None for anything else. Its one-line message gives TensorFlow's reason and
+    says how to resume: start the job again on every worker, into ``run_dir``.
+
+    The time is bounded by TensorFlow: MultiWorkerMirroredStrategy's coordination service
+    declares a task dead after 10 s without its heartbeats (a killed process on a reachable
+    host fails at once), and aborts every collective of the others.
+    """
+    import tensorflow as tf
+
+    if str(getattr(distribute_cfg, "name", "none")) != "multi_worker":
+        return None
+    lost_peer = (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+    )
+    if not isinstance(err, lost_peer):
+        return None
+    text = getattr(err, "message", None) or str(err)
+    if "aborted by:" in text:  # "{{function_node ...}} Collective ops is aborted by: <why>"
+        text = text.split("aborted by:", 1)[1]
+    text = text.split("The error could be from a previous operation")[0]
+    reason = one_line(text)
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return ClusterError(
+        f"distribute=multi_worker: a worker of the cluster died or stopped answering "
+        f"({type(err).__name__}: {reason}); training stopped. Start the job again on every "
+        f"worker with the same command and hydra.run.dir ({run_dir}): it resumes from the "
+        "chief's last checkpoint"
+    )
 
 
 def distribute_batches(strategy, make_dataset: Callable[[], Any], global_batch: int):

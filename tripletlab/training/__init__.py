@@ -79,7 +79,7 @@ def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Sequence[Any]) -> flo
         _record(trainer, folder, cfg, Status.FAILED, str(err))
         raise
     except Exception as err:
-        fault = storage_fault(err, folder.path)
+        fault = storage_fault(err, folder.path) or _cluster_fault(err, cfg, folder)
         _record(trainer, folder, cfg, Status.FAILED, str(fault or f"{type(err).__name__}: {err}"))
         if fault is not None:
             raise fault from None
@@ -87,6 +87,14 @@ def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Sequence[Any]) -> flo
     finally:
         keras.mixed_precision.set_global_policy(policy)
         finish_trackers(trackers, folder)
+
+
+def _cluster_fault(err: BaseException, cfg: Any, folder: RunFolder):
+    """distribute=multi_worker: a dead or silent worker as one ClusterError, else None."""
+    from tripletlab.distribute import cluster_fault
+
+    distribute = getattr(cfg, "distribute", None)
+    return None if distribute is None else cluster_fault(err, distribute, folder.path)
 
 
 def _is_chief(cfg: Any) -> bool:
