@@ -15,7 +15,7 @@ DATASET ?= fashion_mnist
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test data run test test-fast test-slow sweep bench lint format clean
+.PHONY: help setup setup-test data run test test-fast test-slow docs sweep bench lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ test-fast: setup-test data ## the unit tests only: no end-to-end runs (marker e2
 
 test-slow: setup-test data ## only the slow tests (full datasets, long runs)
 	$(PY) -m pytest -m slow $(ARGS)
+
+docs: setup ## regenerate docs/configuration.md, then build the documentation into site/ (warnings fail)
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA),docs]"
+	$(PY) -m tripletlab.config_reference
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 sweep: data ## the models x mining grid, then summary.csv; ARGS="..." adds overrides
 	./sweep.sh $(ARGS)
