@@ -163,13 +163,20 @@ def _write_lock(folder: RunFolder, host: str, pid: int, age: float = 0.0) -> Non
     import os
     import time
 
+    from tripletlab.lease_lock import _pid_namespace
     from tripletlab.run_folder import LOCK_FILE
 
     path = folder.path / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": host, "pid": pid, "token": "t", "since": "then"}))
+    path.write_text(f"host={host}\npidns={_pid_namespace()}\npid={pid}\ntoken=t\n")
     old = time.time() - age
     os.utime(path, (old, old))
+
+
+def _holder_token(lock) -> str:
+    from tripletlab.lease_lock import read_holder
+
+    return read_holder(lock.path).token
 
 
 def test_a_second_process_is_refused_with_the_holders_host_and_pid(tmp_path):
@@ -198,7 +205,7 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path):
     folder = RunFolder(tmp_path)
     _write_lock(folder, socket.gethostname(), _dead_pid())
     with RunLock(folder) as lock:
-        assert json.loads(lock.path.read_text())["token"] == lock.token
+        assert _holder_token(lock) == lock.token
 
 
 def test_another_hosts_lock_blocks_until_its_lease_expires(tmp_path):
@@ -209,7 +216,7 @@ def test_another_hosts_lock_blocks_until_its_lease_expires(tmp_path):
     with pytest.raises(RunFolderBusy, match="a-host-that-cannot-be-asked"):
         RunLock(folder, lease_seconds=60).acquire()
     with RunLock(folder, lease_seconds=4) as lock:  # 5 s without a refresh: expired
-        assert json.loads(lock.path.read_text())["token"] == lock.token
+        assert _holder_token(lock) == lock.token
 
 
 def test_the_holder_keeps_its_lease_alive(tmp_path):
@@ -224,18 +231,20 @@ def test_the_holder_keeps_its_lease_alive(tmp_path):
             RunLock(folder, lease_seconds=0.4).acquire()
 
 
-def test_an_empty_lock_left_by_a_dead_writer_is_taken_over(tmp_path):
+def test_an_empty_lock_left_by_a_dead_writer_is_taken_over_after_its_lease(tmp_path):
     import os
     import time
 
-    from tripletlab.run_folder import LOCK_FILE, RunLock
+    from tripletlab.run_folder import LOCK_FILE, RunFolderBusy, RunLock
 
     path = tmp_path / LOCK_FILE
     path.write_text("")
+    with pytest.raises(RunFolderBusy, match="another process"):
+        RunLock(RunFolder(tmp_path), lease_seconds=5).acquire()
     old = time.time() - 10
     os.utime(path, (old, old))
-    with RunLock(RunFolder(tmp_path)) as lock:
-        assert json.loads(path.read_text())["token"] == lock.token
+    with RunLock(RunFolder(tmp_path), lease_seconds=5) as lock:
+        assert _holder_token(lock) == lock.token
 
 
 def _previous_run(tmp_path, config: dict, status: str = "running") -> RunFolder:

@@ -22,9 +22,6 @@ import json
 import logging
 import math
 import os
-import secrets
-import socket
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 from tripletlab.config import METRICS
 from tripletlab.errors import TripletLabError
 from tripletlab.io_utils import atomic_write_csv, atomic_write_json
+from tripletlab.lease_lock import LeaseLock, LockTimeout, read_holder
 
 log = logging.getLogger("tripletlab")
 
@@ -348,19 +346,16 @@ class RunConfigMismatch(RunFolderError):
 
 
 class RunLock:
-    """The claim of one process on a run folder: ``<run>/.lock`` holds its host, pid and a
-    token, and its modification time is the lease, refreshed by a background thread.
+    """The claim of one process on a run folder: ``<run>/.lock``, a
+    :class:`~tripletlab.lease_lock.LeaseLock` (host, pid, a lease refreshed while training).
 
-    A second process is refused with the holder's host and pid. A lock whose process is gone
-    (same host) or whose lease expired (any host) is stale and taken over.
+    A second process is refused at once, with the holder's host and pid. A lock whose process
+    is gone (this host) or whose lease expired (any host, a shared disk) is taken over.
     """
 
     def __init__(self, folder: RunFolder, lease_seconds: float = LEASE_SECONDS):
         self.path = folder.path / LOCK_FILE
-        self.lease_seconds = float(lease_seconds)
-        self.token = secrets.token_hex(8)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = LeaseLock(self.path, lease=lease_seconds, timeout=0.0)
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -369,91 +364,30 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    @property
+    def token(self) -> str | None:
+        return self._lock.token
+
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
-        for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None and self._age() < 2.0:  # being written this instant
-                    time.sleep(0.1)
-                    continue
-                if holder is not None and not self._stale(holder):
-                    raise RunFolderBusy(self._busy_message(holder)) from None
-                self._break()  # stale, or unreadable for seconds (its writer died)
-                continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({**me, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except BaseException:  # a full disk: no half-written lock left behind
-                self.path.unlink(missing_ok=True)
-                raise
-            self._thread = threading.Thread(target=self._keep_alive, daemon=True)
-            self._thread.start()
-            return
-        raise RunFolderBusy(f"cannot take the lock {self.path}: other processes keep taking it")
+        try:
+            self._lock.acquire()
+        except LockTimeout:
+            holder = read_holder(self.path)
+            who = (
+                f"process {holder.pid} on host {holder.host}, last seen "
+                f"{max(time.time() - holder.mtime, 0):.0f} s ago"
+                if holder is not None and holder.pid
+                else "another process (its lock file is being written)"
+            )
+            raise RunFolderBusy(
+                f"run folder {self.path.parent} is in use by {who}: two processes must not "
+                "train into one folder. Wait for it to finish, or start this run in a new "
+                "folder (hydra.run.dir=PATH, or no hydra.run.dir for a fresh one)"
+            ) from None
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        holder = self._holder()
-        if holder is not None and holder.get("token") == self.token:
-            self.path.unlink(missing_ok=True)
-
-    def _keep_alive(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 4):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
-
-    def _holder(self) -> dict | None:
-        try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        return holder if isinstance(holder, dict) else None
-
-    def _age(self) -> float:
-        try:
-            return time.time() - self.path.stat().st_mtime
-        except OSError:
-            return 0.0
-
-    def _stale(self, holder: dict) -> bool:
-        if self._age() > self.lease_seconds:
-            return True
-        if holder.get("host") != socket.gethostname():
-            return False  # another host: only its lease can tell
-        pid = int(holder.get("pid") or 0)
-        if pid <= 0:
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            return False
-        return False
-
-    def _break(self) -> None:
-        """Remove a stale lock: renamed first, so that of two processes only one removes it."""
-        aside = self.path.with_name(f"{LOCK_FILE}.stale-{self.token}")
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.path, aside)
-            log.warning("took over the stale lock of %s", self.path.parent)
-        aside.unlink(missing_ok=True)
-
-    def _busy_message(self, holder: dict) -> str:
-        return (
-            f"run folder {self.path.parent} is in use by process {holder.get('pid')} on host "
-            f"{holder.get('host')} (since {holder.get('since', '?')}): two processes must not "
-            "train into one folder. Wait for it to finish, or start this run in a new folder "
-            "(hydra.run.dir=PATH, or no hydra.run.dir for a fresh one)"
-        )
+        self._lock.release()
 
 
 def holds_previous_run(folder: RunFolder) -> bool:

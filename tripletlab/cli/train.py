@@ -107,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.argv = [saved[0] if saved else "tripletlab-train", *args]
     try:
         hydra_main()
+    except KeyboardInterrupt:
+        # The run folder already says "interrupted"; rerunning the command resumes it.
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     finally:
         sys.argv = saved
     return 0
