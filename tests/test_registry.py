@@ -66,7 +66,12 @@ def test_the_options_and_the_code_agree(group):
     every implementation there has its YAML option."""
     registry = REGISTRIES[group]
     importlib.import_module(registry.home)
-    own = {n for n in registry.registered() if registry.get(n).__module__ == registry.home}
+    home = registry.home
+    own = {
+        n
+        for n in registry.registered()
+        if (module := registry.get(n).__module__) == home or module.startswith(f"{home}.")
+    }
     assert own == set(registry.options())
     assert registry.options() == tuple(
         sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""Triplet losses: exactness against brute force, gradients, graph size, dtypes, XLA, bench."""
+"""tripletlab.losses: exactness against brute force, gradients, graph size, dtypes, XLA, bench."""
 
 from __future__ import annotations
 
@@ -16,128 +16,34 @@ from tripletlab import losses
 from tripletlab.bench import __main__ as bench_cli
 from tripletlab.bench import losses as bench
 from tripletlab.errors import ConfigError
+from tripletlab.losses import engines, reference
 
 STRATEGIES = losses.STRATEGIES
 MARGIN = 0.5
 # Every mining engine must give the same, exact answer; "auto" is what users get. "sorted" is
 # the engine XLA uses; forced here outside XLA, where it runs as well. "buckets" runs
 # semi-hard's [B, B] stage in chunks of 100 distances: several chunks, the last one shorter.
-PATHS = {  # path: (_SLOT_LIMIT, _large_class_engine, _CHUNK_ELEMENTS)
-    "slots": ({"batch_all": 10**9, "semi_hard": 10**9}, "buckets", losses._CHUNK_ELEMENTS),
-    "buckets": ({"batch_all": -1, "semi_hard": -1}, "buckets", 100),
-    "sorted": ({"batch_all": -1, "semi_hard": -1}, "sorted", losses._CHUNK_ELEMENTS),
-}
+PATHS = {"slots": engines.CHUNK_ELEMENTS, "buckets": 100, "sorted": engines.CHUNK_ELEMENTS}
+ENGINE = {"name": "auto"}  # the engine the calls below pass, set by the force_path fixture
 
 
-# --------------------------------------------------------------------------------------------
-# Brute force: a python loop over every triplet, numpy float64
-# --------------------------------------------------------------------------------------------
+def mine(*args, **kwargs):
+    """losses.triplet_loss with the engine the test chose."""
+    return losses.triplet_loss(*args, engine=ENGINE["name"], **kwargs)
+
+
+def named(strategy):
+    """The strategy's function with the engine the test chose."""
+    fn = getattr(losses, f"{strategy}_triplet_loss")
+    return lambda *args, **kwargs: fn(*args, engine=ENGINE["name"], **kwargs)
 
 
 def brute_force(labels, emb, strategy, margin=MARGIN, squared=False, soft_margin=False):
-    """(loss, fraction) straight from the definitions, one triplet at a time."""
-    y = np.asarray(labels)
-    e = np.asarray(emb, dtype=np.float64)
-    b = len(y)
-    d = np.array([[np.sum((e[i] - e[j]) ** 2) for j in range(b)] for i in range(b)])
-    d = (d if squared else np.sqrt(d)).tolist()  # python floats: the loops below stay fast
-
-    def item(x):  # x = d(a, p) - d(a, n) -> (loss, counts as active)
-        if soft_margin:
-            return max(x, 0.0) + math.log1p(math.exp(-abs(x))), x > 0
-        return max(x + margin, 0.0), x + margin > 0
-
-    def mean(items):
-        if not items:
-            return 0.0, 0.0
-        return float(np.mean([v for v, _ in items])), float(np.mean([a for _, a in items]))
-
-    if strategy == "batch_all":
-        triplets = [
-            item(d[a][p] - d[a][n])
-            for a in range(b)
-            for p in range(b)
-            for n in range(b)
-            if p != a and y[p] == y[a] and y[n] != y[a]
-        ]
-        if soft_margin:
-            return mean(triplets)
-        positive = [v for v, _ in triplets if v > 0]
-        if not positive:
-            return 0.0, 0.0
-        return float(np.mean(positive)), len(positive) / len(triplets)
-
-    items = []
-    for a in range(b):
-        positives = [p for p in range(b) if p != a and y[p] == y[a]]
-        negatives = [n for n in range(b) if y[n] != y[a]]
-        if not positives or not negatives:
-            continue
-        if strategy == "batch_hard":
-            far_p = max(d[a][p] for p in positives)
-            items.append(item(far_p - min(d[a][n] for n in negatives)))
-            continue
-        for p in positives:  # semi-hard
-            farther = [d[a][n] for n in negatives if d[a][n] > d[a][p]]
-            chosen = min(farther) if farther else max(d[a][n] for n in negatives)
-            items.append(item(d[a][p] - chosen))
-    return mean(items)
+    return reference.triplet_loss(labels, emb, strategy, margin, squared, soft_margin)
 
 
 def brute_force_grad(labels, emb, strategy, margin=MARGIN, squared=False, soft_margin=False):
-    """d loss / d embeddings straight from the definitions, numpy float64, one item at a time.
-
-    Where the definition picks one element among equals (the farthest positive, the nearest
-    negative, the nearest farther one, the farthest as fallback), it takes the lowest index,
-    as argmin / argmax do. First d loss / d d, then the chain rule through d(i, j) (0 where
-    two embeddings coincide: the masked square root's gradient).
-    """
-    y = np.asarray(labels)
-    e = np.asarray(emb, dtype=np.float64)
-    b = len(y)
-    diff = e[:, None, :] - e[None, :, :]
-    d2 = (diff**2).sum(-1)
-    d = d2 if squared else np.sqrt(d2)
-
-    def derivative(x):  # d item / d x, x = d(a, p) - d(a, n)
-        return 1 / (1 + math.exp(-x)) if soft_margin else float(x + margin > 0)
-
-    g = np.zeros((b, b))  # d loss / d d, unnormalised
-    count = 0
-    for a in range(b):
-        positives = [p for p in range(b) if p != a and y[p] == y[a]]
-        negatives = [n for n in range(b) if y[n] != y[a]]
-        if not positives or not negatives:
-            continue
-        if strategy == "batch_all":
-            for p, n in itertools.product(positives, negatives):
-                x = d[a, p] - d[a, n]
-                counted = soft_margin or x + margin > 0
-                count += counted
-                g[a, p] += derivative(x) * counted
-                g[a, n] -= derivative(x) * counted
-            continue
-        if strategy == "batch_hard":
-            hardest_p = max(positives, key=lambda p: (d[a, p], -p))
-            pairs = [(hardest_p, min(negatives, key=lambda n: (d[a, n], n)))]
-        else:  # semi-hard
-            farthest = max(negatives, key=lambda n: (d[a, n], -n))
-            pairs = []
-            for p in positives:
-                farther = [n for n in negatives if d[a, n] > d[a, p]]
-                pairs.append((p, min(farther, key=lambda n: (d[a, n], n)) if farther else farthest))
-        for p, n in pairs:
-            count += 1
-            g[a, p] += derivative(d[a, p] - d[a, n])
-            g[a, n] -= derivative(d[a, p] - d[a, n])
-    g /= max(count, 1)  # items: triplets with h > 0 (hinge batch-all) or all of them
-    if squared:
-        dd_de = 2 * diff  # [a, j, :] = d d(a, j) / d e_a
-    else:
-        safe = np.where(d > 0, d, 1.0)
-        dd_de = np.where((d > 0)[..., None], diff / safe[..., None], 0.0)
-    # d(a, j) depends on e_a (+dd_de[a, j]) and on e_j (-dd_de[a, j]).
-    return np.einsum("aj,ajk->ak", g, dd_de) - np.einsum("aj,ajk->jk", g, dd_de)
+    return reference.triplet_loss_grad(labels, emb, strategy, margin, squared, soft_margin)
 
 
 def random_batch(b, n_classes, dim, seed, dtype=np.float64):
@@ -151,14 +57,15 @@ def random_batch(b, n_classes, dim, seed, dtype=np.float64):
 
 @pytest.fixture
 def force_path(monkeypatch):
-    def force(path):
-        if path != "auto":
-            limits, engine, chunk = PATHS[path]
-            monkeypatch.setattr(losses, "_SLOT_LIMIT", limits)
-            monkeypatch.setattr(losses, "_large_class_engine", lambda: engine)
-            monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk)
+    """force(path): the calls through mine() and named() use that engine ("buckets" runs
+    semi-hard's [B, N] stage in chunks of 100 distances: several, the last one shorter)."""
 
-    return force
+    def force(path):
+        ENGINE["name"] = path
+        monkeypatch.setattr(engines, "CHUNK_ELEMENTS", PATHS.get(path, engines.CHUNK_ELEMENTS))
+
+    yield force
+    ENGINE["name"] = "auto"
 
 
 def paths_for(strategy):
@@ -199,7 +106,7 @@ def test_matches_brute_force(case, strategy, force_path):
         want = brute_force(labels, emb, strategy, MARGIN, squared, soft)
         for path in paths_for(strategy):
             force_path(path)
-            loss, fraction = losses.triplet_loss(labels, emb, strategy, MARGIN, squared, soft)
+            loss, fraction = mine(labels, emb, strategy, MARGIN, squared, soft)
             assert loss.dtype == fraction.dtype == tf.as_dtype(dtype)
             assert_close([loss, fraction], want, dtype)
 
@@ -238,7 +145,7 @@ def test_edge_cases_match_brute_force(name, force_path):
         want = brute_force(labels, emb, strategy, MARGIN, squared, soft)
         for path in paths_for(strategy):
             force_path(path)
-            got = losses.triplet_loss(labels, emb, strategy, MARGIN, squared, soft)
+            got = mine(labels, emb, strategy, MARGIN, squared, soft)
             assert np.all(np.isfinite(got))
             assert_close(got, want, np.float64)
 
@@ -320,7 +227,7 @@ def test_pk_batches_match_brute_force(case, force_path):
         want = brute_force(labels, emb, strategy, MARGIN, squared, soft)
         for path in paths_for(strategy):
             force_path(path)
-            got = losses.triplet_loss(labels, emb, strategy, MARGIN, squared, soft)
+            got = mine(labels, emb, strategy, MARGIN, squared, soft)
             assert_close(got, want, np.float64)
 
 
@@ -344,7 +251,7 @@ def test_ties_with_large_classes_match_brute_force(force_path):
             want = brute_force(labels, emb, strategy, 1.0, squared, soft)
             for path in paths_for(strategy):
                 force_path(path)
-                got = losses.triplet_loss(labels, emb.astype(dtype), strategy, 1.0, squared, soft)
+                got = mine(labels, emb.astype(dtype), strategy, 1.0, squared, soft)
                 assert_close(got, want, dtype)
 
 
@@ -370,7 +277,7 @@ def test_gradients_match_dense_reference(case, strategy, force_path):
     """Same gradients as the dense B^3 formulations (distinct embeddings: no argmax ties)."""
     b, n_classes, dim, seed = case
     labels, emb = random_batch(b, n_classes, dim, seed)
-    ours, dense = getattr(losses, f"{strategy}_triplet_loss"), bench.DENSE[strategy]
+    ours, dense = named(strategy), bench.DENSE[strategy]
     for soft, squared in itertools.product((False, True), (False, True)):
         kwargs = {"margin": MARGIN, "squared": squared, "soft_margin": soft}
         want_loss, want_grad = value_and_grad(dense, labels, emb, **kwargs)
@@ -387,12 +294,12 @@ def test_gradients_with_large_random_classes_match_dense_reference(force_path):
     the bucket engines' custom gradients against autodiff through the B^3 forms."""
     for b, n_classes, seed in ((30, 2, 80), (36, 3, 81)):
         labels, emb = random_batch(b, n_classes, 4, seed)
-        assert np.bincount(labels).max() - 1 > max(losses._SLOT_LIMIT.values())
+        assert np.bincount(labels).max() - 1 > max(engines.SLOT_LIMIT.values())
         for strategy, soft, squared in itertools.product(
             ("batch_all", "semi_hard"), (False, True), (False, True)
         ):
             kwargs = {"margin": MARGIN, "squared": squared, "soft_margin": soft}
-            ours, dense = getattr(losses, f"{strategy}_triplet_loss"), bench.DENSE[strategy]
+            ours, dense = named(strategy), bench.DENSE[strategy]
             want_loss, want_grad = value_and_grad(dense, labels, emb, **kwargs)
             for path in paths_for(strategy):
                 force_path(path)
@@ -414,7 +321,7 @@ def test_gradients_match_brute_force(name, force_path):
     for strategy, soft, squared in itertools.product(STRATEGIES, (False, True), (False, True)):
         want = brute_force_grad(labels, emb, strategy, margin, squared, soft)
         assert np.abs(want).max() > 0
-        fn = getattr(losses, f"{strategy}_triplet_loss")
+        fn = named(strategy)
         for path in paths_for(strategy):
             force_path(path)
             _, got = value_and_grad(
@@ -433,7 +340,7 @@ def test_engines_pick_the_same_element_on_ties(dtype, force_path):
     for strategy, soft, squared in itertools.product(
         ("batch_all", "semi_hard"), (False, True), (False, True)
     ):
-        fn = getattr(losses, f"{strategy}_triplet_loss")
+        fn = named(strategy)
         kwargs = {"margin": 1.0, "squared": squared, "soft_margin": soft}
         results = {}
         for path in paths_for(strategy):
@@ -560,7 +467,7 @@ def test_no_cubic_tensor_at_run_time(case, force_path):
     b = 40
     force_path(path)
     emb = np.random.default_rng(91).normal(size=(b, 16)).astype(np.float32)
-    fn = getattr(losses, f"{strategy}_triplet_loss")
+    fn = named(strategy)
     assert _largest_tensor_at_run_time(fn, RUN_TIME_LABELS[labels], emb, soft) <= 2 * b * b
 
 
@@ -644,7 +551,9 @@ def test_jit_compile(strategy):
         for soft in softs:
             with tf.GradientTape() as tape:
                 tape.watch(emb)
-                loss, fraction = losses.triplet_loss(labels, emb, strategy, soft_margin=soft)
+                loss, fraction = losses.triplet_loss(
+                    labels, emb, strategy, soft_margin=soft, jit_compile=True
+                )
             out.append((loss, fraction, tape.gradient(loss, emb)))
         return out
 
@@ -652,7 +561,7 @@ def test_jit_compile(strategy):
     _, emb = random_batch(b, 1, 6, 40)
     small = np.arange(b, dtype=np.int32) % 12  # 4 per class: positive slots
     big = (np.arange(b) >= 44).astype(np.int32)  # 44 + 4: sorted rows
-    assert max(losses._SLOT_LIMIT.values()) < 44 - 1
+    assert max(engines.SLOT_LIMIT.values()) < 44 - 1
     for labels in (small, big):
         results = step(tf.constant(labels), tf.constant(emb))
         for soft, (loss, fraction, grad) in zip(softs, results, strict=True):
@@ -665,21 +574,19 @@ def test_jit_compile(strategy):
             np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-7, atol=1e-10)
 
 
-def test_large_class_engine_follows_xla():
-    """The bucket engine's label-dependent shapes cannot compile: XLA gets the row sort,
-    also when the loss is traced in a plain function called from a jit-compiled one."""
-    seen = []
-
-    def probe(x):
-        seen.append(losses._large_class_engine())
-        return x + 1
-
-    inner = tf.function(probe)
-    tf.function(probe)(tf.ones(1))
-    tf.function(probe, jit_compile=True)(tf.ones(1))
-    tf.function(lambda x: inner(x), jit_compile=True)(tf.ones(1))
-    probe(tf.ones(1))  # eager
-    assert seen == ["buckets", "sorted", "sorted", "buckets"]
+def test_engine_is_an_explicit_argument():
+    """The caller says whether it compiles; a bad engine, or buckets under XLA, is refused
+    before tracing (its label-dependent shapes cannot compile)."""
+    labels, emb = random_batch(12, 3, 4, 41, np.float32)
+    for strategy in STRATEGIES:
+        with pytest.raises(ValueError, match="engine='fast' is not valid"):
+            losses.triplet_loss(labels, emb, strategy, engine="fast")
+        with pytest.raises(ValueError, match="cannot compile with XLA"):
+            losses.triplet_loss(labels, emb, strategy, engine="buckets", jit_compile=True)
+    # jit_compile=True outside XLA takes the row sort: slower, never wrong.
+    for strategy in ("batch_all", "semi_hard"):
+        got = losses.triplet_loss(labels, emb, strategy, jit_compile=True)
+        assert_close(got, brute_force(labels, emb, strategy), np.float32)
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])

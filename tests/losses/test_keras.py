@@ -1,4 +1,4 @@
-"""tripletlab.keras_losses: the losses through model.compile / model.fit, saved and loaded."""
+"""tripletlab.losses.keras: the losses through model.compile / model.fit, saved and loaded."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 
 from tripletlab import losses
 from tripletlab.errors import ConfigError
-from tripletlab.keras_losses import TripletBatchAllLoss, TripletHardLoss, TripletSemiHardLoss
+from tripletlab.losses.keras import TripletBatchAllLoss, TripletHardLoss, TripletSemiHardLoss
 
 CLASSES = {
     "semi_hard": TripletSemiHardLoss,

@@ -60,6 +60,8 @@ import pandas as pd
 import tensorflow as tf
 
 from tripletlab import losses
+from tripletlab.losses.distances import prepare
+from tripletlab.losses.pieces import items, masks, ratio
 
 DEFAULT_SIZES = (64, 256, 1024, 2048, 4096)
 DEFAULT_LABELS = ("pk", "random10", "random100")
@@ -92,24 +94,24 @@ DENSE_BYTES_PER_TRIPLET = 12  # three float32 [B, B, B] tensors alive at once
 
 
 # --------------------------------------------------------------------------------------------
-# Dense references: O(B^3) memory. Also the gradient references of tests/test_losses.py.
+# Dense references: O(B^3) memory. Also the gradient references of tests/losses/test_engines.py.
 # --------------------------------------------------------------------------------------------
 
 
 def _dense_setup(labels, embeddings, squared):
-    labels, embeddings = losses._prepare(labels, embeddings)
+    labels, embeddings = prepare(labels, embeddings)
     d = losses.pairwise_distances(embeddings, squared)
-    pos, neg = losses._masks(labels)
+    pos, neg = masks(labels, tf.shape(labels)[0])
     return d, pos, neg
 
 
 def _mean_of_items(x, valid, margin, soft_margin):
     """x = d_ap - d_an per item, valid bool, same shape -> (loss, fraction) over valid items."""
-    items, _, active = losses._items(x, margin, soft_margin)
+    values, _, active = items(x, margin, soft_margin)
     n = tf.reduce_sum(tf.cast(valid, tf.int64))
-    total = tf.reduce_sum(tf.where(valid, items, tf.zeros_like(items)))
+    total = tf.reduce_sum(tf.where(valid, values, tf.zeros_like(values)))
     n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
-    return losses._ratio(total, n, x.dtype), losses._ratio(n_active, n, x.dtype)
+    return ratio(total, n, x.dtype), ratio(n_active, n, x.dtype)
 
 
 def _triplet_mask(labels):
@@ -132,7 +134,7 @@ def _dense_batch_all(labels, embeddings, margin=0.5, squared=False, soft_margin=
     :func:`tripletlab.losses.batch_all_triplet_loss`: counts ``> 0`` rather than the
     original's ``> 1e-16``, and divides safely instead of adding 1e-16, so both are exact.
     """
-    labels, embeddings = losses._prepare(labels, embeddings)
+    labels, embeddings = prepare(labels, embeddings)
     d = losses.pairwise_distances(embeddings, squared)
     dtype = d.dtype
     mask = tf.cast(_triplet_mask(labels), dtype)  # [B, B, B]
@@ -141,11 +143,11 @@ def _dense_batch_all(labels, embeddings, margin=0.5, squared=False, soft_margin=
     if soft_margin:
         total = tf.reduce_sum(mask * tf.nn.softplus(x))
         num_active = tf.reduce_sum(mask * tf.cast(x > 0, dtype))
-        return losses._ratio(total, num_valid, dtype), losses._ratio(num_active, num_valid, dtype)
+        return ratio(total, num_valid, dtype), ratio(num_active, num_valid, dtype)
     triplet_loss = tf.maximum(mask * (x + tf.cast(margin, dtype)), 0.0)
     num_positive = tf.reduce_sum(tf.cast(triplet_loss > 0, dtype))
     total = tf.reduce_sum(triplet_loss)
-    return losses._ratio(total, num_positive, dtype), losses._ratio(num_positive, num_valid, dtype)
+    return ratio(total, num_positive, dtype), ratio(num_positive, num_valid, dtype)
 
 
 def _dense_batch_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):

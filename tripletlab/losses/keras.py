@@ -7,6 +7,10 @@ Drop-in replacements for tensorflow-addons' ``tfa.losses.TripletSemiHardLoss`` a
     model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2))
     model.fit(images, labels, batch_size=64)
 
+``jit_compile`` tells the loss whether Keras compiles the step with XLA (the mining engine
+depends on it): pass what ``model.compile`` gets; the default follows Keras' own "auto"
+(XLA when a GPU or TPU is visible).
+
 ``y_true`` holds the integer labels, [B] or [B, 1]; ``y_pred`` the embeddings, [B, D]. Each
 call returns the functional loss of :mod:`tripletlab.losses` for the batch (the fraction it
 also returns is dropped), so the value is the same as ``batch_hard_triplet_loss(labels,
@@ -24,8 +28,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tripletlab import losses
 from tripletlab.errors import ConfigError
+from tripletlab.losses import strategies
 
 __all__ = ["DISTANCE_METRICS", "TripletBatchAllLoss", "TripletHardLoss", "TripletSemiHardLoss"]
 
@@ -44,6 +48,16 @@ def _squared(distance_metric: Any) -> bool:
     )
 
 
+def _compiles(jit_compile: bool | None) -> bool:
+    """Whether the loss is compiled by XLA: as given, or (None) Keras' ``jit_compile="auto"``
+    rule for TensorFlow, XLA whenever a device other than the CPU is visible. A wrong True
+    only costs time (the XLA-safe engine); pass ``jit_compile=False`` to match
+    ``model.compile(jit_compile=False)`` on a GPU."""
+    if jit_compile is not None:
+        return bool(jit_compile)
+    return any(device.device_type != "CPU" for device in tf.config.list_physical_devices())
+
+
 class _TripletLoss(keras.losses.Loss):
     """A mining strategy of :mod:`tripletlab.losses` as a Keras loss (a scalar per batch)."""
 
@@ -55,9 +69,11 @@ class _TripletLoss(keras.losses.Loss):
         soft: bool = False,
         distance_metric: str = "L2",
         name: str | None = None,
+        jit_compile: bool | None = None,
         **kwargs: Any,
     ):
         self._squared = _squared(distance_metric)
+        self.jit_compile = jit_compile
         if not soft and float(margin) < 0:
             raise ConfigError(f"margin={margin!r} is not valid; it must be >= 0")
         super().__init__(name=name or f"triplet_{self.strategy}_loss", **kwargs)
@@ -68,11 +84,21 @@ class _TripletLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         """y_true [B] or [B, 1] labels, y_pred [B, D] embeddings -> the loss, a scalar."""
         labels = tf.reshape(y_true, [-1])
-        function = getattr(losses, f"{self.strategy}_triplet_loss")
+        function = strategies.get(self.strategy)
         loss, _ = function(
-            labels, y_pred, margin=self.margin, squared=self._squared, soft_margin=self.soft
+            labels,
+            y_pred,
+            margin=self.margin,
+            squared=self._squared,
+            soft_margin=self.soft,
+            jit_compile=_compiles(self.jit_compile),
+            **self._options(),
         )
         return loss
+
+    def _options(self) -> dict[str, Any]:
+        """The strategy's own keyword arguments (none for the three classic ones)."""
+        return {}
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -80,6 +106,7 @@ class _TripletLoss(keras.losses.Loss):
             "margin": self.margin,
             "soft": self.soft,
             "distance_metric": self.distance_metric,
+            "jit_compile": self.jit_compile,
         }
 
 

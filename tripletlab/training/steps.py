@@ -55,6 +55,7 @@ def make_train_step(
             margin=mining.margin,
             squared=mining.squared,
             soft_margin=mining.soft_margin,
+            jit_compile=jit_compile,  # the mining engine must be one XLA can compile
         )
 
     if jit_compile:
