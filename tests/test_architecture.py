@@ -22,9 +22,9 @@ def test_run_folder_file_names_live_in_one_module(name):
 @pytest.mark.parametrize(
     "module",
     [
-        "tripletlab.evaluate",
-        "tripletlab.visualize",
-        "tripletlab.embed",
+        "tripletlab.reuse.evaluate",
+        "tripletlab.reuse.visualize",
+        "tripletlab.reuse.embed",
         "tripletlab.sweep",
         "tripletlab.summarize",
         "tripletlab.reuse",

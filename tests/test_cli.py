@@ -310,9 +310,9 @@ def test_visualize_rebuilds_projector_and_plots(run_dir, digits, capsys):
 
 
 def test_embed_with_neighbours_in_a_gallery(run_dir, gallery, digits, tmp_path, capsys, caplog):
-    from tripletlab.embed import TILE, read_images
     from tripletlab.inference import open_model
     from tripletlab.reuse import load_config
+    from tripletlab.reuse.embed import TILE, read_images
 
     queries = tmp_path / "queries"
     (queries / "nested").mkdir(parents=True)
@@ -425,15 +425,14 @@ def test_bad_input_gives_one_clear_error(
 
 
 def test_cli_errors_have_no_traceback(run_without_model, tmp_path):
-    """As a user runs them, also under their older names (python -m tripletlab.evaluate)."""
+    """As a user runs them, as processes."""
     (tmp_path / "not_a_run").mkdir()
     image = tmp_path / "img.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
     for module, args in [
         ("tripletlab.cli.evaluate", [tmp_path / "not_a_run"]),
-        ("tripletlab.evaluate", [tmp_path / "not_a_run"]),
-        ("tripletlab.visualize", [run_without_model]),
-        ("tripletlab.embed", [run_without_model, image, "--out", tmp_path / "e.npy"]),
+        ("tripletlab.cli.visualize", [run_without_model]),
+        ("tripletlab.cli.embed", [run_without_model, image, "--out", tmp_path / "e.npy"]),
     ]:
         proc = subprocess.run(
             [sys.executable, "-m", module, *map(str, args)],
@@ -715,18 +714,3 @@ def test_fetch_digits_and_image_folder(isolated, tmp_path, capsys):
     assert fetch_cli.main(["image_folder", "--root", str(tmp_path / "imgs")]) == 0
     assert fetch_cli.main(["image_folder"]) == 1
     assert "image_folder needs dataset.root" in capsys.readouterr().err
-
-
-def test_fetch_as_a_module(tmp_path):
-    """``python -m tripletlab.data fetch NAME``, the older name that README and make use."""
-    write_idx_folder(tmp_path / "env" / "fashion-mnist")
-    env = {**_env(), "TRIPLETLAB_DATA": str(tmp_path / "env")}
-    done = subprocess.run(
-        [sys.executable, "-m", "tripletlab.data", "fetch", "fashion_mnist", "--no-download"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"found in {tmp_path / 'env' / 'fashion-mnist'}" in done.stdout

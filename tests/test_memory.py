@@ -62,16 +62,17 @@ def test_auto_streams_when_the_in_memory_peak_would_pass_the_limit(tmp_path, mon
         for i in range(6):
             write_image(root / c / f"{i}.png", np.full((8, 8, 3), 9 * i, np.uint8))
     decoded = 12 * 8 * 8 * 3
-    peak = in_memory_peak_bytes(12, 8, 3)
-    assert peak == int(decoded * data.IN_MEMORY_PEAK_FACTOR) and peak > decoded
-    assert in_memory_peak_bytes(12, 8, None) == peak  # channels unknown: counted as RGB
-    cfg = ImageFolderConfig(root=str(root), image_size=8, channels=3)
-    # Decoded, the images fit under the limit; with what the in-memory path really costs,
-    # they do not: auto streams them.
-    monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", (decoded + peak) // 2)
-    assert load_dataset(cfg).streamed
-    monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", peak)
-    assert not load_dataset(cfg).streamed
+    # The in-memory path costs the decoded array once (not 3x, as when it was stacked from
+    # a list and copied by tf.constant); channels unknown: RGB, and grey-then-colour's copy.
+    assert in_memory_peak_bytes(12, 8, 3) == decoded
+    assert in_memory_peak_bytes(12, 8, None) == decoded * 4 // 3
+    rgb = ImageFolderConfig(root=str(root), image_size=8, channels=3)
+    either = ImageFolderConfig(root=str(root), image_size=8, channels=None)
+    monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", decoded)
+    assert not load_dataset(rgb).streamed  # fits exactly
+    assert load_dataset(either).streamed  # the possible RGB copy does not
+    monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", decoded - 1)
+    assert load_dataset(rgb).streamed
 
 
 @pytest.mark.slow  # a fresh TensorFlow process: 20-35 s

@@ -127,7 +127,7 @@ def test_a_streamed_unseen_class_run_with_capped_epochs(tmp_path):
     run = RunFolder(folder)
     assert run.model_path.is_file() and list(run.projector_dir.glob("*sprite*"))
     # The reuse commands stream the same files: tripletlab-evaluate gives the run's metrics.
-    from tripletlab.evaluate import evaluate_run
+    from tripletlab.reuse.evaluate import evaluate_run
 
     result = evaluate_run(folder)
     assert result["dataset"]["knn_gallery"] == 0 and result["dataset"]["queries"] == 12

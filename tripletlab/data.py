@@ -2,8 +2,9 @@
 with one sub-folder per class, and the metric-learning benchmarks in their published layouts
 (cub200, cars196, sop, inshop: :mod:`tripletlab.layouts`).
 
-Small datasets are uint8 numpy arrays [N, H, W, C]. Image files are streamed when decoding
-them all would take more than STREAM_ABOVE_BYTES (``dataset.stream=auto``) or when asked
+Small datasets are uint8 numpy arrays [N, H, W, C]. Image files are streamed when holding
+them in memory would take more than STREAM_ABOVE_BYTES at its peak (``dataset.stream=auto``,
+:func:`in_memory_peak_bytes`) or when asked
 (``dataset.stream=true``): the split then holds an :class:`~tripletlab.image_files.ImageFiles`
 index of paths in place of the array, checked file by file before training starts.
 
@@ -36,7 +37,6 @@ import re
 import secrets
 import shutil
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -57,14 +57,6 @@ from tripletlab.image_files import ImageFiles, common_format, inspect_images
 from tripletlab.registry import DATASETS
 
 log = logging.getLogger(__name__)
-
-if __name__ == "__main__":
-    # `python -m tripletlab.data fetch NAME`, tripletlab-fetch's older name. Handed over
-    # before this copy of the module (__main__) registers datasets: the command imports
-    # tripletlab.data, whose registrations are the ones that count.
-    from tripletlab.cli.fetch import data_module_main
-
-    sys.exit(data_module_main())
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -112,8 +104,13 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-# dataset.stream=auto streams image files whose decoded splits would take more than this.
+# dataset.stream=auto streams image files whose in-memory path would peak above this.
 STREAM_ABOVE_BYTES = 1 << 30
+# The in-memory path's peak above a streamed run's, per decoded byte: the decoded array,
+# once (decoded straight into it, shared with TensorFlow, evaluated by slices); 0.97
+# measured by `python -m tripletlab.bench data --memory` (results/bench_data_memory.md),
+# where it was 3.3 when the array was stacked from a list and copied by tf.constant.
+IN_MEMORY_PEAK_FACTOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -935,6 +932,16 @@ def stream_mode(cfg: Any) -> str:
     return value
 
 
+def in_memory_peak_bytes(count: int, size: int | None, channels: int | None) -> int:
+    """What holding ``count`` images decoded in memory adds to a run's peak, in bytes:
+    IN_MEMORY_PEAK_FACTOR times their decoded size; with ``channels`` None, RGB and 4/3 of
+    that (grey images followed by a colour one: the grey array and its RGB copy at once);
+    0 when ``size`` is None (their size is unknown before decoding)."""
+    decoded = int(count) * int(size or 0) ** 2 * int(channels or 3)
+    upgrade = 4 / 3 if channels is None else 1.0
+    return int(decoded * IN_MEMORY_PEAK_FACTOR * upgrade)
+
+
 def images_from_files(
     splits: Sequence[Sequence[Path]],
     channels: int | None,
@@ -944,17 +951,17 @@ def images_from_files(
 ) -> list[np.ndarray | ImageFiles]:
     """The images of each split's files: uint8 arrays, or ImageFiles when streamed.
 
-    ``stream``: "true", "false", or "auto" (stream when ``size`` is set and decoding every
-    split would take more than STREAM_ABOVE_BYTES). Streamed files are inspected first
-    (``verify``): an unreadable one fails now, named, not mid-epoch. ``channels`` None:
+    ``stream``: "true", "false", or "auto" (stream when ``size`` is set and the in-memory
+    path would peak above STREAM_ABOVE_BYTES, :func:`in_memory_peak_bytes`). Streamed files
+    are inspected first (``verify``): an unreadable one fails now, named, not mid-epoch. ``channels`` None:
     RGB if any image has colour, else grayscale; ``size`` None: the images' own size,
     which must then be the same for all. Both span every split.
     """
     paths = [p for split in splits for p in split]
     bounds = np.cumsum([0] + [len(split) for split in splits])
     if stream == "auto":
-        decoded = len(paths) * (size or 0) ** 2 * (channels or 3)
-        stream = "true" if decoded > STREAM_ABOVE_BYTES else "false"
+        peak = in_memory_peak_bytes(len(paths), size, channels)
+        stream = "true" if peak > STREAM_ABOVE_BYTES else "false"
     if stream == "false":
         # Decoded together: channels=None and the size check span every split.
         x = _decode_all(paths, channels, size)
@@ -1239,3 +1246,30 @@ def fetch(
 
 # The benchmark layouts register themselves (they build on this module, so they come last).
 from tripletlab import layouts  # noqa: E402, F401
+
+
+def conform_images(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """uint8 [N, h, w, c] -> [N, H, W, C] = shape: resized (bilinear) and grey <-> RGB.
+
+    The same conversions as ``tripletlab.data`` (PIL's luma formula, bilinear resizing).
+    """
+    from PIL import Image
+
+    h, w, c = (int(s) for s in shape)
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.shape[-1] == 4:
+        x = x[..., :3]
+    if h == w:
+        x = adapt_images(x, h, c)
+    else:
+        x = adapt_images(x, None, c)
+        if x.shape[1:3] != (h, w):
+            out = np.empty((len(x), h, w, x.shape[-1]), np.uint8)
+            for i, img in enumerate(x):
+                im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+                resized = im.resize((w, h), Image.Resampling.BILINEAR)
+                out[i] = np.asarray(resized).reshape(out.shape[1:])
+            x = out
+    return np.ascontiguousarray(x)

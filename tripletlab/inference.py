@@ -163,7 +163,7 @@ class Embedder:
             return embed_images(self._step, images, self.batch_size, self.embedding_size)
         images = np.asarray(images)
         if images.shape[1:] != self.input_shape:
-            from tripletlab.reuse import conform_images
+            from tripletlab.data import conform_images
 
             images = conform_images(images, self.input_shape)
         return embed_images(self._step, images, self.batch_size, self.embedding_size)

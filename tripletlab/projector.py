@@ -219,12 +219,13 @@ def _make_sprite(img: np.ndarray) -> tuple[bytes, tuple[int, int]]:
         img = tf.image.resize(img, (new_h, new_w), method="area").numpy()
         img = np.clip(np.round(img), 0, 255).astype(np.uint8)
         h, w = new_h, new_w
-    # Pad the tail of the last row with black tiles, then lay the tiles out row-major:
-    # [grid*grid, h, w, c] -> [grid, grid, h, w, c] -> [grid, h, grid, w, c] -> image.
-    tiles = np.zeros((grid * grid, h, w, c), np.uint8)
-    tiles[:n] = img
-    sheet = tiles.reshape(grid, grid, h, w, c).transpose(0, 2, 1, 3, 4)
-    sheet = sheet.reshape(grid * h, grid * w, c)
+    # Tiles row-major, each copied straight into its place (a padded [grid*grid, h, w, c]
+    # array and its transpose would hold two more copies of the images); the tail of the
+    # last row stays black.
+    sheet = np.zeros((grid * h, grid * w, c), np.uint8)
+    for i in range(n):
+        row, col = divmod(i, grid)
+        sheet[row * h : (row + 1) * h, col * w : (col + 1) * w] = img[i]
     buf = io.BytesIO()
     # PIL picks the mode from the shape: [h, w] -> L, [h, w, 3] -> RGB, [h, w, 4] -> RGBA.
     Image.fromarray(sheet[..., 0] if c == 1 else sheet).save(buf, format="PNG")

@@ -1,6 +1,6 @@
 """``tripletlab-embed RUN_DIR INPUT... --out FILE [--neighbours K [--gallery DIR]] [key=value ...]``.
 
-Embeds image files and folders with a run's model (:func:`tripletlab.embed.embed_inputs`)
+Embeds image files and folders with a run's model (:func:`tripletlab.reuse.embed.embed_inputs`)
 and optionally lists each input's nearest images. Among the arguments after RUN_DIR, a
 ``key=value`` that is not an existing path is an override; everything else is an input.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tripletlab.cli.common import format_table, run_cli
-from tripletlab.embed import MAX_PRINTED_QUERIES, embed_inputs
+from tripletlab.reuse.embed import MAX_PRINTED_QUERIES, embed_inputs
 
 # Hydra's override syntax: an optional + / ++ / ~, a dotted key (or group), '='. No '/':
 # a path such as photos/a=b.png is an input.

@@ -1,6 +1,6 @@
 """``tripletlab-evaluate RUN_DIR [key=value ...] [--split train] [--name NAME]``.
 
-Recomputes a trained run's metrics with its saved model (:func:`tripletlab.evaluate.evaluate_run`),
+Recomputes a trained run's metrics with its saved model (:func:`tripletlab.reuse.evaluate.evaluate_run`),
 prints them next to the run's own and writes ``RUN_DIR/eval/<name>.json``.
 """
 
@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 
 from tripletlab.cli.common import add_overrides, format_table, overrides_of, run_cli
-from tripletlab.evaluate import evaluate_run
 from tripletlab.inference import SPLITS
+from tripletlab.reuse.evaluate import evaluate_run
 
 
 def format_result(result: dict) -> str:

@@ -8,7 +8,6 @@ downloaded; corrupt files are an error. ``python -m tripletlab.data fetch NAME``
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from tripletlab.cli.common import run_cli
@@ -48,21 +47,3 @@ def _fetch(argv: Sequence[str] | None, prog: str = "tripletlab-fetch") -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_fetch, argv)
-
-
-def data_module_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tripletlab.data fetch NAME ...``: the same command under its older name."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] != "fetch":
-        usage = (
-            "usage: python -m tripletlab.data fetch NAME [--root DIR] [--no-download] [--url URL] "
-            "[--allow-insecure-url]"
-        )
-        help_asked = bool(args) and args[0] in ("-h", "--help")
-        print(usage, file=sys.stdout if help_asked else sys.stderr)
-        return 0 if help_asked else 2
-    return run_cli(lambda rest: _fetch(rest, "python -m tripletlab.data fetch"), args[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

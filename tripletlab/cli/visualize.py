@@ -1,7 +1,7 @@
 """``tripletlab-visualize RUN_DIR [key=value ...] [--max-points N] [--split train]``.
 
 Rebuilds a run's ``projector/`` and ``plots/`` from its saved model
-(:func:`tripletlab.visualize.visualize_run`).
+(:func:`tripletlab.reuse.visualize.visualize_run`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tripletlab.cli.common import add_overrides, overrides_of, run_cli
 from tripletlab.inference import SPLITS
-from tripletlab.visualize import visualize_run
+from tripletlab.reuse.visualize import visualize_run
 
 
 def _main(argv: Sequence[str] | None) -> int:
