@@ -137,13 +137,15 @@ def test_mirrored_run_matches_the_single_device_run(tmp_path):
     assert two == pytest.approx(one, rel=0.01)
 
     # A rerun with more epochs resumes from the strategy's checkpoint, in bfloat16 with XLA
-    # asked for (it is turned off, with a warning, on logical CPUs).
+    # asked for (it is turned off, with a warning, on logical CPUs): a change of training
+    # keys, so it is forced.
     more = _run(
         [
             *common,
             "trainer.epochs=3",
             "trainer.mixed_precision=bfloat16",
             "trainer.jit_compile=true",
+            "trainer.resume=force",
             "distribute=mirrored",
             "distribute.cpu_devices=2",
             f"hydra.run.dir={tmp_path / 'two'}",
