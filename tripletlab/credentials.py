@@ -1,6 +1,6 @@
 """Credentials never enter a config: a URI that carries one is refused before anything is written.
 
-A run writes its config to many places (Hydra's ``.hydra/*.yaml``, summary.json, the
+A run writes its config to many places (Hydra's ``.hydra/*.yaml``, the run summary, the
 HParams event file, MLflow's params, the sweep's multirun.yaml and summary.csv, run.log).
 Redacting each of them is easy to get half right, so tripletlab refuses a URI with a
 password (``scheme://user:secret@host``) or a credential query parameter (``?token=...``)

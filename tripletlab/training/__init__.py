@@ -109,7 +109,7 @@ def _resume_mode(cfg: Any) -> str:
 
 
 def _plain(cfg: Any) -> dict | None:
-    """The config as plain data, as summary.json records it; None for other objects."""
+    """The config as plain data, as the run summary records it; None for other objects."""
     if hasattr(cfg, "_metadata"):
         from tripletlab.config import to_container
 
@@ -120,7 +120,7 @@ def _plain(cfg: Any) -> dict | None:
 
 
 def _record(trainer, folder: RunFolder, cfg: Any, status: Status, error: str) -> None:
-    """Record the failure in summary.json (the chief only); a full disk only warns here, as
+    """Record the failure in the run summary (the chief only); a full disk only warns here, as
     the error being raised already says what went wrong."""
     try:
         if not _is_chief(cfg):
