@@ -90,13 +90,13 @@ def test_memory_table_compares_growth_and_the_in_memory_cost(tmp_path):
 def test_memory_benchmark_measures_each_case_in_its_own_process(tmp_path, capsys):
     table = tmp_path / "memory.md"
     args = [
-        "--memory", "--streamed", "24,48", "--in-memory", "48", "--work", str(tmp_path),
-        "--classes", "4", "--jpeg-size", "16x16", "--image-size", "32", "--steps", "1",
+        "--memory", "--streamed", "48,96", "--in-memory", "96", "--work", str(tmp_path),
+        "--classes", "8", "--jpeg-size", "16x16", "--image-size", "32", "--steps", "1",
         "--table", str(table),
     ]  # fmt: skip
     assert bench_data.main(args) == 0
     out = capsys.readouterr().out
-    for case in ("| 24 | true |", "| 48 | true |", "| 48 | false |"):
+    for case in ("| 48 | true |", "| 96 | true |", "| 96 | false |"):
         assert case in out and case in table.read_text()
-    peaks = [float(line.split("|")[4]) for line in out.splitlines() if line.startswith("| 24 ")]
+    peaks = [float(line.split("|")[4]) for line in out.splitlines() if line.startswith("| 48 ")]
     assert peaks and all(300 < p < 20_000 for p in peaks)  # a TensorFlow process's MB

@@ -276,3 +276,12 @@ def test_eval_batches_of_an_array_are_views_of_it():
     assert [len(b) for b in batches] == [4, 4, 2]
     assert all(np.shares_memory(b, images) for b in batches)  # no copy of the split
     np.testing.assert_array_equal(np.concatenate(batches), images)
+
+
+def test_pk_tops_up_a_class_smaller_than_k_with_its_own_images():
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 2, 2, 2])  # classes of 2 and 3 images, K = 4
+    batches = pk_batches(labels, 2, 4, seed=0, epoch=0)
+    for batch in batches:
+        chunk_labels = labels[batch].reshape(2, 4)
+        assert all(len(set(row)) == 1 for row in chunk_labels)  # each chunk one class
+    assert set(batches.reshape(-1)) == set(range(10))

@@ -126,6 +126,8 @@ def pk_batches(labels: np.ndarray, p: int, k: int, seed: int, epoch: int) -> np.
             # an image inside the chunk when the class is large enough.
             tail = shuffled[-(len(shuffled) % k) :]
             pool = np.setdiff1d(members, tail)
+            if len(pool) == 0:  # a class of fewer than K images: it repeats its own
+                pool = members
             extra = rng.choice(pool, size=pad, replace=len(pool) < pad)
             shuffled = np.concatenate([shuffled, extra])
         return list(shuffled.reshape(-1, k))
