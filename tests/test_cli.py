@@ -276,7 +276,7 @@ def _projector_server(logdir):
 
 
 def test_visualize_rebuilds_projector_and_plots(run_dir, digits, capsys):
-    from tripletlab.projector import checkpoint_tensor_name
+    from tripletlab.tracking.projector import checkpoint_tensor_name
 
     projector = run_dir / "tensorboard"  # the projector is in the run's TensorBoard folder
     trained = (projector / "vectors.tsv").read_bytes()

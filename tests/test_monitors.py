@@ -11,7 +11,6 @@ from tripletlab.errors import TrainingError
 from tripletlab.training.monitors import (
     CollapseDetector,
     NanGuard,
-    TensorBoardScalars,
     is_collapsed,
 )
 
@@ -112,22 +111,3 @@ def test_nan_guard_names_what_diverged_and_the_last_checkpoint(loss, norm, what)
 
 def test_nan_guard_is_silent_on_finite_values():
     NanGuard({"loss": _Mean(0.3), "norm": _Mean(1.0)}, lambda: None).check(epoch=1, step=1)
-
-
-def test_tensorboard_scalars_skip_missing_values(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars = TensorBoardScalars(tmp_path)
-    scalars.write({"epoch": 1, "step": 10, "loss": 0.5, "precision_at_1": ""})
-    scalars.write({"epoch": 2, "step": 20, "loss": 0.25, "precision_at_1": 0.75})
-    scalars.close()
-    acc = EventAccumulator(str(tmp_path))
-    acc.Reload()
-    import tensorflow as tf
-
-    def series(tag):
-        return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-
-    loss, p1 = series("train/loss"), series("eval/precision_at_1")
-    assert loss == [(10, 0.5), (20, 0.25)]
-    assert p1 == [(20, 0.75)]

@@ -35,7 +35,7 @@ def write_views(
     TensorBoard run: scalars, HParams and projector.
     """
     from tripletlab.plots import plot_curves, plot_embeddings_2d
-    from tripletlab.projector import write_projector
+    from tripletlab.tracking.projector import write_projector
 
     plots = folder.plots_dir
     plots.mkdir(parents=True, exist_ok=True)

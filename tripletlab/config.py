@@ -49,7 +49,6 @@ RESUME_NEUTRAL_KEYS = (
 DATASET_SPLITS = ("original", "classes")
 STREAM_CHOICES = ("auto", "true", "false")
 DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multi_worker")
-LOGGERS = ("none", "mlflow")
 METRICS = (
     "precision_at_1",
     "recall_at_1",
@@ -72,8 +71,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.progress": PROGRESS,
     "trainer.resume": RESUME_MODES,
     "distribute.name": DISTRIBUTE_STRATEGIES,
-    "logger.name": LOGGERS,
     "optimized_metric": METRICS,
+    "mining.negatives": ("semi_hard", "hard"),
 }
 # Numbers that must be > 0, and those that must be >= 0 (null, where a key allows it, means
 # "all" or "none" and passes); validate() and the configuration reference read these too.
@@ -105,6 +104,8 @@ NON_NEGATIVE_KEYS = (
     "eval.max_points",
     "eval.full_every",
     "distribute.cpu_devices",
+    "mining.memory_size",
+    "mining.memory_start",
 )
 CHANNELS = (1, 3)  # dataset.channels, or null
 FRACTION_KEYS = ("dataset.test_fraction",)  # strictly between 0 and 1
@@ -123,6 +124,7 @@ _NAMES = {
     "MODELS": registry.BACKBONES,
     "STRATEGIES": registry.LOSSES,
     "SAMPLERS": registry.SAMPLERS,
+    "LOGGERS": registry.TRACKERS,
 }
 
 
@@ -317,12 +319,33 @@ class MobileNetV3SmallConfig(PretrainedConfig):
 
 @dataclass
 class MiningConfig:
-    """Every strategy takes the same keys, so the group has one schema."""
+    """The keys every strategy has; easy_positive and distance_weighted add their own."""
 
     strategy: str = setting(MISSING, "the mining strategy, chosen with mining=<name>")
     margin: float = setting(0.2, "the triplet margin (unused with soft_margin)")
     squared: bool = setting(False, "squared euclidean distances instead of euclidean")
     soft_margin: bool = setting(False, "log(1 + exp(x)) instead of max(x + margin, 0)")
+    memory_size: int = setting(
+        0, "cross-batch memory (XBM): embeddings of earlier steps mined with the batch; 0: off"
+    )
+    memory_start: int = setting(0, "the training step from which the memory is mined")
+
+
+@dataclass
+class EasyPositiveMiningConfig(MiningConfig):
+    """Each anchor's nearest positive, with a semi-hard or the hardest negative."""
+
+    strategy: str = "easy_positive"
+    negatives: str = setting("semi_hard", "semi_hard or hard: the negative for each anchor")
+
+
+@dataclass
+class DistanceWeightedMiningConfig(MiningConfig):
+    """One negative per positive pair, drawn with probability ∝ min(λ, 1/q(d))."""
+
+    strategy: str = "distance_weighted"
+    cutoff: float = setting(0.5, "distances below it weigh as much as it (the clip λ)")
+    nonzero_loss_cutoff: float = setting(1.4, "negatives at or beyond it are never drawn")
 
 
 @dataclass
@@ -477,7 +500,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "efficientnetv2_b0": EfficientNetV2B0Config,
         "mobilenetv3_small": MobileNetV3SmallConfig,
     },
-    "mining": {"base": MiningConfig},
+    "mining": {
+        "base": MiningConfig,
+        "easy_positive": EasyPositiveMiningConfig,
+        "distance_weighted": DistanceWeightedMiningConfig,
+    },
     "sampler": {"base": SamplerConfig, "random": RandomSamplerConfig, "pk": PKSamplerConfig},
     "distribute": {"base": DistributeConfig},
     "logger": {"base": LoggerConfig, "mlflow": MlflowLoggerConfig},
@@ -663,7 +690,8 @@ def validate(cfg: DictConfig | Config) -> None:
     registry.BACKBONES.check(model.name)
     registry.LOSSES.check(c.mining.strategy)
     registry.SAMPLERS.check(sampler.name)
-    for group in ("dataset", "model", "sampler"):
+    registry.TRACKERS.check(c.logger.name)
+    for group in ("dataset", "model", "sampler", "mining"):
         _option_schema(group, getattr(c, group))
     for path, allowed in CHOICES.items():
         value = _lookup(c, path)  # None: a key the chosen option does not have
@@ -704,10 +732,32 @@ def validate(cfg: DictConfig | Config) -> None:
                     f"sampler.{key}={value} is not valid; it must be >= 2 with the pk "
                     f"sampler: a triplet needs {role}"
                 )
+    if c.mining.strategy == "distance_weighted":
+        _check_distance_weighted(c)
     if sampler.name == "random" and c.trainer.batch_size < 3:
         raise ConfigError(
             f"trainer.batch_size={c.trainer.batch_size} is not valid; it must be >= 3 to form "
             "a triplet"
+        )
+
+
+def _check_distance_weighted(c: Any) -> None:
+    """Its weights are the density of distances between unit vectors (euclidean)."""
+    if not c.model.l2_normalize:
+        raise ConfigError(
+            "mining=distance_weighted needs L2-normalised embeddings: set "
+            "model.l2_normalize=true (its weights are the density of distances on the unit "
+            "sphere)"
+        )
+    if c.mining.squared:
+        raise ConfigError(
+            "mining=distance_weighted samples by euclidean distances: set mining.squared=false"
+        )
+    if not 0 < c.mining.cutoff < c.mining.nonzero_loss_cutoff <= 2:
+        raise ConfigError(
+            f"mining.cutoff={c.mining.cutoff} and mining.nonzero_loss_cutoff="
+            f"{c.mining.nonzero_loss_cutoff} are not valid; they need 0 < cutoff < "
+            "nonzero_loss_cutoff <= 2 (distances between unit vectors are at most 2)"
         )
 
 

@@ -31,6 +31,7 @@ _REGISTRIES = {
     "model": registry.BACKBONES,
     "mining": registry.LOSSES,
     "sampler": registry.SAMPLERS,
+    "logger": registry.TRACKERS,
 }
 # Groups that compose the config but that a user never picks: the option schemas, which each
 # option's YAML selects (``- /schema/dataset/digits@_here_``).

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -48,6 +49,7 @@ def run_task(cfg: DictConfig) -> float:
     output_dir = hydra_cfg.runtime.output_dir
     if multirun:
         _split_threads(cfg, hydra_cfg)
+        _name_the_experiment(cfg, hydra_cfg)
     if not task_is_chief(cfg.distribute):
         _log_to_the_terminal_only()
 
@@ -106,6 +108,18 @@ def _log_to_the_terminal_only() -> None:
         if isinstance(handler, logging.FileHandler):
             root.removeHandler(handler)
             handler.close()
+
+
+def _name_the_experiment(cfg: DictConfig, hydra_cfg) -> None:
+    """A sweep's jobs report to one tracker experiment named by the sweep folder (relative
+    to the working directory when inside it), unless ``logger.experiment`` names one."""
+    if "experiment" not in cfg.logger or cfg.logger.experiment:
+        return
+    folder = sweep_dir(hydra_cfg).resolve()
+    with contextlib.suppress(ValueError):
+        folder = folder.relative_to(Path.cwd().resolve())
+    with read_write(cfg), open_dict(cfg):
+        cfg.logger.experiment = str(folder)
 
 
 def _split_threads(cfg: DictConfig, hydra_cfg) -> None:

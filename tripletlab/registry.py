@@ -7,6 +7,7 @@ registry           config key           implementations live in       options in
 ``BACKBONES``      ``model.name``       :mod:`tripletlab.models`      ``model/``
 ``LOSSES``         ``mining.strategy``  :mod:`tripletlab.losses`      ``mining/``
 ``SAMPLERS``       ``sampler.name``     :mod:`tripletlab.pipeline`    ``sampler/``
+``TRACKERS``       ``logger.name``      :mod:`tripletlab.tracking`    ``logger/``
 =================  ===================  ============================  ==================
 
 The valid names are the options in ``conf/<group>/`` (the YAML files a user picks with
@@ -131,3 +132,4 @@ DATASETS = Registry("DATASETS", "dataset.name", home="tripletlab.data", group="d
 BACKBONES = Registry("BACKBONES", "model.name", home="tripletlab.models", group="model")
 LOSSES = Registry("LOSSES", "mining.strategy", home="tripletlab.losses", group="mining")
 SAMPLERS = Registry("SAMPLERS", "sampler.name", home="tripletlab.pipeline", group="sampler")
+TRACKERS = Registry("TRACKERS", "logger.name", home="tripletlab.tracking", group="logger")

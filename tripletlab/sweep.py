@@ -6,7 +6,7 @@
   shortened with a hash that keeps it unique and the same on every rerun (resume).
 - :class:`SweepSummary`, a Hydra callback (``hydra.callbacks.sweep_summary``), rebuilds
   ``summary.csv`` / ``.md`` / ``.png`` and the TensorBoard HParams experiment
-  (:func:`tripletlab.tracking.write_sweep_experiment`) in the sweep folder each time a job
+  (:func:`tripletlab.tracking.tensorboard.write_sweep_experiment`) in the sweep folder each time a job
   ends, from the jobs' summaries (:mod:`tripletlab.run_folder`), under a lock file with a
   lease (:mod:`tripletlab.lease_lock`: any shared file system; a job killed on another host
   blocks the others for at most a lease), so parallel jobs never lose a row. At the end of
@@ -142,7 +142,7 @@ def update_sweep_summary(
         metric = metric or default_metric(rows)
         text = write_summary(rows, folder, metric, title=f"Sweep {folder}", plot=plot)
         try:  # TensorBoard's HPARAMS tab: the hparams that differ, the metric first
-            from tripletlab.tracking import write_sweep_experiment
+            from tripletlab.tracking.tensorboard import write_sweep_experiment
 
             write_sweep_experiment(folder, list(rows["_config"]) if len(rows) else [], metric)
         except Exception as err:  # noqa: BLE001 - the table is what matters

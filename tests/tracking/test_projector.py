@@ -1,4 +1,4 @@
-"""Tests for tripletlab.projector, through TensorBoard's own projector plugin."""
+"""Tests for tripletlab.tracking.projector, through TensorBoard's own projector plugin."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from tensorboard.backend.event_processing import data_provider as tb_data_provid
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 
 from tests.helpers import ProjectorServer
-from tripletlab import projector
 from tripletlab.errors import ConfigError, DataError
-from tripletlab.projector import checkpoint_tensor_name, write_projector
+from tripletlab.tracking import projector
+from tripletlab.tracking.projector import checkpoint_tensor_name, write_projector
 
 TENSOR = checkpoint_tensor_name("embedding")  # the name itself
 

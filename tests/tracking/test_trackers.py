@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import ROOT, compose, tiny
 from tripletlab import tracking
 from tripletlab.run_folder import RunFolder
+from tripletlab.tracking import tensorboard as _tensorboard  # noqa: F401
 
 # Real runs or commands end to end (`make test-fast` leaves them out).
 pytestmark = pytest.mark.e2e
@@ -72,7 +73,7 @@ def test_a_password_in_the_environment_reaches_no_file_and_no_output(sweep):
 def test_mlflow_artifacts_stay_under_outputs_unless_a_server_decides(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from tripletlab.tracking import mlflow_store
+    from tripletlab.tracking.mlflow import mlflow_store
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -181,14 +182,14 @@ def test_hparams_tab_lists_the_jobs_what_differs_and_the_optimized_metric(sweep)
 
 def test_sweep_experiment_is_replaced_and_needs_a_difference(tmp_path):
     same = [{"model": {"name": "lenet"}, "seed": 1}] * 2
-    assert not tracking.write_sweep_experiment(tmp_path, same, "map_at_r")
+    assert not tracking.tensorboard.write_sweep_experiment(tmp_path, same, "map_at_r")
     assert not list(tmp_path.glob("events.*"))
     differ = [{"model": {"name": "lenet"}, "seed": s, "x": None} for s in (1, 2)]
-    assert tracking.write_sweep_experiment(tmp_path, differ, "map_at_r")
-    assert tracking.write_sweep_experiment(tmp_path, differ, "map_at_r")
+    assert tracking.tensorboard.write_sweep_experiment(tmp_path, differ, "map_at_r")
+    assert tracking.tensorboard.write_sweep_experiment(tmp_path, differ, "map_at_r")
     (event,) = tmp_path.glob("events.*")  # the second one replaced the first
-    assert tracking.experiment_metrics("map_at_r")[0] == "eval/map_at_r"
-    assert tracking.hparam_values({"a": {"b": None, "c": [1, 2]}, "d": 1.5}) == {
+    assert tracking.tensorboard.experiment_metrics("map_at_r")[0] == "eval/map_at_r"
+    assert tracking.tensorboard.hparam_values({"a": {"b": None, "c": [1, 2]}, "d": 1.5}) == {
         "a.b": "null",
         "a.c": "[1, 2]",
         "d": 1.5,
@@ -255,10 +256,10 @@ def test_a_tracker_that_fails_later_is_switched_off(caplog):
     flaky = Flaky()
     guarded = tracking.Guarded(flaky)
     with caplog.at_level(logging.WARNING, logger="tripletlab"):
-        guarded.start()
+        guarded.on_train_begin()
         guarded.on_epoch_end({"epoch": 1})
         guarded.on_epoch_end({"epoch": 2})
-        guarded.finish({})
+        guarded.on_train_end({})
     assert flaky.calls == 1  # off after the first failure
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "Flaky failed (OSError: disk full)" in record.getMessage()
@@ -297,9 +298,9 @@ def test_a_resumed_run_is_one_session_that_ends_once(tmp_path):
     folder = RunFolder(tmp_path / "run")
     config = {"model": {"name": "lenet"}, "trainer": {"learning_rate": 0.01}}
     for status in ("interrupted", "ok"):
-        tracker = tracking.HParamsTracker(folder, config)
-        tracker.start()
-        tracker.finish({"status": status})
+        tracker = tracking.tensorboard.TensorBoardTracker(folder, config)
+        tracker.on_train_begin()
+        tracker.on_train_end({"status": status})
     (events,) = folder.tensorboard_dir.glob("events.*")  # the last one replaced the first
     board = TensorBoard(tmp_path)
     groups = board.post(
@@ -312,9 +313,27 @@ def test_a_resumed_run_is_one_session_that_ends_once(tmp_path):
 
 
 def test_scalar_tags_group_evaluation_columns_apart_from_training():
-    from tripletlab.tracking import scalar_tag
+    from tripletlab.tracking.tensorboard import scalar_tag
 
     for key in ("precision_at_1", "knn_accuracy", "eval_seconds", "eval_queries"):
         assert scalar_tag(key) == f"eval/{key}"
     for key in ("loss", "fraction_positive", "epoch_seconds", "images_per_second"):
         assert scalar_tag(key) == f"train/{key}"
+
+
+def test_tensorboard_scalars_skip_missing_values(tmp_path):
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tracker = tracking.tensorboard.TensorBoardTracker(RunFolder(tmp_path), {})
+    tracker.on_epoch_end({"epoch": 1, "step": 10, "loss": 0.5, "precision_at_1": ""})
+    tracker.on_epoch_end({"epoch": 2, "step": 20, "loss": 0.25, "precision_at_1": 0.75})
+    tracker.on_train_end({"status": "ok"})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+
+    def series(tag):
+        return [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+
+    assert series("train/loss") == [(10, 0.5), (20, 0.25)]
+    assert series("eval/precision_at_1") == [(20, 0.75)]

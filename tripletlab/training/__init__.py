@@ -16,6 +16,7 @@ from typing import Any
 
 from tripletlab.errors import TripletLabError, storage_fault
 from tripletlab.run_folder import RunFolder, RunLock, Status, check_resume
+from tripletlab.training.callbacks import Callbacks
 
 log = logging.getLogger("tripletlab")
 
@@ -28,7 +29,9 @@ def train(
 ) -> float:
     """Train ``cfg`` into ``run_dir`` (resuming if it holds a checkpoint); the optimised metric.
 
-    ``callbacks``: objects with ``on_epoch_end(row)`` (see :class:`~.loop.Trainer`).
+    ``callbacks``: objects with some of ``on_train_begin()``, ``on_epoch_end(row)`` and
+    ``on_train_end(summary)`` (:mod:`.callbacks`); the trackers (TensorBoard, the logger)
+    are added after them on the chief.
     ``on_claimed``: called once the folder is this process's (locked, and its saved run, if
     any, has the same config): Hydra's record of the run is written then, not before.
 
@@ -48,7 +51,7 @@ def train(
                 check_resume(folder, _plain(cfg), str(_resume_mode(cfg)))
                 if on_claimed is not None:
                     on_claimed()
-            return _train_claimed(cfg, folder, callbacks)
+            return _train_claimed(cfg, folder, Callbacks(callbacks), chief)
     except OSError as err:
         fault = storage_fault(err, folder.path)
         if fault is None:
@@ -56,21 +59,20 @@ def train(
         raise fault from None
 
 
-def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Sequence[Any]) -> float:
+def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Callbacks, chief: bool) -> float:
     import keras
 
-    from tripletlab.tracking import finish_trackers, start_trackers
+    from tripletlab.tracking import make_trackers
     from tripletlab.training.loop import Trainer
 
     policy = keras.mixed_precision.global_policy()
-    trainer, trackers = None, []
+    trainer, begun = None, False
     try:
-        trainer = Trainer(cfg, folder, callbacks)
-        # TensorBoard HParams and logger=mlflow (tripletlab.tracking): epoch callbacks that
-        # only warn when they fail; finished below, once the summary is final.
-        # Only the chief reports (multi-worker: the other workers write nothing).
-        trackers = start_trackers(cfg, folder) if trainer.chief else []
-        trainer.callbacks.extend(trackers)
+        trainer = Trainer(cfg, folder, callbacks, chief=chief)
+        if chief:  # only the chief reports (multi-worker: the other workers write nothing)
+            callbacks.extend(make_trackers(cfg, folder))
+        callbacks.on_train_begin()
+        begun = True
         return trainer.run()
     except KeyboardInterrupt:
         _record(trainer, folder, cfg, Status.INTERRUPTED, "interrupted by the user")
@@ -86,7 +88,8 @@ def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Sequence[Any]) -> flo
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
-        finish_trackers(trackers, folder)
+        if begun:  # the summary is final now, whatever ended the run
+            callbacks.on_train_end(folder.read_summary())
 
 
 def _cluster_fault(err: BaseException, cfg: Any, folder: RunFolder):

@@ -14,7 +14,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from tripletlab.config import METRICS, to_container, validate
 from tripletlab.distribute import (
     distribute_batches,
     make_strategy,
-    task_is_chief,
     uses_logical_cpus,
 )
 from tripletlab.errors import DataError
@@ -35,13 +34,14 @@ from tripletlab.io_utils import atomic_path
 from tripletlab.pipeline import effective_batch_size
 from tripletlab.run_folder import RunFolder, Status, build_summary
 from tripletlab.runtime import Runtime, setup_tf
+from tripletlab.training.callbacks import Callbacks
 from tripletlab.training.checkpoints import Checkpoints
+from tripletlab.training.memory import CrossBatchMemory
 from tripletlab.training.monitors import (
     CHECK_EVERY,
     CollapseDetector,
     NanGuard,
     ProgressBar,
-    TensorBoardScalars,
     log_epoch,
 )
 from tripletlab.training.steps import make_running_means, make_train_step
@@ -52,22 +52,22 @@ log = logging.getLogger("tripletlab")
 class Trainer:
     """One run of ``cfg`` in ``folder``; :meth:`run` returns the optimised metric.
 
-    ``callbacks``: objects with ``on_epoch_end(row)``, called with each epoch's metrics row
-    once it is checkpointed and written (trackers, tests, notebooks).
+    ``callbacks``: :class:`~.callbacks.Callbacks`; the loop calls their ``on_epoch_end(row)``
+    with each epoch's metrics row once it is checkpointed and written. ``chief``: whether this
+    process writes the run folder (multi-worker: the other workers write nothing).
     """
 
-    def __init__(self, cfg: Any, folder: RunFolder, callbacks: Sequence[Any] = ()):
+    def __init__(self, cfg: Any, folder: RunFolder, callbacks: Callbacks, chief: bool = True):
         validate(cfg)
         self.cfg = cfg
         self.folder = folder
-        self.callbacks = list(callbacks)
+        self.callbacks = callbacks
         self.started = time.time()
         self.previous_wall = float(folder.read_summary().get("wall_seconds") or 0.0)
         self.rows: list[dict] = []  # the metrics rows: resumed ones, then this session's
         self.runtime = None
         self.replicas = 1
-        # Only the chief writes the run folder (multi-worker: the other workers write nothing).
-        self.chief = task_is_chief(cfg.distribute)
+        self.chief = chief
 
     # ------------------------------------------------------------------ record
     def write_summary(self, status: Status, error: str | None = None) -> dict:
@@ -130,37 +130,30 @@ class Trainer:
             cfg.trainer.collapse_patience,
             cfg.trainer.epochs,
         )
-        scalars = TensorBoardScalars(folder.tensorboard_dir) if self.chief else None
         status, test_emb = Status.OK, None
         sample = query_sample(len(data.x_test), cfg.eval.sample_queries)
-        try:
-            for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
-                row = parts.train_epoch(epoch)
-                # Decided on the training statistics, before evaluating: the last epoch a
-                # run trains is always fully evaluated, also when a collapse ends it early.
-                stop = collapse.update(row)
-                self.rows.append(row)
-                # Saved before evaluating: a failure there loses no training.
-                if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
-                    parts.checkpoints.save(epoch)
-                    if self.chief:
-                        folder.write_metrics(self.rows)
-                if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
-                    full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
-                    test_emb = self._evaluate(parts, data, row, None if full else sample)
+        for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
+            row = parts.train_epoch(epoch)
+            # Decided on the training statistics, before evaluating: the last epoch a
+            # run trains is always fully evaluated, also when a collapse ends it early.
+            stop = collapse.update(row)
+            self.rows.append(row)
+            # Saved before evaluating: a failure there loses no training.
+            if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
+                parts.checkpoints.save(epoch)
                 if self.chief:
                     folder.write_metrics(self.rows)
-                    scalars.write(row)
-                log_epoch(row, cfg.trainer.epochs)
-                self.write_summary(Status.RUNNING)
-                for callback in self.callbacks:
-                    callback.on_epoch_end(row)
-                if stop:
-                    status = Status.COLLAPSED
-                    break
-        finally:
-            if scalars is not None:
-                scalars.close()
+            if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
+                full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
+                test_emb = self._evaluate(parts, data, row, None if full else sample)
+            if self.chief:
+                folder.write_metrics(self.rows)
+            log_epoch(row, cfg.trainer.epochs)
+            self.write_summary(Status.RUNNING)
+            self.callbacks.on_epoch_end(row)
+            if stop:
+                status = Status.COLLAPSED
+                break
 
         error = CollapseDetector.MESSAGE if status == Status.COLLAPSED else None
         if self.chief and self._last_evaluation_lost(start_epoch):
@@ -318,8 +311,17 @@ class Parts:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Built now, so that a checkpoint restores its slots and a mismatch is an error.
         optimizer.build(model.trainable_variables)
+        memory = None
+        if cfg.mining.memory_size > 0:  # in the checkpoint: a resumed run mines the same
+            memory = CrossBatchMemory(
+                cfg.mining.memory_size, cfg.model.embedding_size, cfg.mining.memory_start
+            )
         checkpoints = Checkpoints(
-            checkpoint_dir, model, optimizer, temporary=checkpoint_dir != folder.checkpoints_dir
+            checkpoint_dir,
+            model,
+            optimizer,
+            temporary=checkpoint_dir != folder.checkpoints_dir,
+            memory=memory,
         )
         means = make_running_means()
         train_step = make_train_step(
@@ -330,6 +332,8 @@ class Parts:
             jit_compile=runtime.jit_compile,
             means=means,
             strategy=strategy,
+            memory=memory,
+            seed=cfg.seed,
         )
         batch_size = effective_batch_size(cfg.sampler, cfg.trainer.batch_size)
         log.info(

@@ -3,8 +3,6 @@
 - :class:`NanGuard` stops training when the loss or the embeddings stop being finite.
 - :class:`CollapseDetector` notices epochs whose embeddings all sit at one point.
 - :class:`ProgressBar` draws Keras' progress bar on a terminal.
-- :class:`TensorBoardScalars` writes an epoch's row as TensorBoard scalars (``train/...``,
-  ``eval/...``; the HParams session is :mod:`tripletlab.tracking`'s).
 - :func:`log_epoch` writes an epoch's one-line summary to the log.
 """
 
@@ -15,12 +13,10 @@ import math
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from tripletlab.errors import TrainingError
 from tripletlab.run_folder import as_float
-from tripletlab.tracking import scalar_tag
 
 log = logging.getLogger("tripletlab")
 
@@ -147,29 +143,6 @@ class ProgressBar:
                 ("img/s", rate),
             ],
         )
-
-
-class TensorBoardScalars:
-    """An epoch's row as TensorBoard scalars at its step, tagged by :func:`scalar_tag`
-    (missing values are skipped)."""
-
-    def __init__(self, folder: Path):
-        import tensorflow as tf
-
-        self._writer = tf.summary.create_file_writer(str(folder))
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        import tensorflow as tf
-
-        with self._writer.as_default(step=int(row["step"])):
-            for key, value in row.items():
-                v = as_float(value)
-                if key not in ("epoch", "step") and not math.isnan(v):
-                    tf.summary.scalar(scalar_tag(key), v)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 def log_epoch(row: Mapping[str, Any], epochs: int) -> None:

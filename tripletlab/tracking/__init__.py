@@ -1,0 +1,68 @@
+"""Where a run reports besides its folder: TensorBoard (always) and the tracker that
+``logger=<name>`` picks (``mlflow``; ``none``: no other).
+
+A tracker is a training callback (:class:`Tracker`: ``on_train_begin``, ``on_epoch_end(row)``,
+``on_train_end(summary)``), built from config by a function registered in
+:data:`tripletlab.registry.TRACKERS` under the logger's name: a new tracker is one module
+with one ``@TRACKERS.register("name")`` function plus ``conf/logger/<name>.yaml``. A
+tracker that fails never fails the run: it is :class:`Guarded`, its first error is logged as
+a warning and the tracker is switched off.
+
+- :mod:`.tensorboard`: scalars and HParams of a run, a sweep's HParams experiment;
+- :mod:`.projector`: the TensorBoard projector's files;
+- :mod:`.mlflow`: ``logger=mlflow``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tripletlab.registry import TRACKERS
+from tripletlab.run_folder import RunFolder
+from tripletlab.tracking import mlflow as _mlflow  # noqa: F401  (registers logger=mlflow)
+from tripletlab.tracking.base import Guarded, Tracker
+from tripletlab.tracking.tensorboard import TensorBoardTracker
+
+log = logging.getLogger("tripletlab")
+
+__all__ = ["Guarded", "Tracker", "make_trackers"]
+
+
+@TRACKERS.register("none")
+def no_tracker(logger_cfg: Any, folder: RunFolder, config: Any) -> None:
+    """``logger=none``: TensorBoard only."""
+    return None
+
+
+def make_trackers(cfg: Any, folder: RunFolder) -> list[Guarded]:
+    """TensorBoard's tracker and the logger's, guarded; a failure to build one is a warning.
+    Call it on the process that writes the run folder (the chief) only."""
+    logger_cfg = getattr(cfg, "logger", None)
+    logger = str(getattr(logger_cfg, "name", "none"))
+    trackers = []
+    for name, build in (
+        ("TensorBoard", lambda config: TensorBoardTracker(folder, config)),
+        (logger, lambda config: TRACKERS.get(logger)(logger_cfg, folder, config)),
+    ):
+        try:
+            tracker = build(_plain_config(cfg))
+        except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+            kind = type(err).__name__
+            log.warning("%s tracker failed (%s: %s); the run goes on without it", name, kind, err)
+            continue
+        if tracker is not None:
+            trackers.append(Guarded(tracker))
+    return trackers
+
+
+def _plain_config(cfg: Any) -> dict:
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    return dict(cfg)
