@@ -23,7 +23,7 @@ help: ## list the targets
 $(PY):
 	$(PYTHON_SYS) -m venv $(VENV)
 
-$(STAMP): setup.cfg pyproject.toml | $(PY)
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA)]"
 	rm -f $(VENV)/.installed-*

@@ -28,7 +28,7 @@ from tests.helpers import ROOT, TINY
 # Real runs or commands end to end (`make test-fast` leaves them out).
 pytestmark = pytest.mark.e2e
 
-BUILD_INPUTS = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "tripletlab", "conf")
+BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "tripletlab", "conf")
 COMMANDS = ("train", "sweep", "evaluate", "visualize", "embed", "summarize", "fetch")
 SWEPT_MINING = "mining=batch_all,batch_hard,semi_hard"
 
@@ -100,7 +100,7 @@ def test_the_wheel_holds_every_module_the_configs_and_the_license(wheel):
         for p in (ROOT / "tripletlab").rglob("*.py")
         if "__pycache__" not in p.parts
     }
-    assert modules - names == set()  # a new sub-package must be listed in setup.cfg
+    assert modules - names == set()  # a new sub-package must be listed in pyproject.toml
     configs = {
         f"tripletlab/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")
     }
@@ -168,17 +168,22 @@ def test_a_one_job_sweep(site, elsewhere):
     assert rows == [("small_cnn", "batch_all", "ok")]
 
 
-def _requirements(section: str, key: str) -> list:
-    """setup.cfg's requirements under ``[section] key``, parsed (markers kept)."""
+def _project() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _requirements(extra: str | None = None) -> list:
+    """pyproject.toml's requirements (an extra's, or the dependencies), parsed."""
     from packaging.requirements import Requirement
 
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    lines = cfg[section][key].splitlines()
-    return [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    project = _project()
+    lines = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    return [Requirement(line) for line in lines]
 
 
-# Versions with known security holes (setup.cfg says which): the floors must refuse them.
+# Versions with known security holes (pyproject.toml says which): the floors must refuse them.
 UNSAFE = {
     "keras": ["3.8.0", "3.10.0", "3.11.2", "3.12.0", "3.13.1"],
     "pillow": ["9.5.0", "10.2.0"],
@@ -187,28 +192,26 @@ UNSAFE = {
 
 
 def test_dependency_floors_refuse_unsafe_versions():
-    required = {r.name.lower(): r.specifier for r in _requirements("options", "install_requires")}
+    required = {r.name.lower(): r.specifier for r in _requirements()}
     for name, versions in UNSAFE.items():
         assert [v for v in versions if required[name].contains(v)] == [], name
     assert required["keras"].contains("3.12.2")  # the newest series for Python 3.10
 
 
 def test_the_venv_meets_every_floor():
-    """What setup.cfg asks for is what the package is tested with: every install_requires,
+    """What pyproject.toml asks for is what the package is tested with: every dependency,
     and each extra's requirement that is installed here (gpu's TensorFlow is not)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
     extras = [
         r
-        for extra in cfg["options.extras_require"]
-        for r in _requirements("options.extras_require", extra)
+        for extra in _project()["optional-dependencies"]
+        for r in _requirements(extra)
         if r.marker is None or r.marker.evaluate()
     ]
     unmet = {}
     for requirement, optional in [
-        *((r, False) for r in _requirements("options", "install_requires")),
+        *((r, False) for r in _requirements()),
         *((r, True) for r in extras),
     ]:
         try:

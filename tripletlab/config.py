@@ -541,10 +541,6 @@ def register_configs() -> None:
     defaults, and each option's YAML its own ``/schema/<group>/<option>``."""
     from hydra.core.config_store import ConfigStore
 
-    from tripletlab.config_reference import user_groups_text
-
-    # --help lists the groups a user picks (conf/config.yaml's hydra.help.template).
-    OmegaConf.register_new_resolver("tripletlab.config_groups", user_groups_text, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, table in SCHEMAS.items():

@@ -1,8 +1,8 @@
 """Where tripletlab's own files are: the Hydra config folder ``conf/``.
 
 In a clone (or an editable install) ``conf/`` sits at the top of the repository, next to
-``setup.cfg``; in an installed wheel it is the package folder ``tripletlab/conf`` (setup.cfg
-maps ``tripletlab.conf`` to ``conf/``). Everything that composes configs asks
+``pyproject.toml``; in an installed wheel it is the package folder ``tripletlab/conf``
+(pyproject.toml maps ``tripletlab.conf`` to ``conf/``). Everything that composes configs asks
 :func:`config_dir`.
 """
 
@@ -16,10 +16,10 @@ CONFIG_NAME = "config.yaml"
 def config_dir() -> Path:
     """The folder that holds ``config.yaml`` and the config groups (an absolute path)."""
     package = Path(__file__).resolve().parent
-    # The clone's first: a user edits conf/ there. setup.cfg tells a clone from
+    # The clone's first: a user edits conf/ there. pyproject.toml tells a clone from
     # site-packages, where a stray top-level conf/ may belong to another project.
     clone = package.parent / "conf"
-    if (clone / CONFIG_NAME).is_file() and (package.parent / "setup.cfg").is_file():
+    if (clone / CONFIG_NAME).is_file() and (package.parent / "pyproject.toml").is_file():
         return clone
     installed = package / "conf"
     if (installed / CONFIG_NAME).is_file():

@@ -268,18 +268,15 @@ def test_a_tracker_that_fails_later_is_switched_off(caplog):
 def test_the_optuna_and_mlflow_extras_resolve_together():
     """Both extras pin the same SQLAlchemy (optuna 2.10's storage fails on 2.x), and what is
     installed satisfies every requirement of both: `pip install -e ".[optuna,mlflow]"`."""
-    import configparser
     from importlib.metadata import version
 
+    import tomllib
     from packaging.requirements import Requirement
 
-    parser = configparser.ConfigParser()
-    parser.read(ROOT / "setup.cfg")
-    extras = parser["options.extras_require"]
-    required = {
-        name: [Requirement(line) for line in extras[name].strip().splitlines() if line.strip()]
-        for name in ("optuna", "mlflow")
-    }
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    required = {name: [Requirement(line) for line in extras[name]] for name in ("optuna", "mlflow")}
     pins = {
         name: {str(r.specifier) for r in reqs if r.name == "SQLAlchemy"}
         for name, reqs in required.items()

@@ -1,4 +1,4 @@
-"""The console commands, one module each (setup.cfg ``console_scripts``):
+"""The console commands, one module each (pyproject.toml ``[project.scripts]``):
 
 - ``tripletlab-train`` (:mod:`.train`): one run, or a sweep with ``-m``; ``python run.py``
 - ``tripletlab-sweep`` (:mod:`.sweep`): the models x mining grid; ``./sweep.sh``

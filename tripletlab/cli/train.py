@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tripletlab.config import register_configs
+from tripletlab.config_reference import user_groups_text
 from tripletlab.credentials import refuse_secrets
 from tripletlab.errors import StorageError, TripletLabError
 from tripletlab.hydra_app import run_task
@@ -27,6 +28,8 @@ from tripletlab.io_utils import unwritable_folder
 from tripletlab.resources import config_dir
 
 register_configs()
+# --help lists the groups a user picks (conf/config.yaml's hydra.help.template).
+OmegaConf.register_new_resolver("tripletlab.config_groups", user_groups_text, replace=True)
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 

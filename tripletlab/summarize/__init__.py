@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -493,9 +492,3 @@ def default_metric(rows: pd.DataFrame) -> str:
     named = named.where(~named.map(_missing), rows["best_metric"])
     counts = named[named.isin(METRICS)].value_counts(sort=False)
     return str(counts.idxmax()) if len(counts) else "precision_at_1"
-
-
-if __name__ == "__main__":  # `python -m tripletlab.summarize`: tripletlab-summarize's old name
-    from tripletlab.cli.summarize import main
-
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m tripletlab.summarize PATH...``: ``tripletlab-summarize`` under its module name."""
+
+import sys
+
+from tripletlab.cli.summarize import main
+
+sys.exit(main())
