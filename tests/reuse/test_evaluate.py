@@ -108,7 +108,7 @@ def test_trained_run_reports_the_brute_force_metrics(run, expected):
 
 
 def test_evaluate_reproduces_the_brute_force_metrics(run, expected):
-    from tripletlab.evaluate import evaluate_run
+    from tripletlab.reuse.evaluate import evaluate_run
 
     run_dir, _ = run
     records = {n: (run_dir / n).read_bytes() for n in ("metrics.csv", "summary.json")}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT, TINY, write_digit_gallery
-from tripletlab import embed, evaluate, reuse
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.reuse import embed, evaluate, run_config
 
 # Real runs or commands end to end (`make test-fast` leaves them out).
 pytestmark = pytest.mark.e2e
@@ -45,7 +45,7 @@ def digits(run_dir):
     """The run's data, as training loaded it."""
     from tripletlab.data import load_dataset
 
-    return load_dataset(reuse.load_config(run_dir).cfg.dataset)
+    return load_dataset(run_config.load_config(run_dir).cfg.dataset)
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,14 @@ def test_evaluate_on_another_dataset_through_a_group_override(run_dir, gallery):
 
 
 def test_load_config_applies_overrides_to_the_saved_config(run_dir):
-    rc = reuse.load_config(run_dir, ["eval.knn_k=3", "model=lenet"])
+    rc = run_config.load_config(run_dir, ["eval.knn_k=3", "model=lenet"])
     assert rc.cfg.eval.knn_k == 3 and rc.cfg.model.name == "lenet"
     assert rc.cfg.dataset.name == "digits" and rc.cfg.sampler.classes_per_batch == 4
     assert rc.changed_groups == {"model"} and not rc.dataset_changed
     with pytest.raises(ConfigError, match="trainer.epoch"):
-        reuse.load_config(run_dir, ["trainer.epoch=3"])
+        run_config.load_config(run_dir, ["trainer.epoch=3"])
     with pytest.raises(ConfigError, match="dataset/bogus"):
-        reuse.load_config(run_dir, ["dataset=bogus"])
+        run_config.load_config(run_dir, ["dataset=bogus"])
 
 
 # --------------------------------------------------------------------------- embed

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tripletlab import reuse
+from tripletlab.data import conform_images
 from tripletlab.errors import ConfigError, DataError
 from tripletlab.inference import open_model
 from tripletlab.io_utils import is_hidden
+from tripletlab.reuse import run_config
 from tripletlab.run_folder import RunFolder
 
 log = logging.getLogger("tripletlab")
@@ -87,7 +87,7 @@ def read_images(paths: Sequence[Path], shape: Sequence[int]) -> np.ndarray:
     out = np.empty((len(paths), h, w, c), np.uint8)
     for i, path in enumerate(paths):
         img = decode_image(Path(path), c, h if h == w else None)  # DataError names the file
-        out[i] = reuse.conform_images(img[None], (h, w, c))[0]
+        out[i] = conform_images(img[None], (h, w, c))[0]
     return out
 
 
@@ -120,7 +120,7 @@ def folder_gallery(folder: str | Path, shape: Sequence[int]) -> Gallery:
 
 
 def train_gallery(run_cfg, shape: Sequence[int]) -> Gallery:
-    data = reuse.load_data(run_cfg, shape)
+    data = run_config.load_data(run_cfg, shape)
     labels = [data.class_names[int(y)] for y in data.y_train]
     names = [f"train[{i}]" for i in range(len(labels))]
     return Gallery(data.x_train, labels, names, f"{data.name} training split ({data.source})")
@@ -276,7 +276,7 @@ def embed_inputs(
         raise ConfigError(f"--neighbours {neighbours} must be >= 1")
     if gallery_dir is not None and not neighbours:
         raise ConfigError("--gallery needs --neighbours K (how many neighbours to list)")
-    run_cfg = reuse.load_config(run_dir, overrides)
+    run_cfg = run_config.load_config(run_dir, overrides)
     paths = find_images(inputs)
     if gallery_dir is not None:
         gallery_files(gallery_dir)  # before the slow part: a missing or empty gallery fails now
@@ -332,9 +332,3 @@ def embed_inputs(
         sheet_path=str(sheet_path),
     )
     return result
-
-
-if __name__ == "__main__":  # `python -m tripletlab.embed`: tripletlab-embed's old name
-    from tripletlab.cli.embed import main
-
-    sys.exit(main())

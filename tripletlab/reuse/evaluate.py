@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tripletlab import reuse
 from tripletlab.errors import ConfigError
 from tripletlab.inference import SPLITS, evaluate_split, open_model
+from tripletlab.reuse import run_config
 
 log = logging.getLogger("tripletlab")
 
@@ -63,7 +62,7 @@ def evaluate_run(
     """Recompute the metrics of the run in ``run_dir``; write and return eval/<name>.json."""
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not valid; choose one of: test, train")
-    run_cfg = reuse.load_config(run_dir, overrides)
+    run_cfg = run_config.load_config(run_dir, overrides)
     cfg, folder = run_cfg.cfg, run_cfg.folder
     name = _check_name(name) if name else default_name(cfg.dataset.name, split, overrides)
     folder.require_model()  # a clear error before TensorFlow is imported
@@ -72,7 +71,7 @@ def evaluate_run(
     from tripletlab.metrics import retrieval_metrics
 
     embedder = open_model(folder, cfg)
-    data = reuse.load_data(run_cfg, embedder.input_shape)
+    data = run_config.load_data(run_cfg, embedder.input_shape)
 
     t0 = time.perf_counter()
     if split == "test":
@@ -108,9 +107,3 @@ def evaluate_run(
     path = atomic_write_json(folder.eval_path(name), result)
     result["path"] = str(path)
     return result
-
-
-if __name__ == "__main__":  # `python -m tripletlab.evaluate`: tripletlab-evaluate's old name
-    from tripletlab.cli.evaluate import main
-
-    sys.exit(main())

@@ -206,35 +206,6 @@ def load_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Ru
 # --------------------------------------------------------------------------- images and data
 
 
-def conform_images(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """uint8 [N, h, w, c] -> [N, H, W, C] = shape: resized (bilinear) and grey <-> RGB.
-
-    The same conversions as ``tripletlab.data`` (PIL's luma formula, bilinear resizing).
-    """
-    from PIL import Image
-
-    from tripletlab.data import adapt_images
-
-    h, w, c = (int(s) for s in shape)
-    x = np.asarray(images)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.shape[-1] == 4:
-        x = x[..., :3]
-    if h == w:
-        x = adapt_images(x, h, c)
-    else:
-        x = adapt_images(x, None, c)
-        if x.shape[1:3] != (h, w):
-            out = np.empty((len(x), h, w, x.shape[-1]), np.uint8)
-            for i, img in enumerate(x):
-                im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-                resized = im.resize((w, h), Image.Resampling.BILINEAR)
-                out[i] = np.asarray(resized).reshape(out.shape[1:])
-            x = out
-    return np.ascontiguousarray(x)
-
-
 def fit_dataset_to_model(run_cfg: RunConfig, input_shape: Sequence[int]) -> None:
     """Size another dataset for the model: when the overrides changed the data
     (``dataset=image_folder``), ``dataset.image_size`` and ``dataset.channels`` become the
@@ -255,7 +226,7 @@ def load_data(run_cfg: RunConfig, input_shape: Sequence[int]):
 
     On the run's own data these are the very arrays training used.
     """
-    from tripletlab.data import load_dataset
+    from tripletlab.data import conform_images, load_dataset
 
     fit_dataset_to_model(run_cfg, input_shape)
     data = load_dataset(run_cfg.cfg.dataset)

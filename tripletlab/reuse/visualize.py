@@ -16,13 +16,13 @@ With the defaults (test split, ``eval.max_points`` points) it writes what traini
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tripletlab import artifacts, reuse
+from tripletlab import artifacts
 from tripletlab.errors import ConfigError
 from tripletlab.inference import SPLITS, open_model
+from tripletlab.reuse import run_config
 
 log = logging.getLogger("tripletlab")
 
@@ -38,13 +38,13 @@ def visualize_run(
         raise ConfigError(f"--split {split!r} is not valid; choose one of: test, train")
     if max_points is not None and max_points < 0:
         raise ConfigError(f"--max-points {max_points} must be >= 0 (0: every point)")
-    run_cfg = reuse.load_config(run_dir, overrides)
+    run_cfg = run_config.load_config(run_dir, overrides)
     cfg, folder = run_cfg.cfg, run_cfg.folder
     max_points = int(cfg.eval.max_points if max_points is None else max_points)
     folder.require_model()  # a clear error before TensorFlow is imported
     embedder = open_model(folder, cfg)
-    data = reuse.load_data(run_cfg, embedder.input_shape)
-    images, labels = reuse.split_arrays(data, split)
+    data = run_config.load_data(run_cfg, embedder.input_shape)
+    images, labels = run_config.split_arrays(data, split)
     embeddings = embedder.embed(images)
     shown = artifacts.write_views(
         folder,
@@ -65,9 +65,3 @@ def visualize_run(
         "projector": str(folder.projector_dir),
         "plots": str(folder.plots_dir),
     }
-
-
-if __name__ == "__main__":  # `python -m tripletlab.visualize`: tripletlab-visualize's old name
-    from tripletlab.cli.visualize import main
-
-    sys.exit(main())
