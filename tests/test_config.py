@@ -21,6 +21,11 @@ from tripletlab.errors import ConfigError
 DATASETS = ["fashion_mnist", "mnist", "digits", "image_folder"]
 MODELS = ["lenet", "small_cnn", "vgg_gap"]
 MININGS = ["batch_all", "batch_hard", "semi_hard"]
+# Mining options with keys of their own (a schema per option), beyond MININGS.
+OWN_MINING_KEYS = {
+    "easy_positive": {"negatives": "semi_hard"},
+    "distance_weighted": {"cutoff": 0.5, "nonzero_loss_cutoff": 1.4},
+}
 SAMPLERS = ["random", "pk"]
 # Options read from image files (dataset.root has no default) and pretrained backbones: each
 # composes to its schema's defaults, but they stay out of the every-combination product.
@@ -54,7 +59,14 @@ DEFAULT = {
         "num_channels": 32,
         "batch_norm": True,
     },
-    "mining": {"strategy": "semi_hard", "margin": 0.2, "squared": False, "soft_margin": False},
+    "mining": {
+        "strategy": "semi_hard",
+        "margin": 0.2,
+        "squared": False,
+        "soft_margin": False,
+        "memory_size": 0,
+        "memory_start": 0,
+    },
     "sampler": {"name": "pk", "classes_per_batch": 8, "images_per_class": 8},
     "trainer": {
         "epochs": 10,
@@ -130,6 +142,10 @@ def test_the_schema_holds_every_default():
     for mining in MININGS:
         node = _plain(compose([f"mining={mining}"]).mining)
         assert node == DEFAULT["mining"] | {"strategy": mining}
+    for mining, own in OWN_MINING_KEYS.items():
+        node = compose([f"mining={mining}"]).mining
+        assert OmegaConf.get_type(node) is config.schema_for("mining", mining)
+        assert _plain(node) == DEFAULT["mining"] | {"strategy": mining} | own
     assert _plain(OmegaConf.structured(config.TrainerConfig)) == DEFAULT["trainer"]
     assert _plain(OmegaConf.structured(config.EvalConfig)) == DEFAULT["eval"]
 
@@ -143,7 +159,10 @@ def test_no_default_is_written_twice():
             assert set(OmegaConf.load(path)) == {"defaults"}, path
             assert OmegaConf.load(path).defaults == [f"/schema/{group}/{path.stem}@_here_"]
     for path in (conf / "mining").glob("*.yaml"):
-        assert OmegaConf.load(path) == {"strategy": path.stem}, path
+        if path.stem in OWN_MINING_KEYS:
+            assert OmegaConf.load(path).defaults == [f"/schema/mining/{path.stem}@_here_"]
+        else:
+            assert OmegaConf.load(path) == {"strategy": path.stem}, path
 
 
 @pytest.mark.parametrize(
@@ -295,14 +314,14 @@ def test_wrong_type_fails_at_composition():
 
 
 def test_unknown_group_option_names_the_options():
-    with pytest.raises(ConfigError, match="mining/bogus.*batch_all; batch_hard; semi_hard"):
+    with pytest.raises(ConfigError, match="mining/bogus.*batch_all; batch_hard; distance_weig"):
         tripletlab.compose(["mining=bogus"])
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["mining.strategy=hardest"], "choose one of: batch_all, batch_hard, semi_hard"),
+        (["mining.strategy=hardest"], "choose one of: batch_all, batch_hard, distance_weighted"),
         (
             ["trainer.schedule=x"],
             "trainer.schedule='x' is not valid; choose one of: constant, cosine",

@@ -85,7 +85,10 @@ def test_each_option_lists_the_keys_it_composes_to(group):
 
 @pytest.fixture(scope="module")
 def base_config():
-    return compose(["dataset=image_folder", "dataset.root=/data", "model=small_cnn"])
+    # Options that have every key with a closed set of values (mining.negatives: easy_positive).
+    return compose(
+        ["dataset=image_folder", "dataset.root=/data", "model=small_cnn", "mining=easy_positive"]
+    )
 
 
 def _rejected(cfg, path, value) -> str:

@@ -51,7 +51,13 @@ def test_register_get_names_and_the_message_for_an_unknown_name():
 def test_an_option_without_code_says_so():
     # conf/mining's options, with a home that registers nothing.
     empty = Registry("EMPTY", "mining.strategy", home="tripletlab.errors", group="mining")
-    assert empty.names() == ("batch_all", "batch_hard", "semi_hard")
+    assert empty.names() == (
+        "batch_all",
+        "batch_hard",
+        "distance_weighted",
+        "easy_positive",
+        "semi_hard",
+    )
     assert empty.check("batch_all") == "batch_all"
     with pytest.raises(ConfigError, match=r"has no implementation: conf/mining/batch_all.yaml"):
         empty.get("batch_all")
@@ -109,7 +115,14 @@ def test_the_name_lists_derive_from_the_registries():
             "vgg_gap",
         )
     )
-    assert STRATEGIES == LOSSES.names() == ("batch_all", "batch_hard", "semi_hard")
+    assert LOSSES.names() == STRATEGIES
+    assert STRATEGIES == (
+        "batch_all",
+        "batch_hard",
+        "distance_weighted",
+        "easy_positive",
+        "semi_hard",
+    )
     assert samplers == SAMPLERS.names() == ("pk", "random")
     with pytest.raises(AttributeError):
         config.NOT_A_NAME  # noqa: B018
@@ -125,7 +138,9 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
         r"mobilenetv3_small, resnet50, small_cnn, vgg_gap",
     ):
         build_model(OmegaConf.create({"name": "resnet", "embedding_size": 4}), (8, 8, 1))
-    with pytest.raises(ConfigError, match="choose one of: batch_all, batch_hard, semi_hard"):
+    with pytest.raises(
+        ConfigError, match="choose one of: batch_all, batch_hard, distance_weighted"
+    ):
         losses.triplet_loss([0, 0, 1], np.zeros((3, 2), np.float32), strategy="hardest")
     with pytest.raises(
         ConfigError, match="sampler.name='fifo' is not valid; choose one of: pk, random"

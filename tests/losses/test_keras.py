@@ -9,7 +9,13 @@ from sklearn.datasets import load_digits
 
 from tripletlab import losses
 from tripletlab.errors import ConfigError
-from tripletlab.losses.keras import TripletBatchAllLoss, TripletHardLoss, TripletSemiHardLoss
+from tripletlab.losses.keras import (
+    TripletBatchAllLoss,
+    TripletDistanceWeightedLoss,
+    TripletEasyPositiveLoss,
+    TripletHardLoss,
+    TripletSemiHardLoss,
+)
 
 CLASSES = {
     "semi_hard": TripletSemiHardLoss,
@@ -113,3 +119,35 @@ def test_a_compiled_model_saves_and_loads(tmp_path):
     before = model.evaluate(x[:128], y[:128], batch_size=128, verbose=0)
     after = loaded.evaluate(x[:128], y[:128], batch_size=128, verbose=0)
     assert after == pytest.approx(before, rel=1e-6)
+
+
+def test_easy_positive_and_distance_weighted_classes():
+    """Same value as the functions (distance-weighted: same global seed, same draws), their
+    own keys round-trip, and a fit on digits lowers the loss."""
+    import tensorflow as tf
+
+    labels, emb = _batch()
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    easy = TripletEasyPositiveLoss(margin=0.3, negatives="hard")
+    want, _ = losses.easy_positive_triplet_loss(labels, emb, margin=0.3, negatives="hard")
+    assert float(easy(labels, emb)) == pytest.approx(float(want), rel=1e-6)
+    weighted = TripletDistanceWeightedLoss(margin=0.3, cutoff=0.6)
+    tf.random.set_seed(3)
+    got = float(weighted(labels, emb))
+    tf.random.set_seed(3)
+    want, _ = losses.distance_weighted_triplet_loss(labels, emb, margin=0.3, cutoff=0.6)
+    assert got == pytest.approx(float(want), rel=1e-6)
+    for loss in (easy, weighted):
+        config = loss.get_config()
+        assert type(loss).from_config(config).get_config() == config
+    assert easy.get_config()["negatives"] == "hard" and weighted.get_config()["cutoff"] == 0.6
+    with pytest.raises(ConfigError, match="negatives='easy'"):
+        TripletEasyPositiveLoss(negatives="easy")
+    with pytest.raises(ConfigError, match="not valid"):
+        TripletDistanceWeightedLoss(cutoff=1.5)
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=TripletDistanceWeightedLoss(0.2))
+    curve = model.fit(x, y, batch_size=128, epochs=4, verbose=0).history["loss"]
+    assert all(np.isfinite(curve)) and curve[-1] < curve[0], curve

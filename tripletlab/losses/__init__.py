@@ -20,6 +20,8 @@ from tripletlab.losses.distances import pairwise_distances
 from tripletlab.losses.strategies import (
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
+    distance_weighted_triplet_loss,
+    easy_positive_triplet_loss,
     get,
     semi_hard_triplet_loss,
     triplet_loss,
@@ -36,6 +38,8 @@ __all__ = [
     "STRATEGIES",
     "batch_all_triplet_loss",
     "batch_hard_triplet_loss",
+    "distance_weighted_triplet_loss",
+    "easy_positive_triplet_loss",
     "get",
     "pairwise_distances",
     "semi_hard_triplet_loss",

@@ -2,7 +2,8 @@
 
 Drop-in replacements for tensorflow-addons' ``tfa.losses.TripletSemiHardLoss`` and
 ``TripletHardLoss`` (same argument names and defaults: ``margin=1.0``,
-``distance_metric="L2"``; ``soft`` for the soft margin), plus ``TripletBatchAllLoss``::
+``distance_metric="L2"``; ``soft`` for the soft margin), plus ``TripletBatchAllLoss``, ``TripletEasyPositiveLoss`` and
+``TripletDistanceWeightedLoss``::
 
     model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2))
     model.fit(images, labels, batch_size=64)
@@ -31,7 +32,14 @@ import tensorflow as tf
 from tripletlab.errors import ConfigError
 from tripletlab.losses import strategies
 
-__all__ = ["DISTANCE_METRICS", "TripletBatchAllLoss", "TripletHardLoss", "TripletSemiHardLoss"]
+__all__ = [
+    "DISTANCE_METRICS",
+    "TripletBatchAllLoss",
+    "TripletDistanceWeightedLoss",
+    "TripletEasyPositiveLoss",
+    "TripletHardLoss",
+    "TripletSemiHardLoss",
+]
 
 # tensorflow-addons' distance_metric names -> our ``squared`` flag. Its "angular" (cosine)
 # distance and callables are not supported.
@@ -132,3 +140,61 @@ class TripletBatchAllLoss(_TripletLoss):
     mean softplus over all of them)."""
 
     strategy = "batch_all"
+
+
+@keras.saving.register_keras_serializable(package="tripletlab")
+class TripletEasyPositiveLoss(_TripletLoss):
+    """Easy-positive (EPHN): per anchor, its nearest positive with the nearest negative
+    farther than it (``negatives="semi_hard"``) or the nearest negative (``"hard"``)."""
+
+    strategy = "easy_positive"
+
+    def __init__(self, margin: float = 1.0, negatives: str = "semi_hard", **kwargs: Any):
+        if negatives not in ("semi_hard", "hard"):
+            raise ConfigError(f"negatives={negatives!r} is not valid; use 'semi_hard' or 'hard'")
+        super().__init__(margin=margin, **kwargs)
+        self.negatives = negatives
+
+    def _options(self) -> dict[str, Any]:
+        return {"negatives": self.negatives}
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "negatives": self.negatives}
+
+
+@keras.saving.register_keras_serializable(package="tripletlab")
+class TripletDistanceWeightedLoss(_TripletLoss):
+    """Distance-weighted sampling: per positive pair, one negative drawn with probability
+    ∝ min(λ, 1/q(d)) (``cutoff``, ``nonzero_loss_cutoff`` as in pytorch-metric-learning).
+    Needs L2-normalised embeddings (end the model with ``keras.layers.UnitNormalization``)
+    and ``distance_metric="L2"``. Draws use TensorFlow's global seed."""
+
+    strategy = "distance_weighted"
+
+    def __init__(
+        self,
+        margin: float = 1.0,
+        cutoff: float = 0.5,
+        nonzero_loss_cutoff: float = 1.4,
+        **kwargs: Any,
+    ):
+        if not 0 < float(cutoff) < float(nonzero_loss_cutoff) <= 2:
+            raise ConfigError(
+                f"cutoff={cutoff!r}, nonzero_loss_cutoff={nonzero_loss_cutoff!r} are not valid: "
+                "they need 0 < cutoff < nonzero_loss_cutoff <= 2"
+            )
+        super().__init__(margin=margin, **kwargs)
+        if self._squared:
+            raise ConfigError("distance_metric='squared-L2' is not supported: the weights need L2")
+        self.cutoff = float(cutoff)
+        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
+
+    def _options(self) -> dict[str, Any]:
+        return {"cutoff": self.cutoff, "nonzero_loss_cutoff": self.nonzero_loss_cutoff}
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "cutoff": self.cutoff,
+            "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
+        }

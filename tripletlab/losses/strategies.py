@@ -23,17 +23,24 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tripletlab.errors import ConfigError
 from tripletlab.losses import engines
 from tripletlab.losses.distances import pairwise_distances, prepare
 from tripletlab.losses.pieces import (
     class_blocks,
+    items,
     masks,
     mean_of_picks,
     nan_unless_finite,
+    positive_columns,
     ratio,
+    rows_take,
+    to_matrix,
     with_gradient,
 )
 from tripletlab.registry import LOSSES
+
+NEGATIVES = ("semi_hard", "hard")  # easy_positive's choice of negative
 
 
 def _columns(labels, embeddings, squared, memory):
@@ -183,6 +190,166 @@ def semi_hard_triplet_loss(
     scale = 1 / tf.cast(tf.maximum(n_pairs, 1), dtype)
     loss = with_gradient(d, ratio(total, n_pairs, dtype), grad, scale)
     return nan_unless_finite(checked, loss, ratio(n_active, n_pairs, dtype))
+
+
+@LOSSES.register("easy_positive")
+def easy_positive_triplet_loss(
+    labels,
+    embeddings,
+    margin=0.5,
+    squared=False,
+    soft_margin=False,
+    *,
+    negatives="semi_hard",
+    memory=None,
+    engine="auto",
+    jit_compile=False,
+):
+    """Easy-positive / hard-negative (EPHN, Xuan et al., WACV 2020): per anchor, its nearest
+    positive p, with the nearest negative farther than p, else the farthest negative
+    (``negatives="semi_hard"``), or the nearest negative (``negatives="hard"``).
+
+    labels [B] int, embeddings [B, D] float -> (loss [], fraction []). Mean over anchors that
+    have a positive and a negative; fraction = share of them with h > 0. Ties go to the
+    lowest column, as in the other strategies. O(B N) time and memory; one engine.
+    """
+    engines.check_engine(engine, jit_compile)
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives={negatives!r} is not valid; choose one of: semi_hard, hard")
+    # 1-2. distances [B, N]
+    labels, column_labels, _, d, checked = _columns(labels, embeddings, squared, memory)
+    d_const = tf.stop_gradient(d)
+    pos, neg = masks(column_labels, tf.shape(labels)[0])
+    valid = tf.logical_and(tf.reduce_any(pos, axis=1), tf.reduce_any(neg, axis=1))
+    # 3. mine: the nearest positive, then the negative
+    inf = tf.constant(float("inf"), d.dtype)
+    near_pos = tf.argmin(tf.where(pos, d_const, inf), axis=1, output_type=tf.int32)
+    neg_d = tf.where(neg, d_const, inf)
+    if negatives == "hard":
+        pick = tf.argmin(neg_d, axis=1, output_type=tf.int32)
+    else:
+        d_ap = rows_take(d_const, near_pos)
+        farther = tf.where(neg_d > d_ap[:, None], neg_d, inf)  # strictly farther
+        nearest = tf.argmin(farther, axis=1, output_type=tf.int32)
+        found = rows_take(farther, nearest) < inf
+        far = tf.argmax(tf.where(neg, d_const, -tf.ones_like(d)), axis=1, output_type=tf.int32)
+        pick = tf.where(found, nearest, far)
+    # 4. reduce
+    loss, fraction = mean_of_picks(d, d_const, valid, near_pos, pick, margin, soft_margin)
+    return nan_unless_finite(checked, loss, fraction)
+
+
+def distance_weights(d, anchor_labels, column_labels, dim, cutoff, nonzero_loss_cutoff):
+    """Distance-weighted sampling's log-weights [B, N] (unnormalised; -inf: never drawn).
+
+    d [B, N] euclidean distances between unit vectors in ``dim`` dimensions. Pairwise
+    distances on the unit sphere have the density q(d) ∝ d^(n-2) (1 - d^2/4)^((n-3)/2)
+    (Wu et al. 2017, section 4); a negative is drawn with probability ∝ min(λ, 1/q(d)),
+    where the clip λ = 1/q(cutoff) is applied as q(max(d, cutoff)) (pytorch-metric-learning's
+    ``cutoff``), and never beyond ``nonzero_loss_cutoff``, whose triplets have no loss. In
+    log space: 1/q overflows float32 for D >= ~70.
+    """
+    n = tf.cast(dim, d.dtype)
+    clipped = tf.maximum(d, tf.cast(cutoff, d.dtype))
+    log_q = (n - 2.0) * tf.math.log(clipped) + (n - 3.0) / 2.0 * tf.math.log(
+        1.0 - 0.25 * tf.square(clipped)
+    )
+    negative = tf.not_equal(anchor_labels[:, None], column_labels[None, :])
+    allowed = negative & (d < tf.cast(nonzero_loss_cutoff, d.dtype)) & tf.math.is_finite(log_q)
+    return tf.where(allowed, -log_q, tf.constant(-float("inf"), d.dtype))
+
+
+def draw_negatives(log_weights, samples, seed=None):
+    """``samples`` draws per row of the categorical ∝ exp(log_weights) [B, N] -> [B, samples]
+    int32 columns; ``seed`` (int [2]) makes them a function of the seed (stateless).
+    Rows without weight draw column 0 (the caller leaves them out)."""
+    has_weight = tf.reduce_any(log_weights > -float("inf"), axis=1)
+    logits = tf.where(has_weight[:, None], log_weights, tf.zeros_like(log_weights))
+    logits = tf.cast(logits, tf.float32) if logits.dtype != tf.float64 else logits
+    if seed is None:
+        drawn = tf.random.categorical(logits, samples, dtype=tf.int32)
+    else:
+        drawn = tf.random.stateless_categorical(logits, samples, seed, dtype=tf.int32)
+    return drawn, has_weight
+
+
+def _check_unit_norm(embeddings):
+    """ValueError (eager) or an assertion (graph) unless every row has norm 1 (± 1e-3)."""
+    norms = tf.norm(embeddings, axis=1)
+    message = (
+        "distance_weighted needs L2-normalised embeddings (model.l2_normalize=true): its "
+        "weights are the density of distances on the unit sphere"
+    )
+    if tf.executing_eagerly():
+        off = tf.reduce_any(tf.abs(norms - 1) > 1e-3) & tf.reduce_all(tf.math.is_finite(norms))
+        if bool(off):
+            raise ValueError(message)
+        return []
+    finite = tf.where(tf.math.is_finite(norms), norms, tf.ones_like(norms))
+    return [tf.debugging.assert_near(finite, tf.ones_like(finite), atol=1e-3, message=message)]
+
+
+@LOSSES.register("distance_weighted")
+def distance_weighted_triplet_loss(
+    labels,
+    embeddings,
+    margin=0.5,
+    squared=False,
+    soft_margin=False,
+    *,
+    cutoff=0.5,
+    nonzero_loss_cutoff=1.4,
+    seed=None,
+    memory=None,
+    engine="auto",
+    jit_compile=False,
+):
+    """Distance-weighted sampling (Wu et al., ICCV 2017, "Sampling Matters"): per valid pair
+    (a, p), one negative drawn with probability ∝ min(λ, 1/q(d_an)), q the density of
+    distances on the unit sphere (:func:`distance_weights`).
+
+    labels [B] int, embeddings [B, D] float, L2-normalised -> (loss [], fraction []). Mean
+    over pairs whose anchor has a negative nearer than ``nonzero_loss_cutoff``; fraction =
+    share of them with h > 0. ``seed``: None (TensorFlow's stateful generator) or an int
+    [2] tensor (training passes (config seed, step), so a resumed run draws the same).
+    Euclidean distances only. O(B N) memory; time O(B N + B S log N).
+    """
+    engines.check_engine(engine, jit_compile)
+    if squared:
+        raise ConfigError(
+            "distance_weighted samples by euclidean distances on the unit sphere: set "
+            "mining.squared=false"
+        )
+    # 1-2. distances [B, N] between unit vectors
+    labels, column_labels, embeddings, d, checked = _columns(labels, embeddings, False, memory)
+    with tf.control_dependencies(_check_unit_norm(embeddings)):
+        d = tf.identity(d)
+    dtype, b = d.dtype, tf.shape(labels)[0]
+    n = tf.shape(column_labels)[0]
+    d_const = tf.stop_gradient(d)
+    # 3. mine: the weights, then one negative per (anchor, positive slot). Under XLA the
+    # number of slots must be static: every column gets a draw (O(B N log N)).
+    log_weights = distance_weights(
+        d_const, labels, column_labels, tf.shape(embeddings)[1], cutoff, nonzero_loss_cutoff
+    )
+    blocks = class_blocks(column_labels, b)
+    slots = n if jit_compile else tf.maximum(tf.reduce_max(blocks.n_pos), 1)
+    pos_cols, exists = positive_columns(blocks, slots)
+    neg_cols, has_weight = draw_negatives(log_weights, slots, seed)
+    valid = tf.logical_and(exists, has_weight[:, None])
+    # 4. reduce over the drawn (a, p, n), with the exact gradient
+    x = tf.gather(d_const, pos_cols, batch_dims=1) - tf.gather(d_const, neg_cols, batch_dims=1)
+    values, coef, active = items(x, tf.cast(margin, dtype), soft_margin)
+    zero = tf.zeros_like(values)
+    count = tf.reduce_sum(tf.cast(valid, tf.int64))
+    coef = tf.where(valid, coef, zero)
+    grad = to_matrix(tf.concat([coef, -coef], 1), tf.concat([pos_cols, neg_cols], 1), n)
+    scale = 1 / tf.cast(tf.maximum(count, 1), dtype)
+    loss = with_gradient(
+        d, ratio(tf.reduce_sum(tf.where(valid, values, zero)), count, dtype), grad, scale
+    )
+    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
+    return nan_unless_finite(checked, loss, ratio(n_active, count, dtype))
 
 
 def get(name):

@@ -1,4 +1,5 @@
-"""Checkpoints of a run: model, optimizer and the epoch counter; resume from the latest."""
+"""Checkpoints of a run: model, optimizer, the epoch counter and the cross-batch memory;
+resume from the latest."""
 
 from __future__ import annotations
 
@@ -19,16 +20,20 @@ class Checkpoints:
     Checkpoint ``n`` holds the state after epoch ``n``. A checkpoint is only written after
     an epoch that finished with finite values, so the latest one is always a good one.
     ``folder`` is where this process saves; ``temporary=True`` (a non-chief worker, which
-    must take part in saving) removes it on :meth:`close`.
+    must take part in saving) removes it on :meth:`close`. ``memory``: the run's
+    cross-batch memory (:class:`~tripletlab.training.memory.CrossBatchMemory`), if any.
     """
 
-    def __init__(self, folder: Path, model, optimizer, temporary: bool = False):
+    def __init__(self, folder: Path, model, optimizer, temporary: bool = False, memory=None):
         import tensorflow as tf
 
         self.folder = Path(folder)
         self.temporary = temporary
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
+        parts = {"model": model, "optimizer": optimizer, "epoch": self.epoch}
+        if memory is not None:  # a CrossBatchMemory: resumed runs mine the same memory
+            parts["memory"] = memory.checkpointed()
+        self._checkpoint = tf.train.Checkpoint(**parts)
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, str(self.folder), max_to_keep=MAX_TO_KEEP
         )

@@ -23,6 +23,8 @@ def make_train_step(
     jit_compile: bool = False,
     means: dict | None = None,
     strategy=None,
+    memory=None,
+    seed: int = 0,
 ):
     """A ``tf.function`` train_step(images, labels) -> (loss, fraction, norm, spread).
 
@@ -34,12 +36,21 @@ def make_train_step(
     distance to the centroid (near zero when the embeddings collapse). The gradient that
     reaches the weights is the single-device gradient of that loss on that batch.
     ``scales_loss``: float16 mixed precision (a LossScaleOptimizer). ``means``: from
-    :func:`make_running_means`, updated inside the step.
+    :func:`make_running_means`, updated inside the step. ``memory``: a
+    :class:`~tripletlab.training.memory.CrossBatchMemory` (mined with the global batch, then
+    filled with it), or None. ``seed``: with the step number, seeds sampled strategies
+    (distance_weighted), so a resumed run draws what an uninterrupted one would.
     """
     import tensorflow as tf
 
     from tripletlab.distribute import gather_global_batch
     from tripletlab.losses import triplet_loss
+    from tripletlab.training.memory import strategy_options
+
+    options = strategy_options(mining)
+    if mining.strategy == "distance_weighted":
+        step = optimizer.iterations  # a Keras variable: cast before stacking
+        options["seed"] = lambda: tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
 
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
@@ -47,7 +58,7 @@ def make_train_step(
     def forward(images):
         return model(images, training=True)
 
-    def mine(labels, embeddings):
+    def mine(labels, embeddings, memory_labels, memory_embeddings, step_options):
         return triplet_loss(
             labels,
             embeddings,
@@ -56,6 +67,8 @@ def make_train_step(
             squared=mining.squared,
             soft_margin=mining.soft_margin,
             jit_compile=jit_compile,  # the mining engine must be one XLA can compile
+            memory=None if memory is None else (memory_labels, memory_embeddings),
+            **step_options,
         )
 
     if jit_compile:
@@ -67,7 +80,16 @@ def make_train_step(
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
             labels_all, embeddings = gather_global_batch(labels, forward(images))
-            loss, fraction = mine(labels_all, embeddings)
+            step_options = {k: v() if callable(v) else v for k, v in options.items()}
+            # Without a memory, empty stand-ins: mine's signature stays one.
+            memory_labels, memory_embeddings = (
+                memory.contents(tf.cast(optimizer.iterations, tf.int64))
+                if memory is not None
+                else (labels_all[:0], embeddings[:0])
+            )
+            loss, fraction = mine(
+                labels_all, embeddings, memory_labels, memory_embeddings, step_options
+            )
             total = loss
             if model.losses:
                 total = total + tf.add_n([tf.cast(x, tf.float32) for x in model.losses])
@@ -77,6 +99,8 @@ def make_train_step(
             scaled = optimizer.scale_loss(total) if scales_loss else total
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
+        if memory is not None:  # after mining: the memory holds earlier steps only
+            memory.enqueue(labels_all, embeddings)
         norm = tf.reduce_mean(tf.norm(embeddings, axis=1))
         spread = tf.reduce_mean(tf.norm(embeddings - tf.reduce_mean(embeddings, axis=0), axis=1))
         return loss, fraction, norm, spread
