@@ -650,7 +650,7 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
         rows = list(reader)
-    assert len(rows) == 2 * 5  # per regime (and size): 3 strategies ours + 2 dense
+    assert len(rows) == 2 * 7  # per regime (and size): 5 strategies ours + 2 dense
     for row in rows:
         assert float(row["ms_median"]) > 0 and "MISMATCH" not in row["note"]
         if row["strategy"] == "batch_hard":
@@ -682,7 +682,7 @@ def test_benchmark_memory_from_a_second_process(tmp_path, monkeypatch):
         assert env["TF_CPU_ALLOCATOR_USE_BFC"] == "true" and check
         calls.append(argv)
         with monkeypatch.context() as child:
-            peaks = iter([4.0, 8.0, 8.0, 6.0, 6.0])  # per case, in the order of the rows
+            peaks = iter([4.0, 8.0, 8.0, 6.0, 6.0, 5.0, 5.0])  # per case, in row order
             child.setattr(bench, "peak_memory_mb", lambda *_: next(peaks))
             assert bench.main(argv[3:]) == 0
 

@@ -216,6 +216,8 @@ OURS = {
     "batch_all": losses.batch_all_triplet_loss,
     "batch_hard": losses.batch_hard_triplet_loss,
     "semi_hard": losses.semi_hard_triplet_loss,
+    "easy_positive": losses.easy_positive_triplet_loss,
+    "distance_weighted": losses.distance_weighted_triplet_loss,
 }
 
 
@@ -415,7 +417,7 @@ def _case(args: argparse.Namespace, regime: str, b: int):
         "note": "",
     }
     by_key, steps = {}, {}
-    for strategy in ("batch_hard", "batch_all", "semi_hard"):
+    for strategy in ("batch_hard", "batch_all", "semi_hard", "easy_positive", "distance_weighted"):
         impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED else [])
         for impl in impls:
             row = dict(base, strategy=strategy, impl=impl)
