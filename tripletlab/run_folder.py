@@ -133,6 +133,16 @@ class RunFolder:
         return self.path / "eval"
 
     @property
+    def export_dir(self) -> Path:
+        """tripletlab-export's default folder (SavedModel, ONNX)."""
+        return self.path / "export"
+
+    @property
+    def index_dir(self) -> Path:
+        """tripletlab-index's nearest-neighbour index of a gallery."""
+        return self.path / "index"
+
+    @property
     def config_path(self) -> Path:
         return self.path / HYDRA_DIR / "config.yaml"
 
