@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # TensorFlow build: the CUDA one where nvidia-smi sees a GPU, the CPU one elsewhere.
 TF_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
-TEST_EXTRAS := dev,joblib,optuna,slurm,mlflow
+TEST_EXTRAS := dev,joblib,optuna,slurm,mlflow,onnx,index
 # `make run` installs what running needs; `make test` adds the test tools and the launchers
 # and sweeper the tests use. One stamp each, so that neither reinstalls when nothing changed.
 STAMP := $(VENV)/.installed-$(TF_EXTRA)

@@ -11,7 +11,9 @@ folders' files sorted) or ``.tsv`` (a header, then the path and the D values per
 
 With ``--neighbours K`` each input's K nearest images (Euclidean distance) are listed, in
 the training split of the run's dataset or in a ``--gallery`` folder (labels from the
-sub-folder holding each image, if any): printed as a table, written next to ``--out`` as
+sub-folder holding each image, if any), searched in the run's index when ``tripletlab-index``
+built one of that gallery (:mod:`tripletlab.reuse.index`), exactly otherwise: printed as a
+table, written next to ``--out`` as
 ``<out>.neighbours.tsv``, and drawn as a contact sheet ``<out>.neighbours.png`` (one row per
 input: the input, then its neighbours with their label and distance).
 """
@@ -124,6 +126,25 @@ def train_gallery(run_cfg, shape: Sequence[int]) -> Gallery:
     labels = [data.class_names[int(y)] for y in data.y_train]
     names = [f"train[{i}]" for i in range(len(labels))]
     return Gallery(data.x_train, labels, names, f"{data.name} training split ({data.source})")
+
+
+def indexed_gallery(index, run_cfg, shape: Sequence[int]) -> Gallery:
+    """The gallery of the run's index (:mod:`tripletlab.reuse.index`): its names and labels
+    as stored; its images (for the contact sheet) read only when drawn: a folder's files
+    stay on disk, a split is the run's dataset."""
+    from tripletlab.image_files import ImageFiles
+
+    described = index.manifest["gallery"]
+    kind = index.manifest["kind"]
+    if "folder" in described:
+        root = Path(described["folder"])
+        images = ImageFiles([root / name for name in index.names], *shape)
+        source = f"{root} ({kind} index)"
+    else:
+        data = run_config.load_data(run_cfg, shape)
+        images, _ = run_config.split_arrays(data, described["split"])
+        source = f"{data.name} {described['split']} split ({data.source}; {kind} index)"
+    return Gallery(images, index.labels, index.names, source)
 
 
 # --------------------------------------------------------------------------- neighbours
@@ -297,7 +318,18 @@ def embed_inputs(
     if not neighbours:
         return result
 
-    if gallery_dir is not None:
+    from tripletlab.reuse.index import open_index
+
+    index = open_index(run_cfg.folder)
+    if index is not None and not index.serves(gallery_dir):
+        log.info(
+            "the run's index (%s) is of another gallery: searching exactly",
+            run_cfg.folder.index_dir,
+        )
+        index = None
+    if index is not None:
+        gallery = indexed_gallery(index, run_cfg, shape)
+    elif gallery_dir is not None:
         gallery = folder_gallery(gallery_dir, shape)
     else:
         gallery = train_gallery(run_cfg, shape)
@@ -307,8 +339,10 @@ def embed_inputs(
             neighbours,
             len(gallery.images),
         )
-    gallery_emb = embedder.embed(gallery.images)
-    idx, dist = nearest(emb, gallery_emb, neighbours)
+    if index is not None:  # tripletlab-index embedded the gallery already
+        idx, dist = index.search(emb, neighbours)
+    else:
+        idx, dist = nearest(emb, embedder.embed(gallery.images), neighbours)
     table = []
     for q, name in enumerate(names):
         for rank in range(idx.shape[1]):
