@@ -136,7 +136,7 @@ def test_mirrored_run_matches_the_single_device_run(tmp_path):
     one, two = _first_loss(tmp_path / "one"), _first_loss(tmp_path / "two")
     assert two == pytest.approx(one, rel=0.01)
 
-    # A rerun with more epochs resumes from the strategy's checkpoint, in bfloat16 with XLA
+    # A rerun with more epochs resumes from the distributed run's checkpoint, in bfloat16 with XLA
     # asked for (it is turned off, with a warning, on logical CPUs): a change of training
     # keys, so it is forced.
     more = _run(

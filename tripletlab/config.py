@@ -48,13 +48,12 @@ RESUME_NEUTRAL_KEYS = (
 )
 DATASET_SPLITS = ("original", "classes")
 STREAM_CHOICES = ("auto", "true", "false")
-DISTRIBUTE_STRATEGIES = ("none", "mirrored", "multi_worker")
+# The k of each recall_at_k that evaluation reports (tripletlab.metrics' default).
+RECALL_KS = (1, 2, 4, 8)
+# The retrieval metrics of metrics.csv and summary.json, in order.
 METRICS = (
     "precision_at_1",
-    "recall_at_1",
-    "recall_at_2",
-    "recall_at_4",
-    "recall_at_8",
+    *(f"recall_at_{k}" for k in RECALL_KS),
     "map_at_r",
     "knn_accuracy",
 )
@@ -70,7 +69,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.mixed_precision": PRECISIONS,
     "trainer.progress": PROGRESS,
     "trainer.resume": RESUME_MODES,
-    "distribute.name": DISTRIBUTE_STRATEGIES,
     "optimized_metric": METRICS,
     "mining.negatives": ("semi_hard", "hard"),
 }
@@ -424,7 +422,9 @@ class EvalConfig:
 class DistributeConfig:
     """``distribute=none|mirrored|multi_worker`` (:mod:`tripletlab.distribute`)."""
 
-    name: str = setting("none", "the device strategy, chosen with distribute=<name>")
+    name: str = setting(
+        "none", "how training is replicated (tf.distribute), chosen with distribute=<name>"
+    )
     cpu_devices: int = setting(
         0, "N > 0: split the CPU into N logical devices (mirrored without GPUs)"
     )
@@ -687,6 +687,7 @@ def validate(cfg: DictConfig | Config) -> None:
     registry.LOSSES.check(c.mining.strategy)
     registry.SAMPLERS.check(sampler.name)
     registry.TRACKERS.check(c.logger.name)
+    registry.DISTRIBUTIONS.check(c.distribute.name)
     for group in ("dataset", "model", "sampler", "mining"):
         _option_schema(group, getattr(c, group))
     for path, allowed in CHOICES.items():

@@ -32,6 +32,7 @@ _REGISTRIES = {
     "mining": registry.LOSSES,
     "sampler": registry.SAMPLERS,
     "logger": registry.TRACKERS,
+    "distribute": registry.DISTRIBUTIONS,
 }
 # Groups that compose the config but that a user never picks: the option schemas, which each
 # option's YAML selects (``- /schema/dataset/digits@_here_``).

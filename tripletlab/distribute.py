@@ -1,4 +1,7 @@
-"""Device strategies (``distribute=none|mirrored|multi_worker``) and mining over the global batch.
+"""Replicas (``distribute=none|mirrored|multi_worker``, tf.distribute) and mining over the
+global batch.
+
+"Distribution" names a ``tf.distribute.Strategy`` here: "strategy" is the mining one.
 
 With plain data parallelism each replica would mine only its own slice of the batch: a
 batch-hard anchor would see B/N candidates, and the loss would not be the one the config
@@ -22,8 +25,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from tripletlab.config import DISTRIBUTE_STRATEGIES as STRATEGIES
 from tripletlab.errors import ConfigError, TripletLabError, one_line
+from tripletlab.registry import DISTRIBUTIONS
 
 log = logging.getLogger("tripletlab")
 
@@ -50,13 +53,13 @@ def configure_cpu_devices(count: int) -> list[str]:
     return [d.name for d in logical[:count]]
 
 
-def uses_logical_cpus(strategy) -> bool:
-    """Whether ``strategy`` runs several replicas on CPU devices of this one process."""
-    if strategy.num_replicas_in_sync == 1:
+def uses_logical_cpus(distribution) -> bool:
+    """Whether ``distribution`` runs several replicas on CPU devices of this one process."""
+    if distribution.num_replicas_in_sync == 1:
         return False
     try:
-        devices = strategy.extended.worker_devices
-    except RuntimeError:  # the default strategy has none
+        devices = distribution.extended.worker_devices
+    except RuntimeError:  # the default distribution has none
         return False
     return len(devices) > 1 and all("CPU" in d.upper() for d in devices)
 
@@ -88,31 +91,47 @@ def cluster_resolver(environ: dict[str, str] | None = None):
     )
 
 
-def make_strategy(distribute_cfg: Any):
+def make_distribution(distribute_cfg: Any):
     """The ``tf.distribute.Strategy`` for ``distribute_cfg`` (name, cpu_devices)."""
-    import tensorflow as tf
-
     name = str(distribute_cfg.name)
     cpu_devices = int(distribute_cfg.get("cpu_devices", 0) or 0)
     if cpu_devices < 0:
         raise ConfigError(f"distribute.cpu_devices={cpu_devices} must be >= 0")
-    if name == "none":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = None
-        if cpu_devices:
-            devices = configure_cpu_devices(cpu_devices)
-        elif not tf.config.list_physical_devices("GPU"):
-            log.warning(
-                "distribute=mirrored without GPUs or distribute.cpu_devices: one replica on the CPU"
-            )
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        resolver = cluster_resolver()
-        if cpu_devices:
-            configure_cpu_devices(cpu_devices)
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-    raise ConfigError(f"distribute={name!r} is not valid; choose one of: {', '.join(STRATEGIES)}")
+    return DISTRIBUTIONS.get(DISTRIBUTIONS.check(name))(cpu_devices)
+
+
+@DISTRIBUTIONS.register("none")
+def one_device(cpu_devices: int):
+    """TensorFlow's default: one device (a GPU if there is one)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+@DISTRIBUTIONS.register("mirrored")
+def mirrored(cpu_devices: int):
+    """One replica per GPU of this machine (or per logical CPU, ``cpu_devices`` > 0)."""
+    import tensorflow as tf
+
+    devices = None
+    if cpu_devices:
+        devices = configure_cpu_devices(cpu_devices)
+    elif not tf.config.list_physical_devices("GPU"):
+        log.warning(
+            "distribute=mirrored without GPUs or distribute.cpu_devices: one replica on the CPU"
+        )
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@DISTRIBUTIONS.register("multi_worker")
+def multi_worker(cpu_devices: int):
+    """Several hosts (TF_CONFIG or Slurm), the devices of each mirrored."""
+    import tensorflow as tf
+
+    resolver = cluster_resolver()
+    if cpu_devices:
+        configure_cpu_devices(cpu_devices)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
 
 
 def task_is_chief(distribute_cfg: Any, environ: dict[str, str] | None = None) -> bool:
@@ -180,8 +199,8 @@ def cluster_fault(err: BaseException, distribute_cfg: Any, run_dir: object) -> C
     )
 
 
-def distribute_batches(strategy, make_dataset: Callable[[], Any], global_batch: int):
-    """Split each global batch of ``make_dataset()`` across the strategy's replicas.
+def distribute_batches(distribution, make_dataset: Callable[[], Any], global_batch: int):
+    """Split each global batch of ``make_dataset()`` across the distribution's replicas.
 
     ``make_dataset()`` yields (images [B, ...], labels [B]) global batches, the same on
     every worker. Replica r of N gets rows [r * B/N, (r + 1) * B/N) of each batch, so the
@@ -190,7 +209,7 @@ def distribute_batches(strategy, make_dataset: Callable[[], Any], global_batch: 
     """
     from tripletlab.errors import ConfigError
 
-    replicas = strategy.num_replicas_in_sync
+    replicas = distribution.num_replicas_in_sync
     if replicas == 1:
         return make_dataset()
     if global_batch % replicas:
@@ -210,11 +229,11 @@ def distribute_batches(strategy, make_dataset: Callable[[], Any], global_batch: 
             ds = ds.map(lambda _, batch: batch)
         return ds.prefetch(2)
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return distribution.distribute_datasets_from_function(dataset_fn)
 
 
 def gather_global_batch(labels, embeddings):
-    """This replica's slice -> the global batch, from inside a replica (or without a strategy).
+    """This replica's slice -> the global batch, from inside a replica (or with one device).
 
     labels int [b], embeddings [b, D] -> (labels [N * b], float32 embeddings [N * b, D]) in
     replica order. The gather is float32 whatever the compute dtype.

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tripletlab.config import RECALL_KS
 from tripletlab.errors import ConfigError, DataError
 
 log = logging.getLogger("tripletlab")
@@ -113,7 +114,7 @@ def _scores(queries: tf.Tensor, gallery: tf.Tensor, gallery_sq_norms: tf.Tensor)
 def retrieval_metrics(
     embeddings: Any,
     labels: Any,
-    ks: Sequence[int] = (1, 2, 4, 8),
+    ks: Sequence[int] = RECALL_KS,
     chunk_size: int = 1024,
     gallery_embeddings: Any | None = None,
     gallery_labels: Any | None = None,

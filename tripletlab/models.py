@@ -14,7 +14,7 @@ The pretrained backbones (``resnet50``, ``efficientnetv2_b0``, ``mobilenetv3_sma
 keras.applications models without their classifier, after a layer doing the application's
 own input preprocessing; ``model.weights`` is imagenet (the file Keras keeps in
 ``~/.keras/models/``), none, or a ``.weights.h5`` file; ``model.freeze_batch_norm`` keeps
-their batch norm layers in inference mode with ImageNet's statistics. Under a strategy with
+their batch norm layers in inference mode with ImageNet's statistics. Under a ``tf.distribute`` distribution with
 several replicas, their trainable batch norm layers are synchronised (the global batch's
 moments), so the replicas' moving statistics stay equal.
 """
@@ -308,7 +308,7 @@ def _weights_arg(cfg) -> str | None:
 
 
 def _synchronize_batch_norm(backbone: keras.Model) -> None:
-    """Under a strategy with several replicas (built inside its scope), the backbone's
+    """Under a ``tf.distribute`` distribution with several replicas (built inside its scope), the backbone's
     Keras BatchNormalization layers use the global batch's moments (``synchronized``).
 
     Keras creates their moving statistics with aggregation "none", so with per-replica

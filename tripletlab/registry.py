@@ -8,6 +8,7 @@ registry           config key           implementations live in       options in
 ``LOSSES``         ``mining.strategy``  :mod:`tripletlab.losses`      ``mining/``
 ``SAMPLERS``       ``sampler.name``     :mod:`tripletlab.pipeline`    ``sampler/``
 ``TRACKERS``       ``logger.name``      :mod:`tripletlab.tracking`    ``logger/``
+``DISTRIBUTIONS``  ``distribute.name``  :mod:`tripletlab.distribute`  ``distribute/``
 =================  ===================  ============================  ==================
 
 The valid names are the options in ``conf/<group>/`` (the YAML files a user picks with
@@ -133,3 +134,6 @@ BACKBONES = Registry("BACKBONES", "model.name", home="tripletlab.models", group=
 LOSSES = Registry("LOSSES", "mining.strategy", home="tripletlab.losses", group="mining")
 SAMPLERS = Registry("SAMPLERS", "sampler.name", home="tripletlab.pipeline", group="sampler")
 TRACKERS = Registry("TRACKERS", "logger.name", home="tripletlab.tracking", group="logger")
+DISTRIBUTIONS = Registry(
+    "DISTRIBUTIONS", "distribute.name", home="tripletlab.distribute", group="distribute"
+)

@@ -24,7 +24,7 @@ def main(replicas: int) -> None:
     from tripletlab.training.steps import make_train_step
 
     devices = configure_cpu_devices(max(replicas, 1))
-    strategy = (
+    distribution = (
         tf.distribute.MirroredStrategy(devices[:replicas])
         if replicas > 1
         else tf.distribute.get_strategy()
@@ -41,7 +41,7 @@ def main(replicas: int) -> None:
     for mining, soft, decay in cases:
         keras.utils.set_random_seed(3)
         reg = keras.regularizers.L2(decay) if decay else None
-        with strategy.scope():
+        with distribution.scope():
             model = keras.Sequential(
                 [
                     keras.Input((6,)),
@@ -54,8 +54,8 @@ def main(replicas: int) -> None:
         initial = [w.numpy().tolist() for w in model.trainable_variables]
         cfg = type("Mining", (), {"strategy": mining, "margin": 0.2, "squared": False})()
         cfg.soft_margin = bool(soft)
-        step = make_train_step(model, optimizer, cfg, strategy=strategy)
-        data = distribute_batches(strategy, lambda: tf.data.Dataset.from_tensors((x, y)), batch)
+        step = make_train_step(model, optimizer, cfg, distribution=distribution)
+        data = distribute_batches(distribution, lambda: tf.data.Dataset.from_tensors((x, y)), batch)
         images, labels = next(iter(data))
         loss = float(step(images, labels)[0])
         weights = [w.numpy().tolist() for w in model.trainable_variables]
@@ -72,7 +72,7 @@ def main(replicas: int) -> None:
     ]
     glob = float(triplet_loss(lab, emb, strategy="batch_hard", margin=0.2)[0])
     if replicas > 1:
-        data = distribute_batches(strategy, lambda: tf.data.Dataset.from_tensors((emb, lab)), 8)
+        data = distribute_batches(distribution, lambda: tf.data.Dataset.from_tensors((emb, lab)), 8)
         e, labels = next(iter(data))
         from tripletlab.distribute import global_batch_loss
 
@@ -81,8 +81,8 @@ def main(replicas: int) -> None:
                 labels, e, lambda lab_, v: triplet_loss(lab_, v, strategy="batch_hard", margin=0.2)
             )[0]
 
-        per_replica = strategy.run(tf.function(replica_loss), args=(e, labels))
-        mirrored = [float(v) for v in strategy.experimental_local_results(per_replica)]
+        per_replica = distribution.run(tf.function(replica_loss), args=(e, labels))
+        mirrored = [float(v) for v in distribution.experimental_local_results(per_replica)]
     else:
         mirrored = [glob]
     out["mining"] = {"global": glob, "local_mean": float(np.mean(local)), "mirrored": mirrored}
@@ -91,19 +91,19 @@ def main(replicas: int) -> None:
     # replica's copy must hold the average (momentum 0), not its own.
     from tripletlab.models import FusedBatchNorm
 
-    with strategy.scope():
+    with distribution.scope():
         bn = FusedBatchNorm(momentum=0.0)
         bn.build((None, 2, 2, 1))
     x_bn = np.concatenate([np.full((2, 2, 2, 1), 4.0 * r) for r in range(replicas)])
     data = distribute_batches(
-        strategy,
+        distribution,
         lambda: tf.data.Dataset.from_tensors((x_bn.astype("float32"), np.zeros(2 * replicas))),
         2 * replicas,
     )
     images, _ = next(iter(data))
-    strategy.run(tf.function(lambda v: bn(v, training=True)), args=(images,))
+    distribution.run(tf.function(lambda v: bn(v, training=True)), args=(images,))
     out["moving_mean"] = [
-        float(v.numpy()[0]) for v in strategy.experimental_local_results(bn.moving_mean.value)
+        float(v.numpy()[0]) for v in distribution.experimental_local_results(bn.moving_mean.value)
     ]
     print(json.dumps(out))
 

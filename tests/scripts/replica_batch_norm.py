@@ -32,7 +32,7 @@ def main(replicas: int, backbone: str) -> None:
     from tripletlab.models import build_model
 
     devices = configure_cpu_devices(replicas)
-    strategy = tf.distribute.MirroredStrategy(devices)
+    distribution = tf.distribute.MirroredStrategy(devices)
     cfg = OmegaConf.create(
         {
             "name": backbone,
@@ -67,17 +67,17 @@ def main(replicas: int, backbone: str) -> None:
     single = build()
     single_embeddings = single(images, training=True).numpy()
 
-    with strategy.scope():
+    with distribution.scope():
         mirrored = build()
     data = distribute_batches(
-        strategy,
+        distribution,
         lambda: tf.data.Dataset.from_tensors((images, np.zeros(len(images), "int32"))),
         len(images),
     )
     sliced, _ = next(iter(data))
-    outputs = strategy.run(tf.function(lambda x: mirrored(x, training=True)), args=(sliced,))
+    outputs = distribution.run(tf.function(lambda x: mirrored(x, training=True)), args=(sliced,))
     mirrored_embeddings = np.concatenate(
-        [v.numpy() for v in strategy.experimental_local_results(outputs)]
+        [v.numpy() for v in distribution.experimental_local_results(outputs)]
     )
 
     between_replicas, against_single = 0.0, 0.0
@@ -86,7 +86,8 @@ def main(replicas: int, backbone: str) -> None:
         for name in ("moving_mean", "moving_variance"):
             reference = getattr(ours, name).numpy()
             copies = [
-                v.numpy() for v in strategy.experimental_local_results(getattr(theirs, name).value)
+                v.numpy()
+                for v in distribution.experimental_local_results(getattr(theirs, name).value)
             ]
             assert len(copies) == replicas
             between_replicas = max(between_replicas, *(_relative(c, copies[0]) for c in copies))

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 DEFAULT_CSV = Path("outputs/bench/distribute.csv")
 
 
-def time_steps(strategy, model_name: str, data, args) -> float:
-    """Images per second of the train step under ``strategy``."""
+def time_steps(distribution, model_name: str, data, args) -> float:
+    """Images per second of the train step under ``distribution``."""
     import keras
 
     from tripletlab.distribute import distribute_batches
@@ -31,7 +31,7 @@ def time_steps(strategy, model_name: str, data, args) -> float:
 
     x_train, y_train = data
     keras.utils.set_random_seed(0)
-    with strategy.scope():
+    with distribution.scope():
         model_cfg = SimpleNamespace(
             name=model_name, embedding_size=64, l2_normalize=True, num_channels=32, batch_norm=True
         )
@@ -39,11 +39,11 @@ def time_steps(strategy, model_name: str, data, args) -> float:
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
         mining = SimpleNamespace(strategy=args.mining, margin=0.2, squared=False, soft_margin=False)
-        step = make_train_step(model, optimizer, mining, strategy=strategy)
+        step = make_train_step(model, optimizer, mining, distribution=distribution)
     sampler = SimpleNamespace(name="pk", classes_per_batch=8, images_per_class=args.batch_size // 8)
     pipeline = TrainPipeline(x_train, y_train, sampler, args.batch_size, seed=0)
     batches = iter(
-        distribute_batches(strategy, lambda: pipeline.epoch(1).repeat(), args.batch_size)
+        distribute_batches(distribution, lambda: pipeline.epoch(1).repeat(), args.batch_size)
     )
     for _ in range(args.warmup):
         float(step(*next(batches))[0])

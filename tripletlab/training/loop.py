@@ -25,7 +25,7 @@ from tripletlab.artifacts import write_views
 from tripletlab.config import METRICS, to_container, validate
 from tripletlab.distribute import (
     distribute_batches,
-    make_strategy,
+    make_distribution,
     uses_logical_cpus,
 )
 from tripletlab.errors import DataError
@@ -103,11 +103,13 @@ class Trainer:
             )
             return self._metric_value(previous.get("metrics") or {})
 
-        self.runtime, strategy = setup_runtime(cfg)
-        self.replicas = strategy.num_replicas_in_sync
+        self.runtime, distribution = setup_runtime(cfg)
+        self.replicas = distribution.num_replicas_in_sync
         data = load_training_data(cfg.dataset)
-        with strategy.scope():
-            parts = Parts.build(cfg, data, self.runtime, strategy, folder, self.checkpoint_dir())
+        with distribution.scope():
+            parts = Parts.build(
+                cfg, data, self.runtime, distribution, folder, self.checkpoint_dir()
+            )
         try:
             return self._train(parts, data)
         finally:
@@ -228,15 +230,15 @@ def full_evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
 
 
 def setup_runtime(cfg: Any) -> tuple[Runtime, Any]:
-    """TensorFlow's runtime for ``cfg.trainer``, the device strategy for ``cfg.distribute``,
-    the seeds, and op determinism if asked. Returns (runtime, strategy)."""
+    """TensorFlow's runtime for ``cfg.trainer``, the ``tf.distribute`` distribution for ``cfg.distribute``,
+    the seeds, and op determinism if asked. Returns (runtime, distribution)."""
     import keras
     import tensorflow as tf
 
     runtime = setup_tf(cfg.trainer)
     # Before anything creates a tensor: it may split the CPU into logical devices.
-    strategy = make_strategy(cfg.distribute)
-    if runtime.jit_compile and uses_logical_cpus(strategy):
+    distribution = make_distribution(cfg.distribute)
+    if runtime.jit_compile and uses_logical_cpus(distribution):
         # XLA compiles every replica's step for the first CPU device, and logical CPUs share
         # one physical one: TensorFlow cannot run it (its "tf.Variable on a different
         # device" known issue). GPUs and one CPU per worker are fine.
@@ -250,9 +252,9 @@ def setup_runtime(cfg: Any) -> tuple[Runtime, Any]:
         runtime.device,
         runtime.jit_compile,
         runtime.precision,
-        strategy.num_replicas_in_sync,
+        distribution.num_replicas_in_sync,
     )
-    return runtime, strategy
+    return runtime, distribution
 
 
 @dataclass
@@ -260,7 +262,7 @@ class Parts:
     """What one epoch needs: the pipeline, the model, its optimizer, steps and checkpoints."""
 
     cfg: Any
-    strategy: Any
+    distribution: Any
     pipeline: Any
     model: Any
     schedule: Any
@@ -278,11 +280,11 @@ class Parts:
         cfg: Any,
         data: Any,
         runtime: Runtime,
-        strategy: Any,
+        distribution: Any,
         folder: RunFolder,
         checkpoint_dir: Path,
     ) -> Parts:
-        """Everything that holds variables: call it inside ``strategy.scope()``."""
+        """Everything that holds variables: call it inside ``distribution.scope()``."""
         import keras
 
         from tripletlab.models import build_model
@@ -331,7 +333,7 @@ class Parts:
             scales_loss=runtime.precision == "float16",
             jit_compile=runtime.jit_compile,
             means=means,
-            strategy=strategy,
+            distribution=distribution,
             memory=memory,
             seed=cfg.seed,
         )
@@ -346,7 +348,7 @@ class Parts:
         )
         return cls(
             cfg=cfg,
-            strategy=strategy,
+            distribution=distribution,
             pipeline=pipeline,
             model=model,
             schedule=schedule,
@@ -376,7 +378,9 @@ class Parts:
         self.progress.start()
         first_step = (epoch - 1) * steps
         t0 = time.perf_counter()
-        batches = distribute_batches(self.strategy, lambda: self.pipeline.epoch(epoch), batch_size)
+        batches = distribute_batches(
+            self.distribution, lambda: self.pipeline.epoch(epoch), batch_size
+        )
         try:
             for i, (images, labels) in enumerate(batches):
                 self.train_step(images, labels)

@@ -2,7 +2,7 @@
 labels of earlier steps, mined together with the batch (no gradient flows into it).
 
 It lives in ``tf.Variable`` s that the run's checkpoint holds, so a resumed run mines the
-same memory as an uninterrupted one. Under a ``tf.distribute`` strategy it holds *global*
+same memory as an uninterrupted one. Under ``tf.distribute`` (several replicas) it holds *global*
 batches: it is filled after the all-gather, with the same values on every replica (the
 variables take the first replica's write, ``ONLY_FIRST_REPLICA``).
 """
@@ -25,7 +25,7 @@ def strategy_options(mining: Any) -> dict[str, Any]:
 
 class CrossBatchMemory:
     """M embeddings [M, D] float32 and labels [M] int64, written in a ring; ``filled`` of
-    them hold entries. Create it in the strategy's scope; :meth:`contents` and
+    them hold entries. Create it in the distribution's scope; :meth:`contents` and
     :meth:`enqueue` run inside the train step."""
 
     def __init__(self, size: int, dim: int, start: int = 0):

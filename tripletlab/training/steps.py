@@ -1,5 +1,5 @@
 """The compiled train step: forward, the configured triplet loss over the global batch,
-backward, running means. One code path for one device and for tf.distribute strategies."""
+backward, running means. One code path for one device and for several replicas (tf.distribute)."""
 
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ def make_train_step(
     scales_loss: bool = False,
     jit_compile: bool = False,
     means: dict | None = None,
-    strategy=None,
+    distribution=None,
     memory=None,
     seed: int = 0,
 ):
     """A ``tf.function`` train_step(images, labels) -> (loss, fraction, norm, spread).
 
     images [b, H, W, C] and labels [b] are one replica's slice of the global batch (under a
-    strategy: per-replica values from a distributed dataset; else the whole batch). The four
+    distribution: per-replica values from a distributed dataset; else the whole batch). The four
     results are float32 scalars of the *global* batch: the loss and fraction of ``mining``
     (strategy, margin, squared, soft_margin) mined over all replicas' embeddings
     (:func:`tripletlab.distribute.global_batch_loss`), the mean embedding norm, and the mean
@@ -52,8 +52,8 @@ def make_train_step(
         step = optimizer.iterations  # a Keras variable: cast before stacking
         options["seed"] = lambda: tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
 
-    strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
+    distribution = distribution or tf.distribute.get_strategy()
+    replicas = distribution.num_replicas_in_sync
 
     def forward(images):
         return model(images, training=True)
@@ -106,9 +106,9 @@ def make_train_step(
         return loss, fraction, norm, spread
 
     def train_step(images, labels):
-        per_replica = strategy.run(replica_step, args=(images, labels))
+        per_replica = distribution.run(replica_step, args=(images, labels))
         # Global values: the same on every replica, so the first one's.
-        values = [strategy.experimental_local_results(v)[0] for v in per_replica]
+        values = [distribution.experimental_local_results(v)[0] for v in per_replica]
         if means is not None:
             for key, value in zip(RUNNING_MEANS, values, strict=True):
                 means[key].update_state(value)
