@@ -29,7 +29,17 @@ from tests.helpers import ROOT, TINY
 pytestmark = pytest.mark.e2e
 
 BUILD_INPUTS = ("pyproject.toml", "README.md", "LICENSE", "tripletlab", "conf")
-COMMANDS = ("train", "sweep", "evaluate", "visualize", "embed", "summarize", "fetch")
+COMMANDS = (
+    "train",
+    "sweep",
+    "evaluate",
+    "visualize",
+    "embed",
+    "summarize",
+    "fetch",
+    "export",
+    "index",
+)
 SWEPT_MINING = "mining=batch_all,batch_hard,semi_hard"
 
 

@@ -204,3 +204,23 @@ def test_each_failure_is_one_line(run, gallery, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if the extra were not installed
     assert index_main([str(run_dir)]) == 1
     assert "pip install 'tripletlab[index]'" in capsys.readouterr().err
+
+
+def test_bench_index_sets_the_indexes_beside_exact_search(tmp_path):
+    from tripletlab.bench.index import main as bench_main
+    from tripletlab.bench.index import measure, unit_vectors
+
+    rows = measure("random", unit_vectors(3000, 16, 1), unit_vectors(200, 16, 2), 10, 100)
+    by_method = {r["method"]: r for r in rows}
+    numpy_row = by_method["exact, numpy float64 (tripletlab-embed before)"]
+    faiss_row = by_method["exact, FAISS IndexFlatL2 float32 (--kind exact)"]
+    assert numpy_row["speedup"] == 1.0 and numpy_row["queries"] == 100
+    assert faiss_row["recall"] >= 0.99  # float32 against float64: the same neighbours
+    assert by_method["hnsw (--kind default settings)"]["recall"] >= 0.9
+    assert len([r for r in rows if r["method"].startswith("ivfpq")]) == 3
+    assert all(r["qps"] > 0 for r in rows)
+
+    md = tmp_path / "bench.md"
+    assert bench_main(["--count", "2000", "--queries", "50", "--dim", "8", "--md", str(md)]) == 0
+    text = md.read_text()
+    assert "random unit vectors 2,000 x 8" in text and "shared with other sessions" in text

@@ -16,6 +16,7 @@ COMMANDS = {
     "distribute": ("tripletlab.bench.distribute", "one device beside N mirrored replicas"),
     "data": ("tripletlab.bench.data", "streamed input pipeline: images/s and peak memory"),
     "eval": ("tripletlab.bench.eval", "a run's evaluation seconds: every epoch full vs sampled"),
+    "index": ("tripletlab.bench.index", "nearest-neighbour indexes beside exact search"),
 }
 
 
