@@ -758,5 +758,13 @@ def _check_distance_weighted(c: Any) -> None:
         )
 
 
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_container(cfg: Any) -> dict | None:
+    """A config as plain, resolved data (as summary.json records it): a DictConfig, a
+    dataclass (:class:`Config`) or a mapping; None for any other object."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    return None

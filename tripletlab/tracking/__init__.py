@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tripletlab.config import to_container
 from tripletlab.registry import TRACKERS
 from tripletlab.run_folder import RunFolder
 from tripletlab.tracking import mlflow as _mlflow  # noqa: F401  (registers logger=mlflow)
@@ -46,7 +47,7 @@ def make_trackers(cfg: Any, folder: RunFolder) -> list[Guarded]:
         (logger, lambda config: TRACKERS.get(logger)(logger_cfg, folder, config)),
     ):
         try:
-            tracker = build(_plain_config(cfg))
+            tracker = build(to_container(cfg) or {})
         except Exception as err:  # noqa: BLE001 - a tracker never fails the run
             kind = type(err).__name__
             log.warning("%s tracker failed (%s: %s); the run goes on without it", name, kind, err)
@@ -54,15 +55,3 @@ def make_trackers(cfg: Any, folder: RunFolder) -> list[Guarded]:
         if tracker is not None:
             trackers.append(Guarded(tracker))
     return trackers
-
-
-def _plain_config(cfg: Any) -> dict:
-    import dataclasses
-
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    return dict(cfg)

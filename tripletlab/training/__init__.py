@@ -8,12 +8,12 @@ summary, whatever raised it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tripletlab.config import to_container
 from tripletlab.errors import TripletLabError, storage_fault
 from tripletlab.run_folder import RunFolder, RunLock, Status, check_resume
 from tripletlab.training.callbacks import Callbacks
@@ -48,7 +48,7 @@ def train(
         chief = _is_chief(cfg)
         with RunLock(folder) if chief else contextlib.nullcontext():
             if chief:
-                check_resume(folder, _plain(cfg), str(_resume_mode(cfg)))
+                check_resume(folder, to_container(cfg), str(_resume_mode(cfg)))
                 if on_claimed is not None:
                     on_claimed()
             return _train_claimed(cfg, folder, Callbacks(callbacks), chief)
@@ -75,14 +75,18 @@ def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Callbacks, chief: boo
         begun = True
         return trainer.run()
     except KeyboardInterrupt:
-        _record(trainer, folder, cfg, Status.INTERRUPTED, "interrupted by the user")
+        if chief:
+            _record(trainer, folder, cfg, Status.INTERRUPTED, "interrupted by the user")
         raise
     except TripletLabError as err:
-        _record(trainer, folder, cfg, Status.FAILED, str(err))
+        if chief:
+            _record(trainer, folder, cfg, Status.FAILED, str(err))
         raise
     except Exception as err:
         fault = storage_fault(err, folder.path) or _cluster_fault(err, cfg, folder)
-        _record(trainer, folder, cfg, Status.FAILED, str(fault or f"{type(err).__name__}: {err}"))
+        if chief:
+            why = str(fault or f"{type(err).__name__}: {err}")
+            _record(trainer, folder, cfg, Status.FAILED, why)
         if fault is not None:
             raise fault from None
         raise
@@ -111,31 +115,15 @@ def _resume_mode(cfg: Any) -> str:
     return getattr(getattr(cfg, "trainer", None), "resume", "auto") or "auto"
 
 
-def _plain(cfg: Any) -> dict | None:
-    """The config as plain data, as the run summary records it; None for other objects."""
-    if hasattr(cfg, "_metadata"):
-        from tripletlab.config import to_container
-
-        return to_container(cfg)
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    return None
-
-
 def _record(trainer, folder: RunFolder, cfg: Any, status: Status, error: str) -> None:
-    """Record the failure in the run summary (the chief only); a full disk only warns here, as
-    the error being raised already says what went wrong."""
-    try:
-        if not _is_chief(cfg):
-            return  # only the chief writes the run folder
-    except Exception:  # noqa: BLE001 - a config without the key: a single-host run
-        pass
+    """Record the failure in the run summary (the chief's :func:`_train_claimed` calls it);
+    a full disk only warns here, as the error being raised already says what went wrong."""
     try:
         if trainer is not None:
             trainer.write_summary(status, error=error)
             return
         try:
-            config = _plain(cfg)
+            config = to_container(cfg)
         except Exception:  # noqa: BLE001 - an unresolvable config is what failed
             config = None
         folder.mark(status, error, config)

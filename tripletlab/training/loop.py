@@ -1,6 +1,6 @@
 """The training loop: it only connects parts built elsewhere.
 
-Runtime (:mod:`tripletlab.runtime`), data (:mod:`tripletlab.data`, :mod:`tripletlab.pipeline`),
+Runtime (:mod:`tripletlab.runtime`), data (:mod:`tripletlab.data`, :mod:`tripletlab.data.pipeline`),
 model (:mod:`tripletlab.models`), the compiled step (:mod:`.steps`), checkpoints
 (:mod:`.checkpoints`), monitors (:mod:`.monitors`), evaluation (:mod:`tripletlab.inference`)
 and the run folder (:mod:`tripletlab.run_folder`). It knows nothing of YAML: ``cfg`` is any
@@ -23,6 +23,7 @@ import numpy as np
 
 from tripletlab.artifacts import write_views
 from tripletlab.config import METRICS, to_container, validate
+from tripletlab.data.samplers import effective_batch_size
 from tripletlab.distribute import (
     distribute_batches,
     make_distribution,
@@ -31,7 +32,6 @@ from tripletlab.distribute import (
 from tripletlab.errors import DataError
 from tripletlab.inference import embed_images, evaluate_split, make_embed_step, query_sample
 from tripletlab.io_utils import atomic_path
-from tripletlab.pipeline import effective_batch_size
 from tripletlab.run_folder import RunFolder, Status, build_summary
 from tripletlab.runtime import Runtime, setup_tf
 from tripletlab.training.callbacks import Callbacks
@@ -81,7 +81,7 @@ class Trainer:
             device=self.runtime.device if self.runtime else None,
             precision=self.runtime.precision if self.runtime else None,
             replicas=self.replicas,
-            config=to_container(self.cfg) if hasattr(self.cfg, "_metadata") else None,
+            config=to_container(self.cfg),
         )
         if self.chief:
             self.folder.write_summary(summary)
@@ -287,8 +287,8 @@ class Parts:
         """Everything that holds variables: call it inside ``distribution.scope()``."""
         import keras
 
+        from tripletlab.data.pipeline import TrainPipeline
         from tripletlab.models import build_model
-        from tripletlab.pipeline import TrainPipeline
         from tripletlab.schedules import WarmupCosine
 
         pipeline = TrainPipeline(
