@@ -134,14 +134,14 @@ def isolate_data_search(tmp_path: Path, monkeypatch) -> Path:
 
     Returns where a Fashion-MNIST download would go (~/.keras/datasets/fashion-mnist).
     """
-    from tripletlab import data
+    from tripletlab.data import idx
 
     monkeypatch.delenv("TRIPLETLAB_DATA", raising=False)
     for var in ("http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
         monkeypatch.delenv(var.upper(), raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "system")
+    monkeypatch.setattr(idx, "SYSTEM_DATASETS", tmp_path / "system")
     return tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
 
 

@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tripletlab import inference, pipeline
-from tripletlab.image_files import ImageFiles
+from tripletlab import inference
+from tripletlab.data import pipeline
+from tripletlab.data.image_files import ImageFiles
+from tripletlab.data.pipeline import eval_batch_size
 from tripletlab.inference import embed_images, evaluate_split, metric_chunk_size, query_sample
-from tripletlab.pipeline import eval_batch_size
 
 
 def test_query_sample_is_fixed_sorted_and_distinct():

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT, write_image
-from tripletlab import data
 from tripletlab.config import ImageFolderConfig
-from tripletlab.data import images_from_files, in_memory_peak_bytes, load_dataset
+from tripletlab.data import images, images_from_files, in_memory_peak_bytes, load_dataset
+from tripletlab.data.pipeline import TENSOR_ALIGNMENT
 from tripletlab.errors import DataError
-from tripletlab.pipeline import TENSOR_ALIGNMENT
 
 
 def _grey_then_colour(tmp_path):
@@ -68,10 +67,10 @@ def test_auto_streams_when_the_in_memory_peak_would_pass_the_limit(tmp_path, mon
     assert in_memory_peak_bytes(12, 8, None) == decoded * 4 // 3
     rgb = ImageFolderConfig(root=str(root), image_size=8, channels=3)
     either = ImageFolderConfig(root=str(root), image_size=8, channels=None)
-    monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", decoded)
+    monkeypatch.setattr(images, "STREAM_ABOVE_BYTES", decoded)
     assert not load_dataset(rgb).streamed  # fits exactly
     assert load_dataset(either).streamed  # the possible RGB copy does not
-    monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", decoded - 1)
+    monkeypatch.setattr(images, "STREAM_ABOVE_BYTES", decoded - 1)
     assert load_dataset(rgb).streamed
 
 

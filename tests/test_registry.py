@@ -129,7 +129,8 @@ def test_the_name_lists_derive_from_the_registries():
 
 
 def test_unknown_names_at_dispatch_name_the_valid_ones():
-    from tripletlab import data, losses, pipeline
+    from tripletlab import data, losses
+    from tripletlab.data import samplers
     from tripletlab.models import build_model
 
     with pytest.raises(
@@ -145,7 +146,7 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
     with pytest.raises(
         ConfigError, match="sampler.name='fifo' is not valid; choose one of: pk, random"
     ):
-        pipeline.epoch_batches(np.zeros(4), OmegaConf.create({"name": "fifo"}), 2, 0, 0)
+        samplers.epoch_batches(np.zeros(4), OmegaConf.create({"name": "fifo"}), 2, 0, 0)
     with pytest.raises(
         ConfigError,
         match="dataset.name='cifar' is not valid; choose one of: cars196, cub200, digits",

@@ -35,13 +35,13 @@ def make_embed_step(model, jit_compile: bool = False) -> Callable:
 def embed_images(embed_step: Callable, images: np.ndarray, batch_size: int, dim: int) -> np.ndarray:
     """uint8 images [N, H, W, C] (an array or ImageFiles) -> float32 embeddings [N, dim].
 
-    One batch (:func:`~tripletlab.pipeline.eval_batches`, at most ``batch_size``) is scaled
+    One batch (:func:`~tripletlab.data.pipeline.eval_batches`, at most ``batch_size``) is scaled
     to float32 and embedded at a time, written into the [N, dim] output allocated up front:
     a streamed split is never decoded whole, an in-memory one never copied or converted to
     float32 whole. Streamed images: a file that fails to decode is a DataError naming it.
     """
-    from tripletlab.image_files import ImageFiles, tf_decode_errors
-    from tripletlab.pipeline import eval_batches, scale_images
+    from tripletlab.data.image_files import ImageFiles, tf_decode_errors
+    from tripletlab.data.pipeline import eval_batches, scale_images
 
     out = np.empty((len(images), int(dim)), np.float32)
     done = 0
@@ -155,7 +155,7 @@ class Embedder:
         return int(self.model.output_shape[-1])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        from tripletlab.image_files import ImageFiles
+        from tripletlab.data.image_files import ImageFiles
 
         if isinstance(images, ImageFiles):  # streamed: decoded batch by batch, never all at once
             if images.image_shape != self.input_shape:

@@ -14,7 +14,9 @@ import csv
 import io
 import json
 import os
+import re
 import secrets
+import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,25 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "is_hidden",
+    "part_owner",
     "read_yaml",
+    "this_host",
     "unwritable_folder",
 ]
+
+_PART_NAME = re.compile(r"\..+@([A-Za-z0-9_]+)-(\d+)-[0-9a-f]+\.part.*")
+
+
+def this_host() -> str:
+    """This machine's name as temporary file names spell it (letters, digits and _)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
+def part_owner(path: str | os.PathLike) -> tuple[str, int] | None:
+    """(host, pid) of the process that writes the temporary file ``path`` (an
+    :func:`atomic_path`), or None when the name is not one of those."""
+    match = _PART_NAME.fullmatch(Path(path).name)
+    return (match.group(1), int(match.group(2))) if match else None
 
 
 @contextlib.contextmanager
@@ -41,8 +59,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name, so two writers of the same path never share a temporary file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
+    # A unique name, so two writers of the same path never share a temporary file; it says
+    # which process writes it, so that one left by a killed process can be told apart
+    # (:func:`part_owner`, tripletlab.data.download.remove_stale_parts).
+    owner = f"{this_host()}-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = path.with_name(f".{path.name}@{owner}.part{path.suffix}")
     try:
         yield tmp
         _fsync(tmp)  # the content reaches the disk before the name does

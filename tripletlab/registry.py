@@ -1,15 +1,15 @@
 """One registry per kind: the names a config may choose, and the code each name runs.
 
-=================  ===================  ============================  ==================
-registry           config key           implementations live in       options in conf/
-=================  ===================  ============================  ==================
-``DATASETS``       ``dataset.name``     :mod:`tripletlab.data`        ``dataset/``
-``BACKBONES``      ``model.name``       :mod:`tripletlab.models`      ``model/``
-``LOSSES``         ``mining.strategy``  :mod:`tripletlab.losses`      ``mining/``
-``SAMPLERS``       ``sampler.name``     :mod:`tripletlab.pipeline`    ``sampler/``
-``TRACKERS``       ``logger.name``      :mod:`tripletlab.tracking`    ``logger/``
-``DISTRIBUTIONS``  ``distribute.name``  :mod:`tripletlab.distribute`  ``distribute/``
-=================  ===================  ============================  ==================
+=================  ===================  ================================  ==================
+registry           config key           implementations live in           options in conf/
+=================  ===================  ================================  ==================
+``DATASETS``       ``dataset.name``     :mod:`tripletlab.data`            ``dataset/``
+``BACKBONES``      ``model.name``       :mod:`tripletlab.models`          ``model/``
+``LOSSES``         ``mining.strategy``  :mod:`tripletlab.losses`          ``mining/``
+``SAMPLERS``       ``sampler.name``     :mod:`tripletlab.data.samplers`   ``sampler/``
+``TRACKERS``       ``logger.name``      :mod:`tripletlab.tracking`        ``logger/``
+``DISTRIBUTIONS``  ``distribute.name``  :mod:`tripletlab.distribute`      ``distribute/``
+=================  ===================  ================================  ==================
 
 The valid names are the options in ``conf/<group>/`` (the YAML files a user picks with
 ``model=<name>``) plus anything registered at run time. Config checks, error messages and
@@ -132,7 +132,7 @@ class Registry:
 DATASETS = Registry("DATASETS", "dataset.name", home="tripletlab.data", group="dataset")
 BACKBONES = Registry("BACKBONES", "model.name", home="tripletlab.models", group="model")
 LOSSES = Registry("LOSSES", "mining.strategy", home="tripletlab.losses", group="mining")
-SAMPLERS = Registry("SAMPLERS", "sampler.name", home="tripletlab.pipeline", group="sampler")
+SAMPLERS = Registry("SAMPLERS", "sampler.name", home="tripletlab.data.samplers", group="sampler")
 TRACKERS = Registry("TRACKERS", "logger.name", home="tripletlab.tracking", group="logger")
 DISTRIBUTIONS = Registry(
     "DISTRIBUTIONS", "distribute.name", home="tripletlab.distribute", group="distribute"

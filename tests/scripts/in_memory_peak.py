@@ -26,8 +26,8 @@ def exercise(images: np.ndarray, labels: np.ndarray) -> None:
     import tensorflow as tf
     from omegaconf import OmegaConf
 
+    from tripletlab.data.pipeline import TrainPipeline
     from tripletlab.inference import embed_images
-    from tripletlab.pipeline import TrainPipeline
 
     sampler = OmegaConf.create({"name": "random"})
     pipe = TrainPipeline(images, labels, sampler, 64, seed=0, max_steps=3)

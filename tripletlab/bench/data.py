@@ -266,7 +266,7 @@ def _jpeg_size(text: str) -> tuple[int, int]:
 def bench(args) -> dict:
     import tripletlab
     from tripletlab.data import load_dataset
-    from tripletlab.pipeline import TrainPipeline
+    from tripletlab.data.pipeline import TrainPipeline
 
     overrides = [
         f"dataset={args.dataset}",
@@ -327,12 +327,14 @@ def bench(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tripletlab.data.layouts import LAYOUTS
+
     parser = argparse.ArgumentParser(prog="python -m tripletlab.bench data", description=__doc__)
     parser.add_argument("--root", type=Path, help="the dataset folder (dataset.root)")
     parser.add_argument(
         "--dataset",
         default="image_folder",
-        choices=["image_folder", "cub200", "cars196", "sop", "inshop"],
+        choices=["image_folder", *LAYOUTS],  # the datasets read from image files
     )
     parser.add_argument("--image-size", type=int, help="224 (96 with --memory)")
     parser.add_argument("--channels", type=int, default=3, choices=[1, 3])

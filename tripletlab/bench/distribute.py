@@ -24,9 +24,9 @@ def time_steps(distribution, model_name: str, data, args) -> float:
     """Images per second of the train step under ``distribution``."""
     import keras
 
+    from tripletlab.data.pipeline import TrainPipeline
     from tripletlab.distribute import distribute_batches
     from tripletlab.models import build_model
-    from tripletlab.pipeline import TrainPipeline
     from tripletlab.training.steps import make_train_step
 
     x_train, y_train = data

@@ -92,9 +92,9 @@ def bench_model(name: str, precision: str, data, args) -> dict:
     import keras
     import tensorflow as tf
 
+    from tripletlab.data.pipeline import TrainPipeline
     from tripletlab.inference import make_embed_step
     from tripletlab.models import build_model
-    from tripletlab.pipeline import TrainPipeline
     from tripletlab.training.steps import make_train_step
 
     x_train, y_train, x_test, y_test = data
@@ -141,8 +141,8 @@ def bench_model(name: str, precision: str, data, args) -> dict:
     ips = batch / step_s
 
     # Evaluation: embed train + test, then the retrieval metrics and kNN.
+    from tripletlab.data.pipeline import eval_dataset
     from tripletlab.metrics import evaluate_embeddings
-    from tripletlab.pipeline import eval_dataset
 
     def embed(images):
         return np.concatenate([embed_step(b).numpy() for b in eval_dataset(images, 1024)])

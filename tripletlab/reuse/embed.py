@@ -132,7 +132,7 @@ def indexed_gallery(index, run_cfg, shape: Sequence[int]) -> Gallery:
     """The gallery of the run's index (:mod:`tripletlab.reuse.index`): its names and labels
     as stored; its images (for the contact sheet) read only when drawn: a folder's files
     stay on disk, a split is the run's dataset."""
-    from tripletlab.image_files import ImageFiles
+    from tripletlab.data.image_files import ImageFiles
 
     described = index.manifest["gallery"]
     kind = index.manifest["kind"]

@@ -98,7 +98,7 @@ def conform_batch(images, height: int, width: int, channels: int):
 
     The conversions of :func:`tripletlab.data.conform_images`, in its order: alpha dropped,
     colour -> grey (PIL's fixed-point luma), bilinear antialiased resize rounded to uint8 (as
-    :func:`tripletlab.image_files.decode_file`), grey -> RGB. Same size: no resizing.
+    :func:`tripletlab.data.image_files.decode_file`), grey -> RGB. Same size: no resizing.
     """
     import tensorflow as tf
 

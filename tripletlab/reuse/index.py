@@ -2,7 +2,7 @@
 
 ``build_index(RUN_DIR, gallery=DIR | split="train", kind="exact" | "hnsw" | "ivfpq")`` embeds
 the gallery with the run's model one batch at a time (a folder is streamed from disk as
-:class:`~tripletlab.image_files.ImageFiles`; nothing but the index grows with the number
+:class:`~tripletlab.data.image_files.ImageFiles`; nothing but the index grows with the number
 of images) and adds each batch to a FAISS index (the ``index`` extra, ``faiss-cpu``):
 
 - ``exact``: ``IndexFlatL2``, every distance computed (what ``tripletlab-embed`` did);
@@ -158,7 +158,7 @@ class GallerySource:
 
 def folder_source(folder: str | os.PathLike, shape: Sequence[int]) -> GallerySource:
     """A folder's images (recursively) streamed from disk, labelled by their sub-folder."""
-    from tripletlab.image_files import ImageFiles
+    from tripletlab.data.image_files import ImageFiles
     from tripletlab.reuse.embed import gallery_files
 
     root, paths = gallery_files(folder)
@@ -182,8 +182,8 @@ def split_source(run_cfg, split: str, shape: Sequence[int]) -> GallerySource:
 def embed_in_batches(embedder, images):
     """Yield float32 embeddings [b, D] of ``images`` one batch at a time, as
     :func:`tripletlab.inference.embed_images` batches them (so they equal its output)."""
-    from tripletlab.image_files import ImageFiles, tf_decode_errors
-    from tripletlab.pipeline import eval_batches
+    from tripletlab.data.image_files import ImageFiles, tf_decode_errors
+    from tripletlab.data.pipeline import eval_batches
 
     done = 0
     try:

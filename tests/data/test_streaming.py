@@ -14,8 +14,13 @@ import tripletlab
 from tests.helpers import write_cub, write_image_folder, write_inshop
 from tripletlab.config import ImageFolderConfig
 from tripletlab.data import load_dataset
+from tripletlab.data.pipeline import (
+    MAX_EVAL_BATCH_VALUES,
+    TrainPipeline,
+    eval_batch_size,
+    eval_dataset,
+)
 from tripletlab.errors import DataError
-from tripletlab.pipeline import MAX_EVAL_BATCH_VALUES, TrainPipeline, eval_batch_size, eval_dataset
 from tripletlab.run_folder import RunFolder
 
 # Real runs or commands end to end (`make test-fast` leaves them out).

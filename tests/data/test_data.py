@@ -22,16 +22,18 @@ from tests.helpers import (
 from tripletlab import data
 from tripletlab.config import DatasetConfig, DigitsConfig, ImageFolderConfig, schema_for
 from tripletlab.data import (
-    FASHION_MNIST_CLASSES,
     IDX_FILES,
     IMAGES_MAGIC,
     LABELS_MAGIC,
     find_idx_folder,
+    idx,
+    images,
     load_dataset,
     read_idx,
     search_locations,
     write_idx,
 )
+from tripletlab.data.idx import FASHION_MNIST_CLASSES
 from tripletlab.errors import ConfigError, DataError
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -206,7 +208,7 @@ def test_a_header_declaring_an_absurd_size_is_refused(tmp_path):
         read_idx(path, IMAGES_MAGIC)
     message = str(err.value)
     assert f"{path} declares 10,000,000,000,016 bytes in its header" in message
-    assert f"more than the limit of {data.MAX_IDX_BYTES:,}" in message
+    assert f"more than the limit of {idx.MAX_IDX_BYTES:,}" in message
 
 
 def test_empty_and_missing_files(tmp_path):
@@ -293,7 +295,7 @@ def test_search_order(tmp_path, monkeypatch):
     assert len(load_dataset(idx_cfg()).x_train) == 22
     monkeypatch.delenv("TRIPLETLAB_DATA")
     assert len(load_dataset(idx_cfg()).x_train) == 23
-    monkeypatch.setattr(data, "SYSTEM_DATASETS", tmp_path / "elsewhere")
+    monkeypatch.setattr(idx, "SYSTEM_DATASETS", tmp_path / "elsewhere")
     assert len(load_dataset(idx_cfg()).x_train) == 24
     assert find_idx_folder("fashion_mnist") == home_folder(tmp_path)
 
@@ -614,7 +616,7 @@ def test_rgb_to_gray_matches_pil():
 
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="dataset-fashion-mnist is not installed")
 def test_real_debian_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATASETS", REAL_FASHION.parent)
+    monkeypatch.setattr(idx, "SYSTEM_DATASETS", REAL_FASHION.parent)
     ds = load_dataset(idx_cfg())
     assert ds.source == str(REAL_FASHION)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
@@ -676,11 +678,11 @@ def test_image_folder_streams_the_same_images(tmp_path):
     np.testing.assert_array_equal(np.asarray(streamed.x_test), memory.x_test)
     # auto streams once the decoded images would pass STREAM_ABOVE_BYTES.
     assert not load_dataset(folder_cfg(root, image_size=8)).streamed
-    data.STREAM_ABOVE_BYTES, before = 12 * 8 * 8 * 3 - 1, data.STREAM_ABOVE_BYTES
+    images.STREAM_ABOVE_BYTES, before = 12 * 8 * 8 * 3 - 1, images.STREAM_ABOVE_BYTES
     try:
         auto = load_dataset(folder_cfg(root, image_size=8))
     finally:
-        data.STREAM_ABOVE_BYTES = before
+        images.STREAM_ABOVE_BYTES = before
     assert auto.streamed and auto.image_shape == (8, 8, 3)
 
 

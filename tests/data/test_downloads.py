@@ -20,9 +20,8 @@ import time
 import pytest
 
 from tests.helpers import isolate_data_search, serve_folder, write_idx_folder
-from tripletlab import data
 from tripletlab.config import schema_for
-from tripletlab.data import IDX_FILES, load_dataset
+from tripletlab.data import IDX_FILES, idx, load_dataset
 from tripletlab.errors import ConfigError, DataError
 
 
@@ -44,15 +43,15 @@ def _sha(path) -> str:
 
 
 def _as_official(monkeypatch, url: str, sums: dict[str, str]) -> None:
-    spec = dataclasses.replace(data.IDX_DATASETS["mnist"], url=url)
-    monkeypatch.setitem(data.IDX_DATASETS, "mnist", spec)
-    monkeypatch.setitem(data.PUBLISHED_SHA256, "mnist", sums)
+    spec = dataclasses.replace(idx.IDX_DATASETS["mnist"], url=url)
+    monkeypatch.setitem(idx.IDX_DATASETS, "mnist", spec)
+    monkeypatch.setitem(idx.PUBLISHED_SHA256, "mnist", sums)
 
 
 def test_the_official_mirrors_are_https_and_every_file_has_a_published_sha256():
-    for name, spec in data.IDX_DATASETS.items():
+    for name, spec in idx.IDX_DATASETS.items():
         assert spec.url.startswith("https://"), name
-        sums = data.PUBLISHED_SHA256[name]
+        sums = idx.PUBLISHED_SHA256[name]
         assert set(sums) == set(IDX_FILES.values())
         assert all(len(s) == 64 and int(s, 16) >= 0 for s in sums.values())
 

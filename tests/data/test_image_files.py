@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tripletlab.errors import DataError
-from tripletlab.image_files import (
+from tripletlab.data.image_files import (
     ImageFiles,
     ImageInfo,
     common_format,
     inspect_image,
     inspect_images,
 )
+from tripletlab.errors import DataError
 
 
 def _png(path, array):
@@ -157,8 +157,7 @@ def test_a_file_that_fails_to_decode_later_is_named(tmp_path):
 
 
 def test_images_over_the_pixel_limit_are_refused_in_every_path(tmp_path, monkeypatch):
-    from tripletlab import image_files
-    from tripletlab.data import decode_image
+    from tripletlab.data import decode_image, image_files
 
     paths = [_jpeg(tmp_path / f"{i}.jpg", seed=i) for i in range(3)]
     big = _jpeg(tmp_path / "big.jpg", shape=(40, 50, 3))

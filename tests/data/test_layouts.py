@@ -8,8 +8,8 @@ import pytest
 import tripletlab
 from tests.helpers import write_cars, write_cub, write_inshop, write_jpeg, write_sop
 from tripletlab.data import fetch, load_dataset
+from tripletlab.data.image_files import ImageFiles
 from tripletlab.errors import ConfigError, DataError
-from tripletlab.image_files import ImageFiles
 
 
 def _load(name, root, *overrides):
@@ -101,7 +101,7 @@ def test_inshop_drops_single_image_training_items(tmp_path, caplog):
 def test_a_missing_or_incomplete_folder_names_the_files_and_the_source(
     tmp_path, name, writer, expected
 ):
-    from tripletlab.layouts import LAYOUTS
+    from tripletlab.data.layouts import LAYOUTS
 
     layout = LAYOUTS[name]
     with pytest.raises(DataError) as err:

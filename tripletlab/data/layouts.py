@@ -17,8 +17,8 @@ name         files under ``dataset.root``                        standard protoc
 Nothing is downloaded: a missing or incomplete folder gets one message naming the files
 expected and where the dataset is published. ``split=original`` is each dataset's own
 split (CUB's train_test_split.txt, Cars' ``test`` flag); ``split=classes`` the unseen-class
-one (:func:`tripletlab.data.split_by_classes`). Images are streamed from disk when decoding
-them would not fit (``dataset.stream=auto``), see :mod:`tripletlab.data`.
+one (:func:`tripletlab.data.base.split_by_classes`). Images are streamed from disk when decoding
+them would not fit (``dataset.stream=auto``), see :mod:`tripletlab.data.images`.
 """
 
 from __future__ import annotations
@@ -31,14 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from tripletlab.data import (
-    Dataset,
-    DatasetSource,
-    _opt,
-    _root_path,
-    images_from_files,
-    stream_mode,
-)
+from tripletlab.data.base import Dataset, DatasetSource, option, root_path, stream_mode
+from tripletlab.data.images import images_from_files
 from tripletlab.errors import DataError
 from tripletlab.registry import DATASETS
 
@@ -76,23 +70,23 @@ class Layout:
     def locate(self, root: Any) -> Path:
         """The dataset's folder: ``root`` or ``root/<folder>``; else one message saying
         what is missing and where the dataset is published."""
-        root_path = _root_path(root)
+        given = root_path(root)
         expected = ", ".join(e.replace("|", " or ") for e in self.required)
         how = (
             f"{self.name} reads {self.title} as published at {self.url} ({self.archive}): "
             f"{expected}; unpack it and set dataset.root to the folder holding them "
             f"(usually {self.folder})"
         )
-        if root_path is None:
+        if given is None:
             raise DataError(f"dataset.root is not set; {how}")
-        if not root_path.is_dir():
-            raise DataError(f"dataset.root={root_path} is not a folder; {how}")
-        for folder in (root_path, root_path / self.folder):
+        if not given.is_dir():
+            raise DataError(f"dataset.root={given} is not a folder; {how}")
+        for folder in (given, given / self.folder):
             if folder.is_dir() and not self.missing(folder):
                 return folder
-        lacks = ", ".join(m.replace("|", " or ") for m in self.missing(root_path))
+        lacks = ", ".join(m.replace("|", " or ") for m in self.missing(given))
         raise DataError(
-            f"dataset.root={root_path} is not a {self.title} folder: it lacks {lacks} (and "
+            f"dataset.root={given} is not a {self.title} folder: it lacks {lacks} (and "
             f"has no complete {self.folder}/ inside); {how}"
         )
 
@@ -328,9 +322,9 @@ def _drop_single_image_classes(index: Index, name: str) -> None:
 
 def _layout_source(layout: Layout) -> DatasetSource:
     def load(cfg: Any) -> Dataset:
-        folder = layout.locate(_opt(cfg, "root"))
+        folder = layout.locate(option(cfg, "root"))
         index = layout.read(folder)
-        if str(_opt(cfg, "split")) == "original":
+        if str(option(cfg, "split")) == "original":
             _drop_single_image_classes(index, layout.name)
             if not index.paths["test"]:
                 raise DataError(
@@ -338,13 +332,13 @@ def _layout_source(layout: Layout) -> DatasetSource:
                     "with dataset.split=original; use dataset.split=classes"
                 )
         splits = [s for s in ("train", "test", "gallery") if s in index.paths]
-        size = _opt(cfg, "image_size")
+        size = option(cfg, "image_size")
         images = images_from_files(
             [index.paths[s] for s in splits],
-            _opt(cfg, "channels"),
+            option(cfg, "channels"),
             None if size is None else int(size),
             stream_mode(cfg),
-            bool(_opt(cfg, "verify")),
+            bool(option(cfg, "verify")),
         )
         x = dict(zip(splits, images, strict=True))
         return Dataset(
