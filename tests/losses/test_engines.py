@@ -738,3 +738,30 @@ def test_bench_dispatcher(capsys):
     assert bench_cli.main(["--help"]) == 0
     assert "losses" in capsys.readouterr().out
     assert set(bench_cli.COMMANDS) >= {"losses", "train"}
+
+
+def test_benchmark_cross_batch_memory_rows(tmp_path, capsys):
+    """--xbm BxM: every strategy on the same [B, B + M] problem, ratios to batch-hard with
+    that memory; the memory's losses differ from the batch's alone (the columns are used)."""
+    path = tmp_path / "losses.csv"
+    args = ["--sizes", "12", "--xbm", "12x20", "--repeats", "1", "--warmup", "1"]
+    assert bench.main([*args, "--labels", "random3", "--memory", "off", "--csv", str(path)]) == 0
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    with_memory = {r["strategy"]: r for r in rows if r["memory_size"] == "20"}
+    alone = {r["strategy"]: r for r in rows if r["memory_size"] == "0" and r["impl"] == "ours"}
+    assert set(with_memory) == set(bench.OURS) and all(
+        r["impl"] == "ours" for r in with_memory.values()
+    )
+    assert float(with_memory["batch_hard"]["time_vs_batch_hard"]) == 1.0
+    assert int(with_memory["batch_hard"]["largest_class"]) > int(
+        alone["batch_hard"]["largest_class"]
+    )
+    labels, emb, memory = bench.memory_batch(bench.parse_args(args), "random3", 12, 20)
+    want = losses.batch_hard_triplet_loss(labels, emb, margin=0.5, memory=memory)[0]
+    assert float(with_memory["batch_hard"]["loss"]) == pytest.approx(float(want), rel=1e-6)
+    out = capsys.readouterr()
+    assert "| 12 + 20 memory |" in out.out.replace("  ", "")
+    assert "pytorch-metric-learning" in out.err or "pml" in out.out
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--xbm", "256"])

@@ -44,6 +44,7 @@ gains more than the others, and the ratios to it grow by ~0.2-0.5.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -72,6 +73,7 @@ CSV_COLUMNS = (
     "strategy",
     "impl",
     "batch_size",
+    "memory_size",
     "dim",
     "images_per_class",
     "classes",
@@ -332,30 +334,38 @@ def measure_interleaved(steps: dict, labels, emb, warmup: int, repeats: int) -> 
     return out
 
 
+def cases_of(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """(labels regime, B, M) of every case: the sizes without memory (M = 0), then the
+    ``--xbm`` ones."""
+    plain = [(regime, b, 0) for regime in args.labels for b in args.sizes]
+    return plain + [(regime, b, m) for regime in args.labels for b, m in args.xbm]
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     """Every case, timed here; peak memory from a second process when this one's allocator
     keeps no statistics (CPU), unless --memory off."""
-    cases = [(regime, b) for regime in args.labels for b in args.sizes]
-    rows = [row for regime, b in cases for row in run_case(args, regime, b)]
+    cases = cases_of(args)
+    rows = [row for regime, b, m in cases for row in run_case(args, regime, b, m)]
     missing = [row for row in rows if "ms_median" in row and not np.isfinite(row["peak_mb"])]
     if missing and args.memory == "auto":
         peaks = peaks_in_child(args)
         for row in rows:
             if _row_key(row) in peaks:
                 row["peak_mb"] = peaks[_row_key(row)]
-        for regime, b in cases:
+        for regime, b, m in cases:
             _add_ratios(
                 {
                     (r["strategy"], r["impl"]): r
                     for r in rows
-                    if r["labels"] == regime and r["batch_size"] == b
+                    if (r["labels"], r["batch_size"], r["memory_size"]) == (regime, b, m)
                 }
             )
-    return rows
+    return rows + pml_rows(args, cases)
 
 
 def _row_key(row: dict) -> str:
-    return f"{row['labels']} {row['batch_size']} {row['strategy']} {row['impl']}"
+    memory = f" M={row['memory_size']}" if row["memory_size"] else ""
+    return f"{row['labels']} {row['batch_size']}{memory} {row['strategy']} {row['impl']}"
 
 
 def peaks_in_child(args: argparse.Namespace) -> dict:
@@ -367,6 +377,7 @@ def peaks_in_child(args: argparse.Namespace) -> dict:
         argv += ["--sizes", *map(str, args.sizes), "--labels", ",".join(args.labels)]
         argv += ["--dim", str(args.dim), "--images-per-class", str(args.images_per_class)]
         argv += ["--embeddings", args.embeddings]
+        argv += ["--xbm", *(f"{b}x{m}" for b, m in args.xbm)] if args.xbm else []
         argv += ["--margin", str(args.margin), "--dense-cap-gb", str(args.dense_cap_gb)]
         argv += ["--soft-margin"] * args.soft_margin + ["--jit"] * args.jit
         env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
@@ -378,17 +389,18 @@ def peaks_in_child(args: argparse.Namespace) -> dict:
 def memory_only(args: argparse.Namespace) -> dict:
     """{row key: peak MB}: one traced call, then one measured call per case, no timing."""
     peaks = {}
-    for regime, b in [(regime, b) for regime in args.labels for b in args.sizes]:
-        labels, emb, _, by_key, steps = _case(args, regime, b)
+    for regime, b, m in cases_of(args):
+        labels, emb, _, by_key, steps = _case(args, regime, b, m)
         for key, step in steps.items():
             _call(step, labels, emb)
             peaks[_row_key(by_key[key])] = peak_memory_mb(step, labels, emb)
     return peaks
 
 
-def run_case(args: argparse.Namespace, regime: str, b: int) -> list[dict]:
-    """Every strategy (and dense form) on one batch: labels regime, batch size b."""
-    labels, emb, _, by_key, steps = _case(args, regime, b)
+def run_case(args: argparse.Namespace, regime: str, b: int, m: int = 0) -> list[dict]:
+    """Every strategy (and dense form) on one batch: labels regime, batch size b, a
+    cross-batch memory of m entries (0: none)."""
+    labels, emb, _, by_key, steps = _case(args, regime, b, m)
     for key, figures in measure_interleaved(steps, labels, emb, args.warmup, args.repeats).items():
         by_key[key].update(figures)
     _add_ratios(by_key)
@@ -397,15 +409,29 @@ def run_case(args: argparse.Namespace, regime: str, b: int) -> list[dict]:
     return list(by_key.values())
 
 
-def _case(args: argparse.Namespace, regime: str, b: int):
-    """-> (labels, emb, base row, {(strategy, impl): row}, {(strategy, impl): step})."""
+def memory_batch(args: argparse.Namespace, regime: str, b: int, m: int):
+    """A batch of b with a memory of m: one batch of b + m drawn as :func:`make_batch` does,
+    split into (labels [b], embeddings [b, D]) and the memory (labels [m], embeddings
+    [m, D]), so the memory's classes are the batch's (PK: whole classes of K, shuffled
+    across both)."""
     labels, emb = make_batch(
-        b, args.dim, args.images_per_class, labels=regime, embeddings=args.embeddings
+        b + m, args.dim, args.images_per_class, labels=regime, embeddings=args.embeddings
     )
-    counts = np.bincount(labels.numpy())
+    return labels[:b], emb[:b], (labels[b:], emb[b:])
+
+
+def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
+    """-> (labels, emb, base row, {(strategy, impl): row}, {(strategy, impl): step}).
+
+    m > 0: every strategy mines the batch against batch ∪ memory ([b, b + m] distances);
+    no dense forms."""
+    labels, emb, memory = memory_batch(args, regime, b, m)
+    columns = labels if m == 0 else tf.concat([labels, memory[0]], axis=0)
+    counts = np.bincount(columns.numpy())
     base = {
         "labels": regime,
         "batch_size": b,
+        "memory_size": m,
         "dim": args.dim,
         "images_per_class": args.images_per_class if regime == "pk" else None,
         "classes": int(np.count_nonzero(counts)),
@@ -418,7 +444,7 @@ def _case(args: argparse.Namespace, regime: str, b: int):
     }
     by_key, steps = {}, {}
     for strategy in ("batch_hard", "batch_all", "semi_hard", "easy_positive", "distance_weighted"):
-        impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED else [])
+        impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED and m == 0 else [])
         for impl in impls:
             row = dict(base, strategy=strategy, impl=impl)
             estimate_gb = DENSE_BYTES_PER_TRIPLET * b**3 / 1e9
@@ -427,9 +453,104 @@ def _case(args: argparse.Namespace, regime: str, b: int):
                 row["note"] = f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {cap} GB"
             else:
                 fn = OURS[strategy] if impl == "ours" else DENSE[strategy]
+                if m:
+                    fn = functools.partial(fn, memory=memory)
                 steps[strategy, impl] = make_step(fn, args.margin, args.soft_margin, args.jit)
             by_key[strategy, impl] = row
     return labels, emb, base, by_key, steps
+
+
+# --------------------------------------------------------------------------------------------
+# pytorch-metric-learning on the same batches, when it is importable
+# --------------------------------------------------------------------------------------------
+
+PML_STRATEGIES = ("batch_hard", "easy_positive", "distance_weighted")
+
+
+def _pml_loss(pml_losses, pml_miners, strategy: str, margin: float, dim: int, slots: int):
+    """pytorch-metric-learning's form of ``strategy`` (docs/losses.md's mapping): a
+    TripletMarginLoss with a miner, wrapped in a CrossBatchMemory of ``slots`` entries
+    when ``slots`` is not None."""
+    miner = {
+        "batch_hard": lambda: pml_miners.BatchHardMiner(),
+        "easy_positive": lambda: pml_miners.BatchEasyHardMiner(
+            pos_strategy="easy", neg_strategy="semihard"
+        ),
+        "distance_weighted": lambda: pml_miners.DistanceWeightedMiner(
+            cutoff=0.5, nonzero_loss_cutoff=1.4
+        ),
+    }[strategy]()
+    loss = pml_losses.TripletMarginLoss(margin=margin)
+    if slots is None:
+        return lambda emb, labels: loss(emb, labels, miner(emb, labels))
+    return pml_losses.CrossBatchMemory(loss, dim, memory_size=slots, miner=miner)
+
+
+def _prefill(torch, xbm, memory, b: int) -> None:
+    """CrossBatchMemory enqueues the batch before mining, against its whole memory: with
+    B + M slots, the M memory entries after the first B and the queue at 0, each call
+    writes the batch into slots 0 .. B-1 and mines the same [B, B + M] problem as ours."""
+    memory_labels, memory_embeddings = memory
+    with torch.no_grad():
+        xbm.embedding_memory[b:] = torch.tensor(memory_embeddings.numpy())
+        xbm.label_memory[b:] = torch.tensor(memory_labels.numpy().astype(np.int64))
+    xbm.queue_idx, xbm.has_been_filled = 0, True
+
+
+def pml_rows(args: argparse.Namespace, cases: list[tuple[str, int, int]]) -> list[dict]:
+    """Rows (impl "pml") timing pytorch-metric-learning's BatchHardMiner, BatchEasyHardMiner
+    and DistanceWeightedMiner with TripletMarginLoss (and CrossBatchMemory for the --xbm
+    cases, its memory filled with the same entries first) on the same batches, forward +
+    backward. [] with a printed note when it is not importable."""
+    try:
+        import torch
+        from pytorch_metric_learning import losses as pml_losses
+        from pytorch_metric_learning import miners as pml_miners
+    except ImportError:
+        print(
+            "pytorch-metric-learning is not importable here: its rows are skipped "
+            "(pip install pytorch-metric-learning to time them beside ours)",
+            file=sys.stderr,
+        )
+        return []
+    rows = []
+    for regime, b, m in cases:
+        labels, emb, memory = memory_batch(args, regime, b, m)
+        for strategy in PML_STRATEGIES:
+            slots = b + m if m else None
+            fn = _pml_loss(pml_losses, pml_miners, strategy, args.margin, args.dim, slots)
+            if m:
+                _prefill(torch, fn, memory, b)
+
+            def step(fn=fn, emb=emb, labels=labels):
+                x = torch.tensor(emb.numpy(), requires_grad=True)
+                value = fn(x, torch.tensor(labels.numpy().astype(np.int64)))
+                value.backward()
+                return float(value)
+
+            times = []
+            for _ in range(max(args.warmup, 1)):
+                loss = step()
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+            row = {
+                "labels": regime,
+                "batch_size": b,
+                "memory_size": m,
+                "dim": args.dim,
+                "strategy": strategy,
+                "impl": "pml",
+                "repeats": args.repeats,
+                "ms_median": statistics.median(times) * 1e3,
+                "ms_min": min(times) * 1e3,
+                "loss": loss,
+                "note": "",
+            }
+            rows.append(row)
+            _progress(dict(row, peak_mb=float("nan")))
+    return rows
 
 
 def _ratio(a, b):
@@ -484,13 +605,13 @@ def markdown_table(rows: list[dict]) -> str:
     same run, on the same batch), the dense form beside it."""
     frame = pd.DataFrame(rows)
     ours = frame[frame["impl"] == "ours"]
-    keys = ["labels", "batch_size", "strategy"]
+    keys = ["labels", "batch_size", "memory_size", "strategy"]
     dense = frame[frame["impl"] == "dense"][[*keys, "ms_median", "peak_mb"]]
     merged = ours.merge(dense, on=keys, how="left", suffixes=("", "_dense"), indicator=True)
     table = pd.DataFrame(
         {
             "labels": [_labels_text(r) for r in merged.itertuples()],
-            "B": merged["batch_size"].astype(str),
+            "B": [_size_text(r) for r in merged.itertuples()],
             "strategy": merged["strategy"],
             "ours ms": [_fmt(v, ".1f") for v in merged["ms_median"]],
             "ours peak MB": [_fmt(v, _mb_spec(v)) for v in merged["peak_mb"]],
@@ -511,7 +632,31 @@ def markdown_table(rows: list[dict]) -> str:
     last = dense_columns[-1]
     table[last] = [f"{c} ({n})" if n else c for c, n in zip(table[last], notes, strict=True)]
     align = ("left", "right", "left", *["right"] * (len(table.columns) - 3))
-    return table.to_markdown(index=False, disable_numparse=True, colalign=align)
+    text = table.to_markdown(index=False, disable_numparse=True, colalign=align)
+    pml = frame[frame["impl"] == "pml"]
+    if pml.empty:
+        return text
+    both = pml.merge(ours[[*keys, "ms_median"]], on=keys, suffixes=("", "_ours"))
+    pml_table = pd.DataFrame(
+        {
+            "labels": [_labels_text(r) for r in both.itertuples()],
+            "B": [_size_text(r) for r in both.itertuples()],
+            "strategy": both["strategy"],
+            "pytorch-metric-learning ms": [_fmt(v, ".1f") for v in both["ms_median"]],
+            "ours ms": [_fmt(v, ".1f") for v in both["ms_median_ours"]],
+            "pml / ours": [
+                _fmt(_ratio(p, o), ".1f", "x")
+                for p, o in zip(both["ms_median"], both["ms_median_ours"], strict=True)
+            ],
+        }
+    )
+    return f"{text}\n\n{pml_table.to_markdown(index=False, disable_numparse=True)}"
+
+
+def _size_text(row) -> str:
+    """Table text of a case's size: "256", or "256 + 4096 memory"."""
+    memory = int(row.memory_size) if pd.notna(row.memory_size) else 0
+    return f"{row.batch_size} + {memory} memory" if memory else str(row.batch_size)
 
 
 def _labels_text(row) -> str:
@@ -567,6 +712,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
     frame.to_csv(path, index=False, lineterminator="\n")
 
 
+def _batch_and_memory(text: str) -> tuple[int, int]:
+    """ "256x4096" -> (256, 4096): a batch size >= 2 and a memory size >= 1."""
+    match = re.fullmatch(r"([0-9]+)x([0-9]+)", text)
+    if match is None or int(match.group(1)) < 2 or int(match.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BxM, e.g. 256x4096 (B >= 2, M >= 1)")
+    return int(match.group(1)), int(match.group(2))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tripletlab.bench losses",
@@ -603,6 +756,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto: peak memory, from a second process when the CPU allocator has no "
         "statistics; off: no peak memory",
+    )
+    parser.add_argument(
+        "--xbm",
+        type=_batch_and_memory,
+        nargs="*",
+        default=[],
+        metavar="BxM",
+        help="cross-batch memory cases, e.g. 256x4096: every strategy on a batch of B "
+        "mined against batch + M memory entries ([B, B+M]), ratios to batch-hard on the same "
+        "problem; none by default",
     )
     parser.add_argument("--memory-json", type=Path, help=argparse.SUPPRESS)  # the child
     args = parser.parse_args(argv)
