@@ -50,7 +50,7 @@ DATASET_SPLITS = ("original", "classes")
 STREAM_CHOICES = ("auto", "true", "false")
 # The k of each recall_at_k that evaluation reports (tripletlab.metrics' default).
 RECALL_KS = (1, 2, 4, 8)
-# The retrieval metrics of metrics.csv and summary.json, in order.
+# The retrieval metrics of a run (its metrics rows and summary), in order.
 METRICS = (
     "precision_at_1",
     *(f"recall_at_{k}" for k in RECALL_KS),
@@ -759,7 +759,7 @@ def _check_distance_weighted(c: Any) -> None:
 
 
 def to_container(cfg: Any) -> dict | None:
-    """A config as plain, resolved data (as summary.json records it): a DictConfig, a
+    """A config as plain, resolved data (as the run summary records it): a DictConfig, a
     dataclass (:class:`Config`) or a mapping; None for any other object."""
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -117,12 +117,13 @@ def capped_run_overrides(root: Path, stream: str, image_size: int, steps: int) -
 def capped_run(root: Path, stream: str, image_size: int, steps: int) -> dict:
     """Train the capped run in this process; its peak RSS and what it ran on."""
     import tripletlab
+    from tripletlab.run_folder import RunFolder
 
     cfg = tripletlab.compose(capped_run_overrides(root, stream, image_size, steps))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tripletlab-bench-data-run-") as run_dir:
         tripletlab.train(cfg, run_dir)
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        summary = RunFolder(run_dir).read_summary()
     return {
         "stream": stream,
         "peak_rss_mb": round(peak_rss_mb(), 1),

@@ -4,7 +4,7 @@ A callback is any object with some of these methods; the loop calls those it has
 
 - ``on_train_begin()``: once, before the first epoch of this session;
 - ``on_epoch_end(row)``: after each epoch, once it is checkpointed and its metrics row
-  (a dict: metrics.csv's columns) is written;
+  (a dict: the metrics file's columns) is written;
 - ``on_train_end(summary)``: once the run's summary is final, whatever ended it (a
   failure, Ctrl-C).
 
