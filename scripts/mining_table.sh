@@ -19,8 +19,9 @@ from pathlib import Path
 import pandas as pd
 rows = pd.read_csv(sys.argv[1])
 rows = rows[rows["status"] == "ok"].sort_values("precision_at_1", ascending=False)
-def memory(run_dir):
-    return json.loads((Path(run_dir) / "summary.json").read_text())["config"]["mining"]["memory_size"]
+def memory(run_dir):  # run_dir is relative to the sweep folder
+    summary = Path(sys.argv[1]).parent / run_dir / "summary.json"
+    return json.loads(summary.read_text())["config"]["mining"]["memory_size"]
 cells = [(r["mining"], int(memory(r["run_dir"]))) for _, r in rows.head(2).iterrows()]
 cells = list(dict.fromkeys(cells + [("batch_hard", 0)]))
 print("\n".join(f"{m} {s}" for m, s in cells))
