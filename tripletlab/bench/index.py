@@ -216,7 +216,11 @@ def table(rows: list[dict]) -> str:
 def _commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parents[2],  # the checkout, wherever the bench runs
         )
         return out.stdout.strip() or "unknown"
     except OSError:
