@@ -209,15 +209,18 @@ PRETRAINED = [*SHORT, "model.weights=none", "dataset.image_size=32"]
 @pytest.mark.parametrize(
     "overrides",
     [
-        pytest.param([*tiny("lenet"), *SHORT], id="lenet"),
         pytest.param(
             [*tiny("vgg_gap"), *SHORT, "trainer.mixed_precision=bfloat16"], id="vgg_gap-bf16"
         ),
         pytest.param(
             [*tiny("lenet"), *SHORT, "distribute=mirrored", "distribute.cpu_devices=2"],
-            id="mirrored",
+            id="lenet-mirrored",
         ),
-        pytest.param([*tiny("mobilenetv3_small"), *PRETRAINED], id="mobilenetv3_small"),
+        pytest.param(
+            [*tiny("mobilenetv3_small"), *PRETRAINED],
+            id="mobilenetv3_small",
+            marks=pytest.mark.slow,  # 36 s
+        ),
         pytest.param(
             [*tiny("efficientnetv2_b0"), *PRETRAINED],
             id="efficientnetv2_b0",
