@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import ROOT, TINY, write_digit_gallery
 from tripletlab.errors import ConfigError, DataError
-from tripletlab.reuse import embed, evaluate, run_config
+from tripletlab.reuse import embed, evaluate, inputs, run_config
 
 # Real runs or commands end to end (`make test-fast` leaves them out).
 pytestmark = pytest.mark.e2e
@@ -106,6 +106,6 @@ def test_embed_tsv_and_neighbours_in_the_training_split(run_dir, gallery, tmp_pa
 
 def test_errors_are_tripletlab_errors(run_dir, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        embed.find_images([tmp_path / "nothing.png"])
+        inputs.find_images([tmp_path / "nothing.png"])
     with pytest.raises(ConfigError, match="--gallery needs --neighbours"):
         embed.embed_inputs(run_dir, [tmp_path], tmp_path / "e.npy", gallery_dir=tmp_path)

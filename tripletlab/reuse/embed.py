@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from tripletlab.data import conform_images
-from tripletlab.errors import ConfigError, DataError
+from tripletlab.errors import ConfigError
 from tripletlab.inference import open_model
-from tripletlab.io_utils import is_hidden
 from tripletlab.reuse import run_config
+from tripletlab.reuse.inputs import find_images, gallery_files
 from tripletlab.run_folder import RunFolder
 
 log = logging.getLogger("tripletlab")
@@ -46,39 +46,6 @@ PAD = 4
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def find_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files given as-is, and the images under folders (recursively, sorted), in order."""
-    from tripletlab.data import IMAGE_EXTENSIONS
-
-    if not inputs:
-        raise DataError("no input: give image files or folders of images")
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if not path.exists():
-            raise DataError(f"input {path} does not exist")
-        if path.is_file():
-            found.append(path)
-            continue
-        files = [p for p in sorted(path.rglob("*")) if p.is_file()]
-        files = [p for p in files if not is_hidden(p, root=path)]
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        if len(images) < len(files):
-            log.warning(
-                "%s: skipping %d file(s) without an image extension (%s)",
-                path,
-                len(files) - len(images),
-                ", ".join(IMAGE_EXTENSIONS),
-            )
-        if not images:
-            raise DataError(
-                f"folder {path} holds no images (searched recursively for "
-                f"{', '.join(IMAGE_EXTENSIONS)})"
-            )
-        found += images
-    return found
 
 
 def read_images(paths: Sequence[Path], shape: Sequence[int]) -> np.ndarray:
@@ -101,17 +68,6 @@ class Gallery:
     labels: list[str]
     names: list[str]
     source: str
-
-
-def gallery_files(folder: str | Path) -> tuple[Path, list[Path]]:
-    """The gallery folder and its images (recursively); an error if there are none."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise DataError(f"--gallery {root} is not a folder")
-    try:
-        return root, find_images([root])
-    except DataError as err:
-        raise DataError(f"--gallery: {err}") from None
 
 
 def folder_gallery(folder: str | Path, shape: Sequence[int]) -> Gallery:

@@ -159,7 +159,7 @@ class GallerySource:
 def folder_source(folder: str | os.PathLike, shape: Sequence[int]) -> GallerySource:
     """A folder's images (recursively) streamed from disk, labelled by their sub-folder."""
     from tripletlab.data.image_files import ImageFiles
-    from tripletlab.reuse.embed import gallery_files
+    from tripletlab.reuse.inputs import gallery_files
 
     root, paths = gallery_files(folder)
     images = ImageFiles(paths, *shape)
@@ -245,7 +245,7 @@ def build_index(
     faiss = require_faiss()
     run_cfg = load_config(folder.path, overrides)
     if gallery is not None:
-        from tripletlab.reuse.embed import gallery_files
+        from tripletlab.reuse.inputs import gallery_files
 
         gallery_files(gallery)  # a missing or empty folder fails before the model loads
     model_path = folder.require_model()
