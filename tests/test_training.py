@@ -431,7 +431,8 @@ def test_the_diverged_epoch_is_never_saved(reference, tmp_path):
     run_dir = tmp_path / "diverging"
     shutil.copytree(reference, run_dir)
     before = read_rows(run_dir)
-    cfg = tripletlab.compose([*REFERENCE, "trainer.epochs=7", "trainer.learning_rate=1e30"])
+    changed = ["trainer.epochs=7", "trainer.learning_rate=1e30", "trainer.resume=force"]
+    cfg = tripletlab.compose([*REFERENCE, *changed])
     with pytest.raises(TrainingError) as err:
         tripletlab.train(cfg, run_dir)
     message = str(err.value)

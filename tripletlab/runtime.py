@@ -7,9 +7,40 @@ so the same config embeds the same way everywhere.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up notices kept off stderr, unless
+    ``TRIPLETLAB_TF_LOGS=1`` (or it is imported already).
+
+    TensorFlow 2.21 prints its oneDNN notice through absl before absl's logging is set up, so
+    ``TF_CPP_MIN_LOG_LEVEL`` does not silence it: stderr's file descriptor is pointed at
+    /dev/null for the import only. An import that fails still raises, with its traceback.
+    """
+    if "tensorflow" in sys.modules or tensorflow_logs_wanted():
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def tensorflow_logs_wanted() -> bool:
+    """``TRIPLETLAB_TF_LOGS=1``: show TensorFlow's own start-up lines."""
+    return os.environ.get("TRIPLETLAB_TF_LOGS", "").strip().lower() in ("1", "true", "yes")
+
 
 # trainer.mixed_precision (auto resolved) -> Keras policy name.
 PRECISION_POLICIES = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -72,6 +103,7 @@ def setup_tf(trainer) -> Runtime:
     slower; ``trainer.mixed_precision=auto`` means bfloat16 where ``has_fast_bfloat16``.
     Sets Keras' global policy: callers that must not leak it restore it themselves.
     """
+    import_tensorflow_quietly()
     import keras
     import tensorflow as tf
 

@@ -42,6 +42,9 @@ def train(
     The Keras precision policy the run sets is global: it is put back afterwards, so that
     models built later in the same process (tests, notebooks) are not silently bfloat16.
     """
+    from tripletlab.runtime import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     folder = RunFolder(run_dir)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
