@@ -8,7 +8,7 @@ size, so the batching is part of the contract).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,27 +40,42 @@ def embed_images(embed_step: Callable, images: np.ndarray, batch_size: int, dim:
     a streamed split is never decoded whole, an in-memory one never copied or converted to
     float32 whole. Streamed images: a file that fails to decode is a DataError naming it.
     """
-    from tripletlab.data.image_files import ImageFiles, tf_decode_errors
-    from tripletlab.data.pipeline import eval_batches, scale_images
+    from tripletlab.data.pipeline import scale_images
 
     out = np.empty((len(images), int(dim)), np.float32)
     done = 0
-    try:
-        for batch in eval_batches(images, int(batch_size)):
-            embeddings = embed_step(scale_images(batch)).numpy()
-            out[done : done + len(embeddings)] = embeddings
-            done += len(embeddings)
-    except tf_decode_errors():
-        # TensorFlow's message names no file: find it among those not embedded yet.
-        if not isinstance(images, ImageFiles):
-            raise
-        unreadable = images.find_unreadable(done)
-        if unreadable is None:
-            raise
-        raise unreadable from None
+    for embeddings in embed_batches(
+        lambda batch: embed_step(scale_images(batch)).numpy(), images, batch_size
+    ):
+        out[done : done + len(embeddings)] = embeddings
+        done += len(embeddings)
     if done != len(out):  # an embed step that returned the wrong number of rows
         raise RuntimeError(f"embedded {done} of {len(out)} images")
     return out
+
+
+def embed_batches(
+    embed: Callable[[np.ndarray], np.ndarray], images: Any, batch_size: int
+) -> Iterator[np.ndarray]:
+    """Yield ``embed(batch)`` for uint8 batches [b, H, W, C] of ``images`` (an array, or
+    streamed ImageFiles decoded a few batches ahead), in order. A streamed file that fails to
+    decode is a DataError naming it (TensorFlow's own message names no file)."""
+    from tripletlab.data.image_files import ImageFiles, tf_decode_errors
+    from tripletlab.data.pipeline import eval_batches
+
+    done = 0
+    try:
+        for batch in eval_batches(images, int(batch_size)):
+            embeddings = embed(batch)
+            done += len(embeddings)
+            yield embeddings
+    except tf_decode_errors():
+        if not isinstance(images, ImageFiles):
+            raise
+        unreadable = images.find_unreadable(done)  # among those not embedded yet
+        if unreadable is None:
+            raise
+        raise unreadable from None
 
 
 def metric_chunk_size(chunk_size: int, gallery_size: int) -> int:

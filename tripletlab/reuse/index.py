@@ -182,22 +182,11 @@ def split_source(run_cfg, split: str, shape: Sequence[int]) -> GallerySource:
 def embed_in_batches(embedder, images):
     """Yield float32 embeddings [b, D] of ``images`` one batch at a time, as
     :func:`tripletlab.inference.embed_images` batches them (so they equal its output)."""
-    from tripletlab.data.image_files import ImageFiles, tf_decode_errors
-    from tripletlab.data.pipeline import eval_batches
+    from tripletlab.inference import embed_batches
 
-    done = 0
-    try:
-        for batch in eval_batches(images, embedder.batch_size):
-            embeddings = embedder.embed(np.asarray(batch))
-            done += len(embeddings)
-            yield embeddings
-    except tf_decode_errors():
-        if not isinstance(images, ImageFiles):
-            raise
-        unreadable = images.find_unreadable(done)
-        if unreadable is None:
-            raise
-        raise unreadable from None
+    yield from embed_batches(
+        lambda batch: embedder.embed(np.asarray(batch)), images, embedder.batch_size
+    )
 
 
 # --------------------------------------------------------------------------- storing
