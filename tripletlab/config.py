@@ -17,6 +17,7 @@ is imported when Hydra composes, so it never imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -756,6 +757,13 @@ def _check_distance_weighted(c: Any) -> None:
             f"{c.mining.nonzero_loss_cutoff} are not valid; they need 0 < cutoff < "
             "nonzero_loss_cutoff <= 2 (distances between unit vectors are at most 2)"
         )
+
+
+def override_key(line: str) -> str:
+    """What a Hydra override line sets: ``model=lenet``, ``+model=lenet`` and
+    ``++model=lenet`` -> ``model``; a deletion ``~model`` and another package ``model@x=lenet``
+    keep their marks (``~model``, ``model@x``), as they set other things."""
+    return re.sub(r"^\+{1,2}", "", str(line)).split("=", 1)[0].strip()
 
 
 def to_container(cfg: Any) -> dict | None:

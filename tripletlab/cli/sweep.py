@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tripletlab.cli.common import UsageError, run_cli
+from tripletlab.config import override_key
 
 # The default grid: the two small backbones x every mining strategy (6 jobs).
 DEFAULT_GRID = {
@@ -36,12 +37,6 @@ DEFAULT_GRID = {
 }
 # Characters a value of hydra.sweep.dir may hold without quotes in Hydra's override grammar.
 _PLAIN_PATH = re.compile(r"[\w/.:+-]+")
-
-
-def override_key(line: str) -> str:
-    """What an override sets: ``model=lenet`` and ``++model=lenet`` -> ``model``;
-    ``model@x=lenet`` (another package) and ``~model`` (a deletion) are other keys."""
-    return re.sub(r"^\+{1,2}", "", line).split("=", 1)[0].strip()
 
 
 def hydra_value(text: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from tripletlab.config import override_key
 from tripletlab.errors import ConfigError, one_line
 from tripletlab.inference import SPLITS
 from tripletlab.run_folder import RunFolder, RunFolderError
@@ -65,11 +65,6 @@ def _parse_overrides(overrides: Sequence[str]) -> list:
     return parsed
 
 
-def _override_key(line: str) -> str:
-    """The key (or group) of an override line: ``+dataset.root=/x`` -> ``dataset.root``."""
-    return re.split(r"[=@]", line.lstrip("+~"), maxsplit=1)[0].strip()
-
-
 def _hydra_error_types() -> tuple[type[BaseException], ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -102,8 +97,14 @@ def _compose(overrides: list[str]):
     return cfg, groups
 
 
-def _touches(override_key: str, group: str) -> bool:
-    return override_key == group or override_key.startswith(group + ".")
+def _group_key(line: str) -> str:
+    """The key or group an override line changes: ``+dataset.root=/x`` -> ``dataset.root``,
+    ``~model`` and ``model@x=lenet`` -> ``model``."""
+    return override_key(line).lstrip("~").split("@", 1)[0]
+
+
+def _touches(key: str, group: str) -> bool:
+    return key == group or key.startswith(group + ".")
 
 
 def _resolve_saved_root(cfg, folder: RunFolder) -> None:
@@ -182,7 +183,7 @@ def load_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Ru
             kept = [
                 line
                 for line in run_overrides
-                if not any(_touches(_override_key(line), g) for g in swapped)
+                if not any(_touches(_group_key(line), g) for g in swapped)
             ]
             fresh, _ = _compose([*kept, *overrides])
             for group in sorted(swapped):

@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from tripletlab.config import METRICS
+from tripletlab.config import METRICS, override_key
 from tripletlab.io_utils import atomic_write_bytes, atomic_write_text, read_yaml
 from tripletlab.run_folder import FINISHED, RunFolder, Status, find_summaries
 
@@ -140,10 +140,6 @@ def _one_line(text: Any) -> Any:
     return " ".join(str(text).split()) if isinstance(text, str) else None
 
 
-def _override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -236,7 +232,7 @@ def _configuration_key(row: Mapping[str, Any]) -> str:
             if k.startswith("config.") and k not in skip and not _missing(v)
         }
         return json.dumps(flat, sort_keys=True, default=str)
-    kept = [o for o in row["_overrides"] if _override_key(o) not in NOT_CONFIGURATION]
+    kept = [o for o in row["_overrides"] if override_key(o).lstrip("~") not in NOT_CONFIGURATION]
     return json.dumps({"overrides": sorted(kept), "folder": str(row["_path"].parent)})
 
 
@@ -251,7 +247,9 @@ def _labels(firsts: Sequence[list[str]]) -> list[str]:
     """Each group's overrides that not every group shares (model and mining, the seed and
     settings that do not change results left out: they have columns or do not count)."""
     skip = ("model", "mining", *NOT_CONFIGURATION)
-    per_group = [[o for o in overrides if _override_key(o) not in skip] for overrides in firsts]
+    per_group = [
+        [o for o in overrides if override_key(o).lstrip("~") not in skip] for overrides in firsts
+    ]
     common = set.intersection(*(set(o) for o in per_group)) if per_group else set()
     return [" ".join(o for o in overrides if o not in common) for overrides in per_group]
 
