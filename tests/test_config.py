@@ -47,6 +47,7 @@ DEFAULT = {
         "max_test": None,
         "split": "original",
         "train_classes": None,
+        "val_classes": None,
         "root": None,
         "download": True,
         "url": None,
@@ -445,6 +446,11 @@ def test_two_runs_started_together_get_two_folders(tmp_path):
     [
         (["dataset.split=halves"], "dataset.split='halves' is not valid; choose one of: original"),
         (["dataset.train_classes=[0,1]"], "add dataset.split=classes"),
+        (["dataset.val_classes=2"], "dataset.val_classes is set but dataset.split=original"),
+        (
+            ["dataset.split=classes", "dataset.val_classes=0"],
+            "dataset.val_classes=0 is not valid; it must be > 0",
+        ),
         (["trainer.steps_per_epoch=0"], "trainer.steps_per_epoch=0 is not valid; it must be > 0"),
         (
             ["dataset=cub200", "dataset.root=/x", "dataset.stream=always"],

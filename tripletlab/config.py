@@ -79,6 +79,7 @@ POSITIVE_KEYS = (
     "dataset.image_size",
     "dataset.max_train",
     "dataset.max_test",
+    "dataset.val_classes",
     "model.embedding_size",
     "model.num_channels",
     "mining.margin",  # unless mining.soft_margin
@@ -161,6 +162,11 @@ class DatasetConfig:
     )
     train_classes: list[Any] | None = setting(
         None, "class names or ids to train on, with split=classes"
+    )
+    val_classes: int | None = setting(
+        None,
+        "with split=classes: hold out N training classes (picked by split_seed) and evaluate "
+        "on them instead of the test classes, for tuning; null: evaluate on the test classes",
     )
 
 
@@ -697,11 +703,6 @@ def validate(cfg: DictConfig | Config) -> None:
             if path == "trainer.mixed_precision":
                 value = normalize_precision(value)
             _choice(path, value, allowed)
-    if dataset.train_classes is not None and dataset.split != "classes":
-        raise ConfigError(
-            f"dataset.train_classes is set but dataset.split={dataset.split}: add "
-            "dataset.split=classes"
-        )
     _option_schema("logger", c.logger)
     if dataset.channels is not None and dataset.channels not in CHANNELS:
         raise ConfigError(f"dataset.channels={dataset.channels!r} is not valid; use 1, 3 or null")
@@ -714,6 +715,11 @@ def validate(cfg: DictConfig | Config) -> None:
             _positive(path, _lookup(c, path))
     for path in NON_NEGATIVE_KEYS:
         _positive(path, _lookup(c, path), allow_zero=True)
+    for key in ("train_classes", "val_classes"):
+        if getattr(dataset, key, None) is not None and dataset.split != "classes":
+            raise ConfigError(
+                f"dataset.{key} is set but dataset.split={dataset.split}: add dataset.split=classes"
+            )
     if c.trainer.warmup_epochs > c.trainer.epochs:
         raise ConfigError(
             f"trainer.warmup_epochs={c.trainer.warmup_epochs} is not valid; it must be <= "

@@ -2,7 +2,8 @@
 
 :func:`load_dataset` looks ``dataset.name`` up in :data:`tripletlab.registry.DATASETS`,
 calls its :class:`DatasetSource`, then applies what every dataset shares: ``dataset.split``
-(``classes``: :func:`split_by_classes`, the unseen-class protocol), ``max_train`` /
+(``classes``: :func:`split_by_classes`, the unseen-class protocol, and ``val_classes``:
+:func:`hold_out_classes`, validation classes for tuning), ``max_train`` /
 ``max_test`` (a seeded random subset, :func:`_limit`), ``image_size`` and ``channels``.
 :func:`fetch` makes sure a dataset's files are present (``tripletlab-fetch``).
 
@@ -162,14 +163,16 @@ def load_dataset(cfg: Any) -> Dataset:
     seed = int(option(cfg, "split_seed"))
     split = str(option(cfg, "split") or "original")
     train_classes = option(cfg, "train_classes")
+    val_classes = option(cfg, "val_classes")
     if split not in DATASET_SPLITS:
         raise ConfigError(
             f"dataset.split={split!r} is not valid; choose one of: {', '.join(DATASET_SPLITS)}"
         )
-    if train_classes is not None and split != "classes":
-        raise ConfigError(
-            f"dataset.train_classes is set but dataset.split={split}: add dataset.split=classes"
-        )
+    for key, value in (("train_classes", train_classes), ("val_classes", val_classes)):
+        if value is not None and split != "classes":
+            raise ConfigError(
+                f"dataset.{key} is set but dataset.split={split}: add dataset.split=classes"
+            )
     loaded = source.load(cfg)
     if isinstance(loaded, Dataset):
         data = loaded
@@ -179,6 +182,8 @@ def load_dataset(cfg: Any) -> Dataset:
     data.name = name
     if split == "classes":
         split_by_classes(data, train_classes)
+        if val_classes is not None:
+            hold_out_classes(data, int(val_classes), seed)
 
     # Truncate before adapting so tiny runs do not resize images they then drop.
     x_train, y_train = _limit(data.x_train, data.y_train, option(cfg, "max_train"), seed, 1)
@@ -254,6 +259,23 @@ def split_by_classes(data: Dataset, train_classes: Sequence[Any] | None = None) 
     data.x_train, data.y_train = x[mask], y[mask]
     data.x_test, data.y_test = x[~mask], y[~mask]
     data.x_gallery = data.y_gallery = None
+
+
+def hold_out_classes(data: Dataset, n: int, seed: int) -> None:
+    """Tuning on validation classes, in place, after :func:`split_by_classes`: ``n`` of the
+    training classes (picked by ``seed``, the same ones on every run) become the test split;
+    training keeps the others, and the test classes are dropped (never seen while tuning)."""
+    present = np.unique(np.asarray(data.y_train, np.int64))  # sorted: stable picks
+    if not 2 <= n <= len(present) - 2:
+        raise ConfigError(
+            f"dataset.val_classes={n} is not valid for {len(present)} training classes: "
+            f"it must be between 2 and {len(present) - 2} (each side needs at least 2)"
+        )
+    val = np.sort(np.random.default_rng([seed, 3]).choice(present, n, replace=False))
+    mask = np.isin(data.y_train, val)
+    x = data.x_train
+    data.x_test, data.y_test = x[mask], data.y_train[mask]
+    data.x_train, data.y_train = x[~mask], data.y_train[~mask]
 
 
 def fetch(
