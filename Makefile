@@ -15,7 +15,7 @@ DATASET ?= fashion_mnist
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test data run test test-fast test-slow docs sweep bench lint format clean
+.PHONY: help setup setup-test data run test test-fast test-slow docs sweep bench mutate lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ sweep: data ## the models x mining grid, then summary.csv; ARGS="..." adds overr
 bench: setup ## loss and training benchmarks (prints tables, writes CSVs under outputs/bench)
 	$(PY) -m tripletlab.bench losses
 	$(PY) -m tripletlab.bench train
+
+mutate: setup-test ## mutation testing of one module: MODULE=tripletlab/x.py [TESTS=".."] [SAMPLE=N SEED=0] [REF=HEAD]
+	@test -n "$(MODULE)" || { echo "usage: make mutate MODULE=tripletlab/x.py"; exit 2; }
+	$(PY) scripts/mutate.py $(MODULE) --tests "$(TESTS)" --sample $(or $(SAMPLE),0) --seed $(or $(SEED),0) --ref "$(REF)"
 
 lint: setup-test ## ruff check and format check
 	$(VENV)/bin/ruff check .
