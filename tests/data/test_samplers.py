@@ -51,13 +51,15 @@ def test_pk_with_too_few_classes_says_what_to_do():
 
 def test_pk_with_a_single_image_class_is_refused():
     labels = np.array([0, 0, 0, 1, 1, 2])
-    with pytest.raises(DataError, match="fewer than 2"):
+    with pytest.raises(
+        DataError, match="fewer than 2 training images: a triplet needs two images of its class"
+    ):
         pk_batches(labels, 2, 2, seed=0, epoch=0)
 
 
 def test_random_batch_larger_than_split_is_refused():
-    with pytest.raises(DataError, match="batch_size"):
-        random_batches(np.arange(5), 8, seed=0, epoch=0)
+    with pytest.raises(DataError, match="; lower trainer.batch_size$"):
+        random_batches(np.arange(5), 8, seed=0, epoch=0)  # the message says what to do
 
 
 def test_pk_tops_up_a_class_smaller_than_k_with_its_own_images():
@@ -67,3 +69,89 @@ def test_pk_tops_up_a_class_smaller_than_k_with_its_own_images():
         chunk_labels = labels[batch].reshape(2, 4)
         assert all(len(set(row)) == 1 for row in chunk_labels)  # each chunk one class
     assert set(batches.reshape(-1)) == set(range(10))
+
+
+def test_a_batch_never_holds_an_image_twice_when_its_class_has_k_images():
+    """Classes of >= K images whose sizes are not multiples of K: the top-up of each last
+    chunk takes images not already in that chunk."""
+    labels = _labels(per_class=(11, 9, 7, 6, 5, 13))
+    for seed in range(20):
+        for batch in pk_batches(labels, 3, 4, seed=seed, epoch=0):
+            assert len(np.unique(batch)) == batch.size, (seed, sorted(batch))
+
+
+def test_a_class_of_fewer_than_k_images_fills_its_chunks_with_its_own():
+    """n < K <= 2n: every image of the class once or twice in its chunk; K > 2n: drawn
+    with replacement, still only the class's own images."""
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2])  # 2, 3 and 9 images
+    for k in (4, 8):
+        for seed in range(5):
+            for batch in pk_batches(labels, 2, k, seed=seed, epoch=0):
+                for chunk in batch.reshape(2, k):
+                    (c,) = np.unique(labels[chunk])  # one class per chunk
+                    counts = np.bincount(chunk, minlength=len(labels))[labels == c]
+                    if len(counts) >= k:
+                        continue
+                    assert counts.min() >= 1, (k, seed, c, counts)
+                    if k <= 2 * len(counts):
+                        assert counts.max() <= 2, (k, seed, c, counts)
+
+
+def _reuse_events(labels, batches, p):
+    """For each batch that reuses a class (an image of it seen before): (the classes that
+    still had unseen images before that batch, the batch's classes)."""
+    seen = np.zeros(len(labels), bool)
+    events = []
+    for batch in batches:
+        unseen = {c for c in np.unique(labels) if not seen[labels == c].all()}
+        if seen[batch].any():
+            events.append((unseen, set(labels[batch].tolist())))
+        seen[batch] = True
+    return events
+
+
+def test_a_class_is_reused_only_when_fewer_than_p_have_images_left():
+    """Class sizes that are multiples of K (no top-up): a class is reshuffled only when
+    fewer than P classes still have unseen images, and then those are all in the batch."""
+    labels = _labels(per_class=(32, 24, 8, 8, 8, 4, 4))
+    reuses = 0
+    for seed in range(30):
+        batches = pk_batches(labels, 3, 4, seed=seed, epoch=0)
+        for unseen, in_batch in _reuse_events(labels, batches, 3):
+            reuses += 1
+            assert len(unseen) < 3, (seed, unseen)
+            assert unseen <= in_batch, (seed, unseen, in_batch)
+    assert reuses > 0  # the proportional draw does run some classes out early
+
+
+def test_batches_depend_on_seed_and_epoch_only():
+    labels = _labels()
+    for draw in (
+        lambda s, e: pk_batches(labels, 3, 4, s, e),
+        lambda s, e: random_batches(labels, 16, s, e),
+    ):
+        np.testing.assert_array_equal(draw(1, 2), draw(1, 2))
+        assert not np.array_equal(draw(1, 2), draw(1, 3))
+        assert not np.array_equal(draw(1, 2), draw(2, 2))
+        assert draw(1, 2).dtype == np.int32
+
+
+def test_a_split_of_exactly_one_batch_gives_one_batch():
+    batches = random_batches(np.arange(8), 8, seed=0, epoch=0)
+    assert sorted(batches.ravel()) == list(range(8)) and batches.shape == (1, 8)
+
+
+def test_the_configured_sampler_gives_the_batches_and_their_size():
+    from types import SimpleNamespace
+
+    from tripletlab.data.samplers import effective_batch_size, epoch_batches
+
+    labels = _labels()
+    pk = SimpleNamespace(name="pk", classes_per_batch=3, images_per_class=2)
+    got = epoch_batches(labels, pk, batch_size=99, seed=4, epoch=1)
+    np.testing.assert_array_equal(got, pk_batches(labels, 3, 2, seed=4, epoch=1))
+    assert effective_batch_size(pk, 99) == 6
+    plain = SimpleNamespace(name="random")
+    got = epoch_batches(labels, plain, batch_size=10, seed=4, epoch=1)
+    np.testing.assert_array_equal(got, random_batches(labels, 10, seed=4, epoch=1))
+    assert effective_batch_size(plain, 10) == 10
