@@ -1,0 +1,139 @@
+"""The compiled train step on one device, against the same computation written out: the
+loss and fraction of the configured strategy on the batch, the gradient step it applies
+(with the model's regularisation losses), the running means, the cross-batch memory it
+mines then fills, and the negatives distance-weighted draws from (seed, step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import TINY, compose
+from tripletlab.training.memory import CrossBatchMemory
+from tripletlab.training.steps import RUNNING_MEANS, make_running_means, make_train_step
+
+LR = 0.1
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), 4).astype(np.int64)
+    return rng.normal(size=(16, 6)).astype(np.float32), labels
+
+
+def _model(regularizer=None):
+    import keras
+
+    init = keras.initializers.RandomNormal(seed=1)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, kernel_initializer=init, kernel_regularizer=regularizer),
+            keras.layers.UnitNormalization(),
+        ]
+    )
+
+
+def _mining(strategy, *overrides):
+    return compose([*TINY, f"mining={strategy}", *overrides]).mining
+
+
+def _expected(model, mining, images, labels, memory=None):
+    """(loss, fraction, norm, spread, the weights after one SGD step) computed by hand."""
+    import tensorflow as tf
+
+    from tripletlab.losses import triplet_loss
+
+    with tf.GradientTape() as tape:
+        emb = model(images, training=True)
+        loss, fraction = triplet_loss(
+            labels,
+            emb,
+            strategy=mining.strategy,
+            margin=mining.margin,
+            squared=mining.squared,
+            soft_margin=mining.soft_margin,
+            memory=memory,
+        )
+        total = loss + tf.add_n(model.losses) if model.losses else loss
+    grads = tape.gradient(total, model.trainable_variables)
+    after = [(w - LR * g).numpy() for w, g in zip(model.trainable_variables, grads, strict=True)]
+    emb = emb.numpy()
+    norm = np.linalg.norm(emb, axis=1).mean()
+    spread = np.linalg.norm(emb - emb.mean(0), axis=1).mean()
+    return float(loss), float(fraction), norm, spread, after, emb
+
+
+@pytest.mark.parametrize("regularized", [False, True])
+def test_one_step_is_the_loss_of_the_batch_and_its_gradient(regularized):
+    import keras
+
+    model = _model(keras.regularizers.L2(0.05) if regularized else None)
+    mining = _mining("batch_hard", "mining.margin=0.3")
+    images, labels = _batch()
+    loss, fraction, norm, spread, after, _ = _expected(model, mining, images, labels)
+    means = make_running_means()
+    step = make_train_step(model, keras.optimizers.SGD(LR), mining, means=means)
+    got = [float(v) for v in step(images, labels)]
+    np.testing.assert_allclose(got, [loss, fraction, norm, spread], rtol=1e-5, atol=1e-6)
+    for w, want in zip(model.trainable_variables, after, strict=True):
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert [float(means[k].result()) for k in RUNNING_MEANS] == pytest.approx(got)
+    assert fraction > 0 and loss > 0  # the batch has active triplets to learn from
+
+
+def test_the_compiled_step_computes_what_the_plain_one_does():
+    import keras
+
+    mining = _mining("batch_hard")
+    images, labels = _batch(1)
+    got = []
+    for jit in (False, True):
+        model = _model()
+        step = make_train_step(model, keras.optimizers.SGD(LR), mining, jit_compile=jit)
+        got.append([float(v) for v in step(images, labels)] + [model.get_weights()[0]])
+    np.testing.assert_allclose(got[0][:4], got[1][:4], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[0][4], got[1][4], rtol=1e-4, atol=1e-5)
+
+
+def test_the_step_mines_the_memory_of_earlier_steps_then_fills_it():
+    import keras
+    import tensorflow as tf
+
+    model, mining = _model(), _mining("batch_hard")
+    memory = CrossBatchMemory(size=32, dim=5)
+    step = make_train_step(model, keras.optimizers.SGD(LR), mining, memory=memory)
+    first, labels = _batch(2)
+    loss, *_, emb = _expected(model, mining, first, labels)  # empty memory: the batch alone
+    assert float(step(first, labels)[0]) == pytest.approx(loss, rel=1e-5)
+    held_labels, held = memory.contents(1)
+    np.testing.assert_array_equal(held_labels.numpy(), labels)
+    np.testing.assert_allclose(held.numpy(), emb, rtol=1e-5, atol=1e-6)  # before the update
+    second, _ = _batch(3)
+    stored = (tf.constant(labels), tf.constant(held.numpy()))
+    loss, *_ = _expected(model, mining, second, labels, memory=stored)
+    alone, *_ = _expected(model, mining, second, labels)
+    assert loss != pytest.approx(alone, rel=1e-3)  # the memory changes what is mined
+    assert float(step(second, labels)[0]) == pytest.approx(loss, rel=1e-5)
+    assert memory.contents(2)[0].shape == (32,)
+
+
+def _distance_weighted_losses(seed, start, steps):
+    """Losses of ``steps`` steps of a frozen model (learning rate 0: the same embeddings at
+    every step) whose optimizer starts at iteration ``start``, as a resumed run's does."""
+    import keras
+
+    model, mining = _model(), _mining("distance_weighted")
+    optimizer = keras.optimizers.SGD(0.0)
+    optimizer.build(model.trainable_variables)
+    optimizer.iterations.assign(start)
+    step = make_train_step(model, optimizer, mining, seed=seed)
+    images, labels = _batch(4)
+    return [tuple(float(v) for v in step(images, labels)[:2]) for _ in range(steps)]
+
+
+def test_distance_weighted_draws_new_negatives_each_step_and_the_same_after_a_resume():
+    run = _distance_weighted_losses(seed=7, start=0, steps=3)
+    assert len(set(run)) == 3, run  # same embeddings, three steps: three draws
+    assert _distance_weighted_losses(seed=7, start=2, steps=1) == run[2:]  # resumed at step 2
+    assert _distance_weighted_losses(seed=8, start=0, steps=1) != run[:1]  # the seed counts
