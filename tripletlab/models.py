@@ -15,8 +15,9 @@ keras.applications models without their classifier, after a layer doing the appl
 own input preprocessing; ``model.weights`` is imagenet (the file Keras keeps in
 ``~/.keras/models/``), none, or a ``.weights.h5`` file; ``model.freeze_batch_norm`` keeps
 their batch norm layers in inference mode with ImageNet's statistics. Under a ``tf.distribute`` distribution with
-several replicas, their trainable batch norm layers are synchronised (the global batch's
-moments), so the replicas' moving statistics stay equal.
+several replicas, every trainable batch norm (theirs, and :class:`FusedBatchNorm` in
+``small_cnn`` and ``vgg_gap``) is synchronised: the global batch's moments, so N replicas
+compute what one device computes on the global batch.
 """
 
 from __future__ import annotations
@@ -43,12 +44,22 @@ class FusedBatchNorm(layers.Layer):
     epsilon 1e-3), but Keras 3 computes moments and normalisation as separate ops, which made
     the small CNN's train step twice as slow on CPU; ``FusedBatchNormV3`` does one pass
     forward and one backward (oneDNN on CPU, cuDNN on GPU).
+
+    ``synchronized`` (default): in training under a ``tf.distribute`` distribution with
+    several replicas, the moments are the global batch's: one all-reduce per layer sums each
+    replica's per-channel sums, sums of squares and counts, so the outputs, gradients and
+    moving statistics are a single device's on the global batch (plain ops there, not the
+    fused kernel, whose gradient ignores moments given to it). One replica, or inference:
+    the fused kernel alone, unchanged.
     """
 
-    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+    def __init__(
+        self, momentum: float = 0.99, epsilon: float = 1e-3, synchronized: bool = True, **kwargs
+    ):
         super().__init__(**kwargs)
         self.momentum = momentum
         self.epsilon = epsilon
+        self.synchronized = synchronized
 
     def build(self, input_shape):
         channels = (input_shape[-1],)
@@ -76,9 +87,13 @@ class FusedBatchNorm(layers.Layer):
 
         gamma, beta = tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32")
         if training:
-            y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, gamma, beta, epsilon=self.epsilon, is_training=True
-            )
+            context = tf.distribute.get_replica_context()
+            if self.synchronized and context is not None and context.num_replicas_in_sync > 1:
+                y, mean, variance = self._global_batch_norm(x, gamma, beta, context)
+            else:
+                y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                    x, gamma, beta, epsilon=self.epsilon, is_training=True
+                )
             decay = 1.0 - self.momentum
             self.moving_mean.assign_sub((self.moving_mean - mean) * decay)
             self.moving_variance.assign_sub((self.moving_variance - variance) * decay)
@@ -96,11 +111,44 @@ class FusedBatchNorm(layers.Layer):
         )
         return y
 
+    def _global_batch_norm(self, x, gamma, beta, context):
+        """Training-mode batch norm with the global batch's moments, from inside a replica:
+        (y like x, mean, unbiased variance) as the fused kernel returns them.
+
+        Sums are taken around the moving mean (the same on every replica), which keeps
+        E[d^2] - E[d]^2 accurate in float32 when the mean is large against the spread.
+        """
+        import tensorflow as tf
+
+        x32 = tf.cast(x, "float32")
+        shift = tf.stop_gradient(tf.cast(self.moving_mean, "float32"))
+        d = x32 - shift
+        axes = [0, 1, 2]
+        count = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), "float32")
+        local = tf.concat(
+            [tf.reduce_sum(d, axes), tf.reduce_sum(tf.square(d), axes), count[None]], 0
+        )
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, local)  # one per layer
+        channels = tf.shape(d)[-1]
+        n = total[-1]
+        mean_d = total[:channels] / n
+        variance = tf.maximum(total[channels:-1] / n - tf.square(mean_d), 0.0)
+        scale = gamma * tf.math.rsqrt(variance + self.epsilon)
+        y = (d - mean_d) * scale + beta
+        # The fused kernel's batch variance is the unbiased one (the moving statistic's).
+        unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
+        return tf.cast(y, x.dtype), shift + mean_d, unbiased
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "synchronized": self.synchronized,
+        }
 
 
 def _conv(filters: int, kernel: int, reg, use_bias: bool = True) -> layers.Conv2D:
