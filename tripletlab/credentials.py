@@ -1,43 +1,74 @@
-"""Credentials never enter a config: a URI that carries one is refused before anything is written.
+"""Credentials never enter a config, and never leave the process: one gate, one redaction.
 
-A run writes its config to many places (Hydra's ``.hydra/*.yaml``, the run summary, the
-HParams event file, MLflow's params, the sweep's multirun.yaml and summary.csv, run.log).
-Redacting each of them is easy to get half right, so tripletlab refuses a URI with a
-password (``scheme://user:secret@host``) or a credential query parameter (``?token=...``)
-with one message that names the key and the environment variable that carries the secret
-instead. The message shows the URI masked, never the secret.
+**Detection** (:func:`secret_spans`, the one place that decides what a credential is): every
+URI-like string in a text, also one inside a longer text or inside another URI's parameter,
+is split the way ``urllib.parse`` splits it. A password in its userinfo (``user:pass@``) and
+the value of a credential-like query or fragment parameter (``?token=``, ``#access_token=``)
+are credentials. Names and values are compared decoded (percent and plus encoding, also
+double encoded), names case-insensitively and as suffixes (``my_token``, ``x-api-key``,
+``X-Amz-Signature``, ``accessToken``); a value is masked where it stands in the raw text,
+whatever its encoding, and so is every other copy of it in the same text.
+
+**The gate** (:func:`refuse_secrets`): a config holding a credential is refused with one
+message that names the key and the environment variable that carries the secret instead,
+before anything is written (``tripletlab.cli.train`` composes the command line as Hydra will;
+:class:`SecretGate`, a Hydra callback, checks Hydra's own composition at the start of a run
+or sweep; each job checks its own config).
+
+**Redaction** (:func:`redact`): every writer of text out of the process passes through it
+(the atomic file writers of :mod:`tripletlab.io_utils`, every log record, the terminal of the
+commands, the trackers). A credential that slipped past the gate is written as ``***``, and
+one warning names the writer it reached.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import re
+import sys
+import threading
+import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
+
+from hydra.experimental.callback import Callback
 
 from tripletlab.errors import ConfigError
 
-# Query parameters that carry a secret (lower case; "sig" is an Azure SAS signature).
-SECRET_PARAMETERS = frozenset(
+log = logging.getLogger("tripletlab")
+
+MASK = "***"
+
+# Parameter names that carry a secret, normalised (lower case, words joined by "_"). A name
+# also counts when it ends with one of them after a separator: my_token, x-api-key.
+SECRET_NAMES = frozenset(
     {
-        "password",
-        "passwd",
-        "pwd",
-        "pass",
-        "secret",
-        "token",
-        "access_token",
-        "auth_token",
-        "api_key",
-        "apikey",
-        "key",
-        "sig",
-        "signature",
-        "x-amz-signature",
-        "x-amz-security-token",
-        "client_secret",
+        *("password", "passwd", "pwd", "pass", "passphrase", "secret", "token", "key"),
+        *("access_token", "auth_token", "api_key", "apikey", "accesstoken", "authtoken"),
+        *("sig", "signature", "credential", "credentials", "auth", "session", "session_id"),
+        *("sessionid", "sessiontoken", "jwt", "bearer", "secretkey", "accesskey"),
+        *("privatekey", "sastoken", "client_secret"),
     }
 )
+# Names that end like a secret but never hold one (pagination cursors, sort orders).
+NOT_SECRET_NAMES = frozenset(
+    {"sort_key", "partition_key", "primary_key", "page_token", "next_page_token", "token_type"}
+)
+# A name ending in a secret name this long counts without a separator (mytoken).
+_MIN_JOINED = 5
+# A value shorter than this is masked only where it stands, not wherever it appears.
+_MIN_COPY_LENGTH = 6
+
+# "scheme://", its characters also percent-encoded once or twice (a URI inside a parameter,
+# a sweep job's folder name where "/" is written %2F).
+_URI_START = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]*(?P<sep>(?::|%3a|%253a)(?:/|%2f|%252f){2})", re.IGNORECASE
+)
+# What ends a URI in text: white space, quotes, brackets that URIs never hold unencoded.
+_URI_END = re.compile(r"[\s'\"<>`{}|^]")
 
 # Where the secret goes instead, by URI scheme (databases) or by config key.
 _DATABASE_HINTS = (
@@ -48,43 +79,184 @@ _MLFLOW_HINT = (
     "MLflow reads MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
 )
 _DOWNLOAD_HINT = "download the files yourself and point dataset.root at them"
-_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"]+")
+_FETCH_HINT = "download the files yourself and give their folder with --root"
+
+
+# ------------------------------------------------------------------------ detection
+def decoded(text: str, rounds: int = 4) -> str:
+    """``text`` with percent and plus encoding undone, up to ``rounds`` times (double
+    encoding: ``%253D`` -> ``%3D`` -> ``=``)."""
+    for _ in range(rounds):
+        plain = unquote_plus(text)
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a parameter named ``name`` (raw, maybe encoded) carries a credential."""
+    name = decoded(name).strip()
+    camel = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)  # accessToken -> access_Token
+    forms = [re.sub(r"[^a-z0-9]+", "_", f.lower()).strip("_") for f in (name, camel)]
+    for form in forms:
+        if form in NOT_SECRET_NAMES:
+            return False
+        if form in SECRET_NAMES or any(form.endswith("_" + s) for s in SECRET_NAMES):
+            return True
+    # Joined words (PRIVATETOKEN, mypassword): only the longer names ("key" is in "monkey").
+    return any(forms[0].endswith(s) for s in SECRET_NAMES if len(s) >= _MIN_JOINED)
+
+
+def _is_mask(value: str) -> bool:
+    return set(decoded(value)) <= {"*"}
+
+
+def _param_spans(raw: str, offset: int, separators: str) -> Iterator[tuple[int, int]]:
+    """Spans (in the whole text) of credential values among ``name=value`` pairs."""
+    start = 0
+    for piece in re.split(f"([{separators}])", raw):
+        if piece and piece not in separators:
+            name, eq, value = piece.partition("=")
+            if eq:
+                begin = offset + start + len(name) + 1
+                if is_secret_name(name) and not _is_mask(value):
+                    yield begin, begin + len(value)
+                elif _has_secret_inside(value):
+                    yield begin, begin + len(value)  # a URI with a secret, encoded in a value
+            elif _has_secret_inside(piece):
+                yield offset + start, offset + start + len(piece)  # an encoded "token=..."
+            elif "=" in decoded(piece):
+                inner_name, _, inner_value = decoded(piece).partition("=")
+                if is_secret_name(inner_name) and not _is_mask(inner_value):
+                    yield offset + start, offset + start + len(piece)
+        start += len(piece)
+
+
+def _uri_spans(text: str, start: int, body: int, end: int, encoded: bool) -> list:
+    """Credential spans of the URI ``text[start:end]`` whose part after "://" starts at
+    ``body``. A URI whose separator itself is encoded is read as it stands (a job folder
+    name: only its "/" were encoded), else masked whole after its scheme when its decoded
+    form holds a credential."""
+    if encoded:
+        spans = _uri_spans(text, start, body, end, False)
+        if spans or not _has_secret_inside(text[start:end]):
+            return spans
+        return [(body, end)]
+    spans = []
+    rest = text[body:end]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        userinfo = authority[: authority.rindex("@")]
+        user, colon, password = userinfo.partition(":")
+        if colon and password and not _is_mask(password):
+            spans.append((body + len(user) + 1, body + len(userinfo)))
+        elif not colon and decoded(userinfo).partition(":")[2]:
+            spans.append((body, body + len(userinfo)))  # user%3Apass
+    after = rest[len(authority) :]
+    query_at, fragment_at = after.find("?"), after.find("#")
+    base = body + len(authority)
+    if query_at >= 0 and (fragment_at < 0 or query_at < fragment_at):
+        query_end = fragment_at if fragment_at >= 0 else len(after)
+        spans += _param_spans(after[query_at + 1 : query_end], base + query_at + 1, "&;")
+    if fragment_at >= 0:
+        spans += _param_spans(after[fragment_at + 1 :], base + fragment_at + 1, "&;?")
+    return spans
+
+
+def _candidates(text: str) -> Iterator[tuple[int, int, int, bool]]:
+    """(start, body, end, encoded) of every URI-like string: ``body`` is where the part
+    after "://" begins; ``encoded``: the separator itself is percent-encoded. A URI inside
+    another one (``?next=https://...``) is a candidate of its own."""
+    for match in _URI_START.finditer(text):
+        end_match = _URI_END.search(text, match.end())
+        end = end_match.start() if end_match else len(text)
+        yield match.start(), match.end(), end, match.group("sep") != "://"
+
+
+def secret_spans(text: str) -> list[tuple[int, int]]:
+    """Sorted, merged (start, end) spans of every credential in ``text`` (see the module
+    doc), copies of a found value elsewhere in the text included."""
+    text = str(text)
+    if not _URI_START.search(text):
+        return []
+    spans = []
+    for start, body, end, encoded in _candidates(text):
+        spans += _uri_spans(text, start, body, end, encoded)
+    copies: set[str] = set()
+    for value in {x for a, b in spans for x in _levels(text[a:b])}:
+        once = quote(value, safe="")  # the same value elsewhere, in any encoding
+        copies |= {value, once, quote_plus(value, safe=""), quote(once, safe="")}
+    for value in copies:
+        if len(value) >= _MIN_COPY_LENGTH and not _is_mask(value):
+            at = text.find(value)
+            while at >= 0:
+                spans.append((at, at + len(value)))
+                at = text.find(value, at + 1)
+    return _merged(spans)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(s for s in spans if s[1] > s[0]):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _has_secret(text: str) -> bool:
+    return bool(secret_spans(text))
+
+
+def _has_secret_inside(raw: str) -> bool:
+    """Whether ``raw``, decoded one level (a URI given as a parameter's value, or with an
+    encoded "://"), holds a credential; deeper levels are decoded by the recursion."""
+    once = unquote_plus(raw)
+    return once != raw and _has_secret(once)
+
+
+def _levels(value: str, rounds: int = 3) -> set[str]:
+    """``value`` and its decodings, one level at a time (``+`` kept and read as a space)."""
+    out, current = {value}, {value}
+    for _ in range(rounds):
+        current = {f(v) for v in current for f in (unquote, unquote_plus)} - out
+        if not current:
+            break
+        out |= current
+    return out
+
+
+def mask(text: str) -> str:
+    """``text`` with every credential replaced by ``***``."""
+    text = str(text)
+    spans = secret_spans(text)
+    for a, b in reversed(spans):
+        text = text[:a] + MASK + text[b:]
+    return text
 
 
 def find_secret(text: str) -> str | None:
     """The first URI in ``text`` that carries a credential, masked; None if there is none."""
-    for match in _URI.finditer(str(text)):
-        uri = match.group(0)
-        masked = _masked(uri)
-        if masked != uri:
-            return masked
-    return None
+    text = str(text)
+    spans = secret_spans(text)
+    if not spans:
+        return None
+    for start, _, end, _ in sorted(_candidates(text)):
+        if any(start <= a < end for a, _ in spans):
+            return mask(text[start:end])
+    return mask(text)
 
 
-def _masked(uri: str) -> str:
-    """``uri`` with its password and secret query values replaced by ``***``."""
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:  # an unparsable port or bracket: look for user:pass@ by hand
-        parts, password = None, None
-    masked = uri
-    if password:
-        masked = masked.replace(f":{password}@", ":***@", 1)
-    elif parts is None and re.search(r"://[^/@\s]*:[^/@\s]+@", uri):
-        masked = re.sub(r"(://[^/@\s]*:)[^/@\s]+@", r"\1***@", uri, count=1)
-    query = parts.query if parts is not None else ""
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() in SECRET_PARAMETERS and value:
-            masked = masked.replace(f"{name}={value}", f"{name}=***", 1)
-    return masked
-
-
+# ------------------------------------------------------------------------------ the gate
 def _hint(key: str, masked_uri: str) -> str:
     scheme = masked_uri.split("://", 1)[0].lower().split("+", 1)[0]
     for schemes, hint in _DATABASE_HINTS:
         if scheme in schemes:
             return hint
+    if key == "--url":
+        return _FETCH_HINT
     if key.startswith("dataset.") or key.endswith(".url"):
         return _DOWNLOAD_HINT
     if scheme in ("http", "https") or "tracking" in key or key.startswith("logger."):
@@ -101,10 +273,47 @@ def refuse_secrets(values: Iterable[tuple[str, Any]]) -> None:
         if masked is None:
             continue
         raise ConfigError(
-            f"{key} holds a credential ({masked}): tripletlab records its config in the run "
-            "folder, the sweep folder and the trackers, so a secret there would be written to "
-            f"disk. Remove it from the URI and give it another way: {_hint(key, masked)}"
+            f"{key} holds a credential ({masked}): tripletlab records its config and its "
+            "messages (run and sweep folders, trackers, logs), so a secret there would be "
+            f"written out. Remove it from the URI and give it another way: {_hint(key, masked)}"
         )
+
+
+def refuse_config(cfg: Any, hydra_cfg: Any = None) -> None:
+    """The gate on a composed config: every leaf, resolved (:func:`config_strings`), and
+    Hydra's own settings (``hydra_cfg``, or ``cfg.hydra``: sweeper, launcher, overrides)."""
+    from omegaconf import DictConfig
+
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    if hydra_cfg is None and isinstance(cfg, Mapping | DictConfig) and "hydra" in cfg:
+        hydra_cfg = cfg["hydra"]  # checked after the job's keys, which the message names
+        cfg = {k: _child(cfg, k) for k in cfg if k != "hydra"}
+    refuse_secrets(config_strings(cfg))
+    if hydra_cfg is not None:
+        refuse_secrets(config_strings(hydra_cfg, "hydra."))
+
+
+class SecretGate(Callback):
+    """Hydra's composed config is checked before the run or the sweep writes anything
+    (``conf/config.yaml``'s first callback: before Hydra makes a folder, writes
+    ``multirun.yaml``, opens an Optuna storage or submits a job). A credential ends the
+    command with one line and exit status 1."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config)
+
+    @staticmethod
+    def _check(config: Any) -> None:
+        try:
+            refuse_config(config)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            # SystemExit passes through Hydra's callback wrapper and its error report.
+            sys.exit(1)
 
 
 def config_strings(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -119,6 +328,7 @@ def config_strings(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         keys = list(node.keys())
         for key in keys:
             child = _child(node, key)
+            yield f"{prefix}{key}", str(key)  # a key is written too
             yield from config_strings(child, f"{prefix}{key}.")
     elif isinstance(node, ListConfig | list | tuple):
         for i in range(len(node)):
@@ -136,3 +346,117 @@ def _child(node: Any, key: Any) -> Any:
         except Exception:  # noqa: BLE001 - an interpolation that cannot be resolved here
             return node._get_node(key)._value()  # the unresolved "${...}" string
     return node[key]
+
+
+# ------------------------------------------------------------------------- redaction
+_warned: set[str] = set()
+_local = threading.local()
+
+
+def redact(text: str, where: str | None = None) -> str:
+    """``text`` with every credential masked (:func:`mask`). When one was found and
+    ``where`` names the writer (a file, "the terminal", "MLflow params"), one warning per
+    writer says so: the gate refuses credentials in the config, so this one came another
+    way (an environment variable, a library's message) and should be fixed at its source."""
+    if not isinstance(text, str):
+        return text
+    masked = mask(text)
+    if masked != text and where is not None:
+        _warn(where, text)
+    return masked
+
+
+def _warn(where: str, text: str) -> None:
+    if where in _warned or getattr(_local, "warning", False):
+        return
+    _warned.add(where)
+    _local.warning = True
+    try:
+        log.warning(
+            "a credential reached %s and was written masked (%s); it did not come from the "
+            "config, which is checked before the run: give it through the environment",
+            where,
+            find_secret(text) or MASK,
+        )
+    finally:
+        _local.warning = False
+
+
+def redact_tree(obj: Any, where: str | None = None) -> Any:
+    """A plain structure (dicts, lists, strings...) with every string, key or value,
+    redacted."""
+    if isinstance(obj, str):
+        return redact(obj, where)
+    if isinstance(obj, Mapping):
+        return {redact_tree(k, where): redact_tree(v, where) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(redact_tree(v, where) for v in obj)
+    return obj
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format string: logging reports it itself
+        return
+    masked = redact(message, f"a log message ({record.name})")
+    if masked != message:
+        record.msg, record.args = masked, None
+    if record.exc_info and record.exc_info[0] is not None:
+        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        masked = redact(text, f"a logged traceback ({record.name})")
+        if masked != text:
+            record.exc_text = masked
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+
+
+def install_log_redaction() -> None:
+    """Every log record of the process, whatever its logger or handler (run.log, the
+    terminal), is redacted when it is made. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "tripletlab_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    factory.tripletlab_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+class RedactingStream:
+    """A text stream that redacts what is written to it (the rest is the wrapped stream's)."""
+
+    def __init__(self, stream: Any, where: str):
+        self._stream = stream
+        self._where = where
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text, self._where))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """Within the block, what is printed to stdout and stderr is redacted, and so is every
+    log record (:func:`install_log_redaction`)."""
+    install_log_redaction()
+    saved = sys.stdout, sys.stderr
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout, "the standard output")
+    if not isinstance(sys.stderr, RedactingStream):
+        sys.stderr = RedactingStream(sys.stderr, "the standard error")
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved

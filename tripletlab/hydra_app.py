@@ -11,10 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict, read_write
 
+from tripletlab.credentials import install_log_redaction, redact, refuse_config
 from tripletlab.distribute import task_is_chief
-from tripletlab.errors import TripletLabError
+from tripletlab.errors import ConfigError, TripletLabError
 from tripletlab.io_utils import atomic_write_text
-from tripletlab.run_folder import RunConfigMismatch, RunFolder, RunFolderBusy
+from tripletlab.run_folder import RunConfigMismatch, RunFolder, RunFolderBusy, Status
 from tripletlab.sweep import (
     parallel_jobs,
     parallel_threads,
@@ -46,7 +47,10 @@ def run_task(cfg: DictConfig) -> float:
     # A log line that cannot be written (a full disk) is dropped, not printed as a traceback:
     # the error it causes elsewhere is reported once, as one message.
     logging.raiseExceptions = False
+    install_log_redaction()  # also in a launcher's worker process: run.log is redacted
     output_dir = hydra_cfg.runtime.output_dir
+    if not gate_job(cfg, hydra_cfg, multirun):
+        return math.nan
     if multirun:
         _split_threads(cfg, hydra_cfg)
         _name_the_experiment(cfg, hydra_cfg)
@@ -64,7 +68,7 @@ def run_task(cfg: DictConfig) -> float:
             log.error("%s", err)
             return math.nan
         _log_to_run_log(logging.ERROR, str(err))  # the terminal gets the one line below
-        print(f"error: {err}", file=sys.stderr)
+        print(redact(f"error: {err}", "the standard error"), file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         if multirun:  # the sweep stops here: its summary gets this job's "interrupted" row
@@ -76,6 +80,23 @@ def run_task(cfg: DictConfig) -> float:
             raise  # a bug: keep the traceback
         log.exception("job failed with an unexpected error: %s", err)
         return math.nan
+
+
+def gate_job(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> bool:
+    """The credentials gate on this job's own config (a sweep's values, an Optuna trial's
+    parameters, resolved here), before the job writes anything. A refused job of a sweep is
+    marked failed with the masked message (False); a single run exits 1."""
+    try:
+        refuse_config(cfg, hydra_cfg)
+    except ConfigError as err:
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        log.error("%s", err)
+        with contextlib.suppress(OSError):
+            RunFolder(hydra_cfg.runtime.output_dir).mark(Status.FAILED, str(err))
+        return False
+    return True
 
 
 def write_hydra_record(cfg: DictConfig, hydra_cfg: DictConfig) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tripletlab.credentials import redact
+
 __all__ = [
     "atomic_path",
     "atomic_write_bytes",
@@ -30,6 +32,7 @@ __all__ = [
     "is_hidden",
     "part_owner",
     "read_yaml",
+    "redact_file",
     "this_host",
     "unwritable_folder",
 ]
@@ -116,8 +119,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` as UTF-8 to ``path`` atomically. Newlines are written as given."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` as UTF-8 to ``path`` atomically. Newlines are written as given.
+
+    Every text file tripletlab writes passes here (JSON, CSV, YAML, TSV...): a credential
+    in it is masked, with a warning naming the file (:func:`tripletlab.credentials.redact`).
+    """
+    return atomic_write_bytes(path, redact(text, str(path)).encode("utf-8"))
+
+
+def redact_file(path: str | os.PathLike) -> None:
+    """Rewrite a text file another program wrote (Hydra's ``multirun.yaml``) with every
+    credential masked; nothing happens when it holds none or cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    if redact(text) != text:
+        atomic_write_text(path, text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -36,7 +36,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from tripletlab.credentials import redact
 from tripletlab.errors import TripletLabError
+from tripletlab.io_utils import redact_file
 
 log = logging.getLogger("tripletlab")
 
@@ -49,6 +51,8 @@ LOCK_TIMEOUT_SECONDS = 600.0
 MAX_DIRNAME_BYTES = 200
 _HASH_CHARS = 10
 _SLASHES = {"/": "%2F", "\0": ""}
+# Files of a sweep folder that Hydra's sweepers write themselves.
+HYDRA_WRITES = ("multirun.yaml", "optimization_results.yaml")
 
 
 # --------------------------------------------------------------------- job folder names
@@ -61,6 +65,10 @@ def job_dirname(override_dirname: Any, job_num: Any = None) -> str:
     overrides at all: the job number.
     """
     name = "" if override_dirname is None else str(override_dirname)
+    # A credential never names a folder; each override alone, so that masking one value
+    # cannot swallow the next ("," ends no URI) and two jobs keep two names.
+    items = re.split(r"(?<!\\),", name)
+    name = ",".join(redact(item, "a sweep job's folder name") for item in items)
     for char, replacement in _SLASHES.items():
         name = name.replace(char, replacement)
     if name in ("", ".", ".."):
@@ -138,6 +146,8 @@ def update_sweep_summary(
 
     folder = Path(sweep_dir).resolve()
     with locked(folder, lease=lock_lease, timeout=lock_timeout):
+        for name in HYDRA_WRITES:  # Hydra's own files pass no tripletlab writer: redact them
+            redact_file(folder / name)
         rows = collect_rows([folder], relative_to=folder)
         metric = metric or default_metric(rows)
         text = write_summary(rows, folder, metric, title=f"Sweep {folder}", plot=plot)
@@ -311,7 +321,13 @@ RESUMABLE_SWEEPER_KEYS = frozenset(
 # Dropped: the caller points hydra.sweep.dir at the folder; -m sets the mode.
 _REPLACED_ON_RESUME = ("hydra.sweep.dir", "hydra.mode")
 # The callbacks tripletlab's own configs add (conf/config.yaml, hparams_search/optuna.yaml).
-OWN_CALLBACKS = frozenset({"tripletlab.sweep.SweepSummary", "tripletlab.sweep.ContinueStudy"})
+OWN_CALLBACKS = frozenset(
+    {
+        "tripletlab.sweep.SweepSummary",
+        "tripletlab.sweep.ContinueStudy",
+        "tripletlab.credentials.SecretGate",
+    }
+)
 _NAME = re.compile(r"[\w-]+")
 # An OmegaConf resolver call, ${name:...}; only ${now:...} is replayed (oc.env would copy
 # the environment into the jobs' configs, and from there to a tracking server or a URL).

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tripletlab.credentials import redacted_output
 from tripletlab.errors import TripletLabError
 
 log = logging.getLogger("tripletlab")
@@ -23,19 +24,21 @@ class UsageError(TripletLabError):
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run a command's ``main``: a TripletLabError becomes one ``error: ...`` line and exit 1
-    (2 for a :class:`UsageError`); Ctrl-C exits 130. Anything else is a bug: traceback."""
+    (2 for a :class:`UsageError`); Ctrl-C exits 130. Anything else is a bug: traceback.
+    What it prints and logs is redacted (:func:`tripletlab.credentials.redacted_output`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Our messages at INFO; other libraries' (absl, TensorFlow) only from WARNING up.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    log.setLevel(logging.INFO)
-    try:
-        return main(argv)
-    except TripletLabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    with redacted_output():
+        # Our messages at INFO; other libraries' (absl, TensorFlow) only from WARNING up.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+        log.setLevel(logging.INFO)
+        try:
+            return main(argv)
+        except TripletLabError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return getattr(err, "exit_code", 1)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
 
 
 def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:

@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from tripletlab.cli.common import run_cli
+from tripletlab.credentials import refuse_secrets
 from tripletlab.data import DATASET_NAMES, fetch
 
 
@@ -34,6 +35,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def _fetch(argv: Sequence[str] | None, prog: str = "tripletlab-fetch") -> int:
     args = _parser(prog).parse_args(argv)
+    # A URL with a credential is refused like dataset.url: it would be printed and logged.
+    refuse_secrets([("--url", args.url)])
     folder, how = fetch(
         args.name,
         args.root,

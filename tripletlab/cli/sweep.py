@@ -9,6 +9,9 @@
                                                    are skipped, unfinished ones resume; only
                                                    the sweep's own overrides are replayed
     tripletlab-sweep --dry-run ...                 print the command instead of running it
+    tripletlab-sweep --resume DIR --trust-endpoints   let the tracking URI or storage that DIR
+                                                   names receive your MLFLOW_TRACKING_* /
+                                                   PGPASSWORD... (refused without it)
 
 It runs ``tripletlab-train -m <grid> <overrides>``; the sweep folder
 (``outputs/multirun/<date>/<time>/``, or ``hydra.sweep.dir=...``) ends with summary.csv,
@@ -46,13 +49,21 @@ def hydra_value(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def sweep_arguments(overrides: Sequence[str], resume: str | os.PathLike | None = None) -> list[str]:
+def sweep_arguments(
+    overrides: Sequence[str],
+    resume: str | os.PathLike | None = None,
+    trust_endpoints: bool = False,
+) -> list[str]:
     """The overrides of ``tripletlab-train -m`` for this sweep.
 
     Without ``resume``: the default grid's axes that ``overrides`` does not set, then
     ``overrides``. With it: the overrides the sweep folder was made with, the folder as
-    ``hydra.sweep.dir``, then ``overrides``.
+    ``hydra.sweep.dir``, then ``overrides``; the endpoints replayed from the folder are
+    printed on stderr, and one that ``overrides`` does not name must not receive the
+    environment's credentials unless ``trust_endpoints``
+    (:func:`tripletlab.endpoints.check_replayed_endpoints`).
     """
+    from tripletlab.endpoints import check_replayed_endpoints
     from tripletlab.sweep import resume_overrides
 
     overrides = [str(o) for o in overrides]
@@ -65,6 +76,10 @@ def sweep_arguments(overrides: Sequence[str], resume: str | os.PathLike | None =
             saved = resume_overrides(folder)
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(f"--resume: {err}") from None
+        path = folder / "multirun.yaml"
+        shown = check_replayed_endpoints(path, saved, overrides, os.environ, trust_endpoints)
+        if shown:
+            print(f"replayed from {path}: {', '.join(shown)}", file=sys.stderr, flush=True)
         return [*saved, f"hydra.sweep.dir={hydra_value(str(folder))}", *overrides]
     given = {override_key(o) for o in overrides}
     axes = [f"{key}={','.join(values)}" for key, values in DEFAULT_GRID.items() if key not in given]
@@ -88,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
         "(callbacks, env_set, searchpath, setup commands) is refused",
     )
     parser.add_argument(
+        "--trust-endpoints",
+        action="store_true",
+        help="with --resume: let the endpoints replayed from DIR (tracking URI, Optuna "
+        "storage) receive the credentials of your environment (MLFLOW_TRACKING_PASSWORD, "
+        "PGPASSWORD...); without it a resume that would send them to an endpoint this "
+        "command does not name is refused",
+    )
+    parser.add_argument(
         "--dry-run", "-n", action="store_true", help="print the command instead of running it"
     )
     # sweep.sh in a clone: run `python SCRIPT -m ...` (run.py) instead of training in-process.
@@ -103,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    sweep = ["-m", *sweep_arguments(args.overrides, args.resume)]
+    sweep = ["-m", *sweep_arguments(args.overrides, args.resume, args.trust_endpoints)]
     if args.train_script:
         command = [sys.executable, args.train_script, *sweep]
     else:

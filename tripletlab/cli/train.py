@@ -5,24 +5,31 @@ This is Hydra's command line (``python run.py`` in a clone is the same command):
 ``--help``. The config folder is tripletlab's ``conf/`` (:func:`tripletlab.resources.config_dir`);
 run and sweep folders go under the current folder's ``outputs/`` (``conf/config.yaml``).
 
-Before Hydra starts, the overrides are composed once (with the first value of each swept key),
-so a typo or a bad value ends in one ``error: ...`` line and exit status 1, with no run folder
-made. With Hydra's other options (``--cfg``, ``-cn``...), or a sweep that is not a list or a
-range (Optuna's ``interval(...)``), Hydra alone checks them.
+Before Hydra starts, the command line is composed once as Hydra will compose it (the same
+argument parser, search path, ``--config-dir`` / ``--config-path`` / ``--config-name``; the
+first value of each swept key), so a typo or a bad value ends in one ``error: ...`` line and
+exit status 1, with no run folder made. The composed and resolved config, Hydra's settings
+included, and every value of every sweep pass the credentials gate
+(:mod:`tripletlab.credentials`), also for ``--cfg`` and ``--help``, which print the config.
+What the command prints and logs is redacted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from tripletlab.config import register_configs
 from tripletlab.config_reference import user_groups_text
-from tripletlab.credentials import refuse_secrets
-from tripletlab.errors import StorageError, TripletLabError
+from tripletlab.credentials import redacted_output, refuse_config, refuse_secrets
+from tripletlab.errors import ConfigError, StorageError, TripletLabError
 from tripletlab.hydra_app import run_task
 from tripletlab.io_utils import unwritable_folder
 from tripletlab.resources import config_dir
@@ -48,22 +55,32 @@ hydra_main = hydra.main(version_base="1.3", config_path=str(config_dir()), confi
 def check_overrides(args: Sequence[str]) -> None:
     """Compose the config the arguments ask for; ConfigError if it fails (see the docstring).
 
-    Every argument is searched for a credential first, also those Hydra alone checks, and
-    the output folder (``hydra.run.dir``, or ``hydra.sweep.dir`` for a sweep) must be one
-    that can be written.
+    Every argument, every value of every sweep (resolved: ``${oc.env:...}``) and the composed
+    config are searched for a credential first, and the output folder (``hydra.run.dir``, or
+    ``hydra.sweep.dir`` for a sweep) must be one that can be written. A command that only
+    prints (``--cfg``, ``--help``...) is gated, and otherwise left to Hydra.
     """
     refuse_secrets((arg.split("=", 1)[0].lstrip("+~"), arg) for arg in args)
-    overrides = [a for a in args if a not in MULTIRUN_FLAGS]
-    if any(a.startswith("-") for a in overrides):
-        return  # Hydra's own options, some with values (--cfg job, -cn NAME): Hydra checks
-    # Also without -m: a config may set hydra.mode=MULTIRUN (hparams_search=optuna does).
-    overrides = first_of_each_sweep(overrides)
-    if overrides is None:
+    parsed = _hydra_arguments(args)
+    if parsed is None:
+        return  # Hydra's own usage error: Hydra reports it
+    refuse_secrets(_swept_values(parsed.overrides))
+    runs = not any(
+        getattr(parsed, name)
+        for name in ("cfg", "help", "hydra_help", "info", "shell_completion", "experimental_rerun")
+    )
+    try:
+        cfg, multirun = compose_command_line(parsed)
+    except ConfigError:
+        if runs:
+            raise
+        return  # what does not compose is not printed: Hydra says why
+    refuse_config(cfg)  # Hydra's node included: launcher, sweeper, search path...
+    if not runs:
         return
-    from tripletlab.api import compose
+    from tripletlab.config import validate
 
-    cfg = compose(overrides, return_hydra_config=True)
-    multirun = any(a in MULTIRUN_FLAGS for a in args) or str(cfg.hydra.mode) == "MULTIRUN"
+    validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     problem = unwritable_folder(OmegaConf.select(cfg, key))
     if problem:
@@ -71,6 +88,99 @@ def check_overrides(args: Sequence[str]) -> None:
             f"cannot write the output folder {OmegaConf.select(cfg, key)}: {problem}; "
             f"choose another with {key}=PATH"
         )
+
+
+def _hydra_arguments(args: Sequence[str]) -> Any:
+    """The arguments as Hydra's own parser reads them; None if it refuses them."""
+    from hydra._internal.utils import get_args_parser
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return get_args_parser().parse_args(list(args))
+        except SystemExit:  # --version, or a usage error: Hydra prints it again
+            return None
+
+
+def _swept_values(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """(key, value) of every value of every list or range sweep, interpolations resolved
+    where they can be (the first value alone is composed)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - a syntax error: composing reports it
+        return []
+    out = []
+    for o in parsed:
+        if not o.is_sweep_override():
+            continue
+        with contextlib.suppress(Exception):  # not enumerable (interval): its text was checked
+            for value in o.sweep_iterator():
+                text = getattr(value, "text", value)  # a quoted value: its text
+                out.append((o.get_key_element(), _resolved(str(text))))
+    return out
+
+
+def _resolved(value: str) -> str:
+    try:
+        return str(OmegaConf.create({"v": value}).v)
+    except Exception:  # noqa: BLE001 - an interpolation of another key: checked composed
+        return value
+
+
+def compose_command_line(parsed: Any) -> tuple[DictConfig, bool]:
+    """(the config with Hydra's node, whether it is a sweep) that ``hydra_main`` will compose
+    for Hydra's parsed arguments: the same search path (``--config-dir`` first), config
+    name and mode. A sweep is composed with the first value of each list or range sweep; a
+    sweep Hydra alone enumerates (Optuna's ``interval(...)``) is left out, as Hydra's own
+    sweep composition leaves it. ConfigError when it does not compose."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import (
+        create_automatic_config_search_path,
+        detect_calling_file_or_module_from_task_function,
+    )
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from tripletlab.api import _hydra_message
+    from tripletlab.compose_errors import explain_compose_error
+
+    config_name = parsed.config_name or "config"
+    search_path = create_automatic_config_search_path(
+        *detect_calling_file_or_module_from_task_function(task),
+        parsed.config_path or str(config_dir()),
+    )
+    if parsed.config_dir is not None:
+        folder = os.path.abspath(parsed.config_dir)
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--config-dir {folder}: not a folder")
+        search_path.prepend(
+            provider="command-line",
+            path=f"file://{folder}",
+            anchor=SearchPathQuery(provider="schema"),
+        )
+    overrides = list(parsed.overrides)
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+        mode = hydra.get_mode(config_name=config_name, overrides=overrides)
+        multirun = bool(parsed.multirun) or mode == RunMode.MULTIRUN
+        first = first_of_each_sweep(overrides)
+        cfg = hydra.compose_config(
+            config_name=config_name,
+            overrides=overrides if first is None else first,
+            run_mode=RunMode.MULTIRUN if first is None else RunMode.RUN,
+            with_log_configuration=False,
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra's and OmegaConf's errors: a user's mistake
+        text = explain_compose_error(exc) or _hydra_message(exc)
+        raise ConfigError(f"cannot compose the config: {text}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg, multirun
 
 
 def first_of_each_sweep(overrides: list[str]) -> list[str] | None:
@@ -101,21 +211,22 @@ def first_of_each_sweep(overrides: list[str]) -> list[str] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run Hydra's command line on ``argv`` (default: ``sys.argv[1:]``); the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        check_overrides(args)
-    except TripletLabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    saved = sys.argv
-    sys.argv = [saved[0] if saved else "tripletlab-train", *args]
-    try:
-        hydra_main()
-    except KeyboardInterrupt:
-        # The run folder already says "interrupted"; rerunning the command resumes it.
-        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        sys.argv = saved
+    with redacted_output():  # what Hydra, the jobs and the summary print or log
+        try:
+            check_overrides(args)
+        except TripletLabError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "tripletlab-train", *args]
+        try:
+            hydra_main()
+        except KeyboardInterrupt:
+            # The run folder already says "interrupted"; rerunning the command resumes it.
+            print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+        finally:
+            sys.argv = saved
     return 0
 
 

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from tripletlab.config import to_container
+from tripletlab.credentials import redact_tree
 from tripletlab.registry import TRACKERS
 from tripletlab.run_folder import RunFolder
 from tripletlab.tracking import mlflow as _mlflow  # noqa: F401  (registers logger=mlflow)
@@ -46,8 +47,8 @@ def make_trackers(cfg: Any, folder: RunFolder) -> list[Guarded]:
         ("TensorBoard", lambda config: TensorBoardTracker(folder, config)),
         (logger, lambda config: TRACKERS.get(logger)(logger_cfg, folder, config)),
     ):
-        try:
-            tracker = build(to_container(cfg) or {})
+        try:  # the config a tracker records (HParams, MLflow params) is redacted first
+            tracker = build(redact_tree(to_container(cfg) or {}, f"the {name} tracker"))
         except Exception as err:  # noqa: BLE001 - a tracker never fails the run
             kind = type(err).__name__
             log.warning("%s tracker failed (%s: %s); the run goes on without it", name, kind, err)

@@ -1,11 +1,14 @@
 """The tracker protocol: the training loop's callbacks (:mod:`tripletlab.training.callbacks`)
-with a name, and :class:`Guarded`, which turns a tracker's errors into warnings."""
+with a name, and :class:`Guarded`, which turns a tracker's errors into warnings and redacts
+what a tracker is given (:func:`tripletlab.credentials.redact_tree`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from typing import Any
+
+from tripletlab.credentials import redact_tree
 
 log = logging.getLogger("tripletlab")
 
@@ -27,7 +30,8 @@ class Tracker:
 
 
 class Guarded:
-    """A tracker whose errors are warnings: the first one switches it off."""
+    """A tracker whose errors are warnings: the first one switches it off. What it is given
+    (rows, the summary with its config and error) is redacted on the way in."""
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
@@ -36,6 +40,7 @@ class Guarded:
     def _call(self, what: str, *args: Any) -> None:
         if self.failed:
             return
+        args = redact_tree(args, f"the {self.tracker.name} tracker")
         try:
             getattr(self.tracker, what)(*args)
         except Exception as err:  # noqa: BLE001 - a tracker never fails the run

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tripletlab.credentials import redact
 from tripletlab.registry import TRACKERS
 from tripletlab.run_folder import FINISHED, RunFolder, Status, as_float
 from tripletlab.tracking.base import Tracker
@@ -46,9 +47,9 @@ class MlflowTracker(Tracker):
         artifact_location: str | None = None,
     ):
         self.folder = folder
-        self.config = config
+        self.config = config  # redacted by make_trackers, like every tracker's
         self.tracking_uri = tracking_uri
-        self.experiment = experiment
+        self.experiment = redact(experiment, "MLflow's experiment name")
         self.artifact_location = artifact_location
         self.client = None
         self.run_id: str | None = None
@@ -66,7 +67,7 @@ class MlflowTracker(Tracker):
 
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         experiment_id = self._experiment_id()
-        run_dir = str(self.folder.path.resolve())
+        run_dir = redact(str(self.folder.path.resolve()), "MLflow's run tags")
         quoted = run_dir.replace("\\", "\\\\").replace("'", "\\'")
         previous = self.client.search_runs(
             [experiment_id], filter_string=f"tags.`tripletlab.run_dir` = '{quoted}'"
@@ -77,7 +78,7 @@ class MlflowTracker(Tracker):
             return
         run = self.client.create_run(
             experiment_id,
-            run_name=self.folder.path.name,
+            run_name=redact(self.folder.path.name, "MLflow's run name"),
             tags={"tripletlab.run_dir": run_dir},
         )
         self.run_id = run.info.run_id

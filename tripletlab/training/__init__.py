@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tripletlab.config import to_container
+from tripletlab.credentials import refuse_config
 from tripletlab.errors import TripletLabError, storage_fault
 from tripletlab.run_folder import RunFolder, RunLock, Status, check_resume
 from tripletlab.training.callbacks import Callbacks
@@ -45,6 +46,7 @@ def train(
     from tripletlab.runtime import import_tensorflow_quietly
 
     import_tensorflow_quietly()
+    refuse_config(cfg)  # the credentials gate, before the folder is made (every caller)
     folder = RunFolder(run_dir)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
