@@ -153,7 +153,8 @@ class Embedder:
     """A model and its embedding path, exactly as training evaluated it.
 
     ``embed(images)`` takes uint8 [N, H, W, C]; images of another shape are converted to the
-    model's input shape first (resized, grey <-> RGB).
+    model's input shape first by the one preprocessing path
+    (:func:`tripletlab.data.preprocess.conform`: alpha dropped, grey <-> RGB, resized).
     """
 
     def __init__(self, model, batch_size: int, jit_compile: bool = False):

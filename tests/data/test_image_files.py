@@ -165,8 +165,8 @@ def test_images_over_the_pixel_limit_are_refused_in_every_path(tmp_path, monkeyp
     monkeypatch.setattr(image_files, "MAX_PIXELS", limit)
     says = f"has 50x40 = 2,000 pixels, more than the limit of {limit:,}"
     assert says in inspect_image(big)  # dataset.verify=true
-    with pytest.raises(DataError, match=f"image {big} {says}"):
-        decode_image(big, 3, 24)  # in memory: refused before PIL decodes it
+    with pytest.raises(DataError, match=f"cannot read image {big}: it {says}"):
+        decode_image(big, 3, 24)  # in memory: refused before it is decoded
     # Streamed without the check: refused before TensorFlow decodes it, and named.
     assert ImageFiles(paths, 24, 32, 3).read().shape == (3, 24, 32, 3)
     with pytest.raises(DataError, match=f"image file {big} {says}"):

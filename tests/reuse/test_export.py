@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import tripletlab
 from tests.helpers import ROOT, TINY, tiny
@@ -130,23 +130,36 @@ def test_saved_model_gives_the_runs_embeddings_with_tensorflow_alone(run, tmp_pa
     np.testing.assert_allclose(np.linalg.norm(got["grey"], axis=1), 1.0, atol=1e-5)
 
 
-def test_in_graph_resizing_matches_the_runs_own_conversion():
-    import tensorflow as tf
+def test_embed_and_the_saved_model_agree_on_images_of_another_size(run, tmp_path):
+    # One preprocessing function (tripletlab.data.preprocess) in tripletlab-embed and in the
+    # exported graph: the same files give the same embeddings, resized up or down, in any
+    # mode. (With PIL's resize in tripletlab-embed, 24x24 PNGs differed by up to 1.3e-3.)
+    from tripletlab.reuse.embed import embed_inputs
 
-    from tripletlab.data import conform_images
-    from tripletlab.reuse.export import conform_batch
-
-    rng = np.random.default_rng(1)
-    smooth = tf.image.resize(rng.uniform(0, 255, (6, 5, 5, 3)), [37, 29]).numpy()
-    colour = np.clip(smooth, 0, 255).astype(np.uint8)
-    for shape in [(8, 8, 1), (16, 16, 3), (12, 20, 3)]:
-        ours = conform_batch(colour, *shape).numpy()
-        theirs = conform_images(colour, shape)
-        assert ours.shape == theirs.shape == (6, *shape)
-        # TensorFlow's antialiased bilinear filter is PIL's, up to rounding.
-        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1, shape
-    same = conform_batch(colour[..., :1], 37, 29, 1).numpy()
-    np.testing.assert_array_equal(same, colour[..., :1])  # the model's size: untouched
+    run_dir, _ = run
+    rng = np.random.default_rng(5)
+    files, arrays = [], []
+    for i, (mode, size) in enumerate(
+        [("RGB", 24), ("L", 24), ("RGBA", 24), ("P", 24), ("LA", 5), ("RGB", 31)]
+    ):
+        noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        smooth = Image.fromarray(noise).filter(ImageFilter.GaussianBlur(2))
+        image = smooth.quantize(colors=12) if mode == "P" else smooth.convert(mode)
+        files.append(tmp_path / f"{i}_{mode}_{size}.png")
+        image.save(files[-1])
+        arrays.append(np.asarray(Image.open(files[-1]).convert("RGBA")))  # 4 channels
+    embedded = embed_inputs(run_dir, files, tmp_path / "e.npy")["embeddings"]
+    assert export_main([str(run_dir), "--out", str(tmp_path / "export")]) == 0
+    encoded = np.array([f.read_bytes() for f in files], dtype=object).astype(bytes)
+    np.savez(tmp_path / "in.npz", png=encoded, rgba24=np.stack(arrays[:4]))
+    _fresh_python(
+        TF_ONLY, tmp_path / "export" / "saved_model", tmp_path / "in.npz", tmp_path / "o.npz"
+    )
+    got = np.load(tmp_path / "o.npz")
+    np.testing.assert_allclose(got["png"], embedded, rtol=0, atol=1e-5)
+    # Decoded arrays of 4 channels (the alpha dropped, RGB -> grey in the graph): the first
+    # four files, whose palette and grey RGBA copies hold the same pixels as the files.
+    np.testing.assert_allclose(got["rgba24"], embedded[:4], rtol=0, atol=1e-5)
 
 
 def test_onnx_gives_the_runs_embeddings_with_onnxruntime_alone(run, tmp_path, capsys):

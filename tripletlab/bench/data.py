@@ -64,6 +64,8 @@ def make_jpegs(out: Path, count: int, classes: int, size: tuple[int, int], seed:
     image (a random 4x4 grid, upsampled) plus noise, saved at quality 90."""
     from PIL import Image
 
+    from tripletlab.data.preprocess import resize
+
     rng = np.random.default_rng(seed)
     w, h = size
     for c in range(classes):
@@ -73,7 +75,7 @@ def make_jpegs(out: Path, count: int, classes: int, size: tuple[int, int], seed:
         if path.exists():
             continue
         grid = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        field = np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BILINEAR))
+        field = resize(grid, h, w).numpy()  # upsampled by the one resize
         noisy = np.clip(field + rng.normal(0, 8, field.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(path, quality=90)
 

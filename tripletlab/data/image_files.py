@@ -66,8 +66,10 @@ def decode_error(path: str) -> str | None:
     IEND chunk) decodes the whole file: None if it can, else why not."""
     import tensorflow as tf
 
+    from tripletlab.data.preprocess import decode_native
+
     try:
-        tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        decode_native(tf.io.read_file(path))
     except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as exc:
         text = exc.message.split(" [Op:")[0].split("}}")[-1].strip()  # drop TF's op names
         return text or type(exc).__name__
@@ -149,9 +151,10 @@ def undecodable(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     if not len(paths):
         return []
 
+    from tripletlab.data.preprocess import decode_native
+
     def decodes(path):
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-        return path, tf.shape(image)[0]
+        return path, tf.shape(decode_native(tf.io.read_file(path)))[0]
 
     names = [str(p) for p in paths]
     files = tf.data.Dataset.from_tensor_slices(tf.constant(names, tf.string))
@@ -215,14 +218,17 @@ def common_format(
 
 
 def decode_file(path, height: int, width: int, channels: int):
-    """TensorFlow: one file (a string tensor) -> uint8 [height, width, channels].
+    """TensorFlow: one file (a string tensor) -> uint8 [height, width, channels], by the one
+    preprocessing path (:func:`tripletlab.data.preprocess.decode`: the file's own channels
+    converted, resized bilinearly with antialiasing, no resizing at the right size).
 
-    ``tf.io.decode_image`` goes by the bytes (a PNG named .jpg decodes); images of another
-    size are resized bilinearly with antialiasing (as PIL does). A file whose header declares
-    more than MAX_PIXELS pixels fails before it is decoded (InvalidArgumentError, like any
-    undecodable file; :meth:`ImageFiles.find_unreadable` then names it).
+    ``tf.io.decode_image`` goes by the bytes (a PNG named .jpg decodes). A file whose header
+    declares more than MAX_PIXELS pixels fails before it is decoded (InvalidArgumentError,
+    like any undecodable file; :meth:`ImageFiles.find_unreadable` then names it).
     """
     import tensorflow as tf
+
+    from tripletlab.data.preprocess import decode
 
     # PIL reads the header (a few hundred bytes) so that a bomb is never decoded.
     pixels = tf.numpy_function(header_pixels, [path], tf.int64, stateful=False)
@@ -231,15 +237,7 @@ def decode_file(path, height: int, width: int, channels: int):
     )
     with tf.control_dependencies([within_limit]):
         contents = tf.io.read_file(path)
-    image = tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
-    image.set_shape([None, None, channels])
-
-    def resize():
-        resized = tf.image.resize(image, [height, width], method="bilinear", antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-    same = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
-    out = tf.cond(same, lambda: image, resize)
+    out = decode(contents, height, width, channels)
     out.set_shape([height, width, channels])
     return out
 

@@ -7,8 +7,10 @@ them in memory would take more than STREAM_ABOVE_BYTES at its peak (``dataset.st
 an :class:`~tripletlab.data.image_files.ImageFiles` index of paths in place of the array,
 checked file by file before training starts (:func:`images_from_files`).
 
-The conversions are PIL's: its luma formula for grey, bilinear resizing. The reuse commands
-apply the same ones to a new image (:func:`conform_images`).
+Decoding and every conversion (channels, resizing) are the one preprocessing path of
+:mod:`tripletlab.data.preprocess` (TensorFlow's decoder and antialiased bilinear resize, PIL's
+luma formula), the same as streamed files, the reuse commands and the exported SavedModel.
+PIL only reads headers here (size, and the pixel limit before anything is decoded).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from tripletlab.data import image_files
 from tripletlab.data.image_files import ImageFiles, common_format, inspect_images
@@ -34,48 +35,38 @@ STREAM_ABOVE_BYTES = 1 << 30
 IN_MEMORY_PEAK_FACTOR = 1.0
 
 
-def decode_image(path: Path, channels: int | None, size: int | None) -> np.ndarray:
-    """Decode one image to uint8 [H, W, 1 or 3]; channels None keeps colour only if it has any.
+def decode_image(path: Path, channels: int | None, size: int | Sequence[int] | None) -> np.ndarray:
+    """Decode one image to uint8 [H, W, 1 or 3] by :func:`~tripletlab.data.preprocess.conform`;
+    ``channels`` None keeps colour only if it has any (an RGB file whose three channels are
+    equal counts as grey); ``size`` N (N x N), (H, W), or None (its own size).
 
-    More than ``image_files.MAX_PIXELS`` pixels is refused before decoding (as streamed).
+    A file that is not a readable JPEG/PNG/GIF/BMP/WebP, or has more than
+    ``image_files.MAX_PIXELS`` pixels, is one DataError naming it, before it is decoded.
     """
+    from tripletlab.data import preprocess
+
+    found = image_files.inspect_image(path)  # PIL reads the header only
+    if isinstance(found, str):
+        advice = "" if found.endswith((" it", "JPEG or PNG")) else "; fix or remove it"
+        raise DataError(f"cannot read image {path}: it {found}{advice}")
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > image_files.MAX_PIXELS:
-                raise DataError(f"image {path} {image_files.too_many_pixels(im.width, im.height)}")
-            im.load()
-            if im.mode.startswith("I;16") or im.mode == "I":
-                # PIL's convert("L") clips 16-bit samples at 255 instead of scaling them.
-                im = Image.fromarray(
-                    (np.asarray(im, np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
-                )
-            gray_mode = im.mode in ("1", "L", "LA", "F")
-            mode = "L" if channels == 1 or (channels is None and gray_mode) else "RGB"
-            im = im.convert(mode)
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(im)
-    except DataError:
-        raise
-    except Image.DecompressionBombError as exc:  # PIL's own limit, twice MAX_PIXELS
+        image = preprocess.decode_native(Path(path).read_bytes()).numpy()
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    except image_files.tf_decode_errors() as exc:
+        why = exc.message.split(" [Op:")[0].split("}}")[-1].strip() or type(exc).__name__
         raise DataError(
-            f"image {path} has more pixels than the limit of {image_files.MAX_PIXELS:,} "
-            f"({exc}); shrink it or remove it"
+            f"cannot read image {path}: {why}; it is corrupt or not an image: fix or remove it"
         ) from None
-    # PIL raises many types for corrupt files (OSError, SyntaxError, struct.error, ...).
-    except Exception as exc:
-        raise DataError(
-            f"cannot read image {path}: {exc}; it is corrupt or not an image: fix or remove it"
-        ) from None
-    if arr.ndim == 2:
-        return arr[..., None]
-    if (
-        channels is None
-        and (arr[..., 0] == arr[..., 1]).all()
-        and (arr[..., 1] == arr[..., 2]).all()
-    ):
-        return arr[..., :1]  # an RGB file with grey content counts as grayscale
-    return arr
+    if channels is None:
+        colour = image[..., : 3 if image.shape[-1] >= 3 else 1]
+        grey = colour.shape[-1] == 1 or (
+            (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all()
+        )
+        channels = 1 if grey else 3
+    if size is not None and np.ndim(size) == 0:
+        size = (int(size), int(size))
+    return preprocess.conform_image(image, size, channels)
 
 
 def aligned_empty(shape: Sequence[int], dtype: Any = np.uint8, align: int = 64) -> np.ndarray:
@@ -162,49 +153,41 @@ def images_from_files(
 
 def to_gray(x: np.ndarray) -> np.ndarray:
     """uint8 RGB [N, H, W, 3] -> grey [N, H, W, 1], by PIL's convert("L") formula."""
-    # ITU-R 601-2 luma in PIL's fixed-point form, vectorised.
-    x = x.astype(np.uint32)
-    gray = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
-    return gray.astype(np.uint8)[..., None]
+    from tripletlab.data.preprocess import conform_array
+
+    return conform_array(x, None, 1)
 
 
 def adapt_images(
     x: np.ndarray | ImageFiles, size: int | Sequence[int] | None, channels: int | None
 ) -> np.ndarray | ImageFiles:
-    """Resize to ``size`` (N: N x N, or (H, W); None: keep) with PIL's bilinear filter and
-    convert to ``channels`` (None: keep); ImageFiles are only told to decode so.
+    """Resize to ``size`` (N: N x N, or (H, W); None: keep) and convert to ``channels``
+    (None: keep) by :func:`~tripletlab.data.preprocess.conform`; ImageFiles are only told
+    to decode so. An array already so is returned as it is (no copy)."""
+    from tripletlab.data.preprocess import conform_array
 
-    Grey conversion comes before resizing and RGB after, so each resize works on the fewest
-    channels.
-    """
     if size is not None:
         size = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
     if isinstance(x, ImageFiles):
         h, w = (x.height, x.width) if size is None else size
         c = x.channels if channels is None else channels
         return x if (h, w, c) == x.image_shape else x.with_format(h, w, c)
-    if channels == 1 and x.shape[-1] == 3:
-        x = to_gray(x)
-    if size is not None and tuple(x.shape[1:3]) != size:
-        h, w = size
-        out = np.empty((len(x), h, w, x.shape[-1]), np.uint8)
-        for i, img in enumerate(x):
-            im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-            resized = im.resize((w, h), Image.Resampling.BILINEAR)
-            out[i] = np.asarray(resized).reshape(out.shape[1:])
-        x = out
-    if channels == 3 and x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return x
+    h, w = tuple(x.shape[1:3]) if size is None else size
+    c = x.shape[-1] if channels is None else int(channels)
+    if (h, w, c) == tuple(x.shape[1:]):
+        return x
+    return conform_array(x, (h, w), c, out=aligned_empty((len(x), h, w, c)))
 
 
 def conform_images(images: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """uint8 [N, h, w, c] (or [N, h, w]; an alpha channel is dropped) -> [N, H, W, C] =
-    ``shape``: the conversions of :func:`adapt_images`, as the run's data had them."""
+    """uint8 [N, h, w, c] (or [N, h, w]; c = 1..4, an alpha channel is dropped) -> [N, H, W,
+    C] = ``shape``: the conversions of :func:`adapt_images`, as the run's data had them."""
     h, w, c = (int(s) for s in shape)
     x = np.asarray(images)
     if x.ndim == 3:
         x = x[..., None]
-    if x.shape[-1] == 4:
-        x = x[..., :3]
-    return np.ascontiguousarray(adapt_images(x, (h, w), c))
+    if tuple(x.shape[1:]) == (h, w, c):
+        return np.ascontiguousarray(x)
+    from tripletlab.data.preprocess import conform_array
+
+    return conform_array(x, (h, w), c)

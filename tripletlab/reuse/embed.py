@@ -3,9 +3,10 @@
 ``tripletlab-embed RUN_DIR INPUT... --out FILE [--neighbours K [--gallery DIR]] [key=value ...]``
 
 INPUT is image files or folders (searched recursively; hidden files and files without an
-image extension are skipped). Each image gets the preprocessing of training: converted to
-the model's input shape (the run's dataset image size and channels: resized bilinearly,
-colour <-> grey with PIL's luma formula), scaled to [0, 1], embedded in batches of
+image extension are skipped). Each image gets the preprocessing of training, the one
+function of :mod:`tripletlab.data.preprocess`: converted to the model's input shape (the
+run's dataset image size and channels: resized bilinearly with antialiasing, colour <-> grey
+with PIL's luma formula), scaled to [0, 1], embedded in batches of
 ``eval.batch_size``. ``--out`` is ``.npy`` (float32 [N, D], inputs in order: as given,
 folders' files sorted) or ``.tsv`` (a header, then the path and the D values per line).
 
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tripletlab.data import conform_images
 from tripletlab.errors import ConfigError
 from tripletlab.inference import open_model
 from tripletlab.reuse import run_config
@@ -55,8 +55,7 @@ def read_images(paths: Sequence[Path], shape: Sequence[int]) -> np.ndarray:
     h, w, c = (int(s) for s in shape)
     out = np.empty((len(paths), h, w, c), np.uint8)
     for i, path in enumerate(paths):
-        img = decode_image(Path(path), c, h if h == w else None)  # DataError names the file
-        out[i] = conform_images(img[None], (h, w, c))[0]
+        out[i] = decode_image(Path(path), c, (h, w))  # DataError names the file
     return out
 
 
@@ -155,12 +154,12 @@ def _fit_text(draw, text: str, font, width: int) -> str:
 def _tile(img: np.ndarray):
     from PIL import Image
 
-    arr = img[..., 0] if img.shape[-1] == 1 else img
-    im = Image.fromarray(arr).convert("RGB")
-    scale = TILE / max(im.size)
-    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    method = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-    return im.resize(size, method)
+    from tripletlab.data.preprocess import conform_image
+
+    h, w = img.shape[:2]
+    scale = TILE / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return Image.fromarray(conform_image(img, size, 3))  # the one resize
 
 
 def contact_sheet(

@@ -12,10 +12,11 @@ default the run folder's ``export/``, :attr:`RunFolder.export_dir`):
   - ``serve_encoded``: ``encoded`` string [N] (JPEG, PNG, GIF or BMP file contents, each
     of its own size) -> ``embeddings`` float32 [N, D].
 
-  Inside the graph, the run's own preprocessing (:func:`tripletlab.data.conform_images`):
-  an alpha channel is dropped, colour -> grey with PIL's luma formula (or grey repeated into
-  RGB), resized bilinearly with antialiasing and rounded to uint8 as the streamed pipeline
-  does (no resizing at all when the image already has the model's size), scaled to [0, 1].
+  Inside the graph, the run's own preprocessing, the very function training's data and
+  ``tripletlab-embed`` use (:func:`tripletlab.data.preprocess.conform` and ``decode``): an
+  alpha channel is dropped, colour -> grey with PIL's luma formula (or grey repeated into
+  RGB), resized bilinearly with antialiasing and rounded to uint8 (no resizing at all when
+  the image already has the model's size), then scaled to [0, 1].
   The backbone's own normalisation (pretrained models) and the L2 normalisation (when the
   run used it) are layers of the model, so they are in the graph too.
 - ``embedding_model.onnx``: through tf2onnx (the ``onnx`` extra): ``images`` uint8
@@ -93,58 +94,18 @@ def _float32_policies(node: Any) -> bool:
     return changed
 
 
-def conform_batch(images, height: int, width: int, channels: int):
-    """TensorFlow: uint8 [N, h, w, c] (c = 1..4) -> uint8 [N, height, width, channels].
-
-    The conversions of :func:`tripletlab.data.conform_images`, in its order: alpha dropped,
-    colour -> grey (PIL's fixed-point luma), bilinear antialiased resize rounded to uint8 (as
-    :func:`tripletlab.data.image_files.decode_file`), grey -> RGB. Same size: no resizing.
-    """
-    import tensorflow as tf
-
-    images = tf.convert_to_tensor(images, tf.uint8)
-    c = tf.shape(images)[-1]
-    checked = tf.debugging.assert_less_equal(
-        c, 4, message="images must have 1 (grey), 2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels"
-    )
-    with tf.control_dependencies([checked]):
-        # An even count has an alpha channel last (LA, RGBA): drop it.
-        images = tf.cond(c % 2 == 0, lambda: images[..., :-1], lambda: tf.identity(images))
-    c = tf.shape(images)[-1]
-    if channels == 1:
-
-        def luma():
-            x = tf.cast(images, tf.int32)
-            grey = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) // 65536
-            return tf.cast(grey, tf.uint8)[..., None]
-
-        images = tf.cond(c == 3, luma, lambda: images[..., :1])
-    images = tf.ensure_shape(images, [None, None, None, None])
-
-    def resize():
-        resized = tf.image.resize(images, [height, width], method="bilinear", antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-    shape = tf.shape(images)
-    same = tf.logical_and(shape[1] == height, shape[2] == width)
-    images = tf.cond(same, lambda: tf.identity(images), resize)
-    if channels == 3:
-        c = tf.shape(images)[-1]
-        images = tf.cond(c == 1, lambda: tf.repeat(images, 3, axis=-1), lambda: images)
-    return tf.ensure_shape(images, [None, height, width, channels])
-
-
 def decode_batch(encoded, height: int, width: int, channels: int):
     """TensorFlow: string [N] of image files' bytes -> uint8 [N, height, width, channels],
-    each image conformed on its own (:func:`conform_batch`), so their sizes may differ."""
+    each image decoded and conformed on its own (:func:`tripletlab.data.preprocess.decode`),
+    so their sizes may differ."""
     import tensorflow as tf
 
-    def one(contents):
-        image = tf.io.decode_image(contents, dtype=tf.uint8, expand_animations=False)
-        return conform_batch(image[None], height, width, channels)[0]
+    from tripletlab.data.preprocess import decode
 
     return tf.map_fn(
-        one, encoded, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8)
+        lambda contents: decode(contents, height, width, channels),
+        encoded,
+        fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8),
     )
 
 
@@ -165,7 +126,9 @@ class ServingFunctions:
 
     def images(self, images):
         """uint8 [N, h, w, c], any size and 1..4 channels -> {"embeddings": float32 [N, D]}."""
-        conformed = conform_batch(images, self.height, self.width, self.channels)
+        from tripletlab.data.preprocess import conform
+
+        conformed = conform(images, self.height, self.width, self.channels)
         return {"embeddings": self.embed(conformed)}
 
     def encoded(self, encoded):

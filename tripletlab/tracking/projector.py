@@ -215,9 +215,10 @@ def _make_sprite(img: np.ndarray) -> tuple[bytes, tuple[int, int]]:
         # Shrink to fit, keeping the aspect ratio (each side at least 1 pixel).
         scale = (MAX_SPRITE_SIDE // grid) / max(h, w)
         new_h, new_w = max(1, int(h * scale)), max(1, int(w * scale))
-        # "area" averages the pixels each thumbnail pixel covers: no aliasing when shrinking.
-        img = tf.image.resize(img, (new_h, new_w), method="area").numpy()
-        img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+        # The one resize of tripletlab.data.preprocess: antialiased, so no aliasing.
+        from tripletlab.data.preprocess import resize
+
+        img = resize(img, new_h, new_w).numpy()
         h, w = new_h, new_w
     # Tiles row-major, each copied straight into its place (a padded [grid*grid, h, w, c]
     # array and its transpose would hold two more copies of the images); the tail of the
