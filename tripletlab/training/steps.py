@@ -3,7 +3,10 @@ backward, running means. One code path for one device and for several replicas (
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger("tripletlab")
 
 RUNNING_MEANS = ("loss", "fraction", "norm", "spread")
 
@@ -44,6 +47,7 @@ def make_train_step(
     import tensorflow as tf
 
     from tripletlab.distribute import gather_global_batch
+    from tripletlab.models import synchronizes_batch_norm
     from tripletlab.losses import triplet_loss
     from tripletlab.training.memory import strategy_options
 
@@ -72,9 +76,14 @@ def make_train_step(
         )
 
     if jit_compile:
-        # XLA compiles the model and the loss; the all-gather between them stays outside,
-        # because XLA has no CPU kernel for collectives.
-        forward = tf.function(forward, jit_compile=True)
+        # XLA compiles the model and the loss, each a nested function; the collectives stay
+        # outside (a nested function may hold no synchronisation point, and XLA has no CPU
+        # kernel for them): the all-gather between the two, and under several replicas each
+        # batch norm's all-reduce of the global batch's moments, which keeps the model out.
+        if replicas == 1 or not synchronizes_batch_norm(model):
+            forward = tf.function(forward, jit_compile=True)
+        else:
+            log.info("XLA compiles the loss only: the model's batch norm syncs the replicas")
         mine = tf.function(mine, jit_compile=True)
 
     def replica_step(images, labels):
