@@ -17,6 +17,8 @@ from tests.helpers import ROOT, compose
 from tripletlab import config
 from tripletlab.config import typed, validate
 from tripletlab.errors import ConfigError
+from tripletlab.options.dataset import DigitsConfig
+from tripletlab.registry import schema_for
 
 DATASETS = ["fashion_mnist", "mnist", "digits", "image_folder"]
 MODELS = ["lenet", "small_cnn", "vgg_gap"]
@@ -137,7 +139,7 @@ def test_the_schema_holds_every_default():
         for option in options:
             root = {"root": "/x"} if option in FILE_DATASETS else {}
             node = compose([f"{group}={option}", *(f"dataset.root={v}" for v in root.values())])
-            schema = config.schema_for(group, option)
+            schema = schema_for(group, option)
             assert OmegaConf.get_type(node[group]) is schema
             assert _plain(node[group]) == _plain(OmegaConf.structured(schema)) | root
     for mining in MININGS:
@@ -145,7 +147,7 @@ def test_the_schema_holds_every_default():
         assert node == DEFAULT["mining"] | {"strategy": mining}
     for mining, own in OWN_MINING_KEYS.items():
         node = compose([f"mining={mining}"]).mining
-        assert OmegaConf.get_type(node) is config.schema_for("mining", mining)
+        assert OmegaConf.get_type(node) is schema_for("mining", mining)
         assert _plain(node) == DEFAULT["mining"] | {"strategy": mining} | own
     assert _plain(OmegaConf.structured(config.TrainerConfig)) == DEFAULT["trainer"]
     assert _plain(OmegaConf.structured(config.EvalConfig)) == DEFAULT["eval"]
@@ -262,7 +264,7 @@ def test_each_option_has_only_its_keys():
 )
 def test_a_key_that_does_not_apply_to_the_option_fails(option, key):
     name = key.lstrip("+").split("=")[0]
-    schema = config.schema_for(*option.split("="))
+    schema = schema_for(*option.split("="))
     valid = ", ".join(f.name for f in dataclasses.fields(schema))
     with pytest.raises(ConfigError) as err:
         tripletlab.compose([option, key])
@@ -295,9 +297,9 @@ def test_typed_reads_a_config_saved_with_every_datasets_keys():
     saved["model"] = {**DEFAULT["model"], "name": "lenet"}
     cfg = typed(saved)
     validate(cfg)
-    assert OmegaConf.get_type(cfg.dataset) is config.DigitsConfig
+    assert OmegaConf.get_type(cfg.dataset) is DigitsConfig
     assert _plain(cfg.dataset) == _plain(
-        OmegaConf.structured(config.DigitsConfig(test_fraction=0.3))
+        OmegaConf.structured(DigitsConfig(test_fraction=0.3))
     )
     assert _plain(cfg.model) == {"name": "lenet", "embedding_size": 64, "l2_normalize": True}
     with pytest.raises(ValueError):
@@ -354,7 +356,7 @@ def test_unknown_group_option_names_the_options():
         (["trainer.learning_rate=-1"], "trainer.learning_rate=-1.0 is not valid; it must be > 0"),
         (["trainer.threads=-1"], "trainer.threads=-1 is not valid; it must be >= 0"),
         (["trainer.warmup_epochs=11"], "it must be <= trainer.epochs=10"),
-        (["dataset.channels=2"], "dataset.channels=2 is not valid; use 1, 3 or null"),
+        (["dataset.channels=2"], "dataset.channels=2 is not valid; choose one of: 1, 3"),
         (["dataset=digits", "dataset.test_fraction=1.5"], "it must be between 0 and 1"),
         (["eval.knn_k=0"], "eval.knn_k=0 is not valid; it must be > 0"),
         (["eval.sample_queries=0"], "eval.sample_queries=0 is not valid; it must be > 0"),

@@ -21,6 +21,8 @@ from tripletlab.config_reference import (
     reference_markdown,
 )
 from tripletlab.errors import ConfigError
+from tripletlab.options import BOUNDS, metadata
+from tripletlab.registry import REGISTRIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +35,9 @@ def test_committed_reference_matches_the_schemas():
 
 
 def _schemas():
-    for table in config.SCHEMAS.values():
-        yield from table.values()
+    for registry in REGISTRIES.values():
+        yield registry.base
+        yield from registry.schemas().values()
     yield from (config.TrainerConfig, config.EvalConfig, config.Config)
 
 
@@ -59,28 +62,58 @@ def _sections(markdown: str) -> dict[str, str]:
     return sections
 
 
-@pytest.mark.parametrize("group", list(config.SCHEMAS))
+@pytest.mark.parametrize("group", list(REGISTRIES))
 def test_each_option_lists_the_keys_it_composes_to(group):
     """The reference's table of each option holds exactly the keys that composing it gives,
     with their composed defaults (a key added to a schema, or a YAML default, shows)."""
     sections = _sections(reference_markdown())
-    name_key = config.NAME_KEYS[group]
+    name_key = REGISTRIES[group].name_key
     for option in group_options(group):
         overrides = [f"{group}={option}"]
-        if group == "dataset" and option not in ("fashion_mnist", "mnist", "digits"):
-            overrides.append("dataset.root=/data")  # required: no default
+        required = [f.name for f in dataclasses.fields(REGISTRIES[group].schema(option))]
+        required = [
+            k
+            for k in required
+            if k != name_key and OmegaConf.is_missing(compose_keys(group, option), k)
+        ]
+        overrides += [f"{group}.{k}={'/data' if k == 'root' else 'a.b'}" for k in required]
         node = compose(overrides)[group]
         table = sections[f"{group}={option}"]
         listed = dict(re.findall(r"^\| `([\w.]+)` \| (.+?) \|", table, flags=re.M))
         expected = {f"{group}.{k}" for k in node if k != name_key}
         assert set(listed) == expected, option
         for key in node:
-            if key != name_key and key != "root":
+            if key != name_key and key not in required:
                 shown = str(OmegaConf.to_container(node)[key])
                 written = listed[f"{group}.{key}"].strip("`")
                 assert written == {"None": "null", "True": "true", "False": "false"}.get(
                     shown, shown
                 ), f"{group}={option} {key}"
+
+
+def compose_keys(group, option):
+    """The option's schema as a config node (to find its required keys)."""
+    return OmegaConf.structured(REGISTRIES[group].schema(option))
+
+
+# Options that have every key with a closed set of values or a bound between them.
+BASE = {"dataset": "image_folder", "model": "small_cnn", "mining": "easy_positive"}
+
+
+def _checked(kind):
+    """(path, its choices or bound) of every key of the base config's options and nodes
+    that has them, read from the schemas' metadata."""
+    nodes = [
+        (f"{g}.", REGISTRIES[g].schema(BASE.get(g, "pk" if g == "sampler" else "none")))
+        for g in REGISTRIES
+    ]
+    nodes += [("trainer.", config.TrainerConfig), ("eval.", config.EvalConfig), ("", config.Config)]
+    return [
+        (prefix + f.name, metadata(schema, f.name)[kind])
+        for prefix, schema in nodes
+        for f in dataclasses.fields(schema)
+        if kind in metadata(schema, f.name)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -100,30 +133,30 @@ def _rejected(cfg, path, value) -> str:
     return str(error.value)
 
 
-@pytest.mark.parametrize("path", list(config.CHOICES))
-def test_validate_checks_the_choices_the_reference_prints(base_config, path):
-    message = _rejected(base_config, path, "bogus")
-    assert message == f"{path}='bogus' is not valid; choose one of: " + ", ".join(
-        config.CHOICES[path]
-    )
-    group, _, key = path.rpartition(".")
-    if config.NAME_KEYS.get(group) == key:  # an option of a group: its "Options" line
-        options = re.search(rf"^Options \(`{group}=.*$", reference_markdown(), re.M).group(0)
-        assert set(re.findall(r"`(\w+)`(?:,| \(|\.)", options)) == set(config.CHOICES[path])
+@pytest.mark.parametrize("path, choices", _checked("choices"))
+def test_validate_checks_the_choices_the_reference_prints(base_config, path, choices):
+    if isinstance(choices[0], int):
+        message, bogus = _rejected(base_config, path, 2), "2"
     else:
-        assert ", ".join(f"`{v}`" for v in config.CHOICES[path]) in reference_markdown()
+        message, bogus = _rejected(base_config, path, "bogus"), "'bogus'"
+    listed = ", ".join(map(str, choices))
+    assert message == f"{path}={bogus} is not valid; choose one of: {listed}"
+    assert ", ".join(f"`{v}`" for v in choices) in reference_markdown()
 
 
-@pytest.mark.parametrize(
-    "path, bound",
-    [(p, "> 0") for p in config.POSITIVE_KEYS] + [(p, ">= 0") for p in config.NON_NEGATIVE_KEYS],
-)
+@pytest.mark.parametrize("path, bound", _checked("bound"))
 def test_validate_checks_the_ranges_the_reference_prints(base_config, path, bound):
-    value = 0 if bound == "> 0" else -1
+    text = BOUNDS[bound]
+    value = {"> 0": 0, ">= 0": -1, "in (0, 1)": 1}[text]
     message = _rejected(base_config, path, value)
-    assert re.fullmatch(rf"{re.escape(path)}=-?[\d.]+ is not valid; it must be {bound}", message)
+    if text == "in (0, 1)":
+        assert re.fullmatch(
+            rf"{re.escape(path)}=1(\.0)? is not valid; it must be between 0 and 1", message
+        )
+    else:
+        assert re.fullmatch(rf"{re.escape(path)}=-?[\d.]+ is not valid; it must be {text}", message)
     row = re.search(rf"^\| `{re.escape(path)}` \|[^|]+\| ([^|]+) \|", reference_markdown(), re.M)
-    assert row and bound in row.group(1), path
+    assert row and text in row.group(1), path
 
 
 def test_help_lists_the_groups_a_user_picks_and_hides_the_schemas():
@@ -142,7 +175,7 @@ def test_help_lists_the_groups_a_user_picks_and_hides_the_schemas():
         str(d.relative_to(conf)) for d in conf.rglob("*") if d.is_dir() and any(d.glob("*.yaml"))
     }
     assert set(listed) == user_groups
-    for group in config.SCHEMAS:  # what Hydra finds is what the reference documents
+    for group in REGISTRIES:  # what Hydra finds is what the reference documents
         assert listed[group].split(", ") == sorted(group_options(group))
     assert "parallel" in listed["hydra/launcher"].split(", ")
     assert "schema" not in result.stdout.split("== Config ==")[0]

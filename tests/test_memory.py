@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT, write_image
-from tripletlab.config import ImageFolderConfig
 from tripletlab.data import images, images_from_files, in_memory_peak_bytes, load_dataset
 from tripletlab.data.pipeline import TENSOR_ALIGNMENT
 from tripletlab.errors import DataError
+from tripletlab.options.dataset import ImageFolderConfig
 
 
 def _grey_then_colour(tmp_path):

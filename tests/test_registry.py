@@ -1,11 +1,13 @@
-"""One registry per kind: names, dispatch and messages agree with conf/ and with the code."""
+"""One registry per group: an entry is the whole option (schema, checks, hooks, code), the
+names agree with conf/, and plugins' entry points add options with one clear message when
+they fail."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -15,42 +17,80 @@ import tripletlab
 from tests.helpers import ROOT
 from tripletlab import config
 from tripletlab.errors import ConfigError
-from tripletlab.registry import BACKBONES, DATASETS, LOSSES, SAMPLERS, Registry
+from tripletlab.options import setting
+from tripletlab.options.model import ModelConfig
+from tripletlab.registry import (
+    BACKBONES,
+    REGISTRIES,
+    STRATEGIES,
+    Option,
+    Registry,
+    Strategy,
+)
 
-REGISTRIES = {"dataset": DATASETS, "model": BACKBONES, "mining": LOSSES, "sampler": SAMPLERS}
+# A declarations module that declares nothing (tripletlab.errors imports no registry).
+NOTHING = "tripletlab.errors"
+
+
+def things(label: str = "THINGS", group: str = "no-such-group") -> Registry:
+    return Registry(
+        label, "thing.name", group, NOTHING, NOTHING, "tripletlab.options.model:ModelConfig"
+    )
 
 
 # ------------------------------------------------------------------ the Registry itself
 
 
 def test_register_get_names_and_the_message_for_an_unknown_name():
-    things = Registry("THINGS", "thing.name", home="tripletlab.errors", group="no-such-group")
-    assert things.names() == ()
+    reg = things()
+    assert reg.names() == ()
 
-    @things.register("b")
+    @reg.register("b")
     def b():
         return "b"
 
-    a = things.register("a")(lambda: "a")
-    assert things.get("b") is b and things.get("a") is a
-    assert things.names() == ("b", "a") == things.registered()
-    assert "a" in things and "c" not in things
-    assert things.get(print) is print  # an object passes through
+    a = reg.register("a")(lambda: "a")
+    assert reg.get("b") is b and reg.get("a") is a
+    assert reg.names() == ("a", "b") and reg.registered() == ("b", "a")
+    assert "a" in reg and "c" not in reg
+    assert reg.get(print) is print  # an object passes through
     with pytest.raises(ConfigError) as err:
-        things.get("c")
-    assert str(err.value) == "thing.name='c' is not valid; choose one of: b, a"
+        reg.get("c")
+    assert str(err.value) == "thing.name='c' is not valid; choose one of: a, b"
     with pytest.raises(ConfigError, match="thing.name=3 is not valid"):
-        things.check(3)
-    things.register("a")(a)  # the same object again: fine
+        reg.check(3)
+    reg.register("a")(a)  # the same object again: fine
     with pytest.raises(ValueError, match="registered already"):
-        things.register("a")(b)
-    things.unregister("a")
-    assert things.names() == ("b",)
+        reg.register("a")(b)
+    reg.unregister("a")
+    assert reg.names() == ("b",)
+
+
+def test_an_entry_names_its_code_lazily_and_checks_its_schema():
+    reg = things()
+
+    @dataclasses.dataclass
+    class WideConfig(ModelConfig):
+        name: str = "wide"
+
+    reg.add(Option("wide", WideConfig, target="numpy:linalg.norm"))
+    assert reg.schema("wide") is WideConfig and reg.schema("other") is ModelConfig
+    assert reg.get("wide") is np.linalg.norm
+    reg.add(Option("wide", WideConfig, target="numpy:linalg.norm"))  # the same: fine
+    with pytest.raises(ConfigError, match="registers thing.name='wide', which tripletlab"):
+        reg.add(Option("wide", WideConfig, target="numpy:mean"), source="plugin x")
+    with pytest.raises(ConfigError, match="must be a dataclass subclassing"):
+        reg.add(Option("bad", config.TrainerConfig))
+    with pytest.raises(ConfigError, match="must default name to 'narrow', not 'wide'"):
+        reg.add(Option("narrow", WideConfig))
+    reg.add(Option("gone", target="numpy:no_such_function"))
+    with pytest.raises(ConfigError, match="cannot import 'numpy:no_such_function'"):
+        reg.get("gone")
 
 
 def test_an_option_without_code_says_so():
-    # conf/mining's options, with a home that registers nothing.
-    empty = Registry("EMPTY", "mining.strategy", home="tripletlab.errors", group="mining")
+    # conf/mining's options, with a home that attaches no code.
+    empty = things("EMPTY", group="mining")
     assert empty.names() == (
         "batch_all",
         "batch_hard",
@@ -63,69 +103,64 @@ def test_an_option_without_code_says_so():
         empty.get("batch_all")
 
 
-# ------------------------------------------------------------------ the four registries
+# ------------------------------------------------------------------ the package's registries
 
 
 @pytest.mark.parametrize("group", REGISTRIES)
 def test_the_options_and_the_code_agree(group):
-    """Every conf/<group>/*.yaml has code registered by the registry's home module, and
-    every implementation there has its YAML option."""
+    """Every conf/<group>/*.yaml is a declared option whose code resolves (TensorFlow's
+    modules are imported here), and every declared option has its YAML."""
     registry = REGISTRIES[group]
-    importlib.import_module(registry.home)
-    home = registry.home
-    own = {
-        n
-        for n in registry.registered()
-        if (module := registry.get(n).__module__) == home or module.startswith(f"{home}.")
-    }
-    assert own == set(registry.options())
+    assert set(registry.registered()) == set(registry.options())
     assert registry.options() == tuple(
         sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
     )
+    for name in registry.options():
+        assert registry.get(name) is not None
 
 
 @pytest.mark.parametrize("group", REGISTRIES)
-def test_each_option_composes_to_its_own_name(group):
-    for option in REGISTRIES[group].options():
-        defaults = {f.name: f.default for f in dataclasses.fields(config.schema_for(group, option))}
-        extra = ["dataset.root=/x"] if defaults.get("root") == "???" else []  # no default
+def test_each_option_composes_to_its_own_name_and_schema(group):
+    registry = REGISTRIES[group]
+    for option in registry.options():
+        schema = registry.schema(option)
+        node = OmegaConf.structured(schema)
+        extra = [
+            f"{group}.{k}={'/x' if k == 'root' else 'm.f'}"
+            for k in node
+            if k != registry.name_key and OmegaConf.is_missing(node, k)
+        ]
         cfg = tripletlab.compose([f"{group}={option}", *extra])
-        assert cfg[group][config.NAME_KEYS[group]] == option
+        assert cfg[group][registry.name_key] == option
+        assert OmegaConf.get_type(cfg[group]) is schema
 
 
 def test_the_name_lists_derive_from_the_registries():
-    from tripletlab.config import DATASETS as datasets
-    from tripletlab.config import MODELS, STRATEGIES
-    from tripletlab.config import SAMPLERS as samplers
     from tripletlab.data import DATASET_NAMES
 
-    assert (
-        datasets
-        == DATASET_NAMES
-        == (
-            *("cars196", "cub200", "digits", "fashion_mnist", "image_folder", "inshop"),
-            *("mnist", "sop"),
-        )
-    )
-    assert (
-        MODELS
-        == BACKBONES.names()
-        == (
-            *("efficientnetv2_b0", "lenet", "mobilenetv3_small", "resnet50", "small_cnn"),
-            "vgg_gap",
-        )
-    )
-    assert LOSSES.names() == STRATEGIES
-    assert STRATEGIES == (
+    assert REGISTRIES["dataset"].names() == DATASET_NAMES
+    assert "custom" in DATASET_NAMES and "digits" in DATASET_NAMES
+    assert STRATEGIES.names() == (
         "batch_all",
         "batch_hard",
         "distance_weighted",
         "easy_positive",
         "semi_hard",
     )
-    assert samplers == SAMPLERS.names() == ("pk", "random")
-    with pytest.raises(AttributeError):
-        config.NOT_A_NAME  # noqa: B018
+    for alias in ("DATASETS", "MODELS", "STRATEGIES", "SAMPLERS", "LOGGERS", "SCHEMAS"):
+        assert not hasattr(config, alias)  # one place: the registries
+
+
+def test_a_strategy_entry_holds_its_hooks():
+    weighted = STRATEGIES.option("distance_weighted")
+    assert isinstance(weighted, Strategy)
+    assert weighted.step_inputs == ("memory", "seed") and weighted.unit_vectors
+    assert weighted.reference is None  # sampled: no brute force of its draws
+    assert STRATEGIES.own_keys("distance_weighted") == ("cutoff", "nonzero_loss_cutoff")
+    assert STRATEGIES.own_keys("easy_positive") == ("negatives",)
+    for name in ("batch_all", "batch_hard", "semi_hard", "easy_positive"):
+        assert callable(STRATEGIES.get(name))
+        assert STRATEGIES.option(name).reference is not None
 
 
 def test_unknown_names_at_dispatch_name_the_valid_ones():
@@ -135,8 +170,8 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
 
     with pytest.raises(
         ConfigError,
-        match=r"model.name='resnet' is not valid; choose one of: efficientnetv2_b0, lenet, "
-        r"mobilenetv3_small, resnet50, small_cnn, vgg_gap",
+        match=r"model.name='resnet' is not valid; choose one of: custom, efficientnetv2_b0, "
+        r"lenet, mobilenetv3_small, resnet50, small_cnn, vgg_gap",
     ):
         build_model(OmegaConf.create({"name": "resnet", "embedding_size": 4}), (8, 8, 1))
     with pytest.raises(
@@ -149,7 +184,7 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
         samplers.epoch_batches(np.zeros(4), OmegaConf.create({"name": "fifo"}), 2, 0, 0)
     with pytest.raises(
         ConfigError,
-        match="dataset.name='cifar' is not valid; choose one of: cars196, cub200, digits",
+        match="dataset.name='cifar' is not valid; choose one of: cars196, cub200, custom",
     ):
         data.load_dataset(OmegaConf.create({"name": "cifar"}))
 
@@ -157,11 +192,11 @@ def test_unknown_names_at_dispatch_name_the_valid_ones():
 def test_checking_a_config_imports_no_tensorflow_and_get_imports_the_code():
     code = (
         "import sys, tripletlab\n"
-        "from tripletlab.registry import LOSSES\n"
-        "tripletlab.compose(['dataset=digits'])\n"
+        "from tripletlab.registry import STRATEGIES\n"
+        "tripletlab.compose(['dataset=digits', 'mining=distance_weighted'])\n"
         "assert 'tensorflow' not in sys.modules, 'composing imported TensorFlow'\n"
-        "assert callable(LOSSES.get('semi_hard'))\n"
-        "assert 'tripletlab.losses' in sys.modules\n"
+        "assert callable(STRATEGIES.get('semi_hard'))\n"
+        "assert 'tensorflow' in sys.modules\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -169,7 +204,84 @@ def test_checking_a_config_imports_no_tensorflow_and_get_imports_the_code():
     assert proc.returncode == 0, proc.stderr
 
 
-# ------------------------------------------------------------------ extending
+# ------------------------------------------------------------------ plugins
+
+
+def _plugin(tmp_path, name: str, entry: str, module: str) -> None:
+    """A distribution on sys.path (a .dist-info folder, as pip leaves one) whose entry
+    point group ``tripletlab.things`` holds ``entry``, and its module."""
+    info = tmp_path / f"{name}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[tripletlab.things]\n{entry}\n")
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(module))
+
+
+@pytest.fixture
+def on_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_plugin_adds_an_option_through_its_entry_point(on_path):
+    _plugin(
+        on_path,
+        "thing_plugin",
+        "wide = thing_plugin:OPTION",
+        """
+        import dataclasses
+        from tripletlab.options import setting
+        from tripletlab.options.model import ModelConfig
+        from tripletlab.registry import Option
+
+        @dataclasses.dataclass
+        class WideConfig(ModelConfig):
+            name: str = "wide"
+            width: int = setting(4, "how wide")
+
+        OPTION = Option("wide", WideConfig, target="thing_plugin:WideConfig")
+        """,
+    )
+    reg = things()
+    assert reg.names() == ("wide",)
+    assert reg.option("wide").plugin == "thing_plugin"
+    assert [f.name for f in dataclasses.fields(reg.schema("wide"))][-1] == "width"
+    assert reg.get("wide").__name__ == "WideConfig"
+
+
+@pytest.mark.parametrize(
+    ("entry", "module", "message"),
+    [
+        (
+            "wide = thing_broken:OPTION",
+            "import no_such_module\n",
+            r"^plugin thing_broken \(tripletlab.things: wide = thing_broken:OPTION\) failed to "
+            r"import: ModuleNotFoundError: No module named 'no_such_module'; fix or uninstall it$",
+        ),
+        (
+            "wide = thing_broken:OPTION",
+            "OPTION = 3\n",
+            r"^plugin thing_broken .* gives tripletlab.things a int; it must be a "
+            r"tripletlab.registry.Option$",
+        ),
+        (
+            "taken = thing_broken:TAKEN",
+            "from tripletlab.registry import Option\nTAKEN = Option('taken')\n",
+            r"^plugin thing_broken \(tripletlab.things: taken = thing_broken:TAKEN\) registers "
+            r"thing.name='taken', which tripletlab registers already; rename one of them$",
+        ),
+    ],
+)
+def test_a_broken_plugin_is_one_message_naming_it(on_path, monkeypatch, entry, module, message):
+    monkeypatch.delitem(sys.modules, "thing_broken", raising=False)
+    _plugin(on_path, "thing_broken", entry, module)
+    reg = things()
+    reg.add(Option("taken", target="numpy:mean"))
+    with pytest.raises(ConfigError, match=message):
+        reg.names()
+
+
+# ------------------------------------------------------------------ extending in a session
 
 
 def test_a_backbone_is_one_function_plus_one_yaml_file(tmp_path):
@@ -189,8 +301,8 @@ def test_a_backbone_is_one_function_plus_one_yaml_file(tmp_path):
 
     try:
         cfg = tripletlab.compose([searchpath, "model=tiny", "dataset=digits"])
-        assert "tiny" in config.MODELS
-        assert OmegaConf.get_type(cfg.model) is config.ModelConfig
+        assert "tiny" in BACKBONES.names()
+        assert OmegaConf.get_type(cfg.model) is ModelConfig
         model = build_model(cfg.model, (8, 8, 1), weight_decay=1e-4)
         emb = model(np.random.default_rng(0).random((2, 8, 8, 1), dtype=np.float32)).numpy()
         assert emb.shape == (2, 3)
@@ -199,29 +311,33 @@ def test_a_backbone_is_one_function_plus_one_yaml_file(tmp_path):
     finally:
         BACKBONES.unregister("tiny")
     with pytest.raises(
-        ConfigError, match="model.name='tiny' is not valid; choose one of: efficientnetv2_b0, lenet"
+        ConfigError, match="model.name='tiny' is not valid; choose one of: custom, efficientnetv2"
     ):
         tripletlab.compose([searchpath, "model=tiny"])
 
 
-def test_an_option_with_keys_of_its_own_gets_a_schema(tmp_path):
+def test_an_option_with_keys_of_its_own_declares_a_schema(tmp_path):
     @dataclasses.dataclass
-    class WideConfig(config.ModelConfig):
+    class WideConfig(ModelConfig):
         name: str = "wide"
-        width: int = 16
+        width: int = setting(16, "how wide", bound=">0")
+
+        def check(self, cfg):
+            if self.width > self.embedding_size:
+                raise ConfigError("model.width must be <= model.embedding_size")
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "wide.yaml").write_text("defaults:\n  - /schema/model/wide@_here_\n")
     searchpath = f"hydra.searchpath=[file://{tmp_path}]"
-    BACKBONES.register("wide")(lambda x, cfg, reg: x)
-    config.register_schema("model", "wide", WideConfig)
+    BACKBONES.add(Option("wide", WideConfig, target="keras.layers:Flatten"))
     try:
         cfg = tripletlab.compose([searchpath, "model=wide", "model.width=4"])
         assert (cfg.model.name, cfg.model.width) == ("wide", 4)
         with pytest.raises(ConfigError, match="model.num_channels is not a key of model=wide"):
             tripletlab.compose([searchpath, "model=wide", "model.num_channels=4"])
+        with pytest.raises(ConfigError, match="model.width=0 is not valid; it must be > 0"):
+            tripletlab.compose([searchpath, "model=wide", "model.width=0"])
+        with pytest.raises(ConfigError, match="model.width must be <= model.embedding_size"):
+            tripletlab.compose([searchpath, "model=wide", "model.width=65"])
     finally:
         BACKBONES.unregister("wide")
-        del config.SCHEMAS["model"]["wide"]
-    with pytest.raises(TypeError, match="must subclass ModelConfig"):
-        config.register_schema("model", "bad", config.MiningConfig)

@@ -26,7 +26,8 @@ def compose(overrides: Sequence[str] = (), return_hydra_config: bool = False) ->
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tripletlab.config import explain_compose_error, register_configs, validate
+    from tripletlab.compose_errors import explain_compose_error
+    from tripletlab.config import register_configs, validate
     from tripletlab.errors import ConfigError
     from tripletlab.resources import config_dir
 

@@ -1,9 +1,9 @@
 """The configuration reference, generated from the schemas: ``docs/configuration.md``.
 
 Every key of every group option, with its default, its allowed values and one line of help,
-is read from :mod:`tripletlab.config` (each field's ``setting(default, help)``, the
-``CHOICES`` and range tables that :func:`~tripletlab.config.validate` checks) and the
-options from :mod:`tripletlab.registry` and ``conf/``. ``python -m tripletlab.config_reference``
+is read from the schemas (each field's ``setting(default, help, choices=, bound=)``, which
+:func:`~tripletlab.config.validate` checks) and the options from the registries
+(:mod:`tripletlab.registry`: the package's, the installed plugins') and ``conf/``. ``python -m tripletlab.config_reference``
 rewrites the page (``make docs`` does it first); ``tests/test_config_reference.py`` fails when
 the committed page and the schemas disagree. No TensorFlow here: Hydra's ``--help`` calls
 :func:`user_groups_text` while it composes.
@@ -21,19 +21,12 @@ from typing import Any
 import yaml
 from omegaconf import MISSING
 
-from tripletlab import config, registry
+from tripletlab import config
+from tripletlab.options import BOUNDS, metadata
+from tripletlab.registry import REGISTRIES
 from tripletlab.resources import config_dir
 
 REFERENCE_PATH = Path("docs") / "configuration.md"
-# The groups whose options a registry names (the others: the YAML files in conf/<group>/).
-_REGISTRIES = {
-    "dataset": registry.DATASETS,
-    "model": registry.BACKBONES,
-    "mining": registry.LOSSES,
-    "sampler": registry.SAMPLERS,
-    "logger": registry.TRACKERS,
-    "distribute": registry.DISTRIBUTIONS,
-}
 # Groups that compose the config but that a user never picks: the option schemas, which each
 # option's YAML selects (``- /schema/dataset/digits@_here_``).
 _HIDDEN_GROUPS = ("schema",)
@@ -44,13 +37,9 @@ PRESET_GROUPS = ("experiment", "hparams_search", "hydra/launcher")
 
 
 def group_options(group: str) -> tuple[str, ...]:
-    """The options of ``group`` a user can pick: a registry's names, the closed set that
-    validate() checks, else ``conf/<group>/``."""
-    if group in _REGISTRIES:
-        return _REGISTRIES[group].names()
-    name_key = f"{group}.{config.NAME_KEYS.get(group)}"
-    if name_key in config.CHOICES:
-        return config.CHOICES[name_key]
+    """The options of ``group`` a user can pick: a registry's names, else ``conf/<group>/``."""
+    if group in REGISTRIES:
+        return REGISTRIES[group].names()
     return tuple(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
 
 
@@ -67,13 +56,8 @@ def default_options() -> dict[str, str]:
 
 
 def field_help(schema: type, name: str) -> str:
-    """The help of field ``name``: its own ``setting(...)``'s, else the nearest base class's
-    (a subclass that only changes a default keeps the help)."""
-    for cls in schema.__mro__:
-        for f in dataclasses.fields(cls) if dataclasses.is_dataclass(cls) else ():
-            if f.name == name and "help" in f.metadata:
-                return str(f.metadata["help"])
-    return ""
+    """The help of field ``name`` (a subclass that only changes a default keeps it)."""
+    return str(metadata(schema, name).get("help", ""))
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -93,32 +77,26 @@ def format_value(value: Any) -> str:
     return f"`{value}`"
 
 
-def allowed_values(path: str, f: dataclasses.Field) -> str:
-    """What ``path`` accepts: its choices, its range, or its type."""
+def allowed_values(schema: type, f: dataclasses.Field) -> str:
+    """What field ``f`` of ``schema`` accepts: its choices, its bound, or its type."""
     optional = "None" in str(f.type)
-    if path in config.CHOICES:
-        text = ", ".join(f"`{v}`" for v in config.CHOICES[path])
+    meta = metadata(schema, f.name)
+    kind = str(f.type).replace(" | None", "").split("[")[0]
+    if "choices" in meta:
+        text = ", ".join(f"`{v}`" for v in meta["choices"])
+    elif kind == "bool":
+        text = "`true`, `false`"
+    elif "bound" in meta:
+        text = f"{kind} {BOUNDS[meta['bound']]}"
     else:
-        kind = str(f.type).replace(" | None", "").split("[")[0]
-        if path == "dataset.channels":
-            text = ", ".join(f"`{v}`" for v in config.CHANNELS)
-        elif path in config.FRACTION_KEYS:
-            text = f"{kind} in (0, 1)"
-        elif kind == "bool":
-            text = "`true`, `false`"
-        elif path in config.POSITIVE_KEYS:
-            text = f"{kind} > 0"
-        elif path in config.NON_NEGATIVE_KEYS:
-            text = f"{kind} >= 0"
-        else:
-            text = kind
+        text = kind
     return f"{text}, or `null`" if optional else text
 
 
 def _rows(prefix: str, schema: type, skip: str | None = None) -> list[tuple[str, ...]]:
     rows = []
     for f in dataclasses.fields(schema):
-        if f.name == skip or dataclasses.is_dataclass(f.type) or f.name in config.SCHEMAS:
+        if f.name == skip or dataclasses.is_dataclass(f.type) or f.name in REGISTRIES:
             continue
         if f.name in ("trainer", "eval"):  # nodes, listed in their own sections
             continue
@@ -127,7 +105,7 @@ def _rows(prefix: str, schema: type, skip: str | None = None) -> list[tuple[str,
             (
                 f"`{path}`",
                 format_value(_default(f)),
-                allowed_values(path, f),
+                allowed_values(schema, f),
                 field_help(schema, f.name),
             )
         )
@@ -164,7 +142,7 @@ def reference_markdown() -> str:
     out = [
         "# Configuration reference",
         "",
-        "<!-- Generated from tripletlab/config.py by `python -m tripletlab.config_reference`"
+        "<!-- Generated from the schemas (tripletlab/config.py, tripletlab/options/) by `python -m tripletlab.config_reference`"
         " (`make docs` runs it). Do not edit: tests/test_config_reference.py fails when this"
         " page and the schemas disagree. -->",
         "",
@@ -176,9 +154,9 @@ def reference_markdown() -> str:
         "by choosing the option, not by hand.",
         "",
     ]
-    for group in config.SCHEMAS:
+    for group, registry in REGISTRIES.items():
         options = group_options(group)
-        name_key = config.NAME_KEYS[group]
+        name_key = registry.name_key
         out += [f"## {group}", ""]
         listed = ", ".join(
             f"`{o}` (default)" if o == defaults.get(group) else f"`{o}`" for o in options
@@ -187,7 +165,7 @@ def reference_markdown() -> str:
         # One table per set of options with the same keys, defaults and help.
         by_rows: dict[tuple, list[str]] = {}
         for option in options:
-            rows = tuple(_rows(f"{group}.", config.schema_for(group, option), skip=name_key))
+            rows = tuple(_rows(f"{group}.", registry.schema(option), skip=name_key))
             by_rows.setdefault(rows, []).append(option)
         for rows, same in by_rows.items():
             out += [f"### {', '.join(f'{group}={o}' for o in same)}", ""]

@@ -1,44 +1,37 @@
-"""One registry per kind: the names a config may choose, and the code each name runs.
+"""One registry per kind of option: an entry is the whole option.
 
-=================  ===================  ================================  ==================
-registry           config key           implementations live in           options in conf/
-=================  ===================  ================================  ==================
-``DATASETS``       ``dataset.name``     :mod:`tripletlab.data`            ``dataset/``
-``BACKBONES``      ``model.name``       :mod:`tripletlab.models`          ``model/``
-``LOSSES``         ``mining.strategy``  :mod:`tripletlab.losses`          ``mining/``
-``SAMPLERS``       ``sampler.name``     :mod:`tripletlab.data.samplers`   ``sampler/``
-``TRACKERS``       ``logger.name``      :mod:`tripletlab.tracking`        ``logger/``
-``DISTRIBUTIONS``  ``distribute.name``  :mod:`tripletlab.distribute`      ``distribute/``
-=================  ===================  ================================  ==================
+=================  ====================  ==============================  ===========================
+registry           config key            declared in (schemas, hooks)    plugins' entry point group
+=================  ====================  ==============================  ===========================
+``DATASETS``       ``dataset.name``      :mod:`tripletlab.options.dataset`      ``tripletlab.datasets``
+``BACKBONES``      ``model.name``        :mod:`tripletlab.options.model`        ``tripletlab.backbones``
+``STRATEGIES``     ``mining.strategy``   :mod:`tripletlab.options.mining`       ``tripletlab.strategies``
+``SAMPLERS``       ``sampler.name``      :mod:`tripletlab.options.sampler`      ``tripletlab.samplers``
+``TRACKERS``       ``logger.name``       :mod:`tripletlab.options.logger`       ``tripletlab.trackers``
+``DISTRIBUTIONS``  ``distribute.name``   :mod:`tripletlab.options.distribute`   ``tripletlab.distributions``
+=================  ====================  ==============================  ===========================
 
-The valid names are the options in ``conf/<group>/`` (the YAML files a user picks with
-``model=<name>``) plus anything registered at run time. Config checks, error messages and
-the dispatch in each module all ask the registry, so a name is written in two places only:
-the YAML file that a user selects and the ``register`` call on its code. Reading the names
-needs neither TensorFlow nor Hydra, so configs are checked at composition time without
-importing the (slow) modules that hold the code; :meth:`Registry.get` imports that module
-on first use. ``tests/test_registry.py`` checks that the options and the code agree.
+An :class:`Option` gives in one place: the name, the config schema (a dataclass subclassing
+the group's base schema, fields made with :func:`tripletlab.options.setting`; its ``check``
+method is the option's own validation, run by :func:`tripletlab.config.validate`), the
+implementation (an object, or ``"module:attr"`` imported on first :meth:`Registry.get`) and
+the hooks the rest of the code asks for (:class:`Strategy` adds a strategy's). Declarations
+import no TensorFlow, so composing a config and ``--help`` stay fast; the code behind an
+option is imported when a run needs it.
 
-Adding a backbone is one function plus one YAML file (datasets, losses and samplers alike)::
-
-    from tripletlab.registry import BACKBONES
-
-    @BACKBONES.register("tiny")
-    def tiny(x, cfg, reg):  # images [B, H, W, C] -> features [B, F]; cfg is the model node
-        return keras.layers.Flatten()(x)
-
-and ``conf/model/tiny.yaml`` holding ``name: tiny`` (the keys every model has, typed by
-:class:`tripletlab.config.ModelConfig`), in ``conf/`` or in a folder on Hydra's search path
-(``hydra.searchpath=[file:///my/conf]``). Then ``model=tiny`` works on the command line, in
-sweeps and in ``tripletlab.compose``, once the function's module is imported (the package's
-own are). A backbone with keys of its own declares them in a dataclass registered with
-:func:`tripletlab.config.register_schema`, which its YAML selects.
+The valid names are the declared options, the options of ``conf/<group>/`` and the
+installed plugins' entry points (``[project.entry-points."tripletlab.strategies"]
+random_hard = "my_pkg.random_hard:STRATEGY"``, whose value is an :class:`Option`). A plugin
+ships its YAML through a ``hydra_plugins`` SearchPathPlugin (docs/extending.md). Nothing
+else in tripletlab branches on an option's name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tripletlab.errors import ConfigError
@@ -46,45 +39,199 @@ from tripletlab.errors import ConfigError
 T = TypeVar("T")
 
 
-class Registry:
-    """Names -> implementations of one kind (like TensorFlow Similarity's lookup tables).
+def load_target(target: Any, what: str) -> Any:
+    """``"package.module:attr"`` imported (ConfigError naming ``what`` when it fails); any
+    other object as it is."""
+    if not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"{what}: cannot import {target!r} ({type(err).__name__}: {err})"
+        ) from None
+    return obj
 
-    ``label`` is the registry's name in this module, ``key`` the config key that names one
-    (both for messages), ``home`` the module whose import registers the package's own
-    implementations, ``group`` the config group whose options (``conf/<group>/*.yaml``) are
-    valid names before ``home`` is imported.
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a group.
+
+    ``schema``: its config dataclass (a subclass of the group's base schema; None: the base
+    schema, for an option without keys of its own). ``target``: the implementation, or
+    ``"module:attr"`` imported on first use; None: the implementation is attached with
+    :meth:`Registry.register` by the registry's home module. ``plugin``: the distribution
+    that installed it (set by the registry, for messages).
     """
 
-    def __init__(self, label: str, key: str, home: str, group: str):
-        self.label = label
-        self.key = key
-        self.home = home
-        self.group = group
-        self._entries: dict[str, Any] = {}
+    name: str
+    schema: type | None = None
+    target: Any = None
+    plugin: str | None = None
+
+
+@dataclass(frozen=True)
+class Strategy(Option):
+    """A mining strategy. ``target``: ``(labels [B], embeddings [B, D], margin, squared,
+    soft_margin, *, memory, engine, jit_compile, **own keys, **step inputs) -> (loss [],
+    fraction [])``.
+
+    ``step_inputs``: what the train step passes each step besides the config's keys:
+    ``"memory"`` (a cross-batch memory, ``(labels [M], embeddings [M, D])``; without it
+    ``mining.memory_size`` must be 0) and ``"seed"`` (an int64 [2] tensor, (config seed,
+    step): a sampled strategy draws the same after a resume). ``unit_vectors``: needs
+    L2-normalised embeddings (``model.l2_normalize=true``). ``reference``: its brute force for tests and ``bench losses``, ``(d [B, N], labels [B],
+    column labels [N], **own keys) -> [(a, p, n), ...]``, the triplets it counts, picked
+    straight from the definition in numpy float64 (None: it has none, e.g. a sampled
+    strategy); :mod:`tripletlab.losses.reference` reduces them. ``averages_active``: the
+    hinge loss is the mean over the counted triplets with a positive hinge (batch-all), not
+    over all of them. ``keras_class``: the name of its Keras loss class
+    (:mod:`tripletlab.losses.keras`; default ``Triplet<CamelName>Loss``).
+    """
+
+    step_inputs: tuple[str, ...] = ("memory",)
+    unit_vectors: bool = False
+    reference: Any = None
+    averages_active: bool = False
+    keras_class: str | None = None
+
+
+class Registry:
+    """Names -> options of one group (like TensorFlow Similarity's lookup tables).
+
+    ``label``: the registry's name here; ``key``: the config key naming an option;
+    ``group``: the config group; ``declarations``: the module declaring the package's own
+    options (no TensorFlow); ``home``: the module whose import attaches the implementations
+    of options declared without a target; ``base``: ``"module:attr"`` of the group's base
+    schema; ``kind``: the entry type plugins must give.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        key: str,
+        group: str,
+        declarations: str,
+        home: str,
+        base: str,
+        kind: type[Option] = Option,
+    ):
+        self.label, self.key, self.group = label, key, group
+        self.declarations, self.home, self._base, self.kind = declarations, home, base, kind
+        self.entry_point_group = f"tripletlab.{label.lower()}"
+        self._options: dict[str, Option] = {}
+        self._code: dict[str, Any] = {}
+        self._loaded = False
+        self._plugins: dict[str, Any] | None = None  # entry point name -> EntryPoint
 
     def __repr__(self) -> str:
         return f"<Registry {self.label} ({self.key}): {', '.join(self.names())}>"
 
+    # ---------------------------------------------------------------- declaring
+
+    @property
+    def base(self) -> type:
+        """The group's base schema (every option's schema subclasses it)."""
+        return load_target(self._base, f"{self.label}'s base schema")
+
+    @property
+    def name_key(self) -> str:
+        """The key naming the option inside its group's node: ``name`` or ``strategy``."""
+        return self.key.rpartition(".")[2]
+
+    def add(self, option: Option, source: str = "tripletlab") -> Option:
+        """Declare ``option``; ConfigError naming ``source`` if its name is taken or its
+        schema does not fit the group."""
+        if not isinstance(option, self.kind):
+            raise ConfigError(
+                f"{source} gives {self.entry_point_group} a {type(option).__name__}; it must "
+                f"be a tripletlab.registry.{self.kind.__name__}"
+            )
+        taken = self._options.get(option.name)
+        if taken is not None and taken != option:
+            owner = taken.plugin or "tripletlab"
+            raise ConfigError(
+                f"{source} registers {self.key}={option.name!r}, which {owner} registers "
+                "already; rename one of them"
+            )
+        schema = option.schema
+        if schema is not None:
+            base = self.base
+            if not (dataclasses.is_dataclass(schema) and issubclass(schema, base)):
+                raise ConfigError(
+                    f"{source}: the schema of {self.group}={option.name} must be a dataclass "
+                    f"subclassing {base.__module__}.{base.__name__}"
+                )
+            default = {f.name: f.default for f in dataclasses.fields(schema)}[self.name_key]
+            if default != option.name:
+                raise ConfigError(
+                    f"{source}: the schema of {self.group}={option.name} must default "
+                    f"{self.name_key} to {option.name!r}, not {default!r}"
+                )
+        self._options[option.name] = option
+        return option
+
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@REGISTRY.register("name")`` on a function or object (returned as is)."""
+        """Decorator: ``@REGISTRY.register("name")`` attaches an implementation to ``name``
+        (declared with the base schema when it is not declared yet)."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"register() takes the name as a non-empty str, got {name!r}")
 
-        def add(obj: T) -> T:
-            if self._entries.get(name, obj) is not obj:
+        def attach(obj: T) -> T:
+            if self._code.get(name, obj) is not obj:
                 raise ValueError(f"{self.key}={name!r} is registered already")
-            self._entries[name] = obj
+            self._code[name] = obj
+            if name not in self._options:
+                self._options[name] = self.kind(name)
             return obj
 
-        return add
+        return attach
 
     def unregister(self, name: str) -> None:
-        """Forget ``name`` (registered at run time, e.g. in a test or a notebook)."""
-        self._entries.pop(name, None)
+        """Forget ``name`` (declared or registered at run time, e.g. in a test)."""
+        self._code.pop(name, None)
+        self._options.pop(name, None)
 
-    def registered(self) -> tuple[str, ...]:
-        """The names that have code now, in the order they were registered."""
-        return tuple(self._entries)
+    # ---------------------------------------------------------------- plugins
+
+    def _entry_points(self) -> dict[str, Any]:
+        if self._plugins is None:
+            from importlib.metadata import entry_points
+
+            self._plugins = {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
+        return self._plugins
+
+    def _load_plugin(self, name: str) -> None:
+        ep = self._entry_points()[name]
+        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
+        source = f"plugin {dist} ({self.entry_point_group}: {ep.name} = {ep.value})"
+        try:
+            option = ep.load()
+        except Exception as err:  # noqa: BLE001 - any failure: one message naming the plugin
+            raise ConfigError(
+                f"{source} failed to import: {type(err).__name__}: {err}; fix or uninstall it"
+            ) from None
+        if isinstance(option, Option) and option.name != ep.name:
+            raise ConfigError(f"{source} gives the option {option.name!r}, not {ep.name!r}")
+        if isinstance(option, Option):
+            option = dataclasses.replace(option, plugin=dist)
+        if self._options.get(name) == option:
+            return
+        self.add(option, source)
+
+    def _load(self) -> None:
+        """Import the package's declarations and every installed plugin (once)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        importlib.import_module(self.declarations)
+        for name in self._entry_points():
+            self._load_plugin(name)
+
+    # ---------------------------------------------------------------- asking
 
     def options(self) -> tuple[str, ...]:
         """The options of ``conf/<group>/`` (sorted); none if the config folder is missing."""
@@ -96,44 +243,93 @@ class Registry:
             return ()
         return tuple(sorted(p.stem for p in folder.glob("*.yaml")))
 
+    def registered(self) -> tuple[str, ...]:
+        """The declared names, in the order they were declared (the package's own first)."""
+        self._load()
+        return tuple(self._options)
+
     def names(self) -> tuple[str, ...]:
-        """Every valid name: the config options, then names registered at run time."""
+        """Every valid name: conf/'s options, then the plugins' and run time's, sorted."""
         options = self.options()
-        return options + tuple(n for n in self._entries if n not in options)
+        others = sorted(n for n in self.registered() if n not in options)
+        return options + tuple(others)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries or name in self.options()
+        return isinstance(name, str) and name in self.names()
 
     def check(self, name: Any) -> str:
-        """``name`` if valid, else ConfigError naming the valid ones; imports nothing."""
+        """``name`` if valid, else ConfigError naming the valid ones; imports no TensorFlow."""
         if not isinstance(name, str) or name not in self:
             raise ConfigError(
                 f"{self.key}={name!r} is not valid; choose one of: {', '.join(self.names())}"
             )
         return name
 
+    def option(self, name: Any) -> Option:
+        """The entry of ``name`` (ConfigError naming the valid ones)."""
+        self._load()
+        name = self.check(name)
+        return self._options.get(name) or self.kind(name)
+
+    def schema(self, name: Any) -> type:
+        """The schema of ``name`` (the base schema for an unknown name or one without)."""
+        self._load()
+        option = self._options.get(str(name))
+        return (option.schema if option else None) or self.base
+
+    def schemas(self) -> dict[str, type]:
+        """name -> schema of every declared option with keys of its own."""
+        self._load()
+        return {n: o.schema for n, o in self._options.items() if o.schema is not None}
+
+    def own_keys(self, name: Any) -> tuple[str, ...]:
+        """The keys of ``name``'s schema beyond the base schema's: its keyword arguments."""
+        shared = {f.name for f in dataclasses.fields(self.base)}
+        return tuple(f.name for f in dataclasses.fields(self.schema(name)) if f.name not in shared)
+
     def get(self, name_or_object: Any) -> Any:
-        """The implementation registered as ``name_or_object``; a non-str passes through."""
+        """The implementation of ``name_or_object``; a non-str passes through."""
         if not isinstance(name_or_object, str):
             return name_or_object
-        name = name_or_object
-        if name not in self._entries:
-            importlib.import_module(self.home)  # registers the package's own on import
-        if name not in self._entries:
-            self.check(name)  # unknown: name the valid ones
+        option = self.option(name_or_object)
+        name = option.name
+        if option.target is not None:
+            where = f"{option.plugin or 'tripletlab'}'s {self.key}={name!r}"
+            return load_target(option.target, where)
+        if name not in self._code:
+            importlib.import_module(self.home)  # attaches the package's own on import
+        if name not in self._code:
             raise ConfigError(
                 f"{self.key}={name!r} has no implementation: conf/{self.group}/{name}.yaml "
                 f"names it, but no code was registered with @{self.label}.register({name!r}) "
                 "(import the module that defines it first)"
             )
-        return self._entries[name]
+        return self._code[name]
 
 
-DATASETS = Registry("DATASETS", "dataset.name", home="tripletlab.data", group="dataset")
-BACKBONES = Registry("BACKBONES", "model.name", home="tripletlab.models", group="model")
-LOSSES = Registry("LOSSES", "mining.strategy", home="tripletlab.losses", group="mining")
-SAMPLERS = Registry("SAMPLERS", "sampler.name", home="tripletlab.data.samplers", group="sampler")
-TRACKERS = Registry("TRACKERS", "logger.name", home="tripletlab.tracking", group="logger")
-DISTRIBUTIONS = Registry(
-    "DISTRIBUTIONS", "distribute.name", home="tripletlab.distribute", group="distribute"
+def _registry(label: str, key: str, group: str, home: str, base: str, **kwargs: Any) -> Registry:
+    module = f"tripletlab.options.{group}"
+    return Registry(label, key, group, module, home, f"{module}:{base}", **kwargs)
+
+
+DATASETS = _registry("DATASETS", "dataset.name", "dataset", "tripletlab.data", "DatasetConfig")
+BACKBONES = _registry("BACKBONES", "model.name", "model", "tripletlab.models", "ModelConfig")
+STRATEGIES = _registry(
+    "STRATEGIES", "mining.strategy", "mining", "tripletlab.losses", "MiningConfig", kind=Strategy
 )
+SAMPLERS = _registry(
+    "SAMPLERS", "sampler.name", "sampler", "tripletlab.data.samplers", "SamplerConfig"
+)
+TRACKERS = _registry("TRACKERS", "logger.name", "logger", "tripletlab.tracking", "LoggerConfig")
+DISTRIBUTIONS = _registry(
+    "DISTRIBUTIONS", "distribute.name", "distribute", "tripletlab.distribute", "DistributeConfig"
+)
+# group -> its registry: the config groups whose options are registered.
+REGISTRIES: dict[str, Registry] = {
+    r.group: r for r in (DATASETS, BACKBONES, STRATEGIES, SAMPLERS, DISTRIBUTIONS, TRACKERS)
+}
+
+
+def schema_for(group: str, name: Any) -> type:
+    """The schema of option ``name`` of ``group`` (the group's base schema if it has none)."""
+    return REGISTRIES[group].schema(name)

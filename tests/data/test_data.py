@@ -20,7 +20,6 @@ from tests.helpers import (
     write_image_folder,
 )
 from tripletlab import data
-from tripletlab.config import DatasetConfig, DigitsConfig, ImageFolderConfig, schema_for
 from tripletlab.data import (
     IDX_FILES,
     IMAGES_MAGIC,
@@ -35,6 +34,8 @@ from tripletlab.data import (
 )
 from tripletlab.data.idx import FASHION_MNIST_CLASSES
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.options.dataset import DatasetConfig, DigitsConfig, ImageFolderConfig
+from tripletlab.registry import schema_for
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

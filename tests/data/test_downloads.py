@@ -20,9 +20,9 @@ import time
 import pytest
 
 from tests.helpers import isolate_data_search, serve_folder, write_idx_folder
-from tripletlab.config import schema_for
 from tripletlab.data import IDX_FILES, idx, load_dataset
 from tripletlab.errors import ConfigError, DataError
+from tripletlab.registry import schema_for
 
 
 @pytest.fixture(autouse=True)

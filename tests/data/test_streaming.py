@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 
 import tripletlab
 from tests.helpers import write_cub, write_image_folder, write_inshop
-from tripletlab.config import ImageFolderConfig
 from tripletlab.data import load_dataset
 from tripletlab.data.pipeline import (
     MAX_EVAL_BATCH_VALUES,
@@ -21,6 +20,7 @@ from tripletlab.data.pipeline import (
     eval_dataset,
 )
 from tripletlab.errors import DataError
+from tripletlab.options.dataset import ImageFolderConfig
 from tripletlab.run_folder import RunFolder
 
 # Real runs or commands end to end (`make test-fast` leaves them out).

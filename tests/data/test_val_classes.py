@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import write_idx_folder
-from tripletlab.config import DigitsConfig, schema_for
 from tripletlab.data import load_dataset
 from tripletlab.errors import ConfigError
+from tripletlab.options.dataset import DigitsConfig
+from tripletlab.registry import schema_for
 
 
 def _classes(ds) -> tuple[set[int], set[int]]:

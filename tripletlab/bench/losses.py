@@ -63,6 +63,7 @@ import tensorflow as tf
 from tripletlab import losses
 from tripletlab.losses.distances import prepare
 from tripletlab.losses.pieces import items, masks, ratio
+from tripletlab.registry import STRATEGIES
 
 DEFAULT_SIZES = (64, 256, 1024, 2048, 4096)
 DEFAULT_LABELS = ("pk", "random10", "random100")
@@ -214,13 +215,13 @@ DENSE = {
 }
 # Only these have a textbook dense form worth comparing; batch-hard is O(B^2) everywhere.
 DENSE_BENCHMARKED = ("batch_all", "semi_hard")
-OURS = {
-    "batch_all": losses.batch_all_triplet_loss,
-    "batch_hard": losses.batch_hard_triplet_loss,
-    "semi_hard": losses.semi_hard_triplet_loss,
-    "easy_positive": losses.easy_positive_triplet_loss,
-    "distance_weighted": losses.distance_weighted_triplet_loss,
-}
+
+
+def ours() -> dict[str, Callable]:
+    """Every registered strategy (the package's and the installed plugins'), batch-hard
+    first (the ratios' baseline): name -> its function."""
+    names = sorted(STRATEGIES.registered(), key=lambda n: (n != "batch_hard", n))
+    return {name: STRATEGIES.get(name) for name in names}
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +444,8 @@ def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
         "note": "",
     }
     by_key, steps = {}, {}
-    for strategy in ("batch_hard", "batch_all", "semi_hard", "easy_positive", "distance_weighted"):
+    strategies = ours()
+    for strategy in strategies:
         impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED and m == 0 else [])
         for impl in impls:
             row = dict(base, strategy=strategy, impl=impl)
@@ -452,7 +454,7 @@ def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
                 cap = args.dense_cap_gb
                 row["note"] = f"skipped: ~{estimate_gb:.1f} GB of B^3 tensors > cap {cap} GB"
             else:
-                fn = OURS[strategy] if impl == "ours" else DENSE[strategy]
+                fn = strategies[strategy] if impl == "ours" else DENSE[strategy]
                 if m:
                     fn = functools.partial(fn, memory=memory)
                 steps[strategy, impl] = make_step(fn, args.margin, args.soft_margin, args.jit)

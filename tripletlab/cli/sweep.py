@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tripletlab.cli.common import UsageError, run_cli
-from tripletlab.config import override_key
+from tripletlab.overrides import override_key
 
 # The default grid: the two small backbones x every mining strategy (6 jobs).
 DEFAULT_GRID = {

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from tripletlab.config import DATASET_SPLITS, STREAM_CHOICES
 from tripletlab.data.image_files import ImageFiles
 from tripletlab.data.images import adapt_images
 from tripletlab.errors import ConfigError
+from tripletlab.options.dataset import DATASET_SPLITS, STREAM_CHOICES
 from tripletlab.registry import DATASETS
 
 

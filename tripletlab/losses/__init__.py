@@ -6,7 +6,7 @@ What lives here:
   cross-batch memory) and the dtype the losses compute in;
 * :mod:`.strategies`: the mining strategies (batch-all, batch-hard, semi-hard,
   easy-positive, distance-weighted), each a short function of labelled stages with its
-  shapes in its docstring, registered by name in :data:`tripletlab.registry.LOSSES`;
+  shapes in its docstring, declared in :mod:`tripletlab.options.mining`;
   :func:`get` looks one up, :func:`triplet_loss` dispatches;
 * :mod:`.engines`: the exact engines batch-all and semi-hard mine with (positive slots,
   buckets, sorted rows), chosen by the explicit ``engine`` and ``jit_compile`` arguments;
@@ -26,16 +26,8 @@ from tripletlab.losses.strategies import (
     semi_hard_triplet_loss,
     triplet_loss,
 )
-from tripletlab.registry import LOSSES
-
-# The strategies above, registered as mining.strategy names. A new strategy is a function
-# like them, (labels, embeddings, margin, squared, soft_margin, *, memory, engine,
-# jit_compile) -> (loss [], fraction []), registered with @LOSSES.register(name), plus
-# conf/mining/<name>.yaml.
-STRATEGIES = LOSSES.registered()
 
 __all__ = [
-    "STRATEGIES",
     "batch_all_triplet_loss",
     "batch_hard_triplet_loss",
     "distance_weighted_triplet_loss",

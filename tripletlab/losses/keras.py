@@ -30,16 +30,7 @@ import keras
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError
-from tripletlab.losses import strategies
-
-__all__ = [
-    "DISTANCE_METRICS",
-    "TripletBatchAllLoss",
-    "TripletDistanceWeightedLoss",
-    "TripletEasyPositiveLoss",
-    "TripletHardLoss",
-    "TripletSemiHardLoss",
-]
+from tripletlab.registry import STRATEGIES, Strategy
 
 # tensorflow-addons' distance_metric names -> our ``squared`` flag. Its "angular" (cosine)
 # distance and callables are not supported.
@@ -67,9 +58,12 @@ def _compiles(jit_compile: bool | None) -> bool:
 
 
 class _TripletLoss(keras.losses.Loss):
-    """A mining strategy of :mod:`tripletlab.losses` as a Keras loss (a scalar per batch)."""
+    """A mining strategy of :data:`~tripletlab.registry.STRATEGIES` as a Keras loss (a
+    scalar per batch); its own keys (the schema's beyond margin, squared and soft_margin)
+    are keyword arguments, checked as the config checks them."""
 
-    strategy = ""  # the function's name in tripletlab.losses, without _triplet_loss
+    strategy = ""  # its mining.strategy name
+    own_defaults: dict[str, Any] = {}  # its own keys -> their defaults
 
     def __init__(
         self,
@@ -84,29 +78,42 @@ class _TripletLoss(keras.losses.Loss):
         self.jit_compile = jit_compile
         if not soft and float(margin) < 0:
             raise ConfigError(f"margin={margin!r} is not valid; it must be >= 0")
+        own = {k: kwargs.pop(k, v) for k, v in self.own_defaults.items()}
+        # A zero margin is allowed here (as in tensorflow-addons), not in a config: the
+        # schema's checks see 1.0 instead.
+        self._check(float(margin) or 1.0, bool(soft), own)
         super().__init__(name=name or f"triplet_{self.strategy}_loss", **kwargs)
         self.margin = float(margin)
         self.soft = bool(soft)
         self.distance_metric = distance_metric
+        self.own = own
+
+    def _check(self, margin: float, soft: bool, own: dict[str, Any]) -> None:
+        """The schema's checks on these arguments (``distance_metric`` for ``squared``)."""
+        from tripletlab.config import check_node
+
+        schema = STRATEGIES.schema(self.strategy)
+        node = schema(
+            strategy=self.strategy, margin=margin, squared=self._squared, soft_margin=soft, **own
+        )
+        try:
+            check_node(node, schema, "", None)
+        except ConfigError as err:  # name the argument, not the config key
+            raise ConfigError(str(err).replace("mining.", "")) from None
 
     def call(self, y_true, y_pred):
         """y_true [B] or [B, 1] labels, y_pred [B, D] embeddings -> the loss, a scalar."""
         labels = tf.reshape(y_true, [-1])
-        function = strategies.get(self.strategy)
-        loss, _ = function(
+        loss, _ = STRATEGIES.get(self.strategy)(
             labels,
             y_pred,
             margin=self.margin,
             squared=self._squared,
             soft_margin=self.soft,
             jit_compile=_compiles(self.jit_compile),
-            **self._options(),
+            **self.own,
         )
         return loss
-
-    def _options(self) -> dict[str, Any]:
-        """The strategy's own keyword arguments (none for the three classic ones)."""
-        return {}
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -115,86 +122,44 @@ class _TripletLoss(keras.losses.Loss):
             "soft": self.soft,
             "distance_metric": self.distance_metric,
             "jit_compile": self.jit_compile,
+            **self.own,
         }
 
 
-@keras.saving.register_keras_serializable(package="tripletlab")
-class TripletSemiHardLoss(_TripletLoss):
-    """Semi-hard mining (FaceNet): per positive pair, the nearest negative farther than the
-    positive, else the farthest negative; the mean hinge over those pairs."""
-
-    strategy = "semi_hard"
+def class_name(entry: Strategy) -> str:
+    """``TripletEasyPositiveLoss`` for easy_positive, unless the entry names its class."""
+    camel = "".join(part.capitalize() for part in entry.name.split("_"))
+    return entry.keras_class or f"Triplet{camel}Loss"
 
 
-@keras.saving.register_keras_serializable(package="tripletlab")
-class TripletHardLoss(_TripletLoss):
-    """Batch-hard mining: per anchor, its farthest positive and nearest negative; the mean
-    hinge (``soft=True``: softplus) over the anchors."""
+def _loss_class(name: str) -> type:
+    """The Keras loss class of strategy ``name``, registered with Keras (``tripletlab``)."""
+    import dataclasses
 
-    strategy = "batch_hard"
-
-
-@keras.saving.register_keras_serializable(package="tripletlab")
-class TripletBatchAllLoss(_TripletLoss):
-    """Batch-all: every valid triplet; the mean of the positive hinges (``soft=True``: the
-    mean softplus over all of them)."""
-
-    strategy = "batch_all"
-
-
-@keras.saving.register_keras_serializable(package="tripletlab")
-class TripletEasyPositiveLoss(_TripletLoss):
-    """Easy-positive (EPHN): per anchor, its nearest positive with the nearest negative
-    farther than it (``negatives="semi_hard"``) or the nearest negative (``"hard"``)."""
-
-    strategy = "easy_positive"
-
-    def __init__(self, margin: float = 1.0, negatives: str = "semi_hard", **kwargs: Any):
-        if negatives not in ("semi_hard", "hard"):
-            raise ConfigError(f"negatives={negatives!r} is not valid; use 'semi_hard' or 'hard'")
-        super().__init__(margin=margin, **kwargs)
-        self.negatives = negatives
-
-    def _options(self) -> dict[str, Any]:
-        return {"negatives": self.negatives}
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "negatives": self.negatives}
+    entry = STRATEGIES.option(name)
+    schema = STRATEGIES.schema(name)
+    own = {
+        f.name: f.default for f in dataclasses.fields(schema) if f.name in STRATEGIES.own_keys(name)
+    }
+    function = STRATEGIES.get(name)
+    summary = (function.__doc__ or f"The {name} strategy.").strip().split("\n\n")[0]
+    extra = ""
+    if entry.unit_vectors:
+        extra = (
+            "\n\nNeeds L2-normalised embeddings: end the model with "
+            "``keras.layers.UnitNormalization``."
+        )
+    doc = f"{summary}{extra}\n\nKeyword arguments beyond margin, soft, distance_metric: {own}."
+    cls = type(
+        class_name(entry),
+        (_TripletLoss,),
+        {"strategy": name, "own_defaults": own, "__doc__": doc, "__module__": __name__},
+    )
+    return keras.saving.register_keras_serializable(package="tripletlab")(cls)
 
 
-@keras.saving.register_keras_serializable(package="tripletlab")
-class TripletDistanceWeightedLoss(_TripletLoss):
-    """Distance-weighted sampling: per positive pair, one negative drawn with probability
-    ∝ min(λ, 1/q(d)) (``cutoff``, ``nonzero_loss_cutoff`` as in pytorch-metric-learning).
-    Needs L2-normalised embeddings (end the model with ``keras.layers.UnitNormalization``)
-    and ``distance_metric="L2"``. Draws use TensorFlow's global seed."""
-
-    strategy = "distance_weighted"
-
-    def __init__(
-        self,
-        margin: float = 1.0,
-        cutoff: float = 0.5,
-        nonzero_loss_cutoff: float = 1.4,
-        **kwargs: Any,
-    ):
-        if not 0 < float(cutoff) < float(nonzero_loss_cutoff) <= 2:
-            raise ConfigError(
-                f"cutoff={cutoff!r}, nonzero_loss_cutoff={nonzero_loss_cutoff!r} are not valid: "
-                "they need 0 < cutoff < nonzero_loss_cutoff <= 2"
-            )
-        super().__init__(margin=margin, **kwargs)
-        if self._squared:
-            raise ConfigError("distance_metric='squared-L2' is not supported: the weights need L2")
-        self.cutoff = float(cutoff)
-        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
-
-    def _options(self) -> dict[str, Any]:
-        return {"cutoff": self.cutoff, "nonzero_loss_cutoff": self.nonzero_loss_cutoff}
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "cutoff": self.cutoff,
-            "nonzero_loss_cutoff": self.nonzero_loss_cutoff,
-        }
+# One class per registered strategy (the package's and the installed plugins'), e.g.
+# TripletSemiHardLoss, TripletHardLoss (batch_hard: tensorflow-addons' name).
+CLASSES: dict[str, type] = {name: _loss_class(name) for name in STRATEGIES.registered()}
+globals().update({cls.__name__: cls for cls in CLASSES.values()})
+__all__ = ["CLASSES", "DISTANCE_METRICS", *sorted(cls.__name__ for cls in CLASSES.values())]

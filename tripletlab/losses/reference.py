@@ -47,30 +47,67 @@ def _semi_hard_negative(row, p, negatives):
     return max(negatives, key=lambda n: (row[n], -n))
 
 
-def picks(labels, embeddings, strategy, squared=False, memory=None, negatives="semi_hard"):
-    """The (anchor, positive, negative) items a one-pick strategy counts: batch_hard,
-    semi_hard, easy_positive (``negatives`` semi_hard or hard). Ties: lowest column."""
-    y, _, cy, _ = _columns(labels, embeddings, memory)
-    d = distances(labels, embeddings, squared, memory)
+def batch_all_triplets(d, y, cy):
+    """Batch-all: every valid (a, p, n)."""
+    return list(_all_triplets(y, cy))
+
+
+def batch_hard_picks(d, y, cy):
+    """Batch-hard: per anchor, its farthest positive and nearest negative."""
     out = []
     for a in range(len(y)):
         pos, neg = _candidates(y, cy, a)
-        if not pos or not neg:
-            continue
-        row = d[a]
-        if strategy == "batch_hard":
+        if pos and neg:
             p = max(pos, key=lambda p: (d[a, p], -p))
             out.append((a, p, min(neg, key=lambda n: (d[a, n], n))))
-        elif strategy == "semi_hard":
-            out.extend((a, p, _semi_hard_negative(row, p, neg)) for p in pos)
-        elif strategy == "easy_positive":
+    return out
+
+
+def semi_hard_picks(d, y, cy):
+    """Semi-hard: per positive pair, the nearest negative farther than p, else the farthest."""
+    out = []
+    for a in range(len(y)):
+        pos, neg = _candidates(y, cy, a)
+        if pos and neg:
+            out.extend((a, p, _semi_hard_negative(d[a], p, neg)) for p in pos)
+    return out
+
+
+def easy_positive_picks(d, y, cy, negatives="semi_hard"):
+    """Easy-positive: per anchor, its nearest positive p, with the semi-hard negative of p
+    (``negatives="semi_hard"``) or the nearest negative (``"hard"``)."""
+    out = []
+    for a in range(len(y)):
+        pos, neg = _candidates(y, cy, a)
+        if pos and neg:
+            row = d[a]
             p = min(pos, key=lambda p: (d[a, p], p))
             hard = min(neg, key=lambda n: (row[n], n))
-            n = _semi_hard_negative(row, p, neg) if negatives == "semi_hard" else hard
-            out.append((a, p, n))
-        else:
-            raise ValueError(f"no one-pick brute force for {strategy!r}")
+            out.append(
+                (a, p, _semi_hard_negative(row, p, neg) if negatives == "semi_hard" else hard)
+            )
     return out
+
+
+def picks(labels, embeddings, strategy, squared=False, memory=None, **own):
+    """The (anchor, positive, negative) triplets ``strategy`` counts, from its entry's
+    brute force (:class:`tripletlab.registry.Strategy`'s ``reference``; ``own``: its own
+    keys, e.g. ``negatives``). Ties: lowest column."""
+    from tripletlab.registry import STRATEGIES, load_target
+
+    entry = STRATEGIES.option(strategy)
+    if entry.reference is None:
+        raise ValueError(f"{strategy!r} has no brute force: pass the triplets it drew")
+    y, _, cy, _ = _columns(labels, embeddings, memory)
+    d = distances(labels, embeddings, squared, memory)
+    function = load_target(entry.reference, f"the brute force of mining={strategy}")
+    return [tuple(map(int, t)) for t in function(d, y, cy, **own)]
+
+
+def _averages_active(strategy):
+    from tripletlab.registry import STRATEGIES
+
+    return STRATEGIES.option(strategy).averages_active
 
 
 def _item(x, margin, soft_margin):
@@ -100,25 +137,23 @@ def triplet_loss(
     squared=False,
     soft_margin=False,
     memory=None,
-    negatives="semi_hard",
     triplets=None,
+    **own,
 ):
-    """(loss, fraction) of ``strategy`` straight from the definitions. ``triplets``: the
-    (a, p, n) items for a sampled strategy (distance_weighted), which has no brute force
-    of its draws."""
-    y, _, cy, _ = _columns(labels, embeddings, memory)
+    """(loss, fraction) of ``strategy`` straight from the definitions: the mean item over
+    the triplets it counts (over those with a positive hinge where its entry says
+    ``averages_active``), fraction = share with a positive hinge. ``triplets``: the (a, p, n)
+    a sampled strategy drew (distance_weighted has no brute force of its draws)."""
     d = distances(labels, embeddings, squared, memory)
-    if strategy == "batch_all":
-        values = [_item(d[a, p] - d[a, n], margin, soft_margin) for a, p, n in _all_triplets(y, cy)]
-        if soft_margin:
-            return _mean(values)
+    if triplets is None:
+        triplets = picks(labels, embeddings, strategy, squared, memory, **own)
+    values = [_item(d[a, p] - d[a, n], margin, soft_margin) for a, p, n in triplets]
+    if _averages_active(strategy) and not soft_margin:
         positive = [v for v, _ in values if v > 0]
         if not positive:
             return 0.0, 0.0
         return float(np.mean(positive)), len(positive) / len(values)
-    if triplets is None:
-        triplets = picks(labels, embeddings, strategy, squared, memory, negatives)
-    return _mean([_item(d[a, p] - d[a, n], margin, soft_margin) for a, p, n in triplets])
+    return _mean(values)
 
 
 def _mean(values):
@@ -135,8 +170,8 @@ def triplet_loss_grad(
     squared=False,
     soft_margin=False,
     memory=None,
-    negatives="semi_hard",
     triplets=None,
+    **own,
 ):
     """d loss / d embeddings [B, D] straight from the definitions, float64: d loss / d d
     one item at a time, then the chain rule through d(a, j) (0 where two embeddings
@@ -144,23 +179,19 @@ def triplet_loss_grad(
     y, e, cy, ce = _columns(labels, embeddings, memory)
     b = len(y)
     d = distances(labels, embeddings, squared, memory)
+    if triplets is None:
+        triplets = picks(labels, embeddings, strategy, squared, memory, **own)
+    only_active = _averages_active(strategy) and not soft_margin
     g = np.zeros_like(d)  # d loss / d d, unnormalised
     count = 0
-    if strategy == "batch_all":
-        for a, p, n in _all_triplets(y, cy):
-            x = d[a, p] - d[a, n]
-            counted = soft_margin or x + margin > 0
-            count += counted
-            g[a, p] += _derivative(x, margin, soft_margin) * counted
-            g[a, n] -= _derivative(x, margin, soft_margin) * counted
-    else:
-        if triplets is None:
-            triplets = picks(labels, embeddings, strategy, squared, memory, negatives)
-        for a, p, n in triplets:
-            count += 1
-            g[a, p] += _derivative(d[a, p] - d[a, n], margin, soft_margin)
-            g[a, n] -= _derivative(d[a, p] - d[a, n], margin, soft_margin)
-    g /= max(count, 1)  # items: triplets with h > 0 (hinge batch-all) or all of them
+    for a, p, n in triplets:
+        x = d[a, p] - d[a, n]
+        if only_active and not x + margin > 0:
+            continue
+        count += 1
+        g[a, p] += _derivative(x, margin, soft_margin)
+        g[a, n] -= _derivative(x, margin, soft_margin)
+    g /= max(count, 1)  # items: the counted triplets (with h > 0 where averages_active)
     diff = e[:, None, :] - ce[None, :, :]  # [B, N, D]
     if squared:
         dd_de = 2 * diff  # [a, j, :] = d d(a, j) / d e_a

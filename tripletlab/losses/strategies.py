@@ -1,5 +1,6 @@
 """The mining strategies: each a short function of labelled stages (prepare, distances, mine,
-reduce), registered in :data:`tripletlab.registry.LOSSES` under its ``mining.strategy`` name.
+reduce), declared in :mod:`tripletlab.options.mining` (registry ``STRATEGIES``, key
+``mining.strategy``).
 
 Every strategy takes ``labels`` [B] and ``embeddings`` [B, D] and returns ``(loss,
 fraction)``, two scalars, and these keyword arguments:
@@ -38,9 +39,8 @@ from tripletlab.losses.pieces import (
     to_matrix,
     with_gradient,
 )
-from tripletlab.registry import LOSSES
-
-NEGATIVES = ("semi_hard", "hard")  # easy_positive's choice of negative
+from tripletlab.options.mining import NEGATIVES
+from tripletlab.registry import STRATEGIES
 
 
 def _columns(labels, embeddings, squared, memory):
@@ -58,7 +58,6 @@ def _columns(labels, embeddings, squared, memory):
     return labels, column_labels, embeddings, d, checked
 
 
-@LOSSES.register("batch_all")
 def batch_all_triplet_loss(
     labels,
     embeddings,
@@ -114,7 +113,6 @@ def batch_all_triplet_loss(
     return nan_unless_finite(checked, loss, ratio(count, n_valid, dtype))
 
 
-@LOSSES.register("batch_hard")
 def batch_hard_triplet_loss(
     labels,
     embeddings,
@@ -148,7 +146,6 @@ def batch_hard_triplet_loss(
     return nan_unless_finite(checked, loss, fraction)
 
 
-@LOSSES.register("semi_hard")
 def semi_hard_triplet_loss(
     labels,
     embeddings,
@@ -192,7 +189,6 @@ def semi_hard_triplet_loss(
     return nan_unless_finite(checked, loss, ratio(n_active, n_pairs, dtype))
 
 
-@LOSSES.register("easy_positive")
 def easy_positive_triplet_loss(
     labels,
     embeddings,
@@ -289,7 +285,6 @@ def _check_unit_norm(embeddings):
     return [tf.debugging.assert_near(finite, tf.ones_like(finite), atol=1e-3, message=message)]
 
 
-@LOSSES.register("distance_weighted")
 def distance_weighted_triplet_loss(
     labels,
     embeddings,
@@ -354,7 +349,7 @@ def distance_weighted_triplet_loss(
 
 def get(name):
     """The strategy function registered as ``name`` (ConfigError naming the valid ones)."""
-    return LOSSES.get(name)
+    return STRATEGIES.get(name)
 
 
 def triplet_loss(
@@ -366,7 +361,7 @@ def triplet_loss(
     soft_margin=False,
     **options,
 ):
-    """Dispatch to the loss of ``strategy`` (a name in LOSSES) -> (loss [], fraction []).
+    """Dispatch to the loss of ``strategy`` (a name in STRATEGIES) -> (loss [], fraction []).
     ``options``: the strategy's keyword arguments (memory, engine, jit_compile, ...)."""
     loss = get(strategy)
     return loss(

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from tripletlab.config import override_key
 from tripletlab.errors import ConfigError, one_line
 from tripletlab.inference import SPLITS
+from tripletlab.overrides import override_key
 from tripletlab.run_folder import RunFolder, RunFolderError
 
 log = logging.getLogger("tripletlab")
@@ -144,7 +144,8 @@ def load_config(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> Ru
     """The run's ``.hydra/config.yaml`` with ``overrides`` applied (see the module docstring)."""
     from omegaconf import OmegaConf
 
-    from tripletlab.config import explain_compose_error, typed, validate
+    from tripletlab.compose_errors import explain_compose_error
+    from tripletlab.config import typed, validate
 
     folder = RunFolder.existing(run_dir)
     saved = _load_yaml(folder.config_path, "the run's config")

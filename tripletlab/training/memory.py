@@ -9,19 +9,6 @@ variables take the first replica's write, ``ONLY_FIRST_REPLICA``).
 
 from __future__ import annotations
 
-from typing import Any
-
-
-def strategy_options(mining: Any) -> dict[str, Any]:
-    """The keyword arguments of ``mining``'s strategy beyond the keys every one has:
-    ``negatives`` (easy_positive), ``cutoff`` and ``nonzero_loss_cutoff``
-    (distance_weighted). ``mining``: the config node (or any object with those keys)."""
-    from tripletlab.config import MiningConfig, schema_for
-
-    shared = {f for f in MiningConfig.__dataclass_fields__}
-    own = [f for f in schema_for("mining", mining.strategy).__dataclass_fields__ if f not in shared]
-    return {key: getattr(mining, key) for key in own}
-
 
 class CrossBatchMemory:
     """M embeddings [M, D] float32 and labels [M] int64, written in a ring; ``filled`` of

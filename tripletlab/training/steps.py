@@ -41,18 +41,20 @@ def make_train_step(
     ``scales_loss``: float16 mixed precision (a LossScaleOptimizer). ``means``: from
     :func:`make_running_means`, updated inside the step. ``memory``: a
     :class:`~tripletlab.training.memory.CrossBatchMemory` (mined with the global batch, then
-    filled with it), or None. ``seed``: with the step number, seeds sampled strategies
-    (distance_weighted), so a resumed run draws what an uninterrupted one would.
+    filled with it), or None. ``seed``: with the step number, the per-step seed of a
+    strategy that asks for one (its entry's ``step_inputs``), so a resumed run draws what
+    an uninterrupted one would.
     """
     import tensorflow as tf
 
     from tripletlab.distribute import gather_global_batch
     from tripletlab.models import synchronizes_batch_norm
-    from tripletlab.losses import triplet_loss
-    from tripletlab.training.memory import strategy_options
+    from tripletlab.registry import STRATEGIES
 
-    options = strategy_options(mining)
-    if mining.strategy == "distance_weighted":
+    entry = STRATEGIES.option(mining.strategy)
+    loss_fn = STRATEGIES.get(entry.name)
+    options = {key: getattr(mining, key) for key in STRATEGIES.own_keys(entry.name)}
+    if "seed" in entry.step_inputs:
         step = optimizer.iterations  # a Keras variable: cast before stacking
         options["seed"] = lambda: tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
 
@@ -63,10 +65,9 @@ def make_train_step(
         return model(images, training=True)
 
     def mine(labels, embeddings, memory_labels, memory_embeddings, step_options):
-        return triplet_loss(
+        return loss_fn(
             labels,
             embeddings,
-            strategy=mining.strategy,
             margin=mining.margin,
             squared=mining.squared,
             soft_margin=mining.soft_margin,

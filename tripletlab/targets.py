@@ -1,0 +1,115 @@
+"""``_target_`` for one-off code: ``model=custom``, ``dataset=custom`` and ``logger=custom``
+instantiate the user's callable with :func:`hydra.utils.instantiate` (as
+lightning-hydra-template does) and call it with the arguments a registered option's code
+gets. The contracts (docs/extending.md):
+
+* backbone, ``model._target_``: ``(x, cfg, reg) -> features``: images x [B, H, W, C]
+  (a Keras tensor), the model node, a kernel regulariser or None -> features [B, F]
+  (a Keras tensor); the embedding head goes on top;
+* dataset loader, ``dataset._target_``: ``(cfg) -> (x_train, y_train, x_test, y_test,
+  class_names)``: uint8 images [N, H, W, C], integer labels [N] indexing class_names (or a
+  :class:`tripletlab.data.Dataset`); split, max_train, image_size... apply after;
+* tracker, ``logger._target_``: ``(logger_cfg, folder, config) -> tracker`` with any of
+  ``on_train_begin()``, ``on_epoch_end(row)``, ``on_train_end(summary)``.
+
+A target that cannot be imported or does not take these arguments is one ConfigError.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from tripletlab.errors import ConfigError
+
+
+def call_target(key: str, target: Any, *args: Any) -> Any:
+    """``target(*args)`` through :func:`hydra.utils.instantiate`; ConfigError naming
+    ``key`` when the target is missing or its signature does not take ``args``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_method
+
+    try:
+        function = get_method(str(target))
+    except Exception as err:  # noqa: BLE001 - Hydra wraps ImportError, AttributeError...
+        cause = err.__cause__ or err
+        raise ConfigError(
+            f"{key}={target!r} cannot be imported ({type(cause).__name__}: {cause}); give a "
+            "module's callable as package.module.name"
+        ) from None
+    try:
+        inspect.signature(function).bind(*args)
+    except TypeError as err:
+        raise ConfigError(
+            f"{key}={target!r} must take {len(args)} positional arguments (see "
+            f"docs/extending.md): {err}"
+        ) from None
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate({"_target_": str(target)}, *args)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise
+
+
+def custom_backbone(x: Any, cfg: Any, reg: Any) -> Any:
+    """``model=custom``: the features of the user's backbone, ``model._target_``."""
+    features = call_target("model._target_", cfg._target_, x, cfg, reg)
+    shape = getattr(features, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ConfigError(
+            f"model._target_={cfg._target_!r} returned {type(features).__name__} of shape "
+            f"{shape}; it must return features [B, F] (a Keras tensor)"
+        )
+    return features
+
+
+def _custom_load(cfg: Any) -> Any:
+    """``dataset=custom``: the user's loader, ``dataset._target_``, checked."""
+    import numpy as np
+
+    from tripletlab.data.base import Dataset
+
+    loaded = call_target("dataset._target_", cfg._target_, cfg)
+    if isinstance(loaded, Dataset):
+        return loaded
+    if not (isinstance(loaded, tuple | list) and len(loaded) == 5):
+        raise ConfigError(
+            f"dataset._target_={cfg._target_!r} returned {type(loaded).__name__}; it must "
+            "return (x_train, y_train, x_test, y_test, class_names)"
+        )
+    x_train, y_train, x_test, y_test, class_names = loaded
+    for what, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (len(x),):
+            raise ConfigError(
+                f"dataset._target_={cfg._target_!r}: the {what} split must be uint8 images "
+                f"[N, H, W, C] and labels [N], got {x.dtype} {x.shape} and {y.shape}"
+            )
+    return (x_train, y_train, x_test, y_test, list(class_names), str(cfg._target_))
+
+
+def _custom_ensure(root: Any, download: bool, url: Any, allow_insecure_url: bool) -> tuple:
+    raise ConfigError("dataset=custom has nothing to fetch: its dataset._target_ loads it")
+
+
+def custom_tracker(logger_cfg: Any, folder: Any, config: Any) -> Any:
+    """``logger=custom``: the user's tracker, ``logger._target_``."""
+    return call_target("logger._target_", logger_cfg._target_, logger_cfg, folder, config)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CUSTOM_DATASET":  # built on first use: DatasetSource imports the data code
+        from tripletlab.data.base import DatasetSource
+
+        return DatasetSource(_custom_load, _custom_ensure)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Path", "call_target", "custom_backbone", "custom_tracker"]
