@@ -325,6 +325,7 @@ OWN_CALLBACKS = frozenset(
     {
         "tripletlab.sweep.SweepSummary",
         "tripletlab.sweep.ContinueStudy",
+        "tripletlab.launchers.CheckLauncher",
         "tripletlab.credentials.SecretGate",
     }
 )

@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tripletlab.cli.common import UsageError, run_cli
+from tripletlab.launchers import shell_line
 from tripletlab.overrides import override_key
 
 # The default grid: the two small backbones x every mining strategy (6 jobs).
@@ -131,8 +131,8 @@ def _main(argv: Sequence[str] | None) -> int:
         command = [sys.executable, args.train_script, *sweep]
     else:
         command = ["tripletlab-train", *sweep]
-    if args.dry_run:
-        print(shlex.join(command))
+    if args.dry_run:  # a shell line: every argument checked and quoted (tripletlab.launchers)
+        print(shell_line(command))
         return 0
     sys.stdout.flush()
     if args.train_script:
