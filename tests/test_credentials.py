@@ -219,6 +219,10 @@ SOURCES = {
         "hparams_search=optuna",
         f"hydra.sweeper.storage={_quoted(uri)}",
     ],
+    "Optuna storage from ${oc.env:...}": lambda uri, tmp, env: (
+        env.setenv("LEAKY", uri),
+        ["hparams_search=optuna", "hydra.sweeper.storage=${oc.env:LEAKY}"],
+    )[1],
     "Optuna search space": lambda uri, tmp, env: [
         "hparams_search=optuna",
         f"hydra.sweeper.params.logger.experiment=choice(a,{_quoted(uri)})",
@@ -227,6 +231,13 @@ SOURCES = {
         "-m",
         "hydra/launcher=slurm",
         f"hydra.launcher.comment={_quoted(uri)}",
+    ],
+    "launcher key in an experiment YAML": lambda uri, tmp, env: [
+        "-m",
+        "-cd",
+        str(_experiment(tmp, {"hydra": {"launcher": {"comment": uri}}})),
+        "hydra/launcher=slurm",
+        "experiment=leak",
     ],
 }
 

@@ -109,7 +109,9 @@ def is_secret_name(name: str) -> bool:
 
 
 def _is_mask(value: str) -> bool:
-    return set(decoded(value)) <= {"*"}
+    """An empty or masked value (``***``, also followed by the punctuation of a message)."""
+    plain = decoded(value)
+    return plain.startswith(MASK) and not any(c.isalnum() for c in plain) or not plain
 
 
 def _param_spans(raw: str, offset: int, separators: str) -> Iterator[tuple[int, int]]:
