@@ -25,3 +25,4 @@ def test_bench_prints_one_device_beside_the_replicas(tmp_path):
     one, many = float(row["one_device_images_per_second"]), float(row["replicas_images_per_second"])
     assert one > 0 and many > 0
     assert float(row["speedup"]) == round(many / one, 2)
+    assert float(row["replicas_per_replica_bn_images_per_second"]) > 0

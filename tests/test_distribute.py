@@ -221,7 +221,8 @@ def test_two_workers_one_run_folder_written_by_the_chief(tmp_path, extra):
     run_dir, scratch = tmp_path / "run", tmp_path / "tmp"
     scratch.mkdir()
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    args = [*tiny("lenet"), "distribute=multi_worker", *extra, f"hydra.run.dir={run_dir}"]
+    # small_cnn: its batch norm all-reduces the global batch's moments across the workers.
+    args = [*tiny("small_cnn"), "distribute=multi_worker", *extra, f"hydra.run.dir={run_dir}"]
     procs = list(reversed(_start_workers(args, workers, scratch)))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
@@ -229,7 +230,9 @@ def test_two_workers_one_run_folder_written_by_the_chief(tmp_path, extra):
     assert summary["status"] == "ok" and summary["replicas"] == 2
     if extra:
         assert summary["precision"] == "bfloat16"
-        assert "jit_compile=True" in (run_dir / "run.log").read_text()
+        log = (run_dir / "run.log").read_text()
+        # A nested XLA function may hold no collective: the model runs outside XLA.
+        assert "jit_compile=True" in log and "XLA compiles the loss only" in log
     for name in ["metrics.csv", "model/embedding_model.keras", ".hydra/config.yaml"]:
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "checkpoints").glob("ckpt-1.index"))

@@ -5,7 +5,9 @@
 
 For each model it times tripletlab's own train step (global-batch mining, the same global
 batch) on the default strategy and on a MirroredStrategy, side by side in one process, and
-prints images/s with their ratio. On one CPU split into logical devices the replicas share
+prints images/s with their ratio; and on the replicas again with each batch norm's moments
+per replica (``FusedBatchNorm(synchronized=False)``, what tripletlab did before): the cost of
+the global batch's moments (one all-reduce per batch norm layer). On one CPU split into logical devices the replicas share
 the same cores, so no speed-up is expected there: the figure that matters is on GPUs.
 """
 
@@ -20,13 +22,14 @@ from types import SimpleNamespace
 DEFAULT_CSV = Path("outputs/bench/distribute.csv")
 
 
-def time_steps(distribution, model_name: str, data, args) -> float:
-    """Images per second of the train step under ``distribution``."""
+def time_steps(distribution, model_name: str, data, args, synchronized: bool = True) -> float:
+    """Images per second of the train step under ``distribution``; ``synchronized`` False:
+    each replica's batch norm uses its own slice's moments."""
     import keras
 
     from tripletlab.data.pipeline import TrainPipeline
     from tripletlab.distribute import distribute_batches
-    from tripletlab.models import build_model
+    from tripletlab.models import FusedBatchNorm, build_model
     from tripletlab.training.steps import make_train_step
 
     x_train, y_train = data
@@ -36,6 +39,9 @@ def time_steps(distribution, model_name: str, data, args) -> float:
             name=model_name, embedding_size=64, l2_normalize=True, num_channels=32, batch_norm=True
         )
         model = build_model(model_cfg, x_train.shape[1:])
+        for layer in model.layers:
+            if isinstance(layer, FusedBatchNorm):
+                layer.synchronized = synchronized
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
         mining = SimpleNamespace(strategy=args.mining, margin=0.2, squared=False, soft_margin=False)
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         one = time_steps(tf.distribute.get_strategy(), name, data, args)
         many = time_steps(mirrored, name, data, args)
+        per_replica_bn = time_steps(mirrored, name, data, args, synchronized=False)
         rows.append(
             {
                 "model": name,
@@ -102,16 +109,21 @@ def main(argv: list[str] | None = None) -> int:
                 "one_device_images_per_second": round(one, 1),
                 "replicas_images_per_second": round(many, 1),
                 "speedup": round(many / one, 2),
+                "replicas_per_replica_bn_images_per_second": round(per_replica_bn, 1),
                 "devices": kind,
             }
         )
     print(f"\ndata: {source}; {kind}; mining {args.mining}; global batch {args.batch_size}\n")
-    print(f"| model | 1 device img/s | {replicas} replicas img/s | ratio |")
-    print("|---|---|---|---|")
+    print(
+        f"| model | 1 device img/s | {replicas} replicas img/s | ratio | "
+        f"{replicas} replicas, per-replica BN img/s |"
+    )
+    print("|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['one_device_images_per_second']:.0f} | "
-            f"{r['replicas_images_per_second']:.0f} | {r['speedup']:.2f}x |"
+            f"{r['replicas_images_per_second']:.0f} | {r['speedup']:.2f}x | "
+            f"{r['replicas_per_replica_bn_images_per_second']:.0f} |"
         )
     atomic_write_csv(args.csv, rows, list(rows[0]))
     print(f"\nwrote {args.csv}")
