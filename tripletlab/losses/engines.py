@@ -61,7 +61,19 @@ from tripletlab.losses.pieces import (
     to_matrix,
 )
 
-ENGINES = ("auto", "slots", "buckets", "sorted")
+ENGINES = ("auto", "slots", "buckets", "sorted", "dense", "blocked")
+MINING_ENGINES = ENGINES[:4]  # batch-all and semi-hard
+ONE_PICK_ENGINES = ("auto", "dense", "blocked")  # batch-hard and easy-positive (picks.py)
+
+# Batch-hard and easy-positive (tripletlab.losses.picks) score all B rows at once ("dense",
+# [B, N]) while B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS scores ("blocked",
+# a while loop over rows): O(BLOCK_ELEMENTS) memory instead of O(B N), and the block stays in
+# cache. Crossover measured side by side (fwd + bwd, 2 EPYC cores, float32, D = 64; see
+# docs/losses.md). XLA (jit_compile) measured slower on CPU at every size, so nothing here
+# turns it on; a caller that compiles gets "dense" (the loop's last block is shorter: not
+# a static shape).
+DENSE_ELEMENTS = 2**20
+BLOCK_ELEMENTS = 2**17
 
 # Loop over positive slots while an anchor has at most this many positives; bucket (or, under
 # XLA, sort) beyond. One slot costs 3-4 elementwise passes over [B, N]; the bucket engines
@@ -90,12 +102,42 @@ def check_engine(engine: str, jit_compile: bool) -> str:
             "engine='buckets' cannot compile with XLA (its shapes depend on the labels); "
             "use 'auto' or 'sorted' with jit_compile=True"
         )
+    if engine == "blocked" and jit_compile:
+        raise ValueError(
+            "engine='blocked' cannot compile with XLA (its last block is shorter); use 'auto' "
+            "or 'dense' with jit_compile=True"
+        )
     return engine
+
+
+def one_pick_engine(b, n, engine: str = "auto", jit_compile: bool = False) -> str | None:
+    """The batch-hard / easy-positive form for a [b, n] problem: "dense" or "blocked" (see
+    DENSE_ELEMENTS), or None when b or n is unknown (the caller decides at run time with the
+    same rule). ``engine`` "dense" / "blocked" forces it; the batch-all / semi-hard engines
+    ("slots", ...) do not apply and mean "auto"."""
+    check_engine(engine, jit_compile)
+    if engine in ("dense", "blocked"):
+        return engine
+    if jit_compile:
+        return "dense"
+    if b is None or n is None:
+        return None
+    return "dense" if b * n <= DENSE_ELEMENTS else "blocked"
+
+
+def block_rows(n):
+    """Anchors per block of the "blocked" form for n columns (int or scalar tensor): >= 1."""
+    return tf.maximum(BLOCK_ELEMENTS // n, 1)
 
 
 def choose(strategy: str, blocks: Blocks, engine: str, jit_compile: bool, run) -> tuple:
     """Run ``run(name)`` for the engine ``engine`` names; "auto" decides at run time."""
     check_engine(engine, jit_compile)
+    if engine not in MINING_ENGINES:
+        raise ValueError(
+            f"engine={engine!r} is for batch_hard / easy_positive; {strategy} mines with one "
+            f"of: {', '.join(MINING_ENGINES)}"
+        )
     if engine != "auto":
         return run(engine)
     large = "sorted" if jit_compile else "buckets"

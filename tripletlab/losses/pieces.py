@@ -147,25 +147,3 @@ def with_gradient(d: tf.Tensor, value: tf.Tensor, grad_d: tf.Tensor, scale=None)
         return tf.identity(value), backward
 
     return attach(d)
-
-
-def mean_of_picks(d, d_const, valid, pos_col, neg_col, margin, soft_margin):
-    """One (anchor, positive, negative) per anchor -> (loss, fraction) with its exact gradient.
-
-    pos_col, neg_col [B] int32 columns; valid [B] bool, the anchors counted. Loss = mean of
-    the items over valid anchors; fraction = share of them that are active. The gradient
-    (+coef at the positive, -coef at the negative) is one scatter: the backward pass of two
-    [B] gathers from [B, N] costs ~2x more on CPU.
-    """
-    dtype = d.dtype
-    x = rows_take(d_const, pos_col) - rows_take(d_const, neg_col)
-    values, coef, active = items(x, tf.cast(margin, dtype), soft_margin)
-    zero = tf.zeros_like(values)
-    count = tf.reduce_sum(tf.cast(valid, tf.int64))
-    coef = tf.where(valid, coef, zero) / tf.cast(tf.maximum(count, 1), dtype)
-    index = tf.concat([scatter_index(pos_col), scatter_index(neg_col)], axis=0)
-    grad = tf.scatter_nd(index, tf.concat([coef, -coef], axis=0), tf.shape(d))
-    total = tf.reduce_sum(tf.where(valid, values, zero))
-    loss = with_gradient(d, ratio(total, count, dtype), grad)
-    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
-    return loss, ratio(n_active, count, dtype)

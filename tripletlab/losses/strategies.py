@@ -25,17 +25,14 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError
-from tripletlab.losses import engines
+from tripletlab.losses import engines, picks
 from tripletlab.losses.distances import pairwise_distances, prepare
 from tripletlab.losses.pieces import (
     class_blocks,
     items,
-    masks,
-    mean_of_picks,
     nan_unless_finite,
     positive_columns,
     ratio,
-    rows_take,
     to_matrix,
     with_gradient,
 )
@@ -128,22 +125,14 @@ def batch_hard_triplet_loss(
 
     labels [B] int, embeddings [B, D] float -> (loss [], fraction []). Mean over anchors that
     have a positive and a negative; fraction = share of them with h > 0 (soft margin: with
-    d_ap > d_an). O(B N) time and memory; one engine (``engine`` is only checked).
+    d_ap > d_an). O(B D + B N) time; ``engine`` "dense" ([B, N] scores) or "blocked" (rows
+    in blocks, O(B D + N) memory), else the size rule of :func:`engines.one_pick_engine`.
     """
-    engines.check_engine(engine, jit_compile)
-    # 1-2. distances [B, N]
-    labels, column_labels, _, d, checked = _columns(labels, embeddings, squared, memory)
-    d_const = tf.stop_gradient(d)
-    # 3. mine. Indices, not reduce_max / reduce_min: the gradient goes to one element even
-    # when distances tie. Fill values outside the masks cannot tie with a distance (d >= 0).
-    pos, neg = masks(column_labels, tf.shape(labels)[0])
-    valid = tf.logical_and(tf.reduce_any(pos, axis=1), tf.reduce_any(neg, axis=1))
-    far_pos = tf.argmax(tf.where(pos, d_const, -tf.ones_like(d)), axis=1, output_type=tf.int32)
-    inf = tf.constant(float("inf"), d.dtype)
-    near_neg = tf.argmin(tf.where(neg, d_const, inf), axis=1, output_type=tf.int32)
-    # 4. reduce
-    loss, fraction = mean_of_picks(d, d_const, valid, far_pos, near_neg, margin, soft_margin)
-    return nan_unless_finite(checked, loss, fraction)
+    # 1-3. scores [B, N], the two picked columns per anchor, their 2B distances and the mean
+    options = {"memory": memory, "engine": engine, "jit_compile": jit_compile}
+    return picks.one_pick_loss(
+        "batch_hard", labels, embeddings, margin, squared, soft_margin, **options
+    )
 
 
 def semi_hard_triplet_loss(
@@ -207,32 +196,22 @@ def easy_positive_triplet_loss(
 
     labels [B] int, embeddings [B, D] float -> (loss [], fraction []). Mean over anchors that
     have a positive and a negative; fraction = share of them with h > 0. Ties go to the
-    lowest column, as in the other strategies. O(B N) time and memory; one engine.
+    lowest column, as in the other strategies. Time, memory and ``engine``: as batch-hard.
     """
-    engines.check_engine(engine, jit_compile)
     if negatives not in NEGATIVES:
         raise ValueError(f"negatives={negatives!r} is not valid; choose one of: semi_hard, hard")
-    # 1-2. distances [B, N]
-    labels, column_labels, _, d, checked = _columns(labels, embeddings, squared, memory)
-    d_const = tf.stop_gradient(d)
-    pos, neg = masks(column_labels, tf.shape(labels)[0])
-    valid = tf.logical_and(tf.reduce_any(pos, axis=1), tf.reduce_any(neg, axis=1))
-    # 3. mine: the nearest positive, then the negative
-    inf = tf.constant(float("inf"), d.dtype)
-    near_pos = tf.argmin(tf.where(pos, d_const, inf), axis=1, output_type=tf.int32)
-    neg_d = tf.where(neg, d_const, inf)
-    if negatives == "hard":
-        pick = tf.argmin(neg_d, axis=1, output_type=tf.int32)
-    else:
-        d_ap = rows_take(d_const, near_pos)
-        farther = tf.where(neg_d > d_ap[:, None], neg_d, inf)  # strictly farther
-        nearest = tf.argmin(farther, axis=1, output_type=tf.int32)
-        found = rows_take(farther, nearest) < inf
-        far = tf.argmax(tf.where(neg, d_const, -tf.ones_like(d)), axis=1, output_type=tf.int32)
-        pick = tf.where(found, nearest, far)
-    # 4. reduce
-    loss, fraction = mean_of_picks(d, d_const, valid, near_pos, pick, margin, soft_margin)
-    return nan_unless_finite(checked, loss, fraction)
+    # 1-3. as batch-hard: scores, two columns per anchor, 2B distances and the mean
+    options = {"memory": memory, "engine": engine, "jit_compile": jit_compile}
+    return picks.one_pick_loss(
+        "easy_positive",
+        labels,
+        embeddings,
+        margin,
+        squared,
+        soft_margin,
+        negatives=negatives,
+        **options,
+    )
 
 
 def distance_weights(d, anchor_labels, column_labels, dim, cutoff, nonzero_loss_cutoff):
