@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tripletlab.training.memory import CrossBatchMemory, strategy_options
+from tripletlab.training.memory import CrossBatchMemory
 
 
 def _batch(first: int, count: int, dim: int = 3):
@@ -103,15 +103,3 @@ def test_a_restored_memory_holds_and_continues_what_was_saved(tmp_path):
 def test_an_empty_memory_is_refused():
     with pytest.raises(ValueError, match="size >= 1"):
         CrossBatchMemory(size=0, dim=3)
-
-
-def test_strategy_options_are_the_keys_of_the_strategy_alone(compose_cfg, tiny_overrides):
-    def options(*overrides):
-        return strategy_options(compose_cfg([*tiny_overrides, *overrides]).mining)
-
-    assert options("mining=batch_hard") == {}
-    assert options("mining=easy_positive", "mining.negatives=semi_hard") == {
-        "negatives": "semi_hard"
-    }
-    got = options("mining=distance_weighted", "mining.cutoff=0.6", "mining.nonzero_loss_cutoff=1.3")
-    assert got == {"cutoff": 0.6, "nonzero_loss_cutoff": 1.3}
