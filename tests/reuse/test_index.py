@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -224,3 +225,61 @@ def test_bench_index_sets_the_indexes_beside_exact_search(tmp_path):
     assert bench_main(["--count", "2000", "--queries", "50", "--dim", "8", "--md", str(md)]) == 0
     text = md.read_text()
     assert "random unit vectors 2,000 x 8" in text and "shared with other sessions" in text
+
+
+def _escaping_builds(run_dir: Path, outside: Path) -> list:
+    """What index.json may name instead of its own build: paths that leave index/, a
+    symlink inside it that leads out, and values that are not a build's name. ``outside``
+    holds a real copy of the build, so following the path would work."""
+    index_dir = run_dir / "index"
+    build = json.loads((index_dir / "index.json").read_text())["build"]
+    copy = outside / build
+    if not copy.exists():
+        import shutil
+
+        shutil.copytree(index_dir / build, copy)
+    link = index_dir / "build-zz-link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(copy, target_is_directory=True)
+    up = Path(*[".."] * len(index_dir.resolve().parts))
+    relative = os.path.relpath(copy, index_dir)
+    return [
+        relative,  # ../../..., out of the run folder
+        str(copy),  # absolute
+        f"{build}/../{relative}",  # starts like a build, then leaves
+        str(up / str(copy).lstrip("/")),  # ../../ up to the root and down again
+        "build-zz-link",  # a symlink in index/ that leads out
+        ".",
+        "..",
+        "",
+        None,
+        7,
+        ["build-x"],
+        f"{build}\n../x",
+    ]
+
+
+def test_index_json_names_only_a_build_inside_the_runs_index_folder(run, queries, tmp_path, capsys):
+    """A run folder may come from someone else: every other build is refused, one line."""
+    from tripletlab.reuse.index import build_index
+
+    run_dir, _ = run
+    build_index(run_dir, split="train", kind="exact")
+    manifest_path = run_dir / "index" / "index.json"
+    manifest = json.loads(manifest_path.read_text())
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    out = tmp_path / "q.tsv"
+    argv = [str(run_dir), str(queries), "--out", str(out), "--neighbours", "2"]
+    try:
+        for value in _escaping_builds(run_dir, outside):
+            manifest_path.write_text(json.dumps({**manifest, "build": value}))
+            capsys.readouterr()
+            assert embed_main(argv) == 1, value
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and err.count("\n") == 1, (value, err)
+            assert "index.json names the build" in err and "not read" in err, err
+    finally:
+        manifest_path.write_text(json.dumps(manifest))
+        (run_dir / "index" / "build-zz-link").unlink(missing_ok=True)
+    assert embed_main(argv) == 0  # its own build is read

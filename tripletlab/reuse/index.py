@@ -347,6 +347,27 @@ def read_manifest(folder: RunFolder) -> dict | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def build_folder(folder: RunFolder, manifest: dict) -> Path:
+    """The build ``index.json`` names: a ``build-*`` folder directly inside the run's own
+    ``index/``, also once symlinks are resolved. Anything else (``../../x``, an absolute
+    path, a symlink that leads out) is refused: a run folder may come from someone else."""
+    name = manifest.get("build")
+    index_dir = folder.index_dir
+    build = index_dir / str(name)
+    inside = (
+        isinstance(name, str)
+        and name.startswith("build-")
+        and Path(name).name == name
+        and build.resolve().parent == index_dir.resolve()
+    )
+    if not inside:
+        raise IndexBuildError(
+            f"{index_dir / MANIFEST_FILE} names the build {name!r}, which is not a build-* "
+            f"folder inside {index_dir}: it is not read; rebuild the index with tripletlab-index"
+        )
+    return build
+
+
 def open_index(folder: RunFolder) -> NeighbourIndex | None:
     """The run's index, or None when it has none, when faiss is missing, or when the model
     changed since it was built (each explained in the log)."""
@@ -368,7 +389,7 @@ def open_index(folder: RunFolder) -> NeighbourIndex | None:
         )
         return None
     for _ in range(2):  # a rebuild may replace the build between reading and opening it
-        build = folder.index_dir / str(manifest.get("build"))
+        build = build_folder(folder, manifest)
         try:
             index = faiss.read_index(str(build / INDEX_FILE))
             with open(build / ITEMS_FILE, newline="", encoding="utf-8") as f:
