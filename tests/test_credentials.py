@@ -453,3 +453,50 @@ def test_a_local_endpoint_receives_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", SENTINEL)
     assert sweep_cli.main(["--dry-run", "--resume", str(sweep)]) == 0
     assert "hydra.sweeper.storage=sqlite:///o.db" in capsys.readouterr().err
+
+
+# ------------------------------------------------- end to end: refused before any write
+NOTHING_WRITTEN = {
+    "-cd experiment YAML (a run)": ["-cd", "{cd}", "experiment=leak"],
+    "Optuna sweep, ${oc.env:...} tracking URI": [
+        "hparams_search=optuna",
+        "logger=mlflow",
+        "logger.tracking_uri=${oc.env:LEAKY}",
+    ],
+    "a sweep's second value from the environment": [
+        "-m",
+        "logger=mlflow",
+        "logger.tracking_uri=sqlite:///x.db,${oc.env:LEAKY}",
+    ],
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", NOTHING_WRITTEN)
+def test_a_refused_command_writes_nothing(case, tmp_path):
+    """The issue's probes: refused with one line, and no file anywhere holds the secret."""
+    import os
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    uri = _uri(3)
+    mlflow = {"defaults": [{"override /logger": "mlflow"}], "logger": {"experiment": uri}}
+    cd = _experiment(tmp_path / "conf", mlflow)
+    args = [a.replace("{cd}", str(cd)) for a in NOTHING_WRITTEN[case]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEAKY": uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args, "dataset=digits"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "holds a credential" in lines[0]
+    assert not leaks(proc.stdout + proc.stderr)
+    assert list(work.iterdir()) == []  # no outputs/, no run folder, no sweep folder
