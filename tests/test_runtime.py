@@ -145,3 +145,77 @@ def test_auto_precision_on_this_machine_sets_the_keras_policy():
         keras.mixed_precision.set_global_policy(before)
     assert runtime.device == "CPU" and runtime.precision == expected
     assert policy == {"bfloat16": "mixed_bfloat16", "off": "float32"}[expected]
+
+
+# ------------------------------------------------- stderr's descriptor on /dev/null and back
+# Run in a fresh process (its descriptors are its own), which reports what it saw as JSON.
+_SWAP = r"""
+import json, os, sys
+from tripletlab.runtime import stderr_to_devnull
+
+case, impostor = sys.argv[1], sys.argv[2]
+def is_open(fd):
+    try:
+        return bool(os.fstat(fd))
+    except OSError:
+        return False
+fds = lambda: {fd for fd in range(256) if is_open(fd)}
+ident = lambda fd: list(os.fstat(fd)[1:3])
+say = lambda text: case == "stderr closed" or print(text, file=sys.stderr, flush=True)
+start, stderr = fds(), ident(2)
+if case == "stderr closed":
+    os.close(2)
+kept = []
+for _ in range(50 if case == "repeated" else 1):
+    opened = fds()
+    with stderr_to_devnull():
+        say("hidden")
+        mine = sorted(fds() - opened)  # the saved descriptor and /dev/null's
+        if case in ("closed in the block", "reused in the block"):
+            for fd in mine:
+                os.close(fd)
+        if case == "reused in the block":  # the same numbers, now someone else's files
+            kept = [os.open(impostor, os.O_WRONLY | os.O_CREAT | os.O_APPEND) for _ in mine]
+            assert kept == mine, (kept, mine)
+say("shown")
+report = {"mine": mine, "leaked": sorted(fds() - start - set(kept)), "kept_open": []}
+report["kept_open"] = [fd for fd in kept if is_open(fd)]
+if case != "stderr closed":
+    report["stderr_restored"] = ident(2) == stderr
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize(
+    "case", ["once", "repeated", "closed in the block", "reused in the block", "stderr closed"]
+)
+def test_stderr_swap_never_raises_and_restores_what_it_can(case, tmp_path):
+    """The fd swap around TensorFlow's import (tripletlab.runtime.stderr_to_devnull): a
+    closed or reused saved descriptor, or stderr closed on entry, end without an exception
+    (no ``OSError: [Errno 9]``, at the swap or at exit); what can be restored is."""
+    import json
+    import subprocess
+    import sys
+
+    impostor = tmp_path / "impostor"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SWAP, case, str(impostor)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Errno 9" not in proc.stderr and "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert len(report["mine"]) == (0 if case == "stderr closed" else 2)
+    assert report["leaked"] == []
+    if case in ("once", "repeated"):
+        assert report["stderr_restored"] and proc.stderr == "shown\n"
+    if case == "reused in the block":
+        # The numbers are someone else's now: neither closed nor put on stderr.
+        assert report["kept_open"] == report["mine"]
+        assert impostor.read_text() == ""
+        assert not report["stderr_restored"]  # the original stderr is gone; /dev/null stays
+    if case == "closed in the block":
+        assert not report["stderr_restored"]

@@ -20,21 +20,58 @@ def import_tensorflow_quietly() -> None:
 
     TensorFlow 2.21 prints its oneDNN notice through absl before absl's logging is set up, so
     ``TF_CPP_MIN_LOG_LEVEL`` does not silence it: stderr's file descriptor is pointed at
-    /dev/null for the import only. An import that fails still raises, with its traceback.
+    /dev/null for the import only (:func:`stderr_to_devnull`). An import that fails still
+    raises, with its traceback.
     """
     if "tensorflow" in sys.modules or tensorflow_logs_wanted():
         import tensorflow  # noqa: F401
 
         return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with stderr_to_devnull():
         import tensorflow  # noqa: F401
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    """(device, inode) of an open descriptor; None when it is closed."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+@contextlib.contextmanager
+def stderr_to_devnull():
+    """File descriptor 2 on /dev/null for the block, then back where it was.
+
+    The swap itself never raises: stderr closed on entry (nothing to silence), a flush that
+    fails, or the saved descriptor closed or replaced during the block (a library closing
+    descriptors, a process being torn down) leave descriptor 2 as it is instead of ending in
+    ``OSError: [Errno 9] Bad file descriptor``. A saved descriptor whose number now names
+    another file is not put back on stderr.
+    """
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    ours: dict[int, tuple[int, int] | None] = {}  # descriptor -> what it was opened on
+    saved = None
+    with contextlib.suppress(OSError):
+        saved = os.dup(2)
+        ours[saved] = _identity(saved)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        ours[devnull] = _identity(devnull)
+        os.dup2(devnull, 2)
+    try:
+        yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        # Only descriptors that still are what we opened: a number closed and reused during
+        # the block belongs to someone else now.
+        still = {fd for fd, identity in ours.items() if identity and _identity(fd) == identity}
+        if saved in still:
+            with contextlib.suppress(OSError):
+                os.dup2(saved, 2)
+        for fd in still:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def tensorflow_logs_wanted() -> bool:
