@@ -168,3 +168,148 @@ def test_summarize_of_no_runs_and_of_a_missing_path_fail(tmp_path):
     missing = run(tmp_path / "nowhere")
     assert missing.returncode == 2 and "nowhere" in missing.stderr
     assert "Traceback" not in empty.stderr + missing.stderr
+
+
+# ------------------------------------------------------------------ statistics in the summary
+def test_summary_md_has_the_t_interval_and_says_one_seed(summarized):
+    _, out, _, _ = summarized
+    lenet, hard, collapsed = _table((out / "summary.md").read_text())
+    # lenet: mean 0.85, std 0.05568, t(0.975, 2) = 4.3027: half width 0.1383.
+    assert lenet["95% CI (t)"] == "[0.7117, 0.9883]"
+    assert lenet["vs best"] == "reference" and lenet["Δ vs best [95% CI]"] == "-"
+    # One run each: the difference is shown, with no interval and no p-value.
+    assert hard["95% CI (t)"] == "one seed" and hard["Δ vs best [95% CI]"] == "-0.0200"
+    assert hard["vs best"] == "one seed: no interval" and hard["p (Holm)"] == "-"
+    assert collapsed["vs best"] == "one seed: no interval"
+
+
+# mining: (seeds, precision_at_1 per seed, map_at_r per seed; None: missing)
+STATS_RUNS = {
+    "semi_hard": ([1, 2, 3], [0.90, 0.92, 0.94], [0.50, 0.52, 0.54]),
+    "batch_hard": ([3, 1, 2], [0.88, 0.85, 0.88], [0.45, 0.40, 0.44]),
+    "batch_all": ([4, 5], [0.80, 0.90], [0.30, 0.35]),
+    "easy_positive": ([1], [0.91], [0.60]),
+    "distance_weighted": ([1, 2, 3], [0.905, 0.915, 0.935], [0.50, None, 0.56]),
+}
+
+
+@pytest.fixture(scope="module")
+def stats_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stats")
+    for mining, (seeds, p1s, maps) in STATS_RUNS.items():
+        for seed, p1, map_r in zip(seeds, p1s, maps, strict=True):
+            summary = _summary("lenet", mining, seed, "ok", p1, map_r, 10.0, 100.0)
+            (root / f"{mining}_{seed}").mkdir()
+            (root / f"{mining}_{seed}" / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+def _summarize(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "tripletlab.summarize", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _stats_csv(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_comparisons_are_paired_by_seed_or_welch_and_holm_adjusted(stats_runs, tmp_path):
+    from scipy import stats as sp
+
+    proc = _summarize(stats_runs, "--out", tmp_path, "--no-plot")
+    assert proc.returncode == 0, proc.stderr
+    table = {r["mining"]: r for r in _table((tmp_path / "summary.md").read_text())}
+    # Best mean precision@1: semi_hard (0.92). Every comparison against it, by scipy:
+    ref = [0.90, 0.92, 0.94]
+    # batch_hard ran seeds 1-3 too: paired by seed (0.85, 0.88, 0.88 for seeds 1, 2, 3).
+    paired = sp.ttest_rel([0.85, 0.88, 0.88], ref)
+    # batch_all ran seeds 4, 5: Welch; distance_weighted ran 1-3: paired.
+    welch = sp.ttest_ind([0.80, 0.90], ref, equal_var=False)
+    dw = sp.ttest_rel([0.905, 0.915, 0.935], ref)
+    # Holm over the three (easy_positive's single seed has no p-value and is not counted).
+    raw = {"batch_hard": paired.pvalue, "batch_all": welch.pvalue, "distance_weighted": dw.pvalue}
+    order = sorted(raw, key=raw.get)
+    holm, running = {}, 0.0
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (3 - i) * raw[name]))
+        holm[name] = running
+    assert [table[m]["test"] for m in ("batch_hard", "batch_all", "distance_weighted")] == [
+        "paired",
+        "Welch",
+        "paired",
+    ]
+    for name, p in holm.items():
+        assert table[name]["p (Holm)"] == f"{p:.4f}", name
+        words = "distinguishable at 95%" if p < 0.05 else "not distinguishable"
+        assert table[name]["vs best"] == words
+    interval = paired.confidence_interval(0.95)
+    assert table["batch_hard"]["Δ vs best [95% CI]"] == (
+        f"{-0.05:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]"
+    )
+    assert table["easy_positive"]["vs best"] == "one seed: no interval"
+
+    # summary_stats.csv: every metric; a missing MAP@R is missing (n 2), not a 0.
+    rows = {(r["mining"], r["metric"]): r for r in _stats_csv(tmp_path / "summary_stats.csv")}
+    assert len(rows) == 5 * len(METRICS)
+    dw_map = rows[("distance_weighted", "map_at_r")]
+    assert dw_map["n"] == "2" and float(dw_map["mean"]) == pytest.approx(0.53)
+    # Its seeds with a MAP@R (1, 3) are not the reference's (1, 2, 3): Welch.
+    assert dw_map["test"] == "welch"
+    assert float(dw_map["p"]) == pytest.approx(
+        sp.ttest_ind([0.50, 0.56], [0.50, 0.52, 0.54], equal_var=False).pvalue
+    )
+    one = rows[("easy_positive", "precision_at_1")]
+    assert (one["n"], one["std"], one["ci_low"], one["p"]) == ("1", "", "", "")
+    best = rows[("semi_hard", "precision_at_1")]
+    assert best["reference"] == "True" and best["verdict"] == "reference"
+    low, high = sp.t.interval(0.95, 2, loc=0.92, scale=sp.sem(ref))
+    assert float(best["ci_low"]) == pytest.approx(low)
+    assert float(best["ci_high"]) == pytest.approx(high)
+
+
+def test_baseline_picks_the_reference(stats_runs, tmp_path):
+    proc = _summarize(
+        stats_runs, "--out", tmp_path, "--no-plot", "--baseline", "mining=batch_hard,margin=0.2"
+    )
+    assert proc.returncode == 1  # no key "margin": the run config's is mining.margin
+    assert proc.stderr.startswith("error: --baseline") and "Traceback" not in proc.stderr
+    proc = _summarize(
+        stats_runs,
+        "--out",
+        tmp_path,
+        "--no-plot",
+        "--baseline",
+        "mining=batch_hard,mining.margin=0.20",
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = {r["mining"]: r for r in _table((tmp_path / "summary.md").read_text())}
+    assert table["batch_hard"]["vs baseline"] == "reference"
+    # semi_hard against batch_hard: +0.05, the sign of the paired test above reversed.
+    assert table["semi_hard"]["Δ vs baseline [95% CI]"].startswith("+0.0500 [")
+    proc = _summarize(stats_runs, "--out", tmp_path, "--no-plot", "--baseline", "model=lenet")
+    assert proc.returncode == 1 and "5 configurations match" in proc.stderr
+
+
+def test_summary_png_shows_intervals_on_an_axis_fitted_to_them(stats_runs):
+    from tripletlab.plots import comparison_figure
+    from tripletlab.summarize import collect_rows, group_rows
+
+    groups = group_rows(collect_rows([stats_runs]), "precision_at_1")
+    ax = comparison_figure(groups, "precision_at_1").axes[0]
+    low, high = ax.get_xlim()
+    # The intervals span about 0.2 to 1.5 (batch_all's two seeds: a wide t(1) interval);
+    # without it the axis would hug 0.85-0.97. Not the old bars from 0.
+    assert 0.0 < low < min(groups["precision_at_1.low"].dropna())
+    assert high > max(groups["precision_at_1.high"].dropna())
+    # One error bar per configuration with >= 2 seeds, none for the single seed.
+    bars = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(bars) == 4
+    narrow = group_rows(collect_rows([stats_runs / "semi_hard_1"]), "precision_at_1")
+    ax = comparison_figure(narrow, "precision_at_1").axes[0]
+    assert ax.get_xlim()[1] - ax.get_xlim()[0] < 0.1  # one value: a narrow axis around it

@@ -1,7 +1,8 @@
-"""``python -m tripletlab.summarize PATH...``: ``tripletlab-summarize`` under its module name."""
+"""``python -m tripletlab.summarize PATH...``: ``tripletlab-summarize`` under its module name
+(:mod:`tripletlab.summarize.command`; nothing from :mod:`tripletlab.cli`)."""
 
 import sys
 
-from tripletlab.cli.summarize import main
+from tripletlab.summarize.command import main
 
 sys.exit(main())

@@ -1,0 +1,181 @@
+"""Reading runs: one row per run folder's summary, as a pandas frame (:func:`collect_rows`).
+
+Each run summary (:mod:`tripletlab.run_folder`) is flattened by ``pandas.json_normalize``
+(``config.model.name``, ``metrics.map_at_r``...); :data:`CSV_COLUMNS` are the columns of
+``summary.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tripletlab.config import METRICS
+from tripletlab.io_utils import read_yaml
+from tripletlab.run_folder import RunFolder, Status, find_summaries
+
+CSV_COLUMNS = [
+    "job",
+    "overrides",
+    "dataset",
+    "model",
+    "mining",
+    "sampler",
+    "margin",
+    "batch_size",
+    "learning_rate",
+    "epochs",
+    "precision",
+    "seed",
+    "status",
+    "error",
+    *METRICS,
+    "best_metric",
+    "best_value",
+    "best_epoch",
+    "epochs_done",
+    "train_seconds",
+    "wall_seconds",
+    "images_per_second",
+    "run_dir",
+]
+
+# summary.csv columns read straight from a flattened run summary (json_normalize's names).
+_FROM_SUMMARY = {
+    "dataset": "config.dataset.name",
+    "model": "config.model.name",
+    "mining": "config.mining.strategy",
+    "sampler": "config.sampler.name",
+    "margin": "config.mining.margin",
+    "learning_rate": "config.trainer.learning_rate",
+    "epochs": "config.trainer.epochs",
+    "seed": "config.seed",
+    **{m: f"metrics.{m}" for m in METRICS},
+    "best_metric": "best.metric",
+    "best_value": "best.value",
+    "best_epoch": "best.epoch",
+    "epochs_done": "epochs_done",
+    "train_seconds": "train_seconds",
+    "wall_seconds": "wall_seconds",
+    "images_per_second": "images_per_second",
+}
+
+
+def _job_info(run_dir: Path) -> tuple[int | None, list[str]]:
+    """Hydra's job number (sweeps only) and the run's task overrides, from ``.hydra/``."""
+    folder = RunFolder(run_dir)
+    overrides = read_yaml(folder.overrides_path)
+    overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
+    hydra_cfg = read_yaml(folder.hydra_path)
+    job = None
+    if isinstance(hydra_cfg, dict):
+        hydra = hydra_cfg.get("hydra") or {}
+        if str(hydra.get("mode", "")).endswith("MULTIRUN"):
+            num = (hydra.get("job") or {}).get("num")
+            job = int(num) if isinstance(num, int) else None
+    return job, overrides
+
+
+def _read_summary(summary_path: Path) -> dict[str, Any]:
+    """The run's summary, with the config from Hydra's copy when the summary has none."""
+    try:
+        summary = json.loads(summary_path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        summary = {"status": Status.FAILED.value, "error": f"unreadable {summary_path}: {err}"}
+    if not isinstance(summary.get("config"), dict):  # written before the config was known
+        saved = read_yaml(RunFolder(summary_path.parent).config_path)
+        summary["config"] = saved if isinstance(saved, dict) else None
+    return summary
+
+
+def _one_line(text: Any) -> Any:
+    return " ".join(str(text).split()) if isinstance(text, str) else None
+
+
+def _missing(value: Any) -> bool:
+    """None or NaN: a value that is not there."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def read_run(summary_path: Path, relative_to: Path | None = None) -> dict[str, Any]:
+    """One run's row: its summary flattened by ``json_normalize`` (``config.model.name``,
+    ``metrics.map_at_r``...), plus job, overrides, run_dir and the private ``_overrides``,
+    ``_path``, ``_config`` (the nested config)."""
+    run_dir = summary_path.parent
+    summary = _read_summary(summary_path)
+    # One row; to_dict gives Python values, so that an int stays an int in summary.csv.
+    flat = pd.json_normalize(summary).to_dict("records")[0]
+    job, overrides = _job_info(run_dir)
+    shown_dir = str(run_dir)
+    if relative_to is not None and run_dir.is_relative_to(relative_to.resolve()):
+        # Inside the summary's folder: relative, so the folder can be moved; else absolute.
+        shown_dir = str(run_dir.relative_to(relative_to.resolve())) or "."
+    flat.update(
+        job=job,
+        overrides=" ".join(overrides),
+        run_dir=shown_dir,
+        _overrides=overrides,
+        _path=run_dir,
+        _config=summary.get("config"),
+        _has_config=isinstance(summary.get("config"), dict),
+    )
+    return flat
+
+
+def collect_rows(
+    paths: Iterable[str | os.PathLike], relative_to: Path | None = None
+) -> pd.DataFrame:
+    """Every run under ``paths``, one row each with :data:`CSV_COLUMNS` (and the flattened
+    summary's columns), sorted by folder, then job number, then run folder."""
+    records = [read_run(p, relative_to) for p in find_summaries(paths)]
+    if not records:
+        return pd.DataFrame(columns=CSV_COLUMNS)
+    # dtype=object: no inference, so a column with a missing value keeps its ints.
+    frame = pd.DataFrame(records, dtype=object)
+    for column, source in _FROM_SUMMARY.items():
+        frame[column] = _column(frame, source)
+    frame["batch_size"] = [_batch_size(r) for r in frame.to_dict("records")]
+    # What the run used: trainer.mixed_precision=auto is resolved on the machine.
+    precision = _column(frame, "precision")
+    frame["precision"] = precision.where(
+        ~precision.map(_missing), _column(frame, "config.trainer.mixed_precision")
+    )
+    status = _column(frame, "status")
+    frame["status"] = status.where(~status.map(_missing), "unknown")
+    frame["error"] = _column(frame, "error").map(_one_line)
+    order = pd.DataFrame(
+        {
+            "folder": frame["_path"].map(lambda p: str(p.parent)),
+            "no_job": frame["job"].map(_missing),
+            "job": frame["job"].map(lambda j: 0 if _missing(j) else j),
+            "run_dir": frame["run_dir"],
+        }
+    )
+    frame = frame.loc[order.sort_values(list(order.columns), kind="stable").index]
+    frame = frame.reset_index(drop=True)
+    return frame.where(frame.notna(), None)
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """A column of ``frame`` as objects; all None when no run has it."""
+    if name in frame:
+        return frame[name].astype(object)
+    return pd.Series(None, index=frame.index, dtype=object)
+
+
+def _batch_size(row: Mapping[str, Any]) -> Any:
+    if row.get("config.sampler.name") == "pk":
+        p = row.get("config.sampler.classes_per_batch")
+        k = row.get("config.sampler.images_per_class")
+        if isinstance(p, int) and isinstance(k, int):
+            return p * k
+    value = row.get("config.trainer.batch_size")
+    return None if _missing(value) else value
