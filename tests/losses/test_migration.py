@@ -236,3 +236,51 @@ def test_pml_batch_hard_averages_the_nonzero_anchors_and_mean_reducer_matches_ou
     assert 0 < (x > 0).sum() < len(labels)
     default = pml_batch_hard(labels, e, m)
     assert default == pytest.approx(ours * len(labels) / (x > 0).sum(), RTOL)
+
+
+def pml_semihard_miner(labels, e, margin=0.05):
+    """TripletMarginMiner(margin, type_of_triplets="semihard") + TripletMarginLoss(margin):
+    every (a, p, n) with d_ap < d_an <= d_ap + margin, AvgNonZeroReducer."""
+    d = _pml_distances(e)
+    same = labels[:, None] == labels[None]
+    pos = same & ~np.eye(len(labels), dtype=bool)
+    gap = d[:, None, :] - d[:, :, None]  # [a, p, n]: d_an - d_ap
+    keep = pos[:, :, None] & ~same[:, None] & (gap > 0) & (gap <= margin)
+    losses = np.maximum(margin - gap, 0)[keep]
+    return float(losses[losses > 0].mean()) if (losses > 0).any() else 0.0
+
+
+def pml_easy_hard(labels, e, margin=0.05):
+    """BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard") + TripletMarginLoss with
+    reducer=MeanReducer(): per anchor the nearest positive and the nearest negative."""
+    d = _pml_distances(e)
+    same = labels[:, None] == labels[None]
+    pos = same & ~np.eye(len(labels), dtype=bool)
+    x = np.where(pos, d, np.inf).min(1) - np.where(~same, d, np.inf).min(1)
+    return float(np.maximum(x + margin, 0).mean())
+
+
+def test_pml_semihard_miner_keeps_every_semi_hard_triplet_unlike_ours():
+    labels, e = _batch(10)
+    for m in (0.2, 0.5):
+        ours = _ours(semi_hard_triplet_loss, labels, e, margin=m)
+        assert pml_semihard_miner(labels, e, m) != pytest.approx(ours, 1e-2)
+
+
+def test_pml_easy_hard_miner_with_mean_reducer_is_our_easy_positive_with_hard_negatives():
+    from tripletlab.losses import easy_positive_triplet_loss
+
+    labels, e = _batch(11)
+    ours = _ours(easy_positive_triplet_loss, labels, e, margin=0.2, negatives="hard")
+    assert ours == pytest.approx(pml_easy_hard(labels, e, 0.2), RTOL)
+
+
+def test_the_default_margins_the_tables_name():
+    import inspect
+
+    import tripletlab
+
+    assert TripletSemiHardLoss().margin == TripletHardLoss().margin == 1.0  # as tfa
+    for fn in (batch_all_triplet_loss, batch_hard_triplet_loss, semi_hard_triplet_loss):
+        assert inspect.signature(fn).parameters["margin"].default == 0.5
+    assert tripletlab.compose([]).mining.margin == 0.2  # a run
