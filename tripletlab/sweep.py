@@ -5,7 +5,7 @@
   a ``/`` in a value never nests folders, and a name too long for the file system is
   shortened with a hash that keeps it unique and the same on every rerun (resume).
 - :class:`SweepSummary`, a Hydra callback (``hydra.callbacks.sweep_summary``), rebuilds
-  ``summary.csv`` / ``.md`` / ``.png`` and the TensorBoard HParams experiment
+  ``summary.csv`` / ``.md`` / ``_stats.csv`` / ``.png`` and the TensorBoard HParams experiment
   (:func:`tripletlab.tracking.tensorboard.write_sweep_experiment`) in the sweep folder each time a job
   ends, from the jobs' summaries (:mod:`tripletlab.run_folder`), under a lock file with a
   lease (:mod:`tripletlab.lease_lock`: any shared file system; a job killed on another host
@@ -240,7 +240,10 @@ class SweepSummary(Callback):
         if rows.empty:
             return
         print(text, end="", flush=True)
-        print(f"summary: {folder / 'summary.csv'} (and summary.md, summary.png)", flush=True)
+        print(
+            f"summary: {folder / 'summary.csv'} (and summary.md, summary_stats.csv, summary.png)",
+            flush=True,
+        )
         unfinished = failures(rows)
         if unfinished and self.exit_on_failure:
             print(
