@@ -248,9 +248,13 @@ def test_an_empty_lock_left_by_a_dead_writer_is_taken_over_after_its_lease(tmp_p
 
 
 def _previous_run(tmp_path, config: dict, status: str = "running") -> RunFolder:
+    """A folder as a run leaves it: a checkpoint, its record (.hydra/config.yaml) and a
+    summary carrying a copy of the config."""
     folder = RunFolder(tmp_path)
     folder.checkpoints_dir.mkdir(parents=True)
     (folder.checkpoints_dir / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    folder.config_path.parent.mkdir()
+    folder.config_path.write_text(json.dumps(config))  # JSON is YAML
     folder.write_summary({"status": status, "config": config})
     return folder
 
@@ -278,7 +282,8 @@ def _changed(**changes) -> dict:
 
 
 def test_a_rerun_with_another_config_is_refused_naming_every_difference(tmp_path):
-    from tripletlab.run_folder import RunConfigMismatch, check_resume
+    from tripletlab.run_folder import RunConfigMismatch
+    from tripletlab.run_record import check_resume
 
     folder = _previous_run(tmp_path, SAVED)
     new = _changed(mining__strategy="batch_all", trainer__learning_rate=0.01, seed=7)
@@ -296,7 +301,8 @@ def test_a_rerun_with_another_config_is_refused_naming_every_difference(tmp_path
 
 
 def test_keys_that_do_not_change_what_is_trained_resume(tmp_path):
-    from tripletlab.run_folder import RunConfigMismatch, check_resume
+    from tripletlab.run_folder import RunConfigMismatch
+    from tripletlab.run_record import check_resume
 
     folder = _previous_run(tmp_path, SAVED)
     same_training = _changed(
@@ -309,7 +315,8 @@ def test_keys_that_do_not_change_what_is_trained_resume(tmp_path):
 
 
 def test_resume_never_refuses_a_folder_that_holds_a_run(tmp_path):
-    from tripletlab.run_folder import RunConfigMismatch, check_resume
+    from tripletlab.run_folder import RunConfigMismatch
+    from tripletlab.run_record import check_resume
 
     check_resume(RunFolder(tmp_path / "empty"), SAVED, "never")  # nothing there: fine
     with pytest.raises(RunConfigMismatch, match="trainer.resume=never"):
@@ -317,13 +324,24 @@ def test_resume_never_refuses_a_folder_that_holds_a_run(tmp_path):
 
 
 def test_a_folder_without_a_record_of_its_config_is_not_resumed_silently(tmp_path):
-    from tripletlab.run_folder import RunConfigMismatch, check_resume
+    from tripletlab.run_folder import RunConfigMismatch
+    from tripletlab.run_record import check_resume
 
     folder = _previous_run(tmp_path, SAVED)
-    folder.write_summary({"status": "running"})
+    folder.config_path.unlink()  # summary.json still carries the config: it is no record
     with pytest.raises(RunConfigMismatch, match="no record of its config"):
         check_resume(folder, SAVED, "auto")
-    # .hydra/config.yaml is the record when summary.json has none.
-    folder.config_path.parent.mkdir()
-    folder.config_path.write_text(json.dumps(SAVED))  # JSON is YAML
-    check_resume(folder, SAVED, "auto")
+
+
+def test_only_the_record_counts_not_the_summarys_copy(tmp_path):
+    """A hand-edited summary.json cannot let another config resume: .hydra/config.yaml is
+    the one source a rerun compares with."""
+    from tripletlab.run_folder import RunConfigMismatch
+    from tripletlab.run_record import check_resume
+
+    folder = _previous_run(tmp_path, SAVED)
+    edited = _changed(mining__margin=0.9)
+    folder.write_summary({"status": "running", "config": edited})
+    with pytest.raises(RunConfigMismatch, match=r"mining.margin: 0.5 -> 0.9"):
+        check_resume(folder, edited, "auto")
+    assert check_resume(folder, SAVED, "auto") == []

@@ -66,24 +66,12 @@ def train(cfg: Any, run_dir: str | os.PathLike, callbacks: Sequence[Any] = ()) -
     Returns the value of ``cfg.optimized_metric`` (NaN when it could not be computed).
     ``callbacks``: objects with ``on_epoch_end(row)``, called after each epoch with its
     metrics row (a dict), once the epoch is checkpointed.
-    Writes ``.hydra/config.yaml`` too, once the folder is this run's, so the reuse commands
-    (``tripletlab-evaluate RUN_DIR``...) work on runs started from Python.
+    Writes ``.hydra/config.yaml`` too, when the folder holds no run yet, so the reuse
+    commands (``tripletlab-evaluate RUN_DIR``...) work on runs started from Python.
     """
     from tripletlab.training import train as train_run
 
-    run_dir = Path(run_dir)
-    return train_run(cfg, run_dir, callbacks, on_claimed=lambda: _save_config(cfg, run_dir))
-
-
-def _save_config(cfg: Any, run_dir: Path) -> None:
-    from omegaconf import DictConfig, OmegaConf
-
-    from tripletlab.io_utils import atomic_write_text
-
-    path = run_dir / ".hydra" / "config.yaml"
-    if isinstance(cfg, DictConfig):
-        plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        atomic_write_text(path, OmegaConf.to_yaml(plain, resolve=True))
+    return train_run(cfg, Path(run_dir), callbacks)
 
 
 def _hydra_message(exc: BaseException) -> str:

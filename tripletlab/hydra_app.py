@@ -16,6 +16,7 @@ from tripletlab.distribute import task_is_chief
 from tripletlab.errors import ConfigError, TripletLabError
 from tripletlab.io_utils import atomic_write_text
 from tripletlab.run_folder import RunConfigMismatch, RunFolder, RunFolderBusy, Status
+from tripletlab.search import trial_value
 from tripletlab.sweep import (
     parallel_jobs,
     parallel_threads,
@@ -37,7 +38,8 @@ def run_task(cfg: DictConfig) -> float:
     Training records a failure in the run folder itself; here it is only presented. A user
     mistake (bad data, a bad value) is printed as one line with no traceback: a single run
     exits 1. In a sweep a failing job, whatever the error, returns NaN (the traceback of an
-    unexpected error goes to its run.log) and the sweep goes on.
+    unexpected error goes to its run.log) and the sweep goes on; under the Optuna sweeper a
+    failed trial instead (:func:`tripletlab.search.trial_value`), and the study goes on.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -50,7 +52,7 @@ def run_task(cfg: DictConfig) -> float:
     install_log_redaction()  # also in a launcher's worker process: run.log is redacted
     output_dir = hydra_cfg.runtime.output_dir
     if not gate_job(cfg, hydra_cfg, multirun):
-        return math.nan
+        return trial_value(hydra_cfg, math.nan, "the job's config was refused: see its run.log")
     if multirun:
         _split_threads(cfg, hydra_cfg)
         _name_the_experiment(cfg, hydra_cfg)
@@ -60,13 +62,13 @@ def run_task(cfg: DictConfig) -> float:
     from tripletlab.training import train  # after _split_threads: it sets OMP_NUM_THREADS
 
     try:
-        return train(cfg, output_dir, on_claimed=lambda: write_hydra_record(cfg, hydra_cfg))
+        value = train(cfg, output_dir, on_claimed=lambda: write_hydra_record(cfg, hydra_cfg))
+        return trial_value(hydra_cfg, value) if multirun else value
     except TripletLabError as err:
         if isinstance(err, RunFolderBusy | RunConfigMismatch):
             _log_to_the_terminal_only()  # the folder's run.log belongs to its run
         if multirun:
-            log.error("%s", err)
-            return math.nan
+            return _failed_job(hydra_cfg, str(err))
         _log_to_run_log(logging.ERROR, str(err))  # the terminal gets the one line below
         print(redact(f"error: {err}", "the standard error"), file=sys.stderr)
         sys.exit(1)
@@ -79,7 +81,19 @@ def run_task(cfg: DictConfig) -> float:
         if not multirun:
             raise  # a bug: keep the traceback
         log.exception("job failed with an unexpected error: %s", err)
-        return math.nan
+        return trial_value(hydra_cfg, math.nan, f"{type(err).__name__}: {err}")
+
+
+def _failed_job(hydra_cfg: DictConfig, message: str):
+    """A sweep job's failure as one line: the job's own (and NaN) under Hydra's basic
+    sweeper; under the Optuna sweeper a failed trial (:mod:`tripletlab.search`), whose line
+    the sweeper prints (run.log keeps it too)."""
+    value = trial_value(hydra_cfg, math.nan, message)
+    if isinstance(value, float):
+        log.error("%s", message)
+    else:
+        _log_to_run_log(logging.ERROR, message)
+    return value
 
 
 def gate_job(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> bool:
@@ -100,16 +114,17 @@ def gate_job(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> bool:
 
 
 def write_hydra_record(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
-    """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them.
+    """``.hydra/hydra.yaml`` and ``overrides.yaml``, as Hydra writes them, beside the
+    ``config.yaml`` that training wrote (:func:`tripletlab.run_record.claim`).
 
     ``conf/config.yaml`` sets ``hydra.output_subdir: null`` so that Hydra does not write
     them before the task starts: a rerun that the folder refuses (another process holds it,
-    or its run has another config) must leave the record of the folder's own run as it was.
+    or its run has another config) or resumes must leave the record of the folder's own run
+    as it was.
     """
     from omegaconf import OmegaConf
 
     folder = RunFolder(hydra_cfg.runtime.output_dir)
-    atomic_write_text(folder.config_path, OmegaConf.to_yaml(cfg))
     atomic_write_text(folder.hydra_path, OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
     atomic_write_text(folder.overrides_path, OmegaConf.to_yaml(hydra_cfg.overrides.task))
 

@@ -16,15 +16,22 @@ lock over when its holder is gone:
 A waiter waits at most ``timeout`` seconds, then raises :class:`LockTimeout`, which names the
 holder and the file. A take-over renames the stale file aside first and checks it was the one
 it judged stale, so two waiters never both take over the same stale lock.
+
+A lock path that is no readable regular file (a folder, a link, a FIFO, another user's
+unreadable file) or a stale lock that cannot be moved aside (immutable, a read-only folder)
+raises :class:`LockFileError`, one message naming the path and what to do. Content that is
+no lock record (garbage) counts as a holder that cannot be asked: only its age frees it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +44,18 @@ log = logging.getLogger("tripletlab")
 
 class LockTimeout(TripletLabError):
     """The lock was still held by a live holder when the wait ran out."""
+
+
+class LockFileError(TripletLabError):
+    """The lock's path is not a lock file this process can read, or a stale one it cannot
+    move aside (a folder, a link, a FIFO, an unreadable or immutable file): one message
+    naming the path and what to do."""
+
+
+# A lock record is a few short lines; anything longer is not one (and is not read whole).
+MAX_RECORD_BYTES = 4096
+# A pid this module can ask about (os.kill): 1..2**31-1; 0 and negatives name groups.
+_MAX_PID = 2**31 - 1
 
 
 def _pid_namespace() -> str:
@@ -58,6 +77,7 @@ class Holder:
     token: str
     mtime: float
     inode: int
+    garbage: bool = False  # not empty, yet not a lock record (a being-written one is empty)
 
     @property
     def seen_as(self) -> tuple:
@@ -65,31 +85,103 @@ class Holder:
         return (self.inode, self.mtime, self.token)
 
     def describe(self) -> str:
-        who = f"{self.host or 'an unknown host'} pid {self.pid if self.pid else '?'}"
+        if self.garbage:
+            who = "no one it names (its content is not a lock record)"
+        else:
+            who = f"{self.host or 'an unknown host'} pid {self.pid if self.pid else '?'}"
         return f"{who}, touched {max(time.time() - self.mtime, 0):.0f} s ago"
 
 
 def read_holder(path: Path) -> Holder | None:
     """The holder recorded in ``path``; None when there is no lock file. A file being
-    written (empty, partial) gives a holder with no pid: only its age can free it."""
+    written (empty) gives a holder with no pid: only its age can free it; so does one whose
+    content is no lock record (``garbage``). Raises :class:`LockFileError` when ``path`` is
+    no regular file this process can read (a folder, a link, a FIFO, no permission)."""
     try:
-        st = os.stat(path)
-        text = path.read_text(errors="replace")
+        # No link is followed and no FIFO blocks: a lock file is only ever created by
+        # O_CREAT | O_EXCL, which makes a plain file.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    except OSError as err:
+        raise LockFileError(_unusable(path, err)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LockFileError(_not_a_file(path, st.st_mode))
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    except OSError as err:
+        raise LockFileError(_unusable(path, err)) from None
+    finally:
+        os.close(fd)
+    fields = dict(
+        line.split("=", 1) for line in data.decode(errors="replace").splitlines() if "=" in line
+    )
     try:
         pid = int(fields.get("pid", ""))
     except ValueError:
         pid = None
+    valid = (
+        len(data) <= MAX_RECORD_BYTES
+        and pid is not None
+        and 1 <= pid <= _MAX_PID
+        and bool(fields.get("host"))
+        and bool(fields.get("token"))
+    )
     return Holder(
-        host=fields.get("host", ""),
-        namespace=fields.get("pidns", ""),
-        pid=pid,
-        token=fields.get("token", ""),
+        host=fields.get("host", "") if valid else "",
+        namespace=fields.get("pidns", "") if valid else "",
+        pid=pid if valid else None,
+        token=fields.get("token", "") if valid else "",
         mtime=st.st_mtime,
         inode=st.st_ino,
+        garbage=bool(data) and not valid,
     )
+
+
+def _not_a_file(path: Path, mode: int) -> str:
+    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+    remove = f"rm -r {path}" if stat.S_ISDIR(mode) else f"rm {path}"
+    return (
+        f"{path} is {kind}, not a lock file: if no process uses it, remove it ({remove}) "
+        "and start again"
+    )
+
+
+def _unusable(path: Path, err: OSError) -> str:
+    if err.errno == errno.ELOOP:  # O_NOFOLLOW on a symbolic link
+        return (
+            f"{path} is a symbolic link, not a lock file: if no process uses it, remove the "
+            f"link (rm {path}) and start again"
+        )
+    if err.errno == errno.ENXIO:  # O_RDONLY on a socket
+        return (
+            f"{path} is a socket, not a lock file: if no process uses it, remove it "
+            f"(rm {path}) and start again"
+        )
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"cannot read the lock file {path} ({err.strerror}): if no process uses it, "
+            f"remove it (rm {path}, as its owner if it is another user's), or use another "
+            "folder"
+        )
+    return (
+        f"cannot read the lock file {path} ({err.strerror}): if no process uses it, remove "
+        f"it (rm {path}) and start again"
+    )
+
+
+def _cannot_move(path: Path, stale: Holder, err: OSError) -> str:
+    if err.errno == errno.EPERM:
+        why = f"it may be immutable (lsattr {path}; chattr -i {path} as root), then remove it"
+    elif err.errno == errno.EROFS:
+        why = "the file system is read-only: remount it writable, or use another folder"
+    elif err.errno == errno.EACCES:
+        why = f"{path.parent} is not writable by this user: its owner must remove the file"
+    else:
+        why = "remove it by hand"
+    who = "garbage, not a lock record" if stale.garbage else f"held by {stale.describe()}"
+    return f"the stale lock {path} ({who}, gone) cannot be moved aside ({err.strerror}): {why}"
 
 
 def _pid_is_dead(pid: int) -> bool:
@@ -186,7 +278,12 @@ class LeaseLock:
             os.rename(self.path, aside)
         except FileNotFoundError:
             return  # another waiter moved it first
-        moved = read_holder(aside)
+        except OSError as err:  # immutable, a read-only folder or file system
+            raise LockFileError(_cannot_move(self.path, stale, err)) from None
+        try:
+            moved = read_holder(aside)
+        except LockFileError:
+            moved = None  # replaced by something else meanwhile: not ours to put back
         if moved is not None and moved.seen_as != stale.seen_as:
             # A live holder's file, created or touched after we looked: put it back (a link
             # fails if yet another process has created the lock meanwhile).
@@ -199,7 +296,10 @@ class LeaseLock:
 
     # ------------------------------------------------------------------ hold, release
     def _ours(self) -> bool:
-        holder = read_holder(self.path)
+        try:
+            holder = read_holder(self.path)
+        except LockFileError:  # replaced by a folder or a link: not ours any more
+            return False
         return holder is not None and holder.token == self.token
 
     def _keep_alive(self) -> None:
@@ -218,8 +318,12 @@ class LeaseLock:
         if self._heartbeat is not None:
             self._heartbeat.join()
         if self._ours():
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:  # made immutable or read-only meanwhile: say so, once
+                log.warning("could not remove the lock %s (%s): remove it", self.path, err)
         self.token = None
 
     def __enter__(self) -> LeaseLock:

@@ -4,7 +4,8 @@ This is the only module that knows the folder's layout (DESIGN.md, "One run's fo
 Training writes through it, and sweeps, summaries and the reuse commands read through it::
 
     <run dir>/
-      .hydra/config.yaml, overrides.yaml, hydra.yaml   Hydra's record of the run
+      .hydra/config.yaml, overrides.yaml, hydra.yaml   the record of the run, written once
+      .hydra/data.yaml  the training data's fingerprint (run_record.py)
       metrics.csv      one row per epoch (METRIC_COLUMNS)
       summary.json     status, error, final metrics, best, timing, device, precision, config
       eval/<name>.json written by tripletlab-evaluate
@@ -15,7 +16,6 @@ Every write is atomic (:mod:`tripletlab.io_utils`). Nothing here imports TensorF
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import enum
 import json
@@ -30,7 +30,7 @@ from typing import Any
 from tripletlab.config import METRICS
 from tripletlab.errors import TripletLabError
 from tripletlab.io_utils import atomic_write_csv, atomic_write_json
-from tripletlab.lease_lock import LeaseLock, LockTimeout, read_holder
+from tripletlab.lease_lock import LeaseLock, LockFileError, LockTimeout, read_holder
 
 log = logging.getLogger("tripletlab")
 
@@ -38,6 +38,8 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 MODEL_FILE = "embedding_model.keras"
 HYDRA_DIR = ".hydra"
+DATA_RECORD_FILE = "data.yaml"
+FORCED_RESUMES_FILE = "forced_resumes.yaml"
 
 # metrics.csv's columns, in order; the retrieval metrics are tripletlab.config.METRICS.
 METRIC_COLUMNS = [
@@ -153,6 +155,16 @@ class RunFolder:
     @property
     def hydra_path(self) -> Path:
         return self.path / HYDRA_DIR / "hydra.yaml"
+
+    @property
+    def data_record_path(self) -> Path:
+        """The training data's fingerprint, recorded with the config (:mod:`.run_record`)."""
+        return self.path / HYDRA_DIR / DATA_RECORD_FILE
+
+    @property
+    def forced_resumes_path(self) -> Path:
+        """What each ``trainer.resume=force`` changed, appended (:mod:`.run_record`)."""
+        return self.path / HYDRA_DIR / FORCED_RESUMES_FILE
 
     def eval_path(self, name: str) -> Path:
         return self.eval_dir / f"{name}.json"
@@ -351,8 +363,13 @@ class RunFolderBusy(RunFolderError):
     """Another live process trains in this run folder."""
 
 
+class RunFolderLocked(RunFolderBusy):
+    """The folder's lock file is no lock this process can read or take over (a folder, a
+    link, unreadable, immutable): the folder cannot be claimed until someone removes it."""
+
+
 class RunConfigMismatch(RunFolderError):
-    """A rerun into a folder whose saved run has another config."""
+    """A rerun into a folder whose saved run has another config or other data."""
 
 
 class RunLock:
@@ -380,10 +397,27 @@ class RunLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        new_folder = "start this run in a new folder (hydra.run.dir=PATH, or no hydra.run.dir)"
         try:
             self._lock.acquire()
+        except LockFileError as err:
+            raise RunFolderLocked(
+                f"run folder {self.path.parent} cannot be claimed: {err}; or {new_folder}"
+            ) from None
         except LockTimeout:
-            holder = read_holder(self.path)
+            try:
+                holder = read_holder(self.path)
+            except LockFileError as err:  # replaced meanwhile
+                raise RunFolderLocked(f"run folder {self.path.parent}: {err}") from None
+            if holder is not None and holder.garbage:
+                lease = self._lock.lease
+                age = max(time.time() - holder.mtime, 0)
+                raise RunFolderBusy(
+                    f"run folder {self.path.parent} has a lock file, {self.path}, whose "
+                    f"content is not a lock record (touched {age:.0f} s ago): if no process "
+                    f"trains in this folder, remove it (rm {self.path}), or rerun after "
+                    f"{max(lease - age, 0):.0f} s, when it counts as stale; or {new_folder}"
+                ) from None
             who = (
                 f"process {holder.pid} on host {holder.host}, last seen "
                 f"{max(time.time() - holder.mtime, 0):.0f} s ago"
@@ -392,92 +426,8 @@ class RunLock:
             )
             raise RunFolderBusy(
                 f"run folder {self.path.parent} is in use by {who}: two processes must not "
-                "train into one folder. Wait for it to finish, or start this run in a new "
-                "folder (hydra.run.dir=PATH, or no hydra.run.dir for a fresh one)"
+                f"train into one folder. Wait for it to finish, or {new_folder}"
             ) from None
 
     def release(self) -> None:
         self._lock.release()
-
-
-def holds_previous_run(folder: RunFolder) -> bool:
-    """Whether ``folder`` holds a run's work: a checkpoint, or a finished run."""
-    return (folder.checkpoints_dir / "checkpoint").is_file() or folder.status in FINISHED
-
-
-def saved_config(folder: RunFolder) -> dict | None:
-    """The config the folder's run was trained with (summary.json, else .hydra/config.yaml)."""
-    config = folder.read_summary().get("config")
-    if isinstance(config, dict) and config:
-        return config
-    from tripletlab.io_utils import read_yaml
-
-    with contextlib.suppress(Exception):
-        loaded = read_yaml(folder.config_path)
-        if isinstance(loaded, dict) and loaded:
-            return loaded
-    return None
-
-
-def config_differences(saved: Mapping, new: Mapping, ignore: Sequence[str] = ()) -> list[str]:
-    """``key: saved -> new`` for every leaf that differs, leaving out ``ignore`` (and below)."""
-
-    def leaves(node: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(node, Mapping):
-            out: dict[str, Any] = {}
-            for key, value in node.items():
-                out.update(leaves(value, f"{prefix}{key}."))
-            return out
-        return {prefix.rstrip("."): node}
-
-    def ignored(key: str) -> bool:
-        return any(key == i or key.startswith(f"{i}.") for i in ignore)
-
-    old, now = leaves(saved), leaves(new)
-    missing = object()
-    lines = []
-    for key in sorted(set(old) | set(now)):
-        a, b = old.get(key, missing), now.get(key, missing)
-        if ignored(key) or a == b:
-            continue
-        shown = ["(absent)" if v is missing else repr(v) for v in (a, b)]
-        lines.append(f"{key}: {shown[0]} -> {shown[1]}")
-    return lines
-
-
-def check_resume(folder: RunFolder, config: Mapping | None, mode: str) -> None:
-    """Refuse a rerun that would mix two configs in ``folder`` (DESIGN.md, "One run's folder").
-
-    ``mode`` is ``trainer.resume``: ``auto`` resumes only when ``config`` equals the saved
-    config apart from :data:`tripletlab.config.RESUME_NEUTRAL_KEYS`; ``never`` refuses any
-    folder that holds a run; ``force`` resumes whatever differs (the differences are logged).
-    """
-    from tripletlab.config import RESUME_NEUTRAL_KEYS
-
-    if not holds_previous_run(folder):
-        return
-    new_folder = "start it in a new folder (hydra.run.dir=PATH, or no hydra.run.dir)"
-    if mode == "never":
-        raise RunConfigMismatch(
-            f"run folder {folder.path} already holds a run and trainer.resume=never: "
-            f"{new_folder}, or resume it with trainer.resume=auto"
-        )
-    saved = saved_config(folder)
-    if config is None or saved is None:
-        differences = ["(the saved run has no record of its config)"] if saved is None else []
-    else:
-        differences = config_differences(saved, config, RESUME_NEUTRAL_KEYS)
-    if not differences:
-        return
-    if mode == "force":
-        log.warning(
-            "trainer.resume=force: resuming %s with a changed config: %s",
-            folder.path,
-            "; ".join(differences),
-        )
-        return
-    raise RunConfigMismatch(
-        f"run folder {folder.path} holds a run with another config, so resuming it would mix "
-        f"two experiments: {'; '.join(differences)}. Rerun with the saved values, "
-        f"{new_folder}, or train on from its checkpoint with this config: trainer.resume=force"
-    )

@@ -10,6 +10,7 @@ module                 what lives there
 ``idx``                ``fashion_mnist`` and ``mnist``: IDX files, their search locations
 ``download``           the checksummed, https-only downloader (temporary ``.part`` files)
 ``digits``             ``digits``: scikit-learn's 8x8 digits, offline
+``fingerprints``       what identifies a dataset's files, without decoding them
 ``image_folder``       ``image_folder``: a user's images, one sub-folder per class
 ``layouts``            the benchmarks (CUB-200-2011, Cars196, Stanford Online Products,
                        In-Shop) in their published layouts, with their protocols
@@ -39,6 +40,7 @@ from tripletlab.data.base import (
     DatasetSource,
     ensure_dataset,
     fetch,
+    fingerprint,
     load_dataset,
     option,
     root_path,
@@ -87,6 +89,7 @@ __all__ = [
     "ensure_dataset",
     "fetch",
     "find_idx_folder",
+    "fingerprint",
     "images_from_files",
     "in_memory_peak_bytes",
     "load_dataset",

@@ -24,7 +24,7 @@ import numpy as np
 
 from tripletlab.data.image_files import ImageFiles
 from tripletlab.data.images import adapt_images
-from tripletlab.errors import ConfigError
+from tripletlab.errors import ConfigError, TripletLabError
 from tripletlab.options.dataset import DATASET_SPLITS, STREAM_CHOICES
 from tripletlab.registry import DATASETS
 
@@ -79,11 +79,14 @@ class DatasetSource:
     :class:`Dataset` (to give a gallery). :func:`load_dataset` then applies split,
     max_train / max_test, image_size and channels. ``ensure(root, download, url,
     allow_insecure_url)`` -> (folder, how it was found): makes sure the files are present
-    (``tripletlab-fetch``).
+    (``tripletlab-fetch``). ``fingerprint(cfg)`` -> a small dict that identifies the files
+    ``load`` reads, taken without decoding them (:mod:`.fingerprints`), or None while they
+    are not there (to be downloaded).
     """
 
     load: Callable[[Any], tuple]
     ensure: Callable[[Any, bool, str | None, bool], tuple[Path, str]]
+    fingerprint: Callable[[Any], dict | None] | None = None
 
 
 _ABSENT = object()
@@ -199,6 +202,21 @@ def load_dataset(cfg: Any) -> Dataset:
         data.x_gallery = adapt(data.x_gallery)
         data.y_gallery = np.asarray(data.y_gallery, np.int64)
     return data
+
+
+def fingerprint(cfg: Any) -> dict | None:
+    """What identifies the data ``load_dataset(cfg)`` reads: ``{dataset, ...}`` from its
+    source's ``fingerprint`` hook; None when that cannot tell yet (files missing, to be
+    downloaded or reported by loading, or a source without a hook)."""
+    name = str(getattr(cfg, "name", ""))
+    source = DATASETS.get(name)
+    if source.fingerprint is None:
+        return None
+    try:
+        found = source.fingerprint(cfg)
+    except (TripletLabError, OSError):  # loading reports it, with its own message
+        return None
+    return None if found is None else {"dataset": name, **found}
 
 
 def _concatenate(parts: list[Any]) -> Any:

@@ -44,4 +44,11 @@ def _digits_ensure(root: Any, download: bool, url: str | None, *_: Any) -> tuple
     return Path(sklearn_datasets.__file__).parent / "data", "bundled with scikit-learn in"
 
 
-DATASETS.register("digits")(DatasetSource(_digits_load, _digits_ensure))
+def _digits_fingerprint(cfg: Any) -> dict:
+    """The file scikit-learn generates the images from (the split is the config's)."""
+    from tripletlab.data.fingerprints import of_bundled_file
+
+    return of_bundled_file(_digits_ensure(None, False, None)[0] / "digits.csv.gz")
+
+
+DATASETS.register("digits")(DatasetSource(_digits_load, _digits_ensure, _digits_fingerprint))

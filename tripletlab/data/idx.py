@@ -471,7 +471,17 @@ def _idx_source(name: str) -> DatasetSource:
         _load_idx(name, folder)  # read everything now, so corrupt files fail here and not mid-run
         return folder, f"downloaded from {url_used} to" if url_used else "found in"
 
-    return DatasetSource(load, ensure)
+    def fingerprint(cfg: Any) -> dict | None:
+        given = root_path(option(cfg, "root"))
+        folder = given if given is not None and given.is_dir() else find_idx_folder(name)
+        if folder is None or _find_files(folder)[1]:
+            return None  # not there yet (downloaded by load) or incomplete (load says so)
+        from tripletlab.data.fingerprints import of_idx_file
+
+        files = _find_files(folder)[0]
+        return {"files": {files[k].name: of_idx_file(files[k]) for k in IDX_FILES}}
+
+    return DatasetSource(load, ensure, fingerprint)
 
 
 for _name in IDX_DATASETS:

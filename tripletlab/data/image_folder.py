@@ -171,4 +171,12 @@ def _image_folder_ensure(root: Any, download: bool, url: str | None, *_: Any) ->
     return folder, "found in"
 
 
-DATASETS.register("image_folder")(DatasetSource(_image_folder_load, _image_folder_ensure))
+def _image_folder_fingerprint(cfg: Any) -> dict:
+    from tripletlab.data.fingerprints import of_folder
+
+    return of_folder(_require_root(option(cfg, "root")), IMAGE_EXTENSIONS)
+
+
+DATASETS.register("image_folder")(
+    DatasetSource(_image_folder_load, _image_folder_ensure, _image_folder_fingerprint)
+)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tripletlab.data.base import Dataset, DatasetSource, option, root_path, stream_mode
-from tripletlab.data.images import images_from_files
+from tripletlab.data.images import IMAGE_EXTENSIONS, images_from_files
 from tripletlab.errors import DataError
 from tripletlab.registry import DATASETS
 
@@ -359,7 +359,13 @@ def _layout_source(layout: Layout) -> DatasetSource:
         layout.read(folder)
         return folder, "found in"
 
-    return DatasetSource(load, ensure)
+    def fingerprint(cfg: Any) -> dict:
+        from tripletlab.data.fingerprints import of_folder
+
+        # The images and the listings that say which image is which class and split.
+        return of_folder(layout.locate(option(cfg, "root")), {*IMAGE_EXTENSIONS, ".txt", ".mat"})
+
+    return DatasetSource(load, ensure, fingerprint)
 
 
 for _layout in LAYOUTS.values():

@@ -16,7 +16,8 @@ from typing import Any
 from tripletlab.config import to_container
 from tripletlab.credentials import refuse_config
 from tripletlab.errors import TripletLabError, storage_fault
-from tripletlab.run_folder import RunFolder, RunLock, Status, check_resume
+from tripletlab.run_folder import RunFolder, RunLock, Status
+from tripletlab.run_record import claim
 from tripletlab.training.callbacks import Callbacks
 
 log = logging.getLogger("tripletlab")
@@ -33,8 +34,9 @@ def train(
     ``callbacks``: objects with some of ``on_train_begin()``, ``on_epoch_end(row)`` and
     ``on_train_end(summary)`` (:mod:`.callbacks`); the trackers (TensorBoard, the logger)
     are added after them on the chief.
-    ``on_claimed``: called once the folder is this process's (locked, and its saved run, if
-    any, has the same config): Hydra's record of the run is written then, not before.
+    ``on_claimed``: called once when a folder that holds no run becomes this process's
+    (locked, its record written: :func:`~tripletlab.run_record.claim`): Hydra's own files
+    are written then, not before; a resume writes none of them again.
 
     The chief holds the folder's lock (:class:`~tripletlab.run_folder.RunLock`) while it
     trains; a disk-full or unwritable-folder error becomes one
@@ -52,10 +54,8 @@ def train(
         folder.path.mkdir(parents=True, exist_ok=True)
         chief = _is_chief(cfg)
         with RunLock(folder) if chief else contextlib.nullcontext():
-            if chief:
-                check_resume(folder, to_container(cfg), str(_resume_mode(cfg)))
-                if on_claimed is not None:
-                    on_claimed()
+            if chief:  # the record is written once, by the first run in the folder
+                claim(folder, cfg, str(_resume_mode(cfg)), on_claimed)
             return _train_claimed(cfg, folder, Callbacks(callbacks), chief)
     except OSError as err:
         fault = storage_fault(err, folder.path)

@@ -33,6 +33,7 @@ from tripletlab.errors import DataError
 from tripletlab.inference import embed_images, evaluate_split, make_embed_step, query_sample
 from tripletlab.io_utils import atomic_path
 from tripletlab.run_folder import RunFolder, Status, build_summary
+from tripletlab.run_record import record_data
 from tripletlab.runtime import Runtime, setup_tf
 from tripletlab.training.callbacks import Callbacks
 from tripletlab.training.checkpoints import Checkpoints
@@ -106,6 +107,8 @@ class Trainer:
         self.runtime, distribution = setup_runtime(cfg)
         self.replicas = distribution.num_replicas_in_sync
         data = load_training_data(cfg.dataset)
+        if self.chief:
+            record_data(folder, cfg.dataset)
         with distribution.scope():
             parts = Parts.build(
                 cfg, data, self.runtime, distribution, folder, self.checkpoint_dir()
@@ -125,7 +128,10 @@ class Trainer:
     def _train(self, parts: Parts, data: Any) -> float:
         cfg, folder = self.cfg, self.folder
         start_epoch = parts.checkpoints.restore_latest(folder.checkpoints_dir)
-        self.rows = [r for r in folder.read_metrics() if int(r["epoch"]) <= start_epoch]
+        written = folder.read_metrics()
+        self.rows = committed_rows(parts.checkpoints.rows, written, start_epoch)
+        if self.chief and (written or self.rows):  # metrics.csv: the committed epochs only
+            folder.write_metrics(self.rows)
         collapse = CollapseDetector(
             cfg.mining.margin,
             cfg.mining.soft_margin,
@@ -134,17 +140,22 @@ class Trainer:
         )
         status, test_emb = Status.OK, None
         sample = query_sample(len(data.x_test), cfg.eval.sample_queries)
+        if self.chief and self._evaluation_lost(start_epoch):
+            # Killed (or failed) between the epoch's commit and its evaluation: the weights
+            # restored are the ones it evaluates, so it is run now as it would have been.
+            full = full_evaluation_due(cfg.eval, start_epoch, cfg.trainer.epochs)
+            test_emb = self._evaluate(parts, data, self.rows[-1], None if full else sample)
+            folder.write_metrics(self.rows)
         for epoch in range(start_epoch + 1, cfg.trainer.epochs + 1):
             row = parts.train_epoch(epoch)
             # Decided on the training statistics, before evaluating: the last epoch a
             # run trains is always fully evaluated, also when a collapse ends it early.
             stop = collapse.update(row)
             self.rows.append(row)
-            # Saved before evaluating: a failure there loses no training.
+            # The epoch's commit: its weights and its row (with every earlier one) in one
+            # checkpoint, saved before evaluating: a failure there loses no training.
             if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
-                parts.checkpoints.save(epoch)
-                if self.chief:
-                    folder.write_metrics(self.rows)
+                parts.checkpoints.save(epoch, self.rows)
             if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
                 full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
                 test_emb = self._evaluate(parts, data, row, None if full else sample)
@@ -158,9 +169,6 @@ class Trainer:
                 break
 
         error = CollapseDetector.MESSAGE if status == Status.COLLAPSED else None
-        if self.chief and self._last_evaluation_lost(start_epoch):
-            test_emb = self._evaluate(parts, data, self.rows[-1], None)
-            folder.write_metrics(self.rows)
         if self.chief:
             self._save_model(parts.model)
             if test_emb is None:
@@ -195,19 +203,49 @@ class Trainer:
         row["eval_queries"] = len(data.x_test) if queries is None else len(queries)
         return test_emb
 
-    def _last_evaluation_lost(self, start_epoch: int) -> bool:
-        """Whether this session resumed after the last epoch, whose evaluation failed (its
-        checkpoint is saved before evaluating): that evaluation is run again."""
-        if not self.rows or start_epoch < self.cfg.trainer.epochs:
+    def _evaluation_lost(self, start_epoch: int) -> bool:
+        """Whether the epoch this session resumed after was due an evaluation that its row
+        lacks (its checkpoint is saved before evaluating, and the run ended in between)."""
+        if start_epoch == 0 or not self.rows or int(self.rows[-1]["epoch"]) != start_epoch:
             return False
-        return int(self.rows[-1]["epoch"]) == start_epoch and not any(
-            str(self.rows[-1].get(m) or "") for m in METRICS
-        )
+        due = evaluation_due(self.cfg.eval, start_epoch, self.cfg.trainer.epochs)
+        return due and cell(self.rows[-1].get("eval_queries")) == ""
 
     def _save_model(self, model) -> None:
         """The embedding model, written under a unique temporary name, synced, then renamed."""
         with atomic_path(self.folder.model_path) as tmp:
             model.save(tmp)
+
+
+# What an epoch's evaluation adds to its row, after the row was committed.
+EVALUATION_COLUMNS = (*METRICS, "eval_seconds", "eval_queries")
+
+
+def cell(value: Any) -> str:
+    """A metrics value as metrics.csv writes it ("" for missing or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def committed_rows(saved: list[dict] | None, written: list[dict], epoch: int) -> list[dict]:
+    """The metrics rows of epochs 1..``epoch``, the last committed one: those saved in its
+    checkpoint, each with the evaluation metrics.csv holds for it (written after the
+    commit; the same training values say it is that row). For a checkpoint that predates
+    rows (``saved`` None), metrics.csv's rows up to ``epoch``."""
+    if saved is None:
+        return [r for r in written if int(r["epoch"]) <= epoch]
+    by_epoch = {r.get("epoch"): r for r in written}
+    rows = []
+    for row in saved:
+        row = dict(row)
+        twin = by_epoch.get(cell(row.get("epoch")))
+        if twin is not None and all(twin.get(k) == cell(row.get(k)) for k in ("step", "loss")):
+            for key in EVALUATION_COLUMNS:
+                if cell(row.get(key)) == "" and twin.get(key):
+                    row[key] = twin[key]
+        rows.append(row)
+    return rows
 
 
 def evaluation_due(eval_cfg: Any, epoch: int, epochs: int) -> bool:
