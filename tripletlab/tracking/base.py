@@ -38,11 +38,12 @@ class Guarded:
         self.failed = False
 
     def _call(self, what: str, *args: Any) -> None:
-        if self.failed:
+        hook = getattr(self.tracker, what, None)
+        if self.failed or hook is None:  # a tracker may have any of the hooks
             return
         args = redact_tree(args, f"the {self.tracker.name} tracker")
         try:
-            getattr(self.tracker, what)(*args)
+            hook(*args)
         except Exception as err:  # noqa: BLE001 - a tracker never fails the run
             self.failed = True
             log.warning(
