@@ -36,19 +36,20 @@ class Guarded:
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
         self.failed = False
+        self.name = getattr(tracker, "name", type(tracker).__name__)
 
     def _call(self, what: str, *args: Any) -> None:
         hook = getattr(self.tracker, what, None)
         if self.failed or hook is None:  # a tracker may have any of the hooks
             return
-        args = redact_tree(args, f"the {self.tracker.name} tracker")
+        args = redact_tree(args, f"the {self.name} tracker")
         try:
             hook(*args)
         except Exception as err:  # noqa: BLE001 - a tracker never fails the run
             self.failed = True
             log.warning(
                 "%s failed (%s: %s); the run goes on without it",
-                self.tracker.name,
+                self.name,
                 type(err).__name__,
                 err,
             )
