@@ -731,6 +731,9 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
         rows = list(reader)
+    peer = [r for r in rows if r["impl"] == "pml"]  # with torch: its three strategies
+    assert len(peer) == (2 * 3 if peer else 0)
+    rows = [r for r in rows if r["impl"] != "pml"]
     assert len(rows) == 2 * 7  # per regime (and size): 5 strategies ours + 2 dense
     for row in rows:
         assert float(row["ms_median"]) > 0 and "MISMATCH" not in row["note"]
@@ -744,11 +747,18 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
             assert float(r["loss"]) == pytest.approx(mine, rel=1e-5)
     by_labels = {(r["labels"], r["batch_size"]): r for r in rows}
     assert by_labels["pk", "24"]["images_per_class"] == "4"
+    engine = {(r["labels"], r["strategy"], r["impl"]): r["engine"] for r in rows}
+    assert engine["pk", "batch_hard", "ours"] == engine["pk", "easy_positive", "ours"] == "dense"
+    assert (
+        engine["pk", "batch_all", "ours"] == "slots" and engine["pk", "batch_all", "dense"] == "-"
+    )
+    assert engine["random2", "semi_hard", "ours"] == "buckets"  # ~11 positives per anchor
     assert by_labels["pk", "24"]["classes"] == "6"
     assert by_labels["random2", "24"]["images_per_class"] == ""
     assert int(by_labels["random2", "24"]["largest_class"]) >= 12  # 2 classes share 24
     out = capsys.readouterr().out
-    assert re.search(r"\|\s*labels\s*\|\s*B \| strategy\s*\|", out) and str(path) in out
+    assert re.search(r"\|\s*labels\s*\|\s*B \| strategy\s*\| engine\s*\|", out)
+    assert str(path) in out
     assert "| P x 4 " in out and "| 2 random (max " in out
 
 
@@ -829,9 +839,10 @@ def test_benchmark_cross_batch_memory_rows(tmp_path, capsys):
     assert bench.main([*args, "--labels", "random3", "--memory", "off", "--csv", str(path)]) == 0
     with path.open() as f:
         rows = list(csv.DictReader(f))
+    rows = [r for r in rows if r["impl"] != "pml"]  # the peer's, when torch is installed
     with_memory = {r["strategy"]: r for r in rows if r["memory_size"] == "20"}
     alone = {r["strategy"]: r for r in rows if r["memory_size"] == "0" and r["impl"] == "ours"}
-    assert set(with_memory) == set(bench.OURS) and all(
+    assert set(with_memory) == set(bench.ours()) and all(
         r["impl"] == "ours" for r in with_memory.values()
     )
     assert float(with_memory["batch_hard"]["time_vs_batch_hard"]) == 1.0

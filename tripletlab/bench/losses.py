@@ -61,6 +61,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tripletlab import losses
+from tripletlab.losses import engines
 from tripletlab.losses.distances import prepare
 from tripletlab.losses.pieces import items, masks, ratio
 from tripletlab.registry import STRATEGIES
@@ -73,6 +74,7 @@ CSV_COLUMNS = (
     "labels",
     "strategy",
     "impl",
+    "engine",
     "batch_size",
     "memory_size",
     "dim",
@@ -429,6 +431,7 @@ def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
     labels, emb, memory = memory_batch(args, regime, b, m)
     columns = labels if m == 0 else tf.concat([labels, memory[0]], axis=0)
     counts = np.bincount(columns.numpy())
+    most_positives = int(counts[labels.numpy()].max()) - 1
     base = {
         "labels": regime,
         "batch_size": b,
@@ -448,7 +451,11 @@ def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
     for strategy in strategies:
         impls = ["ours"] + (["dense"] if strategy in DENSE_BENCHMARKED and m == 0 else [])
         for impl in impls:
-            row = dict(base, strategy=strategy, impl=impl)
+            row = dict(base, strategy=strategy, impl=impl, engine="-")
+            if impl == "ours":  # the engine "auto" runs here (tripletlab.losses.engines)
+                row["engine"] = engines.auto_engine(
+                    strategy, b, b + m, most_positives, args.jit, args.soft_margin
+                )
             estimate_gb = DENSE_BYTES_PER_TRIPLET * b**3 / 1e9
             if impl == "dense" and estimate_gb > args.dense_cap_gb:
                 cap = args.dense_cap_gb
@@ -615,6 +622,7 @@ def markdown_table(rows: list[dict]) -> str:
             "labels": [_labels_text(r) for r in merged.itertuples()],
             "B": [_size_text(r) for r in merged.itertuples()],
             "strategy": merged["strategy"],
+            "engine": merged["engine"],
             "ours ms": [_fmt(v, ".1f") for v in merged["ms_median"]],
             "ours peak MB": [_fmt(v, _mb_spec(v)) for v in merged["peak_mb"]],
             "time / batch-hard": [_fmt(v, ".2f", "x") for v in _col(merged, "time_vs_batch_hard")],
@@ -633,12 +641,15 @@ def markdown_table(rows: list[dict]) -> str:
     notes = merged["note"].fillna("")
     last = dense_columns[-1]
     table[last] = [f"{c} ({n})" if n else c for c, n in zip(table[last], notes, strict=True)]
-    align = ("left", "right", "left", *["right"] * (len(table.columns) - 3))
+    align = ("left", "right", "left", "left", *["right"] * (len(table.columns) - 4))
     text = table.to_markdown(index=False, disable_numparse=True, colalign=align)
     pml = frame[frame["impl"] == "pml"]
     if pml.empty:
         return text
-    both = pml.merge(ours[[*keys, "ms_median"]], on=keys, suffixes=("", "_ours"))
+    described = ["images_per_class", "largest_class"]  # the case, as ours' rows give it
+    both = pml.drop(columns=described).merge(
+        ours[[*keys, "ms_median", *described]], on=keys, suffixes=("", "_ours")
+    )
     pml_table = pd.DataFrame(
         {
             "labels": [_labels_text(r) for r in both.itertuples()],

@@ -125,6 +125,19 @@ def one_pick_engine(b, n, engine: str = "auto", jit_compile: bool = False) -> st
     return "dense" if b * n <= DENSE_ELEMENTS else "blocked"
 
 
+def auto_engine(strategy, b, n, most_positives, jit_compile=False, soft_margin=False) -> str:
+    """The engine ``engine="auto"`` runs for ``strategy`` on b anchors, n columns and at most
+    ``most_positives`` positives per anchor (as ``bench losses`` reports it); "-" for a
+    strategy with a single way to mine (distance-weighted)."""
+    if strategy in ("batch_hard", "easy_positive"):
+        return one_pick_engine(b, n, "auto", jit_compile)
+    if strategy not in SLOT_LIMIT:
+        return "-"
+    if most_positives <= SLOT_LIMIT[strategy] or (soft_margin and strategy == "batch_all"):
+        return "slots"
+    return "sorted" if jit_compile else "buckets"
+
+
 def block_rows(n):
     """Anchors per block of the "blocked" form for n columns (int or scalar tensor): >= 1."""
     return tf.maximum(BLOCK_ELEMENTS // n, 1)
