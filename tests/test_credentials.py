@@ -352,6 +352,20 @@ def test_what_a_command_prints_is_masked(capsys, warnings_log):
     assert sys.stdout is not None and not isinstance(sys.stdout, credentials.RedactingStream)
 
 
+def test_the_traceback_of_a_bug_in_a_command_is_masked():
+    import subprocess
+
+    code = (
+        "from tripletlab.cli.common import run_cli\n"
+        "def main(argv):\n"
+        f"    raise RuntimeError({'bug while talking to ' + _uri(14)!r})\n"
+        "run_cli(main, [])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1 and "RuntimeError: bug while talking to" in proc.stderr
+    assert not leaks(proc.stderr), proc.stderr
+
+
 def test_fetch_refuses_a_url_with_a_credential(capsys, tmp_path):
     uri = f"https://user:{CORE}@example.invalid/digits.tgz"
     code = fetch_cli.main(["digits", "--root", str(tmp_path), "--url", uri])

@@ -12,7 +12,7 @@ whatever its encoding, and so is every other copy of it in the same text.
 **The gate** (:func:`refuse_secrets`): a config holding a credential is refused with one
 message that names the key and the environment variable that carries the secret instead,
 before anything is written (``tripletlab.cli.train`` composes the command line as Hydra will;
-:class:`SecretGate`, a Hydra callback, checks Hydra's own composition at the start of a run
+``SecretGate``, a Hydra callback, checks Hydra's own composition at the start of a run
 or sweep; each job checks its own config).
 
 **Redaction** (:func:`redact`): every writer of text out of the process passes through it
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import re
 import sys
@@ -33,8 +34,6 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
-
-from hydra.experimental.callback import Callback
 
 from tripletlab.errors import ConfigError
 
@@ -296,26 +295,42 @@ def refuse_config(cfg: Any, hydra_cfg: Any = None) -> None:
         refuse_secrets(config_strings(hydra_cfg, "hydra."))
 
 
-class SecretGate(Callback):
-    """Hydra's composed config is checked before the run or the sweep writes anything
-    (``conf/config.yaml``'s first callback: before Hydra makes a folder, writes
-    ``multirun.yaml``, opens an Optuna storage or submits a job). A credential ends the
-    command with one line and exit status 1."""
+@functools.cache
+def _secret_gate() -> type:
+    """:class:`SecretGate`, built on first use: this module imports no Hydra (the atomic
+    writers of :mod:`tripletlab.io_utils` use it)."""
+    from hydra.experimental.callback import Callback
 
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(config)
+    class SecretGate(Callback):
+        """Hydra's composed config is checked before the run or the sweep writes anything
+        (``conf/config.yaml``'s first callback: before Hydra makes a folder, writes
+        ``multirun.yaml``, opens an Optuna storage or submits a job). A credential ends the
+        command with one line and exit status 1."""
 
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(config)
+        def on_run_start(self, config: Any, **kwargs: Any) -> None:
+            _gate_or_exit(config)
 
-    @staticmethod
-    def _check(config: Any) -> None:
-        try:
-            refuse_config(config)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            # SystemExit passes through Hydra's callback wrapper and its error report.
-            sys.exit(1)
+        def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+            _gate_or_exit(config)
+
+    # Importable and picklable by name (a Slurm launcher pickles the sweep's callbacks).
+    SecretGate.__module__, SecretGate.__qualname__ = __name__, "SecretGate"
+    return SecretGate
+
+
+def _gate_or_exit(config: Any) -> None:
+    try:
+        refuse_config(config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        # SystemExit passes through Hydra's callback wrapper and its error report.
+        sys.exit(1)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SecretGate":  # hydra.callbacks' _target_: tripletlab.credentials.SecretGate
+        return _secret_gate()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def config_strings(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -448,11 +463,19 @@ class RedactingStream:
         return getattr(self._stream, name)
 
 
+def _excepthook(kind: type, value: BaseException, tb: Any) -> None:
+    text = "".join(traceback.format_exception(kind, value, tb))
+    sys.stderr.write(redact(text, "a traceback"))
+
+
 @contextlib.contextmanager
 def redacted_output() -> Iterator[None]:
     """Within the block, what is printed to stdout and stderr is redacted, and so is every
-    log record (:func:`install_log_redaction`)."""
+    log record (:func:`install_log_redaction`) and the traceback of a bug that ends the
+    process."""
     install_log_redaction()
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _excepthook
     saved = sys.stdout, sys.stderr
     if not isinstance(sys.stdout, RedactingStream):
         sys.stdout = RedactingStream(sys.stdout, "the standard output")
