@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,201 @@ def test_reuse_sweeps_and_summaries_do_not_import_the_training_loop(module):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------ imports and sizes
+ROOT = PACKAGE.parent
+MAX_LINES = 500
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """The tripletlab modules ``path`` imports (``from a import b``: a.b when b is a
+    module); top level only: not inside a function, a class or ``if TYPE_CHECKING``."""
+    import ast
+
+    modules = _modules()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    if top_level_only:  # also the bodies of top-level try/except and if blocks
+        nodes = [n for stmt in nodes for n in ast.walk(stmt) if not _deferred(stmt)]
+    found = set()
+    package = (
+        _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    )
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in modules else base)
+    return {m for m in found if m in modules}
+
+
+def _deferred(stmt) -> bool:
+    import ast
+
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True
+    return isinstance(stmt, ast.If) and "TYPE_CHECKING" in ast.dump(stmt.test)
+
+
+def test_no_import_cycles():
+    """Top-level imports between tripletlab's modules form no cycle (Tarjan's SCCs)."""
+    graph = {name: _imports(path, top_level_only=True) for name, path in _modules().items()}
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_no_cli_import_below_cli():
+    """cli/ is the top layer: no module outside it imports it, not even inside a function."""
+    offenders = {
+        name: sorted(
+            m for m in _imports(path, top_level_only=False) if m.startswith("tripletlab.cli")
+        )
+        for name, path in _modules().items()
+        if not name.startswith("tripletlab.cli")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_module_over_500_lines():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+# ------------------------------------------------------------------ options
+def _option_files(group: str, name: str) -> list[str]:
+    """Every file of the repository option ``name`` of ``group`` needs: its entry (schema,
+    checks, hooks), its code, its brute force (a strategy), its YAML."""
+    import inspect
+
+    from tripletlab.registry import REGISTRIES, load_target
+
+    registry = REGISTRIES[group]
+    entry, code = registry.option(name), registry.get(name)
+    parts = [getattr(code, f) for f in ("load", "batches") if hasattr(code, f)]  # a source
+    objects = [registry.schema(name), *(parts or [code])]
+    if getattr(entry, "reference", None) is not None:
+        objects.append(load_target(entry.reference, "the brute force"))
+    files = {Path(inspect.getsourcefile(o)).resolve() for o in objects}
+    files |= {Path(inspect.getsourcefile(sys.modules[registry.declarations]))}
+    files.add(ROOT / "conf" / group / f"{name}.yaml")
+    return sorted(str(f.relative_to(ROOT)) for f in files if f.is_relative_to(ROOT))
+
+
+def test_the_files_an_option_touches():
+    """An option is its entry and code plus one YAML file (and, here, its tests)."""
+    assert _option_files("mining", "easy_positive") == [
+        "conf/mining/easy_positive.yaml",
+        "tripletlab/losses/reference.py",
+        "tripletlab/losses/strategies.py",
+        "tripletlab/options/mining.py",
+    ]
+    assert _option_files("model", "lenet") == [
+        "conf/model/lenet.yaml",
+        "tripletlab/models.py",
+        "tripletlab/options/model.py",
+    ]
+    assert _option_files("dataset", "digits") == [
+        "conf/dataset/digits.yaml",
+        "tripletlab/data/digits.py",
+        "tripletlab/options/dataset.py",
+    ]
+    assert _option_files("logger", "mlflow") == [
+        "conf/logger/mlflow.yaml",
+        "tripletlab/options/logger.py",
+        "tripletlab/tracking/mlflow.py",
+    ]
+
+
+def _branches_on(name: str) -> re.Pattern:
+    """``== "name"``, ``"name":`` (a table's key), ``in (..., "name"``: code that knows it."""
+    quoted = rf"""["']{name}["']"""
+    return re.compile(rf"(==|!=)\s*{quoted}|{quoted}\s*(==|!=|:)|\bin\s*\([^)]*{quoted}")
+
+
+@pytest.mark.parametrize("group", ["mining", "model", "dataset", "logger"])
+def test_only_an_options_own_files_know_its_name(group):
+    """Nothing but an option's entry, its code's package and bench/ (which compares with
+    other libraries' implementations by name) branches on an option's name."""
+    from tripletlab.registry import REGISTRIES
+
+    registry = REGISTRIES[group]
+    home = ROOT / registry.home.replace(".", "/")
+    allowed = [home, home.with_suffix(".py"), ROOT / registry.declarations.replace(".", "/")]
+    allowed = [p.with_suffix(".py") if p.name == group else p for p in allowed] + [
+        PACKAGE / "bench"
+    ]
+    offenders = []
+    for name in registry.registered():
+        if name == "none":  # logger=none: also the word for nothing ("none", "off"...)
+            continue
+        pattern = _branches_on(name)
+        for path in PACKAGE.rglob("*.py"):
+            if any(path == a or a in path.parents for a in allowed):
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            offenders += [
+                f"{path.relative_to(ROOT)}:{i} {name}"
+                for i, line in enumerate(lines, 1)
+                if pattern.search(line)
+            ]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "mining", "sampler", "logger", "distribute"])
+def test_every_registered_option_has_a_schema_a_yaml_and_a_test(group):
+    import dataclasses
+
+    from tripletlab.registry import REGISTRIES
+
+    registry = REGISTRIES[group]
+    tests = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").rglob("*.py"))
+    for name in registry.registered():
+        schema = registry.schema(name)
+        assert dataclasses.is_dataclass(schema) and issubclass(schema, registry.base), name
+        assert (ROOT / "conf" / group / f"{name}.yaml").is_file(), name
+        assert re.search(rf"""{group}={name}\b|["']{name}["']""", tests), (
+            f"no test names {group}={name}"
+        )
