@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from tripletlab.compose_errors import unknown_key_message, where
 from tripletlab.credentials import config_strings, refuse_secrets
 from tripletlab.errors import ConfigError
-from tripletlab.options import BOUNDS, metadata, setting
+from tripletlab.options import check_value, metadata, setting
 from tripletlab.options.dataset import DatasetConfig
 from tripletlab.options.distribute import DistributeConfig
 from tripletlab.options.logger import LoggerConfig
@@ -230,25 +230,6 @@ def _check_keys(node: Any, path: str = "") -> None:
         if own is not None and key not in own:
             raise ConfigError(unknown_key_message(full, schema))
         _check_keys(value, full + ".")
-
-
-def check_value(path: str, value: Any, meta: Mapping[str, Any]) -> None:
-    """``value`` against a field's ``choices`` or ``bound``; ConfigError naming the fix."""
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices is not None:
-        text = str(value)
-        if text in ("True", "False"):  # a YAML or override bool in a str field
-            text = text.lower()
-        if value not in choices and text not in {str(c) for c in choices}:
-            listed = ", ".join(map(str, choices))
-            raise ConfigError(f"{path}={value!r} is not valid; choose one of: {listed}")
-    bound = meta.get("bound")
-    if bound == "(0,1)" and not 0.0 < value < 1.0:
-        raise ConfigError(f"{path}={value!r} is not valid; it must be between 0 and 1")
-    if bound in (">0", ">=0") and (value < 0 or (value == 0 and bound == ">0")):
-        raise ConfigError(f"{path}={value!r} is not valid; it must be {BOUNDS[bound]}")
 
 
 def check_node(node: Any, schema: type, path: str, cfg: Any) -> None:

@@ -12,8 +12,11 @@ declares its options the same way (docs/extending.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import field
 from typing import Any
+
+from tripletlab.errors import ConfigError
 
 # A setting's bound: what validate() checks and the configuration reference prints.
 BOUNDS = {">0": "> 0", ">=0": ">= 0", "(0,1)": "in (0, 1)"}
@@ -50,3 +53,22 @@ def metadata(schema: type, name: str) -> dict[str, Any]:
                 if f.name == name and f.metadata:
                     merged.update(f.metadata)
     return merged
+
+
+def check_value(path: str, value: Any, meta: Mapping[str, Any]) -> None:
+    """``value`` against a field's ``choices`` or ``bound``; ConfigError naming the fix."""
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None:
+        text = str(value)
+        if text in ("True", "False"):  # a YAML or override bool in a str field
+            text = text.lower()
+        if value not in choices and text not in {str(c) for c in choices}:
+            listed = ", ".join(map(str, choices))
+            raise ConfigError(f"{path}={value!r} is not valid; choose one of: {listed}")
+    bound = meta.get("bound")
+    if bound == "(0,1)" and not 0.0 < value < 1.0:
+        raise ConfigError(f"{path}={value!r} is not valid; it must be between 0 and 1")
+    if bound in (">0", ">=0") and (value < 0 or (value == 0 and bound == ">0")):
+        raise ConfigError(f"{path}={value!r} is not valid; it must be {BOUNDS[bound]}")
