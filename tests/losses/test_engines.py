@@ -857,3 +857,19 @@ def test_benchmark_cross_batch_memory_rows(tmp_path, capsys):
     assert "pytorch-metric-learning" in out.err or "pml" in out.out
     with pytest.raises(SystemExit):
         bench.parse_args(["--xbm", "256"])
+
+
+def test_bench_peer_writes_both_sides(tmp_path, capsys):
+    """bench peer: ours and the dense TF form (and the peer, with torch) on the same batches,
+    rounds kept, the losses of ours and the dense form equal, the engine named."""
+    out = tmp_path / "bench_losses_t"
+    argv = ["peer", "--cases", "pk:16", "random3:12+20", "--rounds", "2", "--repeats", "1"]
+    assert bench_cli.main([*argv, "--strategies", "batch_hard", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    impls = {(r["labels"], r["impl"]) for r in rows}
+    assert {("pk", "ours"), ("pk", "dense TF"), ("random3", "dense TF")} <= impls
+    assert all(len(r["round_ms"].split()) == 2 for r in rows)
+    assert {r["engine"] for r in rows if r["impl"] == "ours"} == {"dense"}
+    text = out.with_suffix(".md").read_text()
+    assert "**Commit:**" in text and "| 12 + 20 memory |" in text and "| NO (" not in text
+    assert "bench peer --cases pk:16 random3:12+20" in text and text in capsys.readouterr().out

@@ -12,6 +12,7 @@ import sys
 
 COMMANDS = {
     "losses": ("tripletlab.bench.losses", "time and peak memory of the triplet losses"),
+    "peer": ("tripletlab.bench.peer", "batch-hard / easy-positive beside their peers, in rounds"),
     "train": ("tripletlab.bench.train", "training throughput"),
     "distribute": ("tripletlab.bench.distribute", "one device beside N mirrored replicas"),
     "data": ("tripletlab.bench.data", "streamed input pipeline: images/s and peak memory"),

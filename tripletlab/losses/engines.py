@@ -73,7 +73,7 @@ ONE_PICK_ENGINES = ("auto", "dense", "blocked")  # batch-hard and easy-positive 
 # turns it on; a caller that compiles gets "dense" (the loop's last block is shorter: not
 # a static shape).
 DENSE_ELEMENTS = 2**20
-BLOCK_ELEMENTS = 2**17
+BLOCK_ELEMENTS = 2**18
 
 # Loop over positive slots while an anchor has at most this many positives; bucket (or, under
 # XLA, sort) beyond. One slot costs 3-4 elementwise passes over [B, N]; the bucket engines
