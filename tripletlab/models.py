@@ -151,6 +151,16 @@ class FusedBatchNorm(layers.Layer):
         }
 
 
+def synchronizes_batch_norm(model: keras.Model) -> bool:
+    """Whether ``model`` has a trainable batch norm whose training step all-reduces the global
+    batch's moments across replicas (a FusedBatchNorm, or a synchronised Keras one)."""
+    for layer in model._flatten_layers(include_self=False):
+        syncing = isinstance(layer, (FusedBatchNorm, layers.BatchNormalization))
+        if syncing and layer.trainable and getattr(layer, "synchronized", False):
+            return True
+    return False
+
+
 def _conv(filters: int, kernel: int, reg, use_bias: bool = True) -> layers.Conv2D:
     return layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, kernel_regularizer=reg)
 
