@@ -4,7 +4,7 @@
 array's ``shape``, ``len()`` and indexing, but holds only the paths (about 100 bytes per
 image). Indexing with a slice or an index array gives another ImageFiles (nothing is
 decoded); an integer index, ``np.asarray(files)`` or :meth:`ImageFiles.read` decode.
-:mod:`tripletlab.pipeline` streams training and evaluation batches from it, decoding and
+:mod:`tripletlab.data.pipeline` streams training and evaluation batches from it, decoding and
 resizing in parallel.
 
 :func:`inspect_images` checks every file before training starts: PIL reads the header

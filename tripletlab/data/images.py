@@ -71,7 +71,7 @@ def decode_image(path: Path, channels: int | None, size: int | Sequence[int] | N
 
 def aligned_empty(shape: Sequence[int], dtype: Any = np.uint8, align: int = 64) -> np.ndarray:
     """An uninitialised C-ordered array whose data starts at a multiple of ``align`` bytes:
-    TensorFlow can then use it without a copy (:func:`tripletlab.pipeline.as_uint8_tensor`)."""
+    TensorFlow can then use it without a copy (:func:`tripletlab.data.pipeline.as_uint8_tensor`)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     buffer = np.empty(nbytes + align, np.uint8)

@@ -29,7 +29,6 @@ from tripletlab.reuse import run_config
 
 log = logging.getLogger("tripletlab")
 
-EVAL_DIR = "eval"
 _NAME_RE = re.compile(r"[A-Za-z0-9._=,+-]+")
 _MAX_NAME = 100
 

@@ -2,11 +2,11 @@
 ``logger=<name>`` picks (``mlflow``; ``none``: no other).
 
 A tracker is a training callback (:class:`Tracker`: ``on_train_begin``, ``on_epoch_end(row)``,
-``on_train_end(summary)``), built from config by a function registered in
-:data:`tripletlab.registry.TRACKERS` under the logger's name: a new tracker is one module
-with one ``@TRACKERS.register("name")`` function plus ``conf/logger/<name>.yaml``. A
-tracker that fails never fails the run: it is :class:`Guarded`, its first error is logged as
-a warning and the tracker is switched off.
+``on_train_end(summary)``, any of them), built from config by the code of the logger's
+entry in :data:`tripletlab.registry.TRACKERS` (declared in :mod:`tripletlab.options.logger`,
+or by a plugin: docs/extending.md). A tracker that fails never fails the run: the loop's
+:class:`~tripletlab.training.callbacks.Callbacks` call trackers guarded (the first error is
+a warning and switches the tracker off).
 
 - :mod:`.tensorboard`: scalars and HParams of a run, a sweep's HParams experiment;
 - :mod:`.projector`: the TensorBoard projector's files;
@@ -23,12 +23,12 @@ from tripletlab.credentials import redact_tree
 from tripletlab.registry import TRACKERS
 from tripletlab.run_folder import RunFolder
 from tripletlab.tracking import mlflow as _mlflow  # noqa: F401  (registers logger=mlflow)
-from tripletlab.tracking.base import Guarded, Tracker
+from tripletlab.tracking.base import Tracker
 from tripletlab.tracking.tensorboard import TensorBoardTracker
 
 log = logging.getLogger("tripletlab")
 
-__all__ = ["Guarded", "Tracker", "make_trackers"]
+__all__ = ["Tracker", "make_trackers"]
 
 
 @TRACKERS.register("none")
@@ -37,8 +37,9 @@ def no_tracker(logger_cfg: Any, folder: RunFolder, config: Any) -> None:
     return None
 
 
-def make_trackers(cfg: Any, folder: RunFolder) -> list[Guarded]:
-    """TensorBoard's tracker and the logger's, guarded; a failure to build one is a warning.
+def make_trackers(cfg: Any, folder: RunFolder) -> list[Any]:
+    """TensorBoard's tracker and the logger's (to add to the callbacks guarded); a failure
+    to build one is a warning.
     Call it on the process that writes the run folder (the chief) only."""
     logger_cfg = getattr(cfg, "logger", None)
     logger = str(getattr(logger_cfg, "name", "none"))
@@ -54,5 +55,5 @@ def make_trackers(cfg: Any, folder: RunFolder) -> list[Guarded]:
             log.warning("%s tracker failed (%s: %s); the run goes on without it", name, kind, err)
             continue
         if tracker is not None:
-            trackers.append(Guarded(tracker))
+            trackers.append(tracker)
     return trackers

@@ -75,7 +75,7 @@ def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Callbacks, chief: boo
     try:
         trainer = Trainer(cfg, folder, callbacks, chief=chief)
         if chief:  # only the chief reports (multi-worker: the other workers write nothing)
-            callbacks.extend(make_trackers(cfg, folder))
+            callbacks.extend(make_trackers(cfg, folder), guarded=True)
         callbacks.on_train_begin()
         begun = True
         return trainer.run()

@@ -1,6 +1,6 @@
-"""The training loop's one callback protocol.
+"""The training loop's one callback protocol, and the one fan-out of its hooks.
 
-A callback is any object with some of these methods; the loop calls those it has:
+A callback is any object with some of these methods; :class:`Callbacks` calls those it has:
 
 - ``on_train_begin()``: once, before the first epoch of this session;
 - ``on_epoch_end(row)``: after each epoch, once it is checkpointed and its metrics row
@@ -8,34 +8,71 @@ A callback is any object with some of these methods; the loop calls those it has
 - ``on_train_end(summary)``: once the run's summary is final, whatever ended it (a
   failure, Ctrl-C).
 
-Trackers (:mod:`tripletlab.tracking`: TensorBoard, MLflow) are callbacks; so are a
-notebook's or a test's objects passed to :func:`tripletlab.train`.
+Trackers (:mod:`tripletlab.tracking`: TensorBoard, MLflow, a plugin's) are callbacks added
+*guarded*: a tracker never fails the run (its first error is a warning and switches it
+off) and what it is given is redacted first (:func:`tripletlab.credentials.redact_tree`).
+A notebook's or a test's objects passed to :func:`tripletlab.train` are called as they are.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("tripletlab")
 
 
-class Callback(Protocol):
-    def on_epoch_end(self, row: Mapping[str, Any]) -> None: ...
+@dataclass
+class _Entry:
+    callback: Any
+    guarded: bool
+    failed: bool = False
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.callback, "name", type(self.callback).__name__))
+
+    def call(self, hook: str, args: tuple) -> None:
+        method = getattr(self.callback, hook, None)
+        if method is None or self.failed:
+            return
+        if not self.guarded:
+            method(*args)
+            return
+        from tripletlab.credentials import redact_tree
+
+        try:
+            method(*redact_tree(args, f"the {self.name} tracker"))
+        except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+            self.failed = True
+            log.warning(
+                "%s failed (%s: %s); the run goes on without it",
+                self.name,
+                type(err).__name__,
+                err,
+            )
 
 
 class Callbacks:
     """Several callbacks called as one, in order."""
 
     def __init__(self, callbacks: Iterable[Any] = ()):
-        self.items = list(callbacks)
+        self.entries: list[_Entry] = []
+        self.extend(callbacks)
 
-    def extend(self, callbacks: Iterable[Any]) -> None:
-        self.items.extend(callbacks)
+    @property
+    def items(self) -> list[Any]:
+        return [entry.callback for entry in self.entries]
 
-    def _call(self, method: str, *args: Any) -> None:
-        for callback in self.items:
-            hook = getattr(callback, method, None)
-            if hook is not None:
-                hook(*args)
+    def extend(self, callbacks: Iterable[Any], guarded: bool = False) -> None:
+        """Add ``callbacks``; ``guarded``: trackers (errors are warnings, arguments redacted)."""
+        self.entries.extend(_Entry(c, guarded) for c in callbacks)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for entry in self.entries:
+            entry.call(hook, args)
 
     def on_train_begin(self) -> None:
         self._call("on_train_begin")
