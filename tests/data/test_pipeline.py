@@ -206,7 +206,7 @@ def test_in_memory_epoch_reads_the_shared_images_while_it_runs():
     """The epoch gathers from the array itself, not a copy of the split (tf.constant): a
     change to the array after the epoch started shows in its later batches. (tf.data's
     graph rewrites cost a serialised copy too, but gather from the original: the RSS test
-    in test_memory.py catches those.)"""
+    in test_memory_bounds.py catches those.)"""
     from tripletlab.data import aligned_empty
 
     labels = np.arange(400) % 4

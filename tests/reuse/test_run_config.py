@@ -1,7 +1,7 @@
 """Reusing a trained run from its folder: evaluate, embed (and search), bad input.
 
 One tiny digits run (module-scoped) serves every test; the functions are called directly.
-Their command lines (tripletlab-evaluate, -visualize, -embed) are tested in test_cli.py.
+Their command lines (tripletlab-evaluate, -visualize, -embed) are tested in tests/cli/test_commands.py.
 """
 
 from __future__ import annotations

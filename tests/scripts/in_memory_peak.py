@@ -1,4 +1,4 @@
-"""Run by tests/test_memory.py in a fresh process, so that its peak RSS is its own.
+"""Run by tests/data/test_memory_bounds.py in a fresh process, so that its peak RSS is its own.
 
 ``python in_memory_peak.py N`` makes an in-memory split of N 64x64 RGB images (uint8, as
 the loader leaves it: one aligned array), trains 3 steps of the real TrainPipeline on it
