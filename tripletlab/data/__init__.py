@@ -20,10 +20,10 @@ module                 what lives there
 ``pipeline``           the tf.data pipelines for training and evaluation (TensorFlow)
 =====================  =================================================================
 
-Each dataset is a :class:`DatasetSource` registered by name in
-:data:`tripletlab.registry.DATASETS`; importing this package registers them all. A new
-one is a module with a source plus ``conf/dataset/<name>.yaml`` (and a schema in
-:mod:`tripletlab.config` for keys of its own). Every problem with the input raises one
+Each dataset is a :class:`DatasetSource`, the code of an entry of
+:data:`tripletlab.registry.DATASETS` (declared, with its schema, in
+:mod:`tripletlab.options.dataset`; importing this package attaches the code). A new one is
+its entry and source plus ``conf/dataset/<name>.yaml`` (docs/extending.md). Every problem with the input raises one
 :class:`~tripletlab.errors.DataError` naming the file or folder, the problem and the fix;
 nothing is silently skipped.
 
