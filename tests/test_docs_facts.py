@@ -23,8 +23,9 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESULT_PATH = re.compile(r"results/[A-Za-z0-9_.*-]+[A-Za-z0-9*]")
-# 0.9277, 766.2%, 59.0% ... not 0.5 or 2026-11-28 or a commit hash
-FIGURE = re.compile(r"(?<![\w.-])(\d+\.\d{3,}|\d+\.\d+(?=%))(?![\w.])")
+# 0.9277, 766.2%, 59.0% ... not 0.5 or 2026-11-28 or a commit hash, nor a bound or an
+# estimate ("within 0.010", "about 0.007")
+FIGURE = re.compile(r"(?<![\w.-])(?<!about )(?<!within )(\d+\.\d{3,}|\d+\.\d+(?=%))(?![\w.])")
 NUMBER = re.compile(r"-?\d+\.\d+(?:[eE]-?\d+)?")
 
 
@@ -126,3 +127,23 @@ def test_setup_says_which_commands_take_overrides():
         source = Path(importlib.import_module(target.split(":")[0]).__file__).read_text()
         takes = "add_overrides" in source or "hydra" in source.lower()
         assert ("key=value" in rows[command]) == takes, command
+
+
+# Pages left out: the configuration reference is generated (its numbers are defaults,
+# checked by test_config_reference); distributed.md and run-folder.md belong to other
+# changes in flight and each holds one figure from a test run (listed in issue 27's note).
+NOT_CHECKED = {"configuration.md", "distributed.md", "run-folder.md"}
+
+
+def test_every_measured_figure_names_its_results_file():
+    """A paragraph with a measured figure (3+ decimals, or a percentage with one) names the
+    results/ file it comes from, or links the outside source it quotes."""
+    unsourced = []
+    for page in PAGES:
+        if page.name in NOT_CHECKED:
+            continue
+        for block in _blocks(page.read_text(encoding="utf-8")):
+            external = "https://" in block
+            if FIGURE.findall(RESULT_PATH.sub("", block)) and not _files(block) and not external:
+                unsourced.append(f"{page.name}: {block[:200]}")
+    assert not unsourced, "\n\n".join(unsourced)
