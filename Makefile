@@ -61,7 +61,7 @@ test-slow: setup-test data ## only the slow tests (full datasets, long runs)
 docs: setup ## regenerate docs/configuration.md, then build the documentation into site/ (warnings fail)
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA),docs]"
 	$(PY) -m tripletlab.config_reference
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 sweep: data ## the models x mining grid, then summary.csv; ARGS="..." adds overrides
 	./sweep.sh $(ARGS)
