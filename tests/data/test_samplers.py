@@ -141,17 +141,35 @@ def test_a_split_of_exactly_one_batch_gives_one_batch():
     assert sorted(batches.ravel()) == list(range(8)) and batches.shape == (1, 8)
 
 
+CONFIGURED = """
+from types import SimpleNamespace
+import numpy as np
+from tripletlab.data.samplers import (
+    effective_batch_size, epoch_batches, pk_batches, random_batches,
+)
+labels = np.repeat(np.arange(5), 7)
+pk = SimpleNamespace(name="pk", classes_per_batch=3, images_per_class=2)
+got = epoch_batches(labels, pk, batch_size=99, seed=4, epoch=1)
+assert np.array_equal(got, pk_batches(labels, 3, 2, seed=4, epoch=1))
+assert effective_batch_size(pk, 99) == 6
+plain = SimpleNamespace(name="random")
+got = epoch_batches(labels, plain, batch_size=10, seed=4, epoch=1)
+assert np.array_equal(got, random_batches(labels, 10, seed=4, epoch=1))
+assert effective_batch_size(plain, 10) == 10
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="registry (issue 26): tripletlab.data.samplers imported before the registry has "
+    "loaded its declarations registers bare entries, which the declarations then clash with "
+    "('tripletlab registers sampler.name=random, which tripletlab registers already')",
+)
 def test_the_configured_sampler_gives_the_batches_and_their_size():
-    from types import SimpleNamespace
+    """epoch_batches / effective_batch_size follow sampler.name, in a fresh interpreter
+    that imports the samplers first (as any caller may)."""
+    import subprocess
+    import sys
 
-    from tripletlab.data.samplers import effective_batch_size, epoch_batches
-
-    labels = _labels()
-    pk = SimpleNamespace(name="pk", classes_per_batch=3, images_per_class=2)
-    got = epoch_batches(labels, pk, batch_size=99, seed=4, epoch=1)
-    np.testing.assert_array_equal(got, pk_batches(labels, 3, 2, seed=4, epoch=1))
-    assert effective_batch_size(pk, 99) == 6
-    plain = SimpleNamespace(name="random")
-    got = epoch_batches(labels, plain, batch_size=10, seed=4, epoch=1)
-    np.testing.assert_array_equal(got, random_batches(labels, 10, seed=4, epoch=1))
-    assert effective_batch_size(plain, 10) == 10
+    proc = subprocess.run([sys.executable, "-c", CONFIGURED], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
