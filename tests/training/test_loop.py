@@ -194,17 +194,16 @@ def test_a_failed_evaluation_loses_no_training(tmp_path):
     bad = data / "test" / "b" / "1.png"
     good = bad.read_bytes()
     bad.write_bytes(good[:40] + b"\0" * 200)  # a header that promises more than it holds
-    cfg = compose(
-        [
-            "dataset=image_folder",
-            f"dataset.root={data}",
-            "dataset.stream=true",
-            "dataset.verify=false",
-            "dataset.image_size=16",
-            "dataset.channels=1",
-            *[o for o in TINY if not o.startswith("dataset=")],
-        ]
-    )
+    cfg_overrides = [
+        "dataset=image_folder",
+        f"dataset.root={data}",
+        "dataset.stream=true",
+        "dataset.verify=false",
+        "dataset.image_size=16",
+        "dataset.channels=1",
+        *[o for o in TINY if not o.startswith("dataset=")],
+    ]
+    cfg = compose(cfg_overrides)
     with pytest.raises(TripletLabError, match=str(bad)):
         train(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -212,8 +211,13 @@ def test_a_failed_evaluation_loses_no_training(tmp_path):
     trained = _rows(run)
     assert [r["epoch"] for r in trained] == ["1"] and trained[0]["precision_at_1"] == ""
 
-    bad.write_bytes(good)
-    train(cfg, run)  # resumes after epoch 1: only the lost evaluation is run
+    bad.write_bytes(good)  # repaired: the data differs from the run's record now
+    from tripletlab.run_folder import RunConfigMismatch
+
+    with pytest.raises(RunConfigMismatch, match=r"other data.*groups\.test/b\."):
+        train(cfg, run)
+    forced = compose([*cfg_overrides, "trainer.resume=force"])
+    train(forced, run)  # resumes after epoch 1: only the lost evaluation is run
     rows = _rows(run)
     assert len(rows) == 1 and float(rows[0]["precision_at_1"]) > 0
     assert rows[0]["loss"] == trained[0]["loss"]

@@ -1,6 +1,7 @@
 """One record of a run (tripletlab.run_record): ``.hydra/config.yaml`` and the training
 data's fingerprint ``.hydra/data.yaml``, written once when the folder is claimed; the only
-sources a rerun compares with; never rewritten by a resume.
+sources a rerun compares with; never rewritten by a resume. The reuse commands warn when a
+run's own data changed since (tripletlab.reuse.run_config.load_data).
 
 The fingerprint is checked through ``tripletlab.data.fingerprint`` against generated
 changes of a folder (an image added, removed, renamed, its bytes changed at the same size,
@@ -119,7 +120,7 @@ def test_digits_fingerprint_is_its_generating_file():
 
 # ------------------------------------------------------------------------ end to end
 @pytest.mark.e2e
-def test_a_rerun_on_other_data_is_refused_naming_it_and_a_forced_one_is_recorded(tmp_path):
+def test_a_rerun_on_other_data_is_refused_naming_it_and_a_forced_one_is_recorded(tmp_path, caplog):
     root, run = tmp_path / "data", tmp_path / "run"
     write_image_folder(root, {c: 4 for c in "abcd"}, size=(8, 8))
     overrides = [*FOLDER_RUN, f"dataset.root={root}"]
@@ -129,6 +130,11 @@ def test_a_rerun_on_other_data_is_refused_naming_it_and_a_forced_one_is_recorded
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
 
     shutil.copy(root / "c" / "0.png", root / "c" / "new.png")
+    from tripletlab.reuse.run_config import load_config, load_data
+
+    load_data(load_config(run), (8, 8, 1))  # the reuse commands say it, and go on
+    assert "changed since it was trained" in caplog.text
+    assert "data groups.c.files: 4 -> 5" in caplog.text
     longer = tripletlab.compose([*overrides, "trainer.epochs=2"])
     with pytest.raises(RunConfigMismatch) as err:
         tripletlab.train(longer, run)

@@ -226,18 +226,36 @@ def fit_dataset_to_model(run_cfg: RunConfig, input_shape: Sequence[int]) -> None
 def load_data(run_cfg: RunConfig, input_shape: Sequence[int]):
     """The dataset of ``run_cfg`` with both splits in the model's input shape.
 
-    On the run's own data these are the very arrays training used.
+    On the run's own data these are the very arrays training used, unless its files
+    changed since: then a warning names what changed (:func:`warn_if_data_changed`).
     """
     from tripletlab.data import conform_images, load_dataset
 
     fit_dataset_to_model(run_cfg, input_shape)
     data = load_dataset(run_cfg.cfg.dataset)
+    if not run_cfg.dataset_changed:
+        warn_if_data_changed(run_cfg)
     shape = tuple(int(s) for s in input_shape)
     if data.image_shape != shape:
         log.info("converting %s images from %s to %s", data.name, data.image_shape, shape)
         data.x_train = conform_images(data.x_train, shape)
         data.x_test = conform_images(data.x_test, shape)
     return data
+
+
+def warn_if_data_changed(run_cfg: RunConfig) -> None:
+    """A warning naming what differs when the run's own data (no dataset override) no
+    longer matches the fingerprint recorded at training (``.hydra/data.yaml``)."""
+    from tripletlab.data import fingerprint
+    from tripletlab.run_record import data_differences, read_data_record
+
+    changes = data_differences(read_data_record(run_cfg.folder), fingerprint(run_cfg.cfg.dataset))
+    if changes:
+        log.warning(
+            "the data of run %s changed since it was trained: %s",
+            run_cfg.folder.path,
+            "; ".join(changes),
+        )
 
 
 def split_arrays(data, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -156,6 +156,8 @@ class Trainer:
             # checkpoint, saved before evaluating: a failure there loses no training.
             if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
                 parts.checkpoints.save(epoch, self.rows)
+                if self.chief:  # shown at once; rebuilt from the checkpoint if killed here
+                    folder.write_metrics(self.rows)
             if self.chief and (stop or evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)):
                 full = stop or full_evaluation_due(cfg.eval, epoch, cfg.trainer.epochs)
                 test_emb = self._evaluate(parts, data, row, None if full else sample)
