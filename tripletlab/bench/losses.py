@@ -220,9 +220,9 @@ DENSE_BENCHMARKED = ("batch_all", "semi_hard")
 
 
 def ours() -> dict[str, Callable]:
-    """Every registered strategy (the package's and the installed plugins'), batch-hard
-    first (the ratios' baseline): name -> its function."""
-    names = sorted(STRATEGIES.registered(), key=lambda n: (n != "batch_hard", n))
+    """Every registered strategy (the package's, then the installed plugins', in the order
+    they are declared), batch-hard first (the ratios' baseline): name -> its function."""
+    names = sorted(STRATEGIES.registered(), key=lambda n: n != "batch_hard")
     return {name: STRATEGIES.get(name) for name in names}
 
 
