@@ -144,7 +144,9 @@ def run(args) -> list[dict]:
                     lambda y, e, s=strategy, mem=memory: dense_form(s, y, e, args.margin, mem)
                 ),
             }
-            peer = _peer_step(strategy, labels, emb, memory, args.margin)
+            peer = None
+            if args.peer_max_batch is None or b <= args.peer_max_batch:
+                peer = _peer_step(strategy, labels, emb, memory, args.margin)
             if peer is not None:
                 steps["pytorch-metric-learning"] = peer
             timed = time_rounds(steps, labels, emb, args.rounds, args.repeats, args.warmup)
@@ -191,7 +193,8 @@ def table(rows: list[dict]) -> str:
         same = np.isclose(ours["loss"], by["dense TF"]["loss"], rtol=1e-4)
         line["loss ours = dense"] = "yes" if same else f"NO ({ours['loss']:.6g})"
         out.append(line)
-    return pd.DataFrame(out).to_markdown(index=False, disable_numparse=True)
+    frame = pd.DataFrame(out).fillna("-")  # "-": the peer was not timed at that size
+    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def _cell(row) -> str:
@@ -219,6 +222,8 @@ def header(args, load_before, load_after) -> str:
 
         versions += f", PyTorch {torch.__version__} ({torch.get_num_threads()} threads), "
         versions += f"pytorch-metric-learning {pytorch_metric_learning.__version__}"
+        if os.environ.get("OMP_WAIT_POLICY"):
+            versions += f" (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})"
     except ImportError:
         versions += "; pytorch-metric-learning not installed (pip install -e '.[bench]')"
     changed = _git("status", "--porcelain", "-uno", "--", "tripletlab/losses", "tripletlab/bench")
@@ -258,6 +263,9 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--margin", type=float, default=0.2)
+    parser.add_argument(
+        "--peer-max-batch", type=int, help="time pytorch-metric-learning only up to this B"
+    )
     parser.add_argument("--note", default="", help="a sentence for the machine line")
     parser.add_argument("--out", type=Path, help="write OUT.md and OUT.csv")
     args = parser.parse_args(argv)
