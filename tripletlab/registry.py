@@ -176,7 +176,7 @@ class Registry:
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register("name")`` attaches an implementation to ``name``
-        (declared with the base schema when it is not declared yet)."""
+        (an option with the base schema unless ``name`` is declared, before or after)."""
         if not isinstance(name, str) or not name:
             raise TypeError(f"register() takes the name as a non-empty str, got {name!r}")
 
@@ -184,8 +184,6 @@ class Registry:
             if self._code.get(name, obj) is not obj:
                 raise ValueError(f"{self.key}={name!r} is registered already")
             self._code[name] = obj
-            if name not in self._options:
-                self._options[name] = self.kind(name)
             return obj
 
         return attach
@@ -244,9 +242,10 @@ class Registry:
         return tuple(sorted(p.stem for p in folder.glob("*.yaml")))
 
     def registered(self) -> tuple[str, ...]:
-        """The declared names, in the order they were declared (the package's own first)."""
+        """The declared names, in the order they were declared (the package's own first),
+        then those that only have code attached (:meth:`register`)."""
         self._load()
-        return tuple(self._options)
+        return tuple(self._options) + tuple(n for n in self._code if n not in self._options)
 
     def names(self) -> tuple[str, ...]:
         """Every valid name: conf/'s options, then the plugins' and run time's, sorted."""

@@ -159,12 +159,6 @@ assert effective_batch_size(plain, 10) == 10
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry (issue 26): tripletlab.data.samplers imported before the registry has "
-    "loaded its declarations registers bare entries, which the declarations then clash with "
-    "('tripletlab registers sampler.name=random, which tripletlab registers already')",
-)
 def test_the_configured_sampler_gives_the_batches_and_their_size():
     """epoch_batches / effective_batch_size follow sampler.name, in a fresh interpreter
     that imports the samplers first (as any caller may)."""
