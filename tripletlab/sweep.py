@@ -12,9 +12,7 @@
   blocks the others for at most a lease), so parallel jobs never lose a row. At the end of
   the sweep it prints the table and, if a job did not finish (failed, interrupted, still
   marked running), one line with the counts and exits 1.
-- :class:`ContinueStudy`, a Hydra callback that ``hparams_search=optuna`` adds, makes a
-  persistent Optuna study (``hydra.sweeper.storage=sqlite:///...``) continue: its
-  ``n_trials`` becomes the study's total, so a rerun runs only the trials still missing.
+- Optuna searches (a failed trial, a persistent study that continues): :mod:`tripletlab.search`.
 - :func:`parallel_threads` splits the cores between parallel local jobs.
 - :func:`resume_overrides` gives the overrides a sweep folder was made with
   (``tripletlab-sweep --resume DIR`` reruns them into DIR): only the sweep's own, and
@@ -327,7 +325,8 @@ _REPLACED_ON_RESUME = ("hydra.sweep.dir", "hydra.mode")
 OWN_CALLBACKS = frozenset(
     {
         "tripletlab.sweep.SweepSummary",
-        "tripletlab.sweep.ContinueStudy",
+        "tripletlab.sweep.ContinueStudy",  # its name in sweep folders made before
+        "tripletlab.search.ContinueStudy",
         "tripletlab.launchers.CheckLauncher",
         "tripletlab.credentials.SecretGate",
     }
@@ -442,94 +441,11 @@ def resume_overrides(sweep_dir: str | os.PathLike) -> list[str]:
 
 
 # ------------------------------------------------------------------- Optuna studies
-# Trials that will not run again: finished, pruned or failed (a RUNNING one from a killed
-# search is left as it is and does not count).
-_DONE_STATES = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def check_storage_versions(optuna_version: str, sqlalchemy_version: str | None) -> None:
-    """ConfigError for optuna < 3 with SQLAlchemy >= 2, whose database storage fails inside
-    ``create_study`` with a bare AssertionError."""
-    from tripletlab.errors import ConfigError
-
-    if sqlalchemy_version is None or int(optuna_version.split(".")[0]) >= 3:
-        return
-    if int(sqlalchemy_version.split(".")[0]) >= 2:
-        raise ConfigError(
-            f"optuna {optuna_version}'s database storage does not work with SQLAlchemy "
-            f"{sqlalchemy_version}: pip install 'SQLAlchemy>=1.4.24,<2' (pip install -e "
-            "'.[optuna]' pins it), or use hydra.sweeper.storage=null"
-        )
-
-
-def sqlite_path(storage: str) -> Path | None:
-    """The file of a ``sqlite:///path`` storage URL (relative to the working directory)."""
-    prefix = "sqlite:///"
-    if not storage.startswith(prefix):
-        return None
-    path = storage[len(prefix) :].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def trials_done(storage: str, study_name: str | None) -> int:
-    """Trials of the study that will not run again; 0 when there is no such study yet."""
-    import optuna
-
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
-    except Exception:  # noqa: BLE001 - a new database: no study in it yet
-        return 0
-    if study_name not in names:
-        return 0
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    states = [getattr(optuna.trial.TrialState, s) for s in _DONE_STATES]
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
-class ContinueStudy(Callback):
-    """Before Hydra's Optuna sweeper is built: with a ``storage``, check that optuna and
-    SQLAlchemy work together, create a sqlite file's folder, and lower ``n_trials`` by the
-    trials the study already has (20 done, ``n_trials=30``: 10 more). The plugin alone runs
-    ``n_trials`` more on every rerun. A seeded sampler gets ``seed + trials done``, so that
-    the new trials are not the first ones again."""
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import read_write
-
-        sweeper = config.hydra.sweeper
-        storage = sweeper.get("storage")
-        if not storage or "n_trials" not in sweeper:
-            return
-        storage = str(storage)
-        import optuna
-
-        try:
-            import sqlalchemy
-
-            sqlalchemy_version = sqlalchemy.__version__
-        except ImportError:
-            sqlalchemy_version = None
-        check_storage_versions(optuna.__version__, sqlalchemy_version)
-        path = sqlite_path(storage)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # The sweeper writes optimization_results.yaml there even when no trial is left.
-        _sweep_dir(config).mkdir(parents=True, exist_ok=True)
-        done = trials_done(storage, sweeper.get("study_name"))
-        if not done:
-            return
-        left = max(int(sweeper.n_trials) - done, 0)
-        log.info(
-            "study %r in %s has %d trial(s): %d more to reach n_trials=%d",
-            sweeper.get("study_name"),
-            storage,
-            done,
-            left,
-            sweeper.n_trials,
-        )
-        with read_write(sweeper):
-            sweeper.n_trials = left
-            seed = sweeper.get("sampler", {}).get("seed")
-            if seed is not None:
-                # The same seed in a new process would replay the study's first trials.
-                sweeper.sampler.seed = int(seed) + done
+# In tripletlab.search (a search's failed trials, and a persistent study that continues);
+# importable from here too (conf files and sweep folders written before name them here).
+from tripletlab.search import (  # noqa: E402, F401
+    ContinueStudy,
+    check_storage_versions,
+    sqlite_path,
+    trials_done,
+)
