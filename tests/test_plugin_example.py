@@ -114,9 +114,22 @@ def test_the_strategy_matches_its_brute_force_and_has_a_keras_class(installed):
         other = reference.picks(labels, emb, "random_hard", seed=(5, 10))
         assert other != reference.picks(labels, emb, "random_hard", seed=(5, 9))
         print(CLASSES["random_hard"].__name__)
+        # The whole option is one module: its schema, code and brute force.
+        import inspect
+        from tripletlab.registry import REGISTRIES
+        for group, name in [("mining", "random_hard"), ("model", "mlp"), ("logger", "jsonl")]:
+            registry = REGISTRIES[group]
+            entry = registry.option(name)
+            parts = [registry.schema(name), registry.get(name), getattr(entry, "reference", None)]
+            print(sorted({inspect.getsourcefile(p).rsplit("/", 1)[1] for p in parts if p}))
         """
     )
-    assert out.strip() == "TripletRandomHardLoss"
+    assert out.splitlines() == [
+        "TripletRandomHardLoss",
+        "['random_hard.py']",
+        "['mlp.py']",
+        "['jsonl.py']",
+    ]
 
 
 def test_a_sweep_over_plugin_and_builtin_options_and_bench_losses(installed, tmp_path):
