@@ -298,9 +298,7 @@ def test_typed_reads_a_config_saved_with_every_datasets_keys():
     cfg = typed(saved)
     validate(cfg)
     assert OmegaConf.get_type(cfg.dataset) is DigitsConfig
-    assert _plain(cfg.dataset) == _plain(
-        OmegaConf.structured(DigitsConfig(test_fraction=0.3))
-    )
+    assert _plain(cfg.dataset) == _plain(OmegaConf.structured(DigitsConfig(test_fraction=0.3)))
     assert _plain(cfg.model) == {"name": "lenet", "embedding_size": 64, "l2_normalize": True}
     with pytest.raises(ValueError):
         typed(OmegaConf.create([1, 2]))
