@@ -473,3 +473,24 @@ def test_benchmark_layouts_default_to_their_protocol_and_224_rgb():
     validate(cfg)
     assert list(cfg.dataset.train_classes) == [0, "9"]
     assert compose(["trainer.steps_per_epoch=5"]).trainer.steps_per_epoch == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [  # the base schema's check and the option's own both run, the base's first
+        (
+            ["mining=distance_weighted", "model.l2_normalize=false"],
+            "mining=distance_weighted needs L2-normalised embeddings: set model.l2_normalize=true",
+        ),
+        (
+            ["mining=distance_weighted", "mining.margin=0"],
+            "mining.margin=0.0 is not valid; it must be > 0 (or set mining.soft_margin=true)",
+        ),
+        (["mining=distance_weighted", "mining.squared=true"], "set mining.squared=false"),
+        (["mining=distance_weighted", "mining.cutoff=1.5"], "0 < cutoff < nonzero_loss_cutoff"),
+        (["dataset=digits", "dataset.val_classes=2"], "dataset.val_classes is set but"),
+    ],
+)
+def test_an_options_checks_and_its_base_schemas_run(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        tripletlab.compose(overrides)
