@@ -49,7 +49,7 @@ SECRET_NAMES = frozenset(
         *("access_token", "auth_token", "api_key", "apikey", "accesstoken", "authtoken"),
         *("sig", "signature", "credential", "credentials", "auth", "session", "session_id"),
         *("sessionid", "sessiontoken", "jwt", "bearer", "secretkey", "accesskey"),
-        *("privatekey", "sastoken", "client_secret"),
+        *("privatekey", "sastoken", "client_secret", "authorization"),
     }
 )
 # Names that end like a secret but never hold one (pagination cursors, sort orders).
@@ -68,6 +68,18 @@ _URI_START = re.compile(
 )
 # What ends a URI in text: white space, quotes, brackets that URIs never hold unencoded.
 _URI_END = re.compile(r"[\s'\"<>`{}|^]")
+# An authority may still hold them: urllib reads "https://u:p'w@h" as user "u", password
+# "p'w" (an unencoded quote or brace in a password). It ends at white space, "/?#", or a
+# "," (a list: '"https://h","u:x@y"').
+_AUTHORITY_END = re.compile(r"[\s/?#,]")
+# A user name alone that is a token (https://ghp_...@github.com): a known token prefix, or
+# a long word of letters and digits (a person's or service's name holds no digit run
+# like this; an e-mail has "." or "@").
+_TOKEN_PREFIXES = (
+    *("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "gldt-", "glptt-"),
+    *("xoxb-", "xoxp-", "xoxa-", "xoxs-", "hf_", "sk-", "npm_", "pypi-", "eyJ"),
+)
+_TOKEN_LIKE = re.compile(r"(?=[^.@]*[0-9])(?=[^.@]*[A-Za-z])[A-Za-z0-9_\-~+/=]{20,}")
 
 # Where the secret goes instead, by URI scheme (databases) or by config key.
 _DATABASE_HINTS = (
@@ -147,6 +159,11 @@ def _uri_spans(text: str, start: int, body: int, end: int, encoded: bool) -> lis
     spans = []
     rest = text[body:end]
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" not in authority and authority == rest:  # cut at a quote or a brace?
+        stop = _AUTHORITY_END.search(text, body)
+        longer = text[body : stop.start() if stop else len(text)]
+        if "@" in longer:
+            authority = longer
     if "@" in authority:
         userinfo = authority[: authority.rindex("@")]
         user, colon, password = userinfo.partition(":")
@@ -154,6 +171,8 @@ def _uri_spans(text: str, start: int, body: int, end: int, encoded: bool) -> lis
             spans.append((body + len(user) + 1, body + len(userinfo)))
         elif not colon and decoded(userinfo).partition(":")[2]:
             spans.append((body, body + len(userinfo)))  # user%3Apass
+        elif not colon and _is_token(decoded(userinfo)):
+            spans.append((body, body + len(userinfo)))  # https://TOKEN@host
     after = rest[len(authority) :]
     query_at, fragment_at = after.find("?"), after.find("#")
     base = body + len(authority)
@@ -163,6 +182,11 @@ def _uri_spans(text: str, start: int, body: int, end: int, encoded: bool) -> lis
     if fragment_at >= 0:
         spans += _param_spans(after[fragment_at + 1 :], base + fragment_at + 1, "&;?")
     return spans
+
+
+def _is_token(user: str) -> bool:
+    """Whether a user name given without a password is a token (see _TOKEN_LIKE)."""
+    return user.startswith(_TOKEN_PREFIXES) and len(user) > 8 or bool(_TOKEN_LIKE.fullmatch(user))
 
 
 def _candidates(text: str) -> Iterator[tuple[int, int, int, bool]]:
@@ -270,7 +294,8 @@ def refuse_secrets(values: Iterable[tuple[str, Any]]) -> None:
     for key, value in values:
         if not isinstance(value, str):
             continue
-        masked = find_secret(value)
+        # As urllib reads it: tabs and newlines removed ("https://u:\n  pw@h", a YAML block).
+        masked = find_secret(value) or find_secret(re.sub(r"[\t\r\n]", "", value))
         if masked is None:
             continue
         raise ConfigError(

@@ -53,19 +53,27 @@ def replayed_endpoints(lines: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def endpoint_credentials(key: str, uri: str, environ: Any) -> list[str]:
-    """The variables set in ``environ`` that a client would send to ``uri`` (at ``key``)."""
+def endpoint_credentials(key: str, uri: str, environ: Any, tracking: bool = False) -> list[str]:
+    """The variables set in ``environ`` that a client would send to ``uri`` (at ``key``;
+    ``tracking``: whatever its key, it may be the tracking URI)."""
     try:
         host = urlsplit(uri).hostname
     except ValueError:
         host = "?"
     scheme = uri.split("://", 1)[0].lower().split("+", 1)[0]
     names = list(SCHEME_CREDENTIALS.get(scheme, ()))
-    if key.removeprefix("hydra.sweeper.params.").startswith("logger."):
+    if tracking or key.removeprefix("hydra.sweeper.params.").startswith("logger."):
         names += MLFLOW_CREDENTIALS
     if not host and scheme not in ("databricks",):
         return []  # a local file (sqlite:///, file://): nothing is sent anywhere
     return sorted(n for n in set(names) if environ.get(n))
+
+
+def _same(uri: str) -> str:
+    """``uri`` compared as an endpoint: scheme and host in lower case, no trailing "/"."""
+    scheme, _, rest = uri.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme.lower()}://{host.lower()}{slash}{path}".rstrip("/")
 
 
 def check_replayed_endpoints(
@@ -76,13 +84,24 @@ def check_replayed_endpoints(
     current command's overrides) does not name would receive credentials from ``environ``,
     unless ``trust``."""
     given_keys = {line.partition("=")[0].lstrip("+~") for line in given}
-    given_text = " ".join([*given, str(environ.get("MLFLOW_TRACKING_URI") or "")])
+    # Named means the same endpoint, not a text that contains it: "https://mlflow.corp.co"
+    # is in "https://mlflow.corp.com" and is another host.
+    named = {_same(uri) for _, uri in replayed_endpoints(given)}
+    named |= {
+        _same(uri) for uri in _ENDPOINT.findall(str(environ.get("MLFLOW_TRACKING_URI") or ""))
+    }
+    # A logger key that interpolates another (logger.tracking_uri=${dataset.root}) makes
+    # any replayed endpoint the tracking URI.
+    tracking = any(
+        key.removeprefix("hydra.sweeper.params.").startswith("logger.") and "${" in value
+        for key, _, value in (line.lstrip("+~").partition("=") for line in saved)
+    )
     shown, refused = [], []
     for key, uri in replayed_endpoints(saved):
         shown.append(redact(f"{key}={uri}"))
-        if key in given_keys or uri in given_text:
+        if key in given_keys or _same(uri) in named:
             continue  # the current command names it (or overrides it)
-        sent = endpoint_credentials(key, uri, environ)
+        sent = endpoint_credentials(key, uri, environ, tracking)
         if sent:
             refused.append(f"{redact(f'{key}={uri}')} (would receive {', '.join(sent)})")
     if refused and not trust:
