@@ -28,14 +28,12 @@ def call_target(key: str, target: Any, *args: Any) -> Any:
     """``target(*args)`` through :func:`hydra.utils.instantiate`; ConfigError naming
     ``key`` when the target is missing or its signature does not take ``args``."""
     from hydra.errors import InstantiationException
-    from hydra.utils import get_method
 
     try:
-        function = get_method(str(target))
-    except Exception as err:  # noqa: BLE001 - Hydra wraps ImportError, AttributeError...
-        cause = err.__cause__ or err
+        function = _resolve(str(target))
+    except (ImportError, AttributeError, ValueError) as err:
         raise ConfigError(
-            f"{key}={target!r} cannot be imported ({type(cause).__name__}: {cause}); give a "
+            f"{key}={target!r} cannot be imported ({type(err).__name__}: {err}); give a "
             "module's callable as package.module.name"
         ) from None
     try:
@@ -56,6 +54,27 @@ def call_target(key: str, target: Any, *args: Any) -> Any:
         if isinstance(cause, ConfigError):
             raise cause from None
         raise
+
+
+def _resolve(dotted: str) -> Any:
+    """The object at ``package.module.name`` (the longest importable module, then
+    attributes), as Hydra's instantiate finds it, without its error log line."""
+    import importlib
+
+    parts = dotted.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"{dotted!r} is not a dotted path")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as err:
+            if cut > 1 and err.name and ".".join(parts[:cut]).startswith(err.name):
+                continue  # a shorter prefix may be the module
+            raise
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(f"no module in {dotted!r}")
 
 
 def custom_backbone(x: Any, cfg: Any, reg: Any) -> Any:
