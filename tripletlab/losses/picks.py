@@ -147,8 +147,8 @@ def one_pick_loss(
             lambda: mine(*args, rows=engines.block_rows(n)),
         )
     # 3. reduce: the picked distances from the embeddings, with their gradient
-    d_ap = _distance(embeddings, tf.gather(columns, positive), squared)
-    d_an = _distance(embeddings, tf.gather(columns, negative), squared)
+    picked = tf.gather(columns, tf.concat([positive, negative], axis=0))  # [2B, D]
+    d_ap, d_an = tf.split(_distance(tf.tile(embeddings, [2, 1]), picked, squared), 2)
     values, _, active = items(d_ap - d_an, margin, soft_margin)
     count = tf.reduce_sum(tf.cast(valid, tf.int64))
     total = tf.reduce_sum(tf.where(valid, values, tf.zeros_like(values)))
