@@ -5,6 +5,7 @@ they fail."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import textwrap
@@ -341,3 +342,25 @@ def test_an_option_with_keys_of_its_own_declares_a_schema(tmp_path):
             tripletlab.compose([searchpath, "model=wide", "model.width=65"])
     finally:
         BACKBONES.unregister("wide")
+
+
+def test_a_broken_plugin_stops_the_command_line_with_one_line(tmp_path):
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tripletlab.strategies]\nbroken = broken_mod:S\n")
+    (tmp_path / "broken_mod.py").write_text("import no_such_dependency\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "run.py", "dataset=digits"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: plugin broken-plugin (tripletlab.strategies: broken = broken_mod:S) failed to "
+        "import: ModuleNotFoundError: No module named 'no_such_dependency'; fix or uninstall it"
+    )

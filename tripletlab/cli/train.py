@@ -34,7 +34,10 @@ from tripletlab.hydra_app import run_task
 from tripletlab.io_utils import unwritable_folder
 from tripletlab.resources import config_dir
 
-register_configs()
+try:
+    register_configs()  # the schemas, plugins' too: a broken plugin is one line
+except TripletLabError as _err:
+    sys.exit(f"error: {_err}")
 # --help lists the groups a user picks (conf/config.yaml's hydra.help.template).
 OmegaConf.register_new_resolver("tripletlab.config_groups", user_groups_text, replace=True)
 
@@ -78,9 +81,16 @@ def check_overrides(args: Sequence[str]) -> None:
     refuse_config(cfg)  # Hydra's node included: launcher, sweeper, search path...
     if not runs:
         return
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tripletlab.api import _hydra_message
     from tripletlab.config import validate
 
-    validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    try:
+        validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+    except OmegaConfBaseException as exc:  # ${oc.env:UNSET}: an interpolation that fails
+        where = getattr(exc, "full_key", None) or "the config"
+        raise ConfigError(f"cannot resolve {where}: {_hydra_message(exc)}") from None
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     problem = unwritable_folder(OmegaConf.select(cfg, key))
     if problem:
