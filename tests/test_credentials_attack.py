@@ -230,3 +230,12 @@ def test_resume_names_an_endpoint_only_exactly(case, tmp_path, monkeypatch, caps
     assert sweep_cli.main(["--dry-run", "--resume", str(sweep)]) == 0
     capsys.readouterr()
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == CORE
+
+
+def test_an_environment_variable_that_is_not_set_is_one_message(monkeypatch):
+    """``${oc.env:...}``, the way a URI reaches the config without its secret, when the
+    variable is not set: one message naming the key and the variable, not a traceback."""
+    monkeypatch.delenv("ATTACK_UNSET", raising=False)
+    args = ["dataset=digits", "logger=mlflow", "logger.tracking_uri=${oc.env:ATTACK_UNSET}"]
+    with pytest.raises(ConfigError, match="logger.tracking_uri.*ATTACK_UNSET"):
+        train_cli.check_overrides(args)
