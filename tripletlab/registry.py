@@ -1,15 +1,14 @@
 """One registry per kind of option: an entry is the whole option.
 
-=================  ====================  ==============================  ===========================
-registry           config key            declared in (schemas, hooks)    plugins' entry point group
-=================  ====================  ==============================  ===========================
-``DATASETS``       ``dataset.name``      :mod:`tripletlab.options.dataset`      ``tripletlab.datasets``
-``BACKBONES``      ``model.name``        :mod:`tripletlab.options.model`        ``tripletlab.backbones``
-``STRATEGIES``     ``mining.strategy``   :mod:`tripletlab.options.mining`       ``tripletlab.strategies``
-``SAMPLERS``       ``sampler.name``      :mod:`tripletlab.options.sampler`      ``tripletlab.samplers``
-``TRACKERS``       ``logger.name``       :mod:`tripletlab.options.logger`       ``tripletlab.trackers``
-``DISTRIBUTIONS``  ``distribute.name``   :mod:`tripletlab.options.distribute`   ``tripletlab.distributions``
-=================  ====================  ==============================  ===========================
+Each registry below names its config key and the entry point group plugins add options
+through; the package's own options are declared in ``tripletlab.options.<group>``:
+
+- ``DATASETS``: ``dataset.name``, ``tripletlab.datasets``;
+- ``BACKBONES``: ``model.name``, ``tripletlab.backbones``;
+- ``STRATEGIES``: ``mining.strategy``, ``tripletlab.strategies``;
+- ``SAMPLERS``: ``sampler.name``, ``tripletlab.samplers``;
+- ``TRACKERS``: ``logger.name``, ``tripletlab.trackers``;
+- ``DISTRIBUTIONS``: ``distribute.name``, ``tripletlab.distributions``.
 
 An :class:`Option` gives in one place: the name, the config schema (a dataclass subclassing
 the group's base schema, fields made with :func:`tripletlab.options.setting`; its ``check``
