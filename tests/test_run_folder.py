@@ -345,3 +345,32 @@ def test_only_the_record_counts_not_the_summarys_copy(tmp_path):
     with pytest.raises(RunConfigMismatch, match=r"mining.margin: 0.5 -> 0.9"):
         check_resume(folder, edited, "auto")
     assert check_resume(folder, SAVED, "auto") == []
+
+
+def test_a_forced_resume_keeps_the_record_and_logs_its_changes_once(tmp_path):
+    import yaml
+
+    from tripletlab.run_record import claim
+
+    folder = _previous_run(tmp_path, SAVED)
+    record = folder.config_path.read_bytes()
+    claimed = []
+    for _ in range(2):  # the same forced command twice (say, rerun after a kill)
+        claim(folder, _changed(mining__margin=0.3), "force", lambda: claimed.append(1))
+    assert folder.config_path.read_bytes() == record  # a resume never rewrites it
+    assert claimed == []  # nor Hydra's files
+    log = yaml.safe_load(folder.forced_resumes_path.read_text())
+    assert len(log) == 1 and log[0]["after_epoch"] == 1
+    assert log[0]["changes"] == ["mining.margin: 0.5 -> 0.3"]
+
+
+def test_a_folder_without_a_run_gets_the_record_once(tmp_path):
+    import yaml
+
+    from tripletlab.run_record import claim
+
+    folder = RunFolder(tmp_path)
+    claimed = []
+    claim(folder, SAVED, "auto", lambda: claimed.append(1))
+    assert yaml.safe_load(folder.config_path.read_text()) == SAVED
+    assert claimed == [1]

@@ -167,9 +167,12 @@ def check_resume(
 
 def record_forced_resume(folder: RunFolder, changes: Sequence[str]) -> None:
     """Append what a forced resume changed, and after which epoch, to
-    ``.hydra/forced_resumes.yaml``: the record itself keeps the run's first config."""
+    ``.hydra/forced_resumes.yaml`` (not again for the same changes as the last entry): the
+    record itself keeps the run's first config."""
     entries = read_yaml(folder.forced_resumes_path)
     entries = entries if isinstance(entries, list) else []
+    if entries and isinstance(entries[-1], dict) and entries[-1].get("changes") == list(changes):
+        return  # the same forced command again (rerun after a kill): already recorded
     entries.append(
         {
             "after_epoch": committed_epoch(folder),
