@@ -239,3 +239,43 @@ def test_an_environment_variable_that_is_not_set_is_one_message(monkeypatch):
     args = ["dataset=digits", "logger=mlflow", "logger.tracking_uri=${oc.env:ATTACK_UNSET}"]
     with pytest.raises(ConfigError, match="logger.tracking_uri.*ATTACK_UNSET"):
         train_cli.check_overrides(args)
+
+
+# A secret outside any URI, at a key named like one: Hydra writes hydra.job.env_set into
+# .hydra/hydra.yaml and multirun.yaml.
+SECRET_VARIABLES = ["MLFLOW_TRACKING_PASSWORD", "PGPASSWORD", "AWS_SECRET_ACCESS_KEY"]
+SECRET_VALUES = [CORE, f"{CORE}+/Ab==", f"p'{CORE} x"]
+
+
+@pytest.mark.parametrize("variable", [*SECRET_VARIABLES, "DATABRICKS_TOKEN", "HF_TOKEN"])
+def test_a_secret_in_hydra_job_env_set_is_refused(variable):
+    from tests.helpers import compose
+    from tripletlab.credentials import refuse_config
+
+    for value in SECRET_VALUES:
+        quoted = "'" + value.replace("'", "\\'") + "'"
+        cfg = compose([f"+hydra.job.env_set.{variable}={quoted}"], return_hydra_config=True)
+        with pytest.raises(ConfigError, match=f"env_set.{variable} holds a credential") as err:
+            refuse_config(cfg)
+        assert not _leaks(str(err.value))
+
+
+def test_the_command_line_gate_refuses_a_secret_in_env_set():
+    args = ["dataset=digits", f"+hydra.job.env_set.MLFLOW_TRACKING_TOKEN={CORE}"]
+    with pytest.raises(ConfigError, match="holds a credential"):
+        train_cli.check_overrides(args)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "+hydra.job.env_set.GOOGLE_APPLICATION_CREDENTIALS=/keys/sa.json",
+        "+hydra.job.env_set.SSH_KEY='~/.ssh/id_ed25519'",
+        "+hydra.job.env_set.TF_USE_LEGACY_KEY=true",
+        "+hydra.job.env_set.PGPASSFILE=./pgpass",
+        "+hydra.job.env_set.MLFLOW_TRACKING_TOKEN=",
+        "+hydra.job.env_set.TOKENIZERS_PARALLELISM=false",
+    ],
+)
+def test_env_set_paths_and_flags_stay_allowed(setting):
+    train_cli.check_overrides(["dataset=digits", setting])

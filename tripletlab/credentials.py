@@ -315,9 +315,33 @@ def refuse_config(cfg: Any, hydra_cfg: Any = None) -> None:
     if hydra_cfg is None and isinstance(cfg, Mapping | DictConfig) and "hydra" in cfg:
         hydra_cfg = cfg["hydra"]  # checked after the job's keys, which the message names
         cfg = {k: _child(cfg, k) for k in cfg if k != "hydra"}
-    refuse_secrets(config_strings(cfg))
+    leaves = list(config_strings(cfg))
     if hydra_cfg is not None:
-        refuse_secrets(config_strings(hydra_cfg, "hydra."))
+        leaves += config_strings(hydra_cfg, "hydra.")
+    refuse_secrets(leaves)
+    refuse_named_secrets(leaves)
+
+
+# A value that names where a secret is, not the secret: a path, a variable, nothing.
+_NOT_A_SECRET_VALUE = re.compile(r"(?:[/~.$]|[A-Za-z]:\\).*|\*+|\s*|true|false|none|null", re.I)
+
+
+def refuse_named_secrets(leaves: Iterable[tuple[str, Any]]) -> None:
+    """ConfigError for a key named like a credential holding one, outside any URI
+    (``hydra.job.env_set.MLFLOW_TRACKING_PASSWORD=...``: Hydra records its settings in
+    ``.hydra/hydra.yaml`` and ``multirun.yaml``). No key of tripletlab's configs has such
+    a name; a path (``GOOGLE_APPLICATION_CREDENTIALS=/keys/sa.json``) is not a secret."""
+    for key, value in leaves:
+        name = str(key).rsplit(".", 1)[-1]
+        if not isinstance(value, str) or value == name or not is_secret_name(name):
+            continue
+        if "://" in value or _NOT_A_SECRET_VALUE.fullmatch(value):
+            continue  # a URI is read by secret_spans; a path or a flag is no secret
+        raise ConfigError(
+            f"{key} holds a credential (its name says so; value ***): tripletlab records its "
+            "config (run and sweep folders, Hydra's .hydra/hydra.yaml and multirun.yaml), "
+            "so a secret there would be written out. Set it in the environment instead"
+        )
 
 
 @functools.cache
