@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tripletlab.losses import engines
 from tripletlab.losses.distances import prepare
-from tripletlab.losses.pieces import items, nan_unless_finite, ratio, rows_take
+from tripletlab.losses.pieces import items, nan_unless_finite, rows_take
 
 ONE_PICK = ("batch_hard", "easy_positive")
 
@@ -150,8 +150,9 @@ def one_pick_loss(
     picked = tf.gather(columns, tf.concat([positive, negative], axis=0))  # [2B, D]
     d_ap, d_an = tf.split(_distance(tf.tile(embeddings, [2, 1]), picked, squared), 2)
     values, _, active = items(d_ap - d_an, margin, soft_margin)
-    count = tf.reduce_sum(tf.cast(valid, tf.int64))
-    total = tf.reduce_sum(tf.where(valid, values, tf.zeros_like(values)))
-    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
-    dtype = values.dtype
-    return nan_unless_finite(checked, ratio(total, count, dtype), ratio(n_active, count, dtype))
+    # Each valid anchor weighs 1 / count, the others 0: no anchor counted gives 0, not NaN.
+    counted = tf.cast(valid, values.dtype)
+    weight = counted / tf.maximum(tf.reduce_sum(counted), 1)
+    loss = tf.reduce_sum(values * weight)
+    fraction = tf.reduce_sum(tf.cast(active, values.dtype) * weight)
+    return nan_unless_finite(checked, loss, fraction)
