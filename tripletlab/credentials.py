@@ -269,8 +269,12 @@ def find_secret(text: str) -> str | None:
     if not spans:
         return None
     for start, _, end, _ in sorted(_candidates(text)):
-        if any(start <= a < end for a, _ in spans):
-            return mask(text[start:end])
+        inside = [b for a, b in spans if start <= a <= end]
+        if inside:
+            # A password that holds a quote or a brace runs past where the URI seemed to
+            # end: show the URI to its host, never a piece of the password.
+            stop = _URI_END.search(text, max(end, *inside))
+            return mask(text[start : stop.start() if stop else len(text)])
     return mask(text)
 
 
