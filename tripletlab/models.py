@@ -370,8 +370,8 @@ def _synchronize_batch_norm(backbone: keras.Model) -> None:
     Keras BatchNormalization layers use the global batch's moments (``synchronized``).
 
     Keras creates their moving statistics with aggregation "none", so with per-replica
-    moments each replica's copy would silently drift apart (FusedBatchNorm averages them
-    instead). Synchronised, every replica computes the same moments and writes the same
+    moments each replica's copy would silently drift apart. Synchronised (as FusedBatchNorm
+    is), every replica computes the same moments and writes the same
     moving statistics: those of a single device on the global batch, and so are the
     normalised outputs and the gradients. One device: unchanged (no collective per layer).
     """
