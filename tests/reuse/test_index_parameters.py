@@ -75,3 +75,14 @@ def test_a_reopened_index_searches_with_the_parameters_in_its_manifest(
     plain_recall = _recall(plain.search(queries, K)[1], exact)
     assert recall >= floor, (recall, plain_recall)
     assert recall >= plain_recall + 0.05, (recall, plain_recall)
+
+
+def test_index_sizes_follow_the_gallery():
+    """IVF lists ~4 sqrt(N), at least TRAIN_PER_LIST (39) training points each; PQ bits 8,
+    fewer for a gallery too small to train 2**bits centroids; what IVF-PQ trains on."""
+    assert [idx.ivf_lists(n) for n in (1, 100, 3000, 40_000, 10**6)] == [1, 2, 76, 800, 4000]
+    assert [idx.pq_bits(n) for n in (10, 3000, 5000, 10**6)] == [1, 6, 7, 8]
+    assert idx.training_size("hnsw", 10**6) == idx.training_size("exact", 10**6) == 0
+    assert idx.training_size("ivfpq", 3000) == 76 * 39
+    assert idx.training_size("ivfpq", 10**6) == 4000 * 39
+    assert idx.training_size("ivfpq", 50) == 50  # never more than the gallery
