@@ -72,7 +72,7 @@ bench: setup ## loss and training benchmarks (prints tables, writes CSVs under o
 
 mutate: setup-test ## mutation testing of one module: MODULE=tripletlab/x.py [TESTS=".."] [SAMPLE=N SEED=0] [REF=HEAD]
 	@test -n "$(MODULE)" || { echo "usage: make mutate MODULE=tripletlab/x.py"; exit 2; }
-	$(PY) scripts/mutate.py $(MODULE) --tests "$(TESTS)" --sample $(or $(SAMPLE),0) --seed $(or $(SEED),0) --ref "$(REF)"
+	$(PY) scripts/mutate.py $(MODULE) --tests "$(TESTS)" --sample $(or $(SAMPLE),0) --seed $(or $(SEED),0) --ref "$(REF)" --pytest-args "$(PYTEST_ARGS)"
 
 lint: setup-test ## ruff check and format check
 	$(VENV)/bin/ruff check .

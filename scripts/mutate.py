@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -104,11 +105,13 @@ def toml_value(value) -> str:
     return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
-def write_settings(dest: Path, module: str, tests: list[str]) -> None:
-    """The copy's pyproject.toml: [tool.mutmut] from the checkout's, limited to the module."""
+def write_settings(dest: Path, module: str, tests: list[str], pytest_args: list[str]) -> None:
+    """The copy's pyproject.toml: [tool.mutmut] from the checkout's, limited to the module
+    (and ``pytest_args`` added to pytest's)."""
     text = (dest / "pyproject.toml").read_text()
     settings = dict(tomllib.loads(text)["tool"]["mutmut"])
     settings["only_mutate"] = [module]
+    settings["pytest_add_cli_args"] = [*settings.get("pytest_add_cli_args", []), *pytest_args]
     settings["pytest_add_cli_args_test_selection"] = tests
     text = re.sub(r"(?ms)^\[tool\.mutmut\]\n.*?(?=^\[|\Z)", "", text)
     body = "".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items())
@@ -155,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="test N seeded mutants, 0: all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ref", default="", help="mutate this commit (tests from the checkout)")
+    parser.add_argument(
+        "--pytest-args",
+        default="",
+        help='more pytest arguments, e.g. "--deselect tests/x.py::test_y" for a test that '
+        "runs a subprocess from the copy's folder (it imports the mutated copy without "
+        "mutmut's harness)",
+    )
     args = parser.parse_args(argv)
     module = Path(args.module).as_posix()
     if not (ROOT / module).is_file() or not module.startswith("tripletlab/"):
@@ -166,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mutate {module} with {' '.join(tests)} in {dest}", flush=True)
     start = time.monotonic()
     copy_tree(dest, args.ref, tests)
-    write_settings(dest, module, tests)
+    write_settings(dest, module, tests, shlex.split(args.pytest_args))
     names: list[str] = []
     if args.sample:
         every = mutant_names(dest, module)
