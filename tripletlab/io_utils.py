@@ -9,6 +9,7 @@ filesystem.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -118,13 +119,42 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+# A file name's bytes that are not UTF-8 reach Python as surrogates (U+DC80-U+DCFF, PEP 383);
+# UTF-8 cannot hold them. Every text tripletlab writes or prints encodes with this error
+# handler: such a byte is written as the escape \xNN, any other unencodable character as
+# \uNNNN, never a UnicodeEncodeError.
+ESCAPE_ERRORS = "tripletlab.escape"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_unencodable(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeEncodeError):
+        raise err
+    out = []
+    for char in err.object[err.start : err.end]:
+        code = ord(char)
+        out.append(f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}")
+    return "".join(out), err.end
+
+
+codecs.register_error(ESCAPE_ERRORS, _escape_unencodable)
+
+
+def escape_name(name: str | bytes | os.PathLike) -> str:
+    """A file name as text any UTF-8 writer takes: bytes that are not UTF-8 as ``\\xNN``
+    (``b"img\\xff.png"`` -> ``img\\xff.png``); a UTF-8 name is returned as it is."""
+    text = os.fsdecode(name) if isinstance(name, bytes | os.PathLike) else str(name)
+    return text.encode("utf-8", ESCAPE_ERRORS).decode("utf-8")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically. Newlines are written as given.
 
     Every text file tripletlab writes passes here (JSON, CSV, YAML, TSV...): a credential
-    in it is masked, with a warning naming the file (:func:`tripletlab.credentials.redact`).
+    in it is masked, with a warning naming the file (:func:`tripletlab.credentials.redact`),
+    and a file name's bytes that are not UTF-8 are written escaped (:data:`ESCAPE_ERRORS`).
     """
-    return atomic_write_bytes(path, redact(text, str(path)).encode("utf-8"))
+    return atomic_write_bytes(path, redact(text, str(path)).encode("utf-8", ESCAPE_ERRORS))
 
 
 def redact_file(path: str | os.PathLike) -> None:
@@ -141,6 +171,9 @@ def redact_file(path: str | os.PathLike) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as JSON (indent 2, keys in insertion order, trailing newline)."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+    # A surrogate (a file name's byte that is not UTF-8) as JSON's own escape: valid JSON,
+    # and json.load gives the very name back.
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return atomic_write_text(path, text + "\n")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 from tripletlab.credentials import redacted_output
 from tripletlab.errors import TripletLabError
+from tripletlab.io_utils import ESCAPE_ERRORS
 
 log = logging.getLogger("tripletlab")
 
@@ -27,6 +29,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     (2 for a :class:`UsageError`); Ctrl-C exits 130. Anything else is a bug: traceback.
     What it prints and logs is redacted (:func:`tripletlab.credentials.redacted_output`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A file name that is not UTF-8 prints escaped (\xNN), whatever the locale, never a
+    # UnicodeEncodeError (tripletlab.io_utils.ESCAPE_ERRORS).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors=ESCAPE_ERRORS)
     with redacted_output():
         # Our messages at INFO; other libraries' (absl, TensorFlow) only from WARNING up.
         logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)

@@ -157,15 +157,23 @@ def undecodable(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
         return path, tf.shape(decode_native(tf.io.read_file(path)))[0]
 
     names = [str(p) for p in paths]
-    files = tf.data.Dataset.from_tensor_slices(tf.constant(names, tf.string))
+    files = tf.data.Dataset.from_tensor_slices(path_tensor(names))
     decoded = files.map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     # ignore_errors drops the files that fail; the ones missing from what comes out are bad.
-    good = {p.decode() for p, _ in decoded.ignore_errors().as_numpy_iterator()}
+    good = {os.fsdecode(p) for p, _ in decoded.ignore_errors().as_numpy_iterator()}
     return [
         (p, f"cannot be decoded ({decode_error(p) or 'unknown error'})")
         for p in names
         if p not in good
     ]
+
+
+def path_tensor(paths: Sequence[str | os.PathLike]):
+    """A tf.string tensor of file paths, as their bytes on disk (``os.fsencode``): a name that
+    is not UTF-8 (surrogates in Python) cannot be converted as text."""
+    import tensorflow as tf
+
+    return tf.constant([os.fsencode(p) for p in paths], tf.string)
 
 
 def inspect_images(paths: Sequence[str | os.PathLike], decode: bool = True) -> list[ImageInfo]:
@@ -304,7 +312,7 @@ class ImageFiles:
         import tensorflow as tf
 
         h, w, c = self.image_shape
-        files = tf.data.Dataset.from_tensor_slices(tf.constant(list(self.paths), tf.string))
+        files = tf.data.Dataset.from_tensor_slices(path_tensor(list(self.paths)))
         return files.map(
             lambda p: decode_file(p, h, w, c),
             num_parallel_calls=tf.data.AUTOTUNE,

@@ -17,7 +17,7 @@ import numpy as np
 from tripletlab.data.base import DatasetSource, option, root_path, stratified_split, stream_mode
 from tripletlab.data.images import IMAGE_EXTENSIONS, images_from_files
 from tripletlab.errors import DataError
-from tripletlab.io_utils import is_hidden
+from tripletlab.io_utils import escape_name, is_hidden
 from tripletlab.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,9 @@ def _load_image_folder(
     x_train, x_test = images_from_files(
         [paths[:n_train], paths[n_train:]], channels, size, stream, verify
     )
-    return x_train, y_train, x_test, y_test, train_names
+    # Class names are labels (plots, tables, the projector): a folder name's bytes that are
+    # not UTF-8 as \xNN escapes.
+    return x_train, y_train, x_test, y_test, [escape_name(n) for n in train_names]
 
 
 def _image_folder_load(cfg: Any) -> tuple:

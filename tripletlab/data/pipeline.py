@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tripletlab.data.image_files import ImageFiles, decode_error, decode_file, inspect_image
+from tripletlab.data.image_files import (
+    ImageFiles,
+    decode_error,
+    decode_file,
+    inspect_image,
+    path_tensor,
+)
 from tripletlab.data.images import aligned_empty
 from tripletlab.data.samplers import effective_batch_size, epoch_batches
 from tripletlab.errors import DataError
@@ -143,7 +149,7 @@ class TrainPipeline:
             raise DataError(f"{len(images)} images but {len(self.labels)} labels")
         if self.streamed:
             self._files = images
-            self._paths = tf.constant(list(images.paths), tf.string)
+            self._paths = path_tensor(images.paths)  # the names' bytes: any file name
         else:
             # The whole split lives in memory once, as uint8, shared with the numpy array.
             self._images = as_uint8_tensor(images)

@@ -31,6 +31,7 @@ import numpy as np
 
 from tripletlab.errors import ConfigError
 from tripletlab.inference import open_model
+from tripletlab.io_utils import escape_name
 from tripletlab.reuse import run_config
 from tripletlab.reuse.inputs import find_images, gallery_files
 from tripletlab.run_folder import RunFolder
@@ -93,7 +94,7 @@ def indexed_gallery(index, run_cfg, shape: Sequence[int]) -> Gallery:
     kind = index.manifest["kind"]
     if "folder" in described:
         root = Path(described["folder"])
-        images = ImageFiles([root / name for name in index.names], *shape)
+        images = ImageFiles([root / name for name in index.files], *shape)
         source = f"{root} ({kind} index)"
     else:
         data = run_config.load_data(run_cfg, shape)
@@ -184,7 +185,7 @@ def contact_sheet(
         tile = _tile(img)
         sheet.paste(tile, (x + PAD + (TILE - tile.width) // 2, y + PAD + (TILE - tile.height) // 2))
         for j, line in enumerate(lines):
-            text = _fit_text(draw, line, font, TILE)
+            text = _fit_text(draw, escape_name(line), font, TILE)
             draw.text((x + PAD, y + PAD + TILE + 1 + 12 * j), text, fill=colour, font=font)
 
     for r in range(rows):

@@ -14,7 +14,9 @@ Stored under the run folder's ``index/`` (:attr:`RunFolder.index_dir`)::
 
     index/
       index.json          the manifest: kind, count, dim, gallery, model digest, build folder
-      build-<stamp>/      index.faiss, items.tsv (name and label of each vector, in order)
+      build-<stamp>/      index.faiss, items.tsv (name, label and file of each vector, in
+                          order: the name and label as text, a name's bytes that are not
+                          UTF-8 escaped as \\xNN; the file percent-encoded, exactly as on disk)
 
 A build writes its folder under a temporary name, renames it, then replaces ``index.json``
 (atomically) to point at it, and only then removes older builds: a reader sees the old index
@@ -40,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from tripletlab.errors import ConfigError, TripletLabError, one_line
+from tripletlab.io_utils import ESCAPE_ERRORS
 from tripletlab.run_folder import RunFolder
 
 log = logging.getLogger("tripletlab")
@@ -196,6 +199,20 @@ def _tsv_cell(value: str) -> str:
     return str(value).replace("\t", " ").replace("\n", " ")
 
 
+def _file_cell(name: str) -> str:
+    """A file's name, exactly (its bytes on disk, percent-encoded: ASCII, any name)."""
+    from urllib.parse import quote
+
+    return quote(os.fsencode(name), safe="/")
+
+
+def _file_of(row: list[str]) -> str:
+    """The file of an items.tsv row (an index built before the column: its name)."""
+    from urllib.parse import unquote_to_bytes
+
+    return os.fsdecode(unquote_to_bytes(row[2])) if len(row) > 2 else row[0]
+
+
 def _usual_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -265,14 +282,19 @@ def build_index(
     tmp = Path(tempfile.mkdtemp(prefix=f".{build_name}.tmp-", dir=index_dir))
     try:
         _usual_permissions(tmp)
-        with open(tmp / ITEMS_FILE, "w", newline="", encoding="utf-8") as items:
+        with open(
+            tmp / ITEMS_FILE, "w", newline="", encoding="utf-8", errors=ESCAPE_ERRORS
+        ) as items:
             writer = csv.writer(items, delimiter="\t", lineterminator="\n")
-            writer.writerow(["name", "label"])
+            writer.writerow(["name", "label", "file"])
             added = 0
             for embeddings in embed_in_batches(embedder, source.images):
                 index.add(np.ascontiguousarray(embeddings, np.float32))
                 for i in range(added, added + len(embeddings)):
-                    writer.writerow([_tsv_cell(source.names[i]), _tsv_cell(source.labels[i])])
+                    name = source.names[i]
+                    writer.writerow(
+                        [_tsv_cell(name), _tsv_cell(source.labels[i]), _file_cell(name)]
+                    )
                 added += len(embeddings)
                 log.debug("indexed %d of %d", added, count)
         if added != count or index.ntotal != count:
@@ -325,6 +347,7 @@ class NeighbourIndex:
     index: Any
     names: list[str]
     labels: list[str]
+    files: list[str]  # the gallery's files, as on disk, relative to its folder
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return search(self.index, queries, min(int(k), len(self.names)))
@@ -404,4 +427,5 @@ def open_index(folder: RunFolder) -> NeighbourIndex | None:
             f"the index in {build} has {index.ntotal} vectors but {len(rows)} items; rebuild it"
         )
     set_search_parameters(index, manifest.get("kind", "exact"))
-    return NeighbourIndex(manifest, index, [r[0] for r in rows], [r[1] for r in rows])
+    names, labels = [r[0] for r in rows], [r[1] for r in rows]
+    return NeighbourIndex(manifest, index, names, labels, [_file_of(r) for r in rows])

@@ -131,12 +131,13 @@ def _save_tensor(prefix: Path, name: str, value: np.ndarray) -> None:
     ``tf.train.Checkpoint`` would store it as ``<attribute>/.ATTRIBUTES/VARIABLE_VALUE``,
     the name the projector would then list; the raw ops store the key as given.
     """
-    temp = f"{prefix}_temp/part-00000"
+    # Paths as their bytes on disk: a folder name that is not UTF-8 is no text for TensorFlow.
+    temp = os.fsencode(f"{prefix}_temp/part-00000")
     tf.raw_ops.SaveV2(
         prefix=temp, tensor_names=[name], shape_and_slices=[""], tensors=[tf.constant(value)]
     )
     tf.raw_ops.MergeV2Checkpoints(
-        checkpoint_prefixes=[temp], destination_prefix=str(prefix), delete_old_dirs=True
+        checkpoint_prefixes=[temp], destination_prefix=os.fsencode(prefix), delete_old_dirs=True
     )
 
 
