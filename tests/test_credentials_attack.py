@@ -170,13 +170,13 @@ def test_the_gate_lets_user_names_and_paths_through(args):
 
 
 # ------------------------------------------------------------------------ --resume
-def _sweep_folder(tmp_path: Path, task: list[str]) -> Path:
+def _sweep_folder(tmp_path: Path, task: list[str], hydra: list[str] = ()) -> Path:
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     saved = {
         "hydra": {
             "callbacks": {"g": {"_target_": "tripletlab.credentials.SecretGate"}},
-            "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": task},
+            "overrides": {"hydra": ["hydra.mode=MULTIRUN", *hydra], "task": task},
         }
     }
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(saved))
@@ -281,3 +281,34 @@ def test_the_command_line_gate_refuses_a_secret_in_env_set():
 )
 def test_env_set_paths_and_flags_stay_allowed(setting):
     train_cli.check_overrides(["dataset=digits", setting])
+
+
+# A database URI with no host in its authority whose driver still connects to a server
+# named in its query (libpq's host/hostaddr, the MySQL drivers' host).
+QUERY_HOSTS = [
+    ("postgresql:///optuna?host=db.evil.example", "PGPASSWORD"),
+    ("postgresql+psycopg2://@/optuna?sslmode=require&host=db.evil.example", "PGPASSWORD"),
+    ("postgresql:///optuna?hostaddr=203.0.113.9", "PGPASSWORD"),
+    ("mysql+pymysql:///optuna?host=db.evil.example", "MYSQL_PWD"),
+]
+
+
+@pytest.mark.parametrize("storage, variable", QUERY_HOSTS)
+def test_resume_sees_a_server_named_in_the_query(storage, variable, tmp_path, monkeypatch, capsys):
+    sweep = _sweep_folder(
+        tmp_path, ["hparams_search=optuna"], [f"hydra.sweeper.storage='{storage}'"]
+    )
+    monkeypatch.setenv(variable, CORE)
+    assert sweep_cli.main(["--dry-run", "--resume", str(sweep)]) == 1
+    err = capsys.readouterr().err
+    assert "error: --resume replays" in err and variable in err and not _leaks(err), err
+
+
+def test_a_socket_in_the_query_is_local(tmp_path, monkeypatch, capsys):
+    storage = "postgresql:///optuna?host=/var/run/postgresql"
+    sweep = _sweep_folder(
+        tmp_path, ["hparams_search=optuna"], [f"hydra.sweeper.storage='{storage}'"]
+    )
+    monkeypatch.setenv("PGPASSWORD", CORE)
+    assert sweep_cli.main(["--dry-run", "--resume", str(sweep)]) == 0
+    assert storage in capsys.readouterr().err

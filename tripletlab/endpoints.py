@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from tripletlab.credentials import redact
 from tripletlab.errors import TripletLabError
@@ -57,7 +57,13 @@ def endpoint_credentials(key: str, uri: str, environ: Any, tracking: bool = Fals
     """The variables set in ``environ`` that a client would send to ``uri`` (at ``key``;
     ``tracking``: whatever its key, it may be the tracking URI)."""
     try:
-        host = urlsplit(uri).hostname
+        parts = urlsplit(uri)
+        host = parts.hostname
+        # libpq and the MySQL drivers take the server from the query too
+        # (postgresql:///optuna?host=db.example); a value starting with "/" is a socket.
+        for name, value in parse_qsl(parts.query):
+            if name.lower() in ("host", "hostaddr") and not value.startswith("/"):
+                host = host or value
     except ValueError:
         host = "?"
     scheme = uri.split("://", 1)[0].lower().split("+", 1)[0]
