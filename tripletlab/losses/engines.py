@@ -62,16 +62,11 @@ from tripletlab.losses.pieces import (
 )
 
 ENGINES = ("auto", "slots", "buckets", "sorted", "dense", "blocked")
-MINING_ENGINES = ENGINES[:4]  # batch-all and semi-hard
-ONE_PICK_ENGINES = ("auto", "dense", "blocked")  # batch-hard and easy-positive (picks.py)
+MINING_ENGINES = ENGINES[:4]  # batch-all and semi-hard; the last two: batch-hard, easy-positive
 
-# Batch-hard and easy-positive (tripletlab.losses.picks) score all B rows at once ("dense",
-# [B, N]) while B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS scores ("blocked",
-# a while loop over rows): O(BLOCK_ELEMENTS) memory instead of O(B N), and the block stays in
-# cache. Crossover measured side by side (fwd + bwd, 2 EPYC cores, float32, D = 64; see
-# docs/losses.md). XLA (jit_compile) measured slower on CPU at every size, so nothing here
-# turns it on; a caller that compiles gets "dense" (the loop's last block is shorter: not
-# a static shape).
+# Batch-hard and easy-positive (losses/picks.py) score all B rows at once ("dense", [B, N])
+# while B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS ("blocked": O(BLOCK) memory,
+# the block stays in cache). Measured side by side, fwd + bwd, 2 EPYC cores (docs/losses.md).
 DENSE_ELEMENTS = 2**20
 BLOCK_ELEMENTS = 2**18
 
@@ -102,19 +97,15 @@ def check_engine(engine: str, jit_compile: bool) -> str:
             "engine='buckets' cannot compile with XLA (its shapes depend on the labels); "
             "use 'auto' or 'sorted' with jit_compile=True"
         )
-    if engine == "blocked" and jit_compile:
-        raise ValueError(
-            "engine='blocked' cannot compile with XLA (its last block is shorter); use 'auto' "
-            "or 'dense' with jit_compile=True"
-        )
+    if engine == "blocked" and jit_compile:  # its last block is shorter: not a static shape
+        raise ValueError("engine='blocked' cannot compile with XLA; use 'auto' or 'dense'")
     return engine
 
 
 def one_pick_engine(b, n, engine: str = "auto", jit_compile: bool = False) -> str | None:
-    """The batch-hard / easy-positive form for a [b, n] problem: "dense" or "blocked" (see
-    DENSE_ELEMENTS), or None when b or n is unknown (the caller decides at run time with the
-    same rule). ``engine`` "dense" / "blocked" forces it; the batch-all / semi-hard engines
-    ("slots", ...) do not apply and mean "auto"."""
+    """Batch-hard / easy-positive's form for [b, n]: "dense", "blocked", or None when b or n
+    is unknown (decided at run time by the same rule). "dense" / "blocked" force it; the
+    mining engines ("slots", ...) mean "auto". Under XLA "dense" (static shapes)."""
     check_engine(engine, jit_compile)
     if engine in ("dense", "blocked"):
         return engine
@@ -126,9 +117,8 @@ def one_pick_engine(b, n, engine: str = "auto", jit_compile: bool = False) -> st
 
 
 def auto_engine(strategy, b, n, most_positives, jit_compile=False, soft_margin=False) -> str:
-    """The engine ``engine="auto"`` runs for ``strategy`` on b anchors, n columns and at most
-    ``most_positives`` positives per anchor (as ``bench losses`` reports it); "-" for a
-    strategy with a single way to mine (distance-weighted)."""
+    """The engine "auto" runs for ``strategy`` on b anchors, n columns, at most
+    ``most_positives`` positives per anchor (``bench losses`` shows it); "-": only one."""
     if strategy in ("batch_hard", "easy_positive"):
         return one_pick_engine(b, n, "auto", jit_compile)
     if strategy not in SLOT_LIMIT:
