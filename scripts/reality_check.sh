@@ -46,14 +46,37 @@ own_keys() {  # the strategy's own search space
   esac
 }
 
-best_overrides() {  # a finished study's best parameters as overrides (3 significant digits)
+best_overrides() {  # a finished study's best parameters as overrides, one a line (3 significant digits)
+  # The file may have been edited or come from someone else: only job keys, and values that
+  # are numbers, booleans or plain words, so that it cannot add overrides of its own (a
+  # hydra.launcher.setup line runs in the sbatch script); anything else is one error line.
   "$PY" - "$1" <<'PY'
+import re
 import sys
 import yaml
-best = yaml.safe_load(open(sys.argv[1]))["best_params"]
-def text(v):
-    return f"{v:.3g}" if isinstance(v, float) else str(v).lower() if isinstance(v, bool) else str(v)
-print(" ".join(f"{k}={text(v)}" for k, v in sorted(best.items())))
+path = sys.argv[1]
+def refuse(why):
+    sys.exit(f"error: {path}: {why}; nothing of this cell was run: rerun its study (delete the file)")
+try:
+    best = yaml.safe_load(open(path, encoding="utf-8"))["best_params"]
+except Exception as err:  # unreadable, not YAML, no best_params
+    refuse(f"no best_params ({type(err).__name__}: {err})".replace("\n", " "))
+if not isinstance(best, dict):
+    refuse("best_params is not a mapping")
+for key, value in sorted(best.items(), key=str):
+    if not (isinstance(key, str) and re.fullmatch(r"[A-Za-z]\w*(\.[A-Za-z]\w*)*", key, re.ASCII)) or (
+        key.split(".")[0] == "hydra"
+    ):
+        refuse(f"best_params has the key {key!r}, which is not a job key such as mining.margin")
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, (int, float)):
+        text = f"{value:.3g}" if isinstance(value, float) else str(value)
+    elif isinstance(value, str) and re.fullmatch(r"[\w.+-]+", value, re.ASCII):
+        text = value
+    else:
+        refuse(f"best_params.{key} is {value!r}: not a number, a boolean or a plain word")
+    print(f"{key}={text}")
 PY
 }
 
@@ -77,7 +100,12 @@ for strategy in "${STRATEGIES[@]}"; do
       status=1
       continue
     fi
-    read -r -a best <<< "$(best_overrides "$tune/optimization_results.yaml")"
+    if ! best_lines="$(best_overrides "$tune/optimization_results.yaml")"; then
+      status=1
+      continue
+    fi
+    best=()  # one override a line, never split on spaces
+    if [[ -n "$best_lines" ]]; then mapfile -t best <<< "$best_lines"; fi
     echo "== final $cell: ${best[*]}, seeds $SEEDS, on the test classes" >&2
     "$ROOT/sweep.sh" "${run[@]}" "${best[@]}" dataset.val_classes=null "seed=$SEEDS" \
       "${EXTRA[@]}" "hydra.sweep.dir=$OUT/final/$cell" || status=1

@@ -1,0 +1,126 @@
+"""Attacks on "nothing from a file becomes a command" (issue 25, part 2), by variants.
+
+- ``scripts/reality_check.sh`` turns a finished study's ``optimization_results.yaml``
+  (``best_params``) into the overrides of the final runs. A tampered file (a sweep folder
+  may come from someone else, or be edited) must not add overrides of its own: a value
+  with a space, a newline or a tab, a key with ``=``, or a Hydra key (``hydra.launcher.setup``
+  is a shell line in the sbatch script) is refused with one ``error:`` line, and nothing of
+  that cell is launched. A fake ``sbatch`` on PATH runs the script it is given, and the
+  marker file must never appear.
+- ``tripletlab-sweep --resume DIR`` writes DIR as ``hydra.sweep.dir`` in Hydra's override
+  grammar: every folder name (quotes, backslashes, ``${...}``, spaces, ``,``) must come back
+  as that very folder, never as an interpolation or another folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+
+MARKER = "PWNED"
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """A fake sbatch that runs its script (then fails: nothing is queued) and a fake srun."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/bash\n"
+        'cp "$1" "$SANDBOX/script.sh"\n'
+        '( cd "$SANDBOX" && bash "$1" ) > "$SANDBOX/script.out" 2>&1\n'
+        'echo "fake sbatch: the script ran; nothing is queued" >&2\n'
+        "exit 1\n"
+    )
+    (bin_dir / "srun").write_text("#!/bin/bash\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return tmp_path
+
+
+def _reality_check(sandbox: Path, best_params) -> subprocess.CompletedProcess:
+    """reality_check.sh for one cell whose study is done, with ``best_params`` as its result;
+    the final runs go to Slurm (the fake sbatch)."""
+    out = sandbox / "rc"
+    tune = out / "tune" / "easy_positive-0"
+    tune.mkdir(parents=True)
+    (tune / ".trials").write_text("1\n")
+    (tune / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"name": "optuna", "best_params": best_params, "best_value": 0.5})
+    )
+    env = {
+        **os.environ,
+        "SANDBOX": str(sandbox),
+        "PATH": f"{sandbox / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "RC_TRIALS": "1",
+        "RC_SEEDS": "1",
+        "RC_MEMORY": "0",
+        "RC_STRATEGIES": "easy_positive",
+        "RC_OVERRIDES": "hydra/launcher=slurm dataset=digits trainer.epochs=1",
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "reality_check.sh"), str(out)],
+        cwd=sandbox,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _tampered() -> dict[str, dict]:
+    """best_params that would add overrides (here: a shell line in the sbatch script)."""
+    setup = f"hydra.launcher.setup=['>{MARKER}']"
+    found = {}
+    for sep_name, sep in (("space", " "), ("newline", "\n"), ("tab", "\t"), ("CR", "\r")):
+        found[f"value, {sep_name}"] = {"mining.margin": f"0.2{sep}{setup}"}
+        found[f"key, {sep_name}"] = {f"mining.margin=0.2{sep}{setup}{sep}trainer.epochs": 1}
+    found["a Hydra key"] = {"mining.margin": 0.2, "hydra.launcher.setup": f"['>{MARKER}']"}
+    found["an added Hydra key"] = {"+hydra.launcher.setup": f"['>{MARKER}']"}
+    found["a group of Hydra's"] = {"hydra/launcher": "slurm", "mining.margin": 0.2}
+    found["a key with ="] = {f"mining.margin=0.2,{setup}": 1}
+    found["a list value"] = {"mining.margin": [f">{MARKER}"]}
+    found["an interpolation"] = {"mining.margin": "${oc.env:HOME}"}
+    found["a quoted value"] = {"mining.negatives": f"'hard' {setup}"}
+    found["a special key"] = {"mining._target_": "os.system"}
+    found["not a mapping"] = [setup]
+    return found
+
+
+TAMPERED = _tampered()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("variant", sorted(TAMPERED))
+def test_a_tampered_best_params_adds_no_override(sandbox, variant):
+    proc = _reality_check(sandbox, TAMPERED[variant])
+    assert not (sandbox / MARKER).exists(), (variant, proc.stderr[-2000:])
+    assert proc.returncode != 0, (variant, proc.stderr[-2000:])  # 2: summarize finds no run
+    assert not (sandbox / "script.sh").exists(), (variant, proc.stderr[-2000:])  # no final run
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert any("optimization_results.yaml" in line for line in errors), (variant, proc.stderr)
+    assert "Traceback" not in proc.stderr, (variant, proc.stderr)
+
+
+@pytest.mark.e2e
+def test_a_study_result_reaches_the_final_runs(sandbox):
+    """The legitimate values: floats (3 significant digits), strings and bools."""
+    best = {"mining.margin": 0.234567, "mining.negatives": "hard", "trainer.learning_rate": 1e-3}
+    proc = _reality_check(sandbox, best)
+    assert (sandbox / "script.sh").is_file(), proc.stderr[-3000:]  # the final run reached sbatch
+    assert not (sandbox / MARKER).exists()
+    launched = [line for line in (proc.stdout + proc.stderr).splitlines() if "#0 :" in line]
+    assert launched, proc.stderr[-3000:]
+    for override in ("mining.margin=0.235", "mining.negatives=hard", "trainer.learning_rate=0.001"):
+        assert override in launched[0].split(), launched[0]
