@@ -312,3 +312,27 @@ def test_a_socket_in_the_query_is_local(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PGPASSWORD", CORE)
     assert sweep_cli.main(["--dry-run", "--resume", str(sweep)]) == 0
     assert storage in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("position", [1, 2])
+def test_a_credential_in_a_later_option_of_a_swept_group_is_refused_first(position, tmp_path):
+    """``experiment=a,b,c`` composes ``a`` alone; ``b``'s file is read by a later job. The
+    gate composes each option, so the sweep is refused before Hydra makes its folder."""
+    folder = tmp_path / "conf"
+    (folder / "experiment").mkdir(parents=True)
+    for name in ("plain_a", "plain_b"):
+        (folder / "experiment" / f"{name}.yaml").write_text("# @package _global_\nseed: 3\n")
+    leak = {
+        "defaults": [{"override /logger": "mlflow"}],
+        "logger": {"experiment": GATE_CASES["token as user"]},
+    }
+    (folder / "experiment" / "leak.yaml").write_text("# @package _global_\n" + yaml.safe_dump(leak))
+    options = ["plain_a", "plain_b"]
+    options.insert(position, "leak")
+    args = ["-m", "-cd", str(folder), f"experiment={','.join(options)}", "dataset=digits"]
+    with pytest.raises(ConfigError, match="logger.experiment holds a credential") as err:
+        train_cli.check_overrides(args)
+    assert not _leaks(str(err.value))
+    train_cli.check_overrides(
+        ["-m", "-cd", str(folder), "experiment=plain_a,plain_b", "dataset=digits"]
+    )

@@ -16,9 +16,11 @@ What the command prints and logs is redacted.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -79,6 +81,14 @@ def check_overrides(args: Sequence[str]) -> None:
             raise
         return  # what does not compose is not printed: Hydra says why
     refuse_config(cfg)  # Hydra's node included: launcher, sweeper, search path...
+    if runs:  # the other options of a swept group: their files' contents, not their names
+        for variant in other_group_choices(parsed.overrides):
+            other = argparse.Namespace(**{**vars(parsed), "overrides": variant})
+            try:
+                other_cfg = compose_command_line(other)[0]
+            except ConfigError:
+                continue  # its jobs fail to compose in Hydra too, before writing anything
+            refuse_config(other_cfg)
     if not runs:
         return
     from omegaconf.errors import OmegaConfBaseException
@@ -191,6 +201,33 @@ def compose_command_line(parsed: Any) -> tuple[DictConfig, bool]:
     finally:
         GlobalHydra.instance().clear()
     return cfg, multirun
+
+
+def other_group_choices(overrides: Sequence[str]) -> list[list[str]]:
+    """The command line once for each value but the first of each list sweep of a config
+    group (``experiment=a,b``: ``b``), the other sweeps at their first value: the config a
+    later job composes, whose file may hold a credential. A sweep of a key with a "." or
+    of numbers (``seed=1,2,3``) is no group: its values are checked as text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    first = first_of_each_sweep(list(overrides))
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - a syntax error: composing reports it
+        return []
+    if first is None:
+        return []
+    out = []
+    for i, o in enumerate(parsed):
+        key = o.get_key_element()
+        if not o.is_sweep_override() or "." in key.lstrip("+~"):
+            continue
+        with contextlib.suppress(Exception):
+            values = list(o.sweep_string_iterator())[1:]
+            for value in values:
+                if not re.fullmatch(r"[-+0-9.e]+", value):
+                    out.append([*first[:i], f"{key}={value}", *first[i + 1 :]])
+    return out
 
 
 def first_of_each_sweep(overrides: list[str]) -> list[str] | None:
