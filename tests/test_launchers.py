@@ -391,3 +391,37 @@ def test_sweep_sh_resume_of_a_tampered_comment_runs_nothing(sandbox, payload):
     else:  # quoted: sbatch ran the script, which ran srun, and the comment stayed a value
         assert (sandbox / "srun.args").is_file(), proc.stderr[-2000:]
         assert value in _sbatch_values((sandbox / "script.sh").read_text())
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("payload", ["newline and comment", "semicolon", "command substitution"])
+def test_a_fresh_sweep_with_a_bad_comment_runs_nothing(sandbox, payload):
+    """``python run.py -m hydra/launcher=slurm hydra.launcher.comment=...`` as typed."""
+    from tripletlab.cli.sweep import hydra_value
+
+    value = (QUOTED | REFUSED)[payload]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "-m",
+            "hydra/launcher=slurm",
+            f"hydra.launcher.comment={hydra_value(value)}",
+            "dataset=digits",
+            f"hydra.sweep.dir={sandbox / 'sweep'}",
+        ],
+        cwd=sandbox,
+        env=_env(sandbox),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert not (sandbox / MARKER).exists()
+    if payload in REFUSED:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "hydra.launcher.comment" in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr and not (sandbox / "script.sh").exists()
+    else:
+        assert (sandbox / "srun.args").is_file(), proc.stderr[-2000:]
+        assert value in _sbatch_values((sandbox / "script.sh").read_text())
