@@ -4,7 +4,7 @@ When a process claims a folder that holds no run yet (:func:`claim`, under the f
 lock), it writes ``.hydra/config.yaml`` (the composed config as Hydra writes it: not
 resolved, so an ``${oc.env:...}`` stays a reference) and ``.hydra/data.yaml`` (the training
 data's fingerprint, :func:`tripletlab.data.fingerprint`). A rerun into a folder that holds a
-run compares with those two files only, and never writes them again: ``summary.json``'s
+run compares with those two files only, and never writes them again: the run summary's
 config is a copy for readers, not a source. ``trainer.resume=force`` resumes whatever
 differs and appends what it changed to ``.hydra/forced_resumes.yaml``.
 """

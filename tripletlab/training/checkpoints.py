@@ -4,7 +4,7 @@ the metrics rows so far; resume from the latest.
 An epoch is committed when ``tf.train.CheckpointManager`` renames its index file
 ``checkpoints/checkpoint`` onto the new checkpoint: the weights and the epoch's metrics row
 (with every earlier row) are in that one checkpoint, so they become durable together, and
-``metrics.csv`` is rebuilt from them on resume (:mod:`.loop`).
+the metrics file is rebuilt from them on resume (:mod:`.loop`).
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class Trainer:
         start_epoch = parts.checkpoints.restore_latest(folder.checkpoints_dir)
         written = folder.read_metrics()
         self.rows = committed_rows(parts.checkpoints.rows, written, start_epoch)
-        if self.chief and (written or self.rows):  # metrics.csv: the committed epochs only
+        if self.chief and (written or self.rows):  # the metrics file: committed epochs only
             folder.write_metrics(self.rows)
         collapse = CollapseDetector(
             cfg.mining.margin,
@@ -224,7 +224,7 @@ EVALUATION_COLUMNS = (*METRICS, "eval_seconds", "eval_queries")
 
 
 def cell(value: Any) -> str:
-    """A metrics value as metrics.csv writes it ("" for missing or NaN)."""
+    """A metrics value as the metrics file holds it ("" for missing or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value)
@@ -232,9 +232,9 @@ def cell(value: Any) -> str:
 
 def committed_rows(saved: list[dict] | None, written: list[dict], epoch: int) -> list[dict]:
     """The metrics rows of epochs 1..``epoch``, the last committed one: those saved in its
-    checkpoint, each with the evaluation metrics.csv holds for it (written after the
+    checkpoint, each with the evaluation the metrics file holds for it (written after the
     commit; the same training values say it is that row). For a checkpoint that predates
-    rows (``saved`` None), metrics.csv's rows up to ``epoch``."""
+    rows (``saved`` None), the metrics file's rows up to ``epoch``."""
     if saved is None:
         return [r for r in written if int(r["epoch"]) <= epoch]
     by_epoch = {r.get("epoch"): r for r in written}
