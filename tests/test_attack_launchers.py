@@ -124,3 +124,47 @@ def test_a_study_result_reaches_the_final_runs(sandbox):
     assert launched, proc.stderr[-3000:]
     for override in ("mining.margin=0.235", "mining.negatives=hard", "trainer.learning_rate=0.001"):
         assert override in launched[0].split(), launched[0]
+
+
+# ------------------------------------------------------ --resume DIR as hydra.sweep.dir
+# Pieces of folder names that Hydra's grammar or OmegaConf would read as something else: a
+# backslash (an escape only before a quote or at the end), quotes, an interpolation (with
+# and without backslashes before it), Hydra's separators, spaces, control characters and a
+# byte that is not UTF-8 (os.fsdecode's surrogate).
+PIECES = ["\\", "\\\\", "'", '"', "${oc.env:HOME}", "\\${x}", "\\\\${x}", "$", "{", ",", " "]
+PIECES += ["=", "[a]", "\t", "\n", "%2F", "\udcff", "é", "\\'", "-"]
+
+
+def _names() -> list[str]:
+    """Generated names: each piece alone, at the end, and next to each other piece."""
+    names = [f"/tmp/a{p}b" for p in PIECES] + [f"/tmp/a{p}" for p in PIECES]
+    names += [f"/tmp/{p}{q}" for p in PIECES for q in PIECES]
+    return names
+
+
+@pytest.mark.parametrize("name", _names(), ids=ascii)
+def test_a_resumed_folder_is_hydra_sweep_dir_as_it_is(name):
+    """The override ``tripletlab-sweep --resume DIR`` writes reads back as DIR, resolved."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from tripletlab.cli.sweep import hydra_value
+
+    (override,) = OverridesParser.create().parse_overrides([f"hydra.sweep.dir={hydra_value(name)}"])
+    assert override.value() is not None
+    assert OmegaConf.create({"dir": override.value()}).dir == name
+
+
+@pytest.mark.parametrize("piece", ["\\", "${oc.env:HOME}", "\\${oc.env:HOME}", "'"], ids=ascii)
+def test_resume_points_hydra_at_the_very_folder(tmp_path, piece):
+    """``sweep_arguments(resume=DIR)`` composed by Hydra: hydra.sweep.dir is DIR."""
+    from tests.helpers import compose
+    from tripletlab.cli.sweep import sweep_arguments
+
+    folder = tmp_path / f"sweep{piece}x"
+    folder.mkdir()
+    saved = {"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": ["seed=1"]}}}
+    (folder / "multirun.yaml").write_text(yaml.safe_dump(saved))
+    overrides = sweep_arguments([], resume=folder)
+    cfg = compose(overrides, return_hydra_config=True)
+    assert cfg.hydra.sweep.dir == str(folder.resolve())

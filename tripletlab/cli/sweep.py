@@ -39,14 +39,19 @@ DEFAULT_GRID = {
     "mining": ("batch_all", "batch_hard", "semi_hard"),
 }
 # Characters a value of hydra.sweep.dir may hold without quotes in Hydra's override grammar.
-_PLAIN_PATH = re.compile(r"[\w/.:+-]+")
+_PLAIN_PATH = re.compile(r"[\w/.:+-]+", re.ASCII)  # Hydra's grammar: ASCII only, unquoted
 
 
 def hydra_value(text: str) -> str:
-    """``text`` as a value in Hydra's override grammar (quoted when needed)."""
+    """``text`` as a value in Hydra's override grammar (quoted when needed) that Hydra and
+    OmegaConf read back as ``text``: never as an interpolation (``${...}``) or another path."""
     if _PLAIN_PATH.fullmatch(text):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # OmegaConf: ``\${`` is a literal ``${`` (the backslashes before it doubled).
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    # Hydra's quoted value: a backslash escapes only a quote or the end, so double it there.
+    text = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return f"'{text}'"
 
 
 def sweep_arguments(
