@@ -314,10 +314,32 @@ def test_a_socket_in_the_query_is_local(tmp_path, monkeypatch, capsys):
     assert storage in capsys.readouterr().err
 
 
+# How a sweep picks among config options: each makes the args for "options" in "folder".
+GROUP_SWEEPS = {
+    "list sweep": lambda folder, options: [f"experiment={','.join(options)}"],
+    "Optuna choice on the command line": lambda folder, options: [
+        "hparams_search=optuna",
+        f"+hydra.sweeper.params.experiment=choice({','.join(options)})",
+    ],
+    "Optuna choice in a YAML": lambda folder, options: (
+        (folder / "hparams_search").mkdir(exist_ok=True),
+        (folder / "hparams_search" / "groups.yaml").write_text(
+            "# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n    params:\n"
+            f"      experiment: choice({','.join(options)})\n"
+        ),
+        ["hparams_search=groups"],
+    )[-1],
+}
+
+
 @pytest.mark.parametrize("position", [1, 2])
-def test_a_credential_in_a_later_option_of_a_swept_group_is_refused_first(position, tmp_path):
-    """``experiment=a,b,c`` composes ``a`` alone; ``b``'s file is read by a later job. The
-    gate composes each option, so the sweep is refused before Hydra makes its folder."""
+@pytest.mark.parametrize("sweep", GROUP_SWEEPS)
+def test_a_credential_in_a_later_option_of_a_swept_group_is_refused_first(
+    sweep, position, tmp_path
+):
+    """``experiment=a,b,c`` composes ``a`` alone; ``b``'s file is read by a later job (an
+    Optuna trial). The gate composes each option, so the sweep is refused before Hydra
+    makes its folder or Optuna its study."""
     folder = tmp_path / "conf"
     (folder / "experiment").mkdir(parents=True)
     for name in ("plain_a", "plain_b"):
@@ -328,11 +350,9 @@ def test_a_credential_in_a_later_option_of_a_swept_group_is_refused_first(positi
     }
     (folder / "experiment" / "leak.yaml").write_text("# @package _global_\n" + yaml.safe_dump(leak))
     options = ["plain_a", "plain_b"]
+    args = ["-m", "-cd", str(folder), "dataset=digits"]
+    train_cli.check_overrides([*args, *GROUP_SWEEPS[sweep](folder, options)])
     options.insert(position, "leak")
-    args = ["-m", "-cd", str(folder), f"experiment={','.join(options)}", "dataset=digits"]
     with pytest.raises(ConfigError, match="logger.experiment holds a credential") as err:
-        train_cli.check_overrides(args)
+        train_cli.check_overrides([*args, *GROUP_SWEEPS[sweep](folder, options)])
     assert not _leaks(str(err.value))
-    train_cli.check_overrides(
-        ["-m", "-cd", str(folder), "experiment=plain_a,plain_b", "dataset=digits"]
-    )

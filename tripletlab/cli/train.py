@@ -82,7 +82,9 @@ def check_overrides(args: Sequence[str]) -> None:
         return  # what does not compose is not printed: Hydra says why
     refuse_config(cfg)  # Hydra's node included: launcher, sweeper, search path...
     if runs:  # the other options of a swept group: their files' contents, not their names
-        for variant in other_group_choices(parsed.overrides):
+        params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+        searched = [f"{k}={v}" for k, v in params.items() if isinstance(v, str)]
+        for variant in other_group_choices(parsed.overrides, searched):
             other = argparse.Namespace(**{**vars(parsed), "overrides": variant})
             try:
                 other_cfg = compose_command_line(other)[0]
@@ -203,16 +205,18 @@ def compose_command_line(parsed: Any) -> tuple[DictConfig, bool]:
     return cfg, multirun
 
 
-def other_group_choices(overrides: Sequence[str]) -> list[list[str]]:
+def other_group_choices(overrides: Sequence[str], searched: Sequence[str] = ()) -> list[list[str]]:
     """The command line once for each value but the first of each list sweep of a config
     group (``experiment=a,b``: ``b``), the other sweeps at their first value: the config a
-    later job composes, whose file may hold a credential. A sweep of a key with a "." or
+    later job composes, whose file may hold a credential. ``searched``: an Optuna search
+    space (``experiment=choice(a,b)``), each of its values. A sweep of a key with a "." or
     of numbers (``seed=1,2,3``) is no group: its values are checked as text."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     first = first_of_each_sweep(list(overrides))
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        parser = OverridesParser.create()
+        parsed = parser.parse_overrides(list(overrides))
     except Exception:  # noqa: BLE001 - a syntax error: composing reports it
         return []
     if first is None:
@@ -220,14 +224,29 @@ def other_group_choices(overrides: Sequence[str]) -> list[list[str]]:
     out = []
     for i, o in enumerate(parsed):
         key = o.get_key_element()
-        if not o.is_sweep_override() or "." in key.lstrip("+~"):
+        param = key.lstrip("+~").removeprefix("hydra.sweeper.params.")
+        if not o.is_sweep_override() or "." in param:
             continue
-        with contextlib.suppress(Exception):
-            values = list(o.sweep_string_iterator())[1:]
-            for value in values:
-                if not re.fullmatch(r"[-+0-9.e]+", value):
-                    out.append([*first[:i], f"{key}={value}", *first[i + 1 :]])
+        if param != key.lstrip("+~"):  # hydra.sweeper.params.experiment=choice(a,b)
+            out += [[*first, f"{param}={value}"] for value in _group_values(o)]
+            continue
+        for value in _group_values(o)[1:]:
+            out.append([*first[:i], f"{key}={value}", *first[i + 1 :]])
+    for line in searched:
+        with contextlib.suppress(Exception):  # not an override: the sweeper reports it
+            (o,) = parser.parse_overrides([line])
+            if o.is_sweep_override() and "." not in o.get_key_element():
+                out += [[*first, f"{o.get_key_element()}={v}"] for v in _group_values(o)]
     return out
+
+
+def _group_values(override: Any) -> list[str]:
+    """The values of a list sweep that may name config options (not numbers)."""
+    try:
+        values = list(override.sweep_string_iterator())
+    except Exception:  # noqa: BLE001 - not enumerable (interval, glob)
+        return []
+    return [v for v in values if not re.fullmatch(r"[-+0-9.e]+", v)]
 
 
 def first_of_each_sweep(overrides: list[str]) -> list[str] | None:
