@@ -37,7 +37,7 @@ WORK = Path(os.environ.get("TRIPLETLAB_MUTATE_DIR", "/tmp/tripletlab-mutate"))
 EXTRA_TESTS = {
     "tripletlab/training/memory.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/training/steps.py": ["tests/training/test_memory_fifo.py"],
-    "tripletlab/losses/strategies.py": ["tests/losses/test_engines.py"],
+    "tripletlab/losses/strategies.py": ["tests/losses/test_migration.py"],
     "tripletlab/reuse/index.py": [],
     "tripletlab/lease_lock.py": ["tests/test_lease_lock_takeover.py"],
     "tripletlab/summarize/__init__.py": ["tests/test_summarize.py"],

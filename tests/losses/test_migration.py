@@ -284,3 +284,23 @@ def test_the_default_margins_the_tables_name():
     for fn in (batch_all_triplet_loss, batch_hard_triplet_loss, semi_hard_triplet_loss):
         assert inspect.signature(fn).parameters["margin"].default == 0.5
     assert tripletlab.compose([]).mining.margin == 0.2  # a run
+
+
+def test_the_functions_default_to_the_hinge_and_triplet_loss_passes_every_argument():
+    """As README's code calls them: ``triplet_loss(..., strategy=..., margin=...)`` is the
+    strategy's function with those arguments, and the functions default to the hinge."""
+    from tripletlab.losses import triplet_loss
+
+    labels, e = _batch(12)
+    for fn, name in (
+        (batch_all_triplet_loss, "batch_all"),
+        (batch_hard_triplet_loss, "batch_hard"),
+        (semi_hard_triplet_loss, "semi_hard"),
+    ):
+        hinge = _ours(fn, labels, e, soft_margin=False)
+        assert _ours(fn, labels, e) == pytest.approx(hinge, RTOL)
+        assert _ours(fn, labels, e, soft_margin=True) != pytest.approx(hinge, 1e-3)
+        for kwargs in ({"margin": 0.3}, {"margin": 0.3, "squared": True}, {"soft_margin": True}):
+            want = _ours(fn, labels, e, **kwargs)
+            got = float(triplet_loss(labels, e, strategy=name, **kwargs)[0])
+            assert got == pytest.approx(want, RTOL), (name, kwargs)
