@@ -116,7 +116,8 @@ def test_the_wheel_holds_every_module_the_configs_and_the_license(wheel):
     }
     assert len(configs) > 10 and configs - names == set()
     info = wheel.name.split("-py3")[0] + ".dist-info"
-    assert f"{info}/LICENSE" in names
+    # setuptools >= 77 (PEP 639) puts it under licenses/, older ones beside METADATA
+    assert {f"{info}/LICENSE", f"{info}/licenses/LICENSE"} & names
     entry_points = configparser.ConfigParser()
     entry_points.read_string(zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode())
     assert set(entry_points["console_scripts"]) == {f"tripletlab-{c}" for c in COMMANDS}
