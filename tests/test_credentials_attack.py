@@ -356,3 +356,73 @@ def test_a_credential_in_a_later_option_of_a_swept_group_is_refused_first(
     with pytest.raises(ConfigError, match="logger.experiment holds a credential") as err:
         train_cli.check_overrides([*args, *GROUP_SWEEPS[sweep](folder, options)])
     assert not _leaks(str(err.value))
+
+
+# The value of a credential of the environment, taken into a config by ${oc.env:...}
+# (an experiment file someone gave you), or into a library's message.
+ENV_SECRET_NAMES = ["MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_TOKEN", "PGPASSWORD"]
+ENV_SECRET_USES = {
+    "as the experiment name": "${oc.env:%s}",
+    "inside a longer name": "run-${oc.env:%s}-x",
+}
+
+
+@pytest.mark.parametrize("use", ENV_SECRET_USES)
+@pytest.mark.parametrize("variable", ENV_SECRET_NAMES)
+def test_the_value_of_an_environment_credential_is_refused_in_any_key(
+    variable, use, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(variable, f"{CORE}+/x")
+    folder = tmp_path / "conf" / "experiment"
+    folder.mkdir(parents=True)
+    given = {
+        "defaults": [{"override /logger": "mlflow"}],
+        "logger": {"experiment": ENV_SECRET_USES[use] % variable},
+    }
+    (folder / "shared.yaml").write_text("# @package _global_\n" + yaml.safe_dump(given))
+    args = ["-cd", str(folder.parent), "experiment=shared", "dataset=digits"]
+    with pytest.raises(
+        ConfigError, match=f"logger.experiment holds the value of \\${variable}"
+    ) as err:
+        train_cli.check_overrides(args)
+    assert not _leaks(str(err.value))
+
+
+@pytest.mark.parametrize("variable", ENV_SECRET_NAMES)
+def test_the_value_of_an_environment_credential_is_masked_by_every_writer(
+    variable, monkeypatch, tmp_path
+):
+    import logging
+
+    from tripletlab.io_utils import atomic_write_text
+
+    value = f"{CORE}+/x"
+    monkeypatch.setenv(variable, value)
+    text = f"request failed: header Authorization: Bearer {value} ({quote(value, safe='')})"
+    assert not _leaks(redact(text)) and "request failed" in redact(text)
+    from tripletlab.credentials import install_log_redaction
+
+    install_log_redaction()
+    record = logging.getLogRecordFactory()("attack", logging.WARNING, "f", 1, "%s", (text,), None)
+    assert not _leaks(record.getMessage())
+    atomic_write_text(tmp_path / "x.txt", text)
+    assert not _leaks((tmp_path / "x.txt").read_text())
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("PWD", "/work/main"),  # a path
+        ("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json"),
+        ("TOKENIZERS_PARALLELISM", "false"),  # a flag
+        ("HF_TOKEN", "short"),  # too short to be told from ordinary words
+        ("MLFLOW_TRACKING_URI", "https://mlflow.example"),  # not named like a secret
+    ],
+)
+def test_environment_values_that_are_no_secret_stay(variable, value, monkeypatch):
+    monkeypatch.setenv(variable, value)
+    text = f"folder {value} with false short https://mlflow.example"
+    assert redact(text) == text
+    train_cli.check_overrides(
+        ["dataset=image_folder", f"dataset.root={value if value.startswith('/') else '/d'}"]
+    )

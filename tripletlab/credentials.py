@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import re
 import sys
 import threading
@@ -253,10 +254,54 @@ def _levels(value: str, rounds: int = 3) -> set[str]:
     return out
 
 
+def environment_secrets() -> dict[str, str]:
+    """The environment variables named like a credential (``MLFLOW_TRACKING_PASSWORD``,
+    ``PGPASSWORD``, ``AWS_SECRET_ACCESS_KEY``, ``HF_TOKEN``...) whose value is one: at least
+    :data:`_MIN_ENV_SECRET` characters, not a path or a flag (``PWD=/home/me``)."""
+    # Every redaction asks: recomputed when the environment changed. os.environ decodes
+    # each item it gives; its raw mapping compares in a microsecond.
+    raw = getattr(os.environ, "_data", None)
+    snapshot = dict(raw) if isinstance(raw, dict) else dict(os.environ)
+    if _env_cache.get("environ") == snapshot:
+        return _env_cache["secrets"]
+    _env_cache["environ"] = snapshot
+    _env_cache["secrets"] = {
+        name: value
+        for name, value in os.environ.items()
+        if len(value) >= _MIN_ENV_SECRET
+        and _is_secret_variable(name)
+        and "://" not in value
+        and not _NOT_A_SECRET_VALUE.fullmatch(value)
+    }
+    return _env_cache["secrets"]
+
+
+_env_cache: dict[str, Any] = {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_variable(name: str) -> bool:
+    return is_secret_name(name)  # cached: every redaction asks for the whole environment
+
+
+def _environment_spans(text: str) -> list[tuple[int, int]]:
+    """Where the value of a credential of the environment stands in ``text``, also
+    percent-encoded: whatever took it there (``${oc.env:...}`` in any key, a library's
+    message), it is written masked."""
+    spans = []
+    for value in environment_secrets().values():
+        for form in {value, quote(value, safe=""), quote_plus(value, safe="")}:
+            at = text.find(form)
+            while at >= 0:
+                spans.append((at, at + len(form)))
+                at = text.find(form, at + 1)
+    return spans
+
+
 def mask(text: str) -> str:
-    """``text`` with every credential replaced by ``***``."""
+    """``text`` with every credential replaced by ``***`` (the environment's too)."""
     text = str(text)
-    spans = secret_spans(text)
+    spans = _merged(secret_spans(text) + _environment_spans(text))
     for a, b in reversed(spans):
         text = text[:a] + MASK + text[b:]
     return text
@@ -324,8 +369,28 @@ def refuse_config(cfg: Any, hydra_cfg: Any = None) -> None:
         leaves += config_strings(hydra_cfg, "hydra.")
     refuse_secrets(leaves)
     refuse_named_secrets(leaves)
+    refuse_environment_secrets(leaves)
 
 
+def refuse_environment_secrets(leaves: Iterable[tuple[str, Any]]) -> None:
+    """ConfigError for a value that holds the value of a credential of the environment
+    (:func:`environment_secrets`): ``logger.experiment=${oc.env:MLFLOW_TRACKING_PASSWORD}``
+    in an experiment file someone gave you would send it to the tracker and the run folder."""
+    secrets = environment_secrets()
+    for key, value in leaves:
+        if not isinstance(value, str):
+            continue
+        for name, secret in secrets.items():
+            if secret in value or quote(secret, safe="") in value:
+                raise ConfigError(
+                    f"{key} holds the value of ${name} (***): tripletlab records its config "
+                    "(run and sweep folders, trackers, logs), so it would be written out. "
+                    f"Leave ${name} to the client that reads it from the environment"
+                )
+
+
+# The shortest value of a credential-named environment variable that counts as a secret.
+_MIN_ENV_SECRET = 8
 # A value that names where a secret is, not the secret: a path, a variable, nothing.
 _NOT_A_SECRET_VALUE = re.compile(r"(?:[/~.$]|[A-Za-z]:\\).*|\*+|\s*|true|false|none|null", re.I)
 
