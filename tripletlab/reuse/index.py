@@ -213,6 +213,19 @@ def _file_of(row: list[str]) -> str:
     return os.fsdecode(unquote_to_bytes(row[2])) if len(row) > 2 else row[0]
 
 
+def _write_index(faiss, index, path: Path) -> None:
+    """faiss.write_index through a Python file: faiss takes only UTF-8 paths, and a folder's
+    name may be any bytes."""
+    with open(path, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+
+
+def _read_index(faiss, path: Path):
+    """faiss.read_index through a Python file (any path, as :func:`_write_index`)."""
+    with open(path, "rb") as f:
+        return faiss.read_index(faiss.PyCallbackIOReader(f.read))
+
+
 def _usual_permissions(path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -300,8 +313,8 @@ def build_index(
         if added != count or index.ntotal != count:
             raise RuntimeError(f"indexed {index.ntotal} of {count} gallery images")
         try:
-            faiss.write_index(index, str(tmp / INDEX_FILE))
-        except RuntimeError as exc:
+            _write_index(faiss, index, tmp / INDEX_FILE)
+        except (RuntimeError, OSError) as exc:  # a full disk, as faiss or Python says it
             raise IndexBuildError(
                 f"cannot write the index in {index_dir}: {one_line(exc)}"
             ) from None
@@ -377,16 +390,29 @@ def build_folder(folder: RunFolder, manifest: dict) -> Path:
     name = manifest.get("build")
     index_dir = folder.index_dir
     build = index_dir / str(name)
-    inside = (
-        isinstance(name, str)
-        and name.startswith("build-")
-        and Path(name).name == name
-        and build.resolve().parent == index_dir.resolve()
-    )
+    try:  # resolve() raises ValueError for a NUL byte, and a lone surrogate has no bytes
+        inside = (
+            isinstance(name, str)
+            and name.startswith("build-")
+            and Path(name).name == name
+            and build.resolve().parent == index_dir.resolve()
+        )
+    except (OSError, ValueError):
+        inside = False
     if not inside:
         raise IndexBuildError(
             f"{index_dir / MANIFEST_FILE} names the build {name!r}, which is not a build-* "
             f"folder inside {index_dir}: it is not read; rebuild the index with tripletlab-index"
+        )
+    # index/ itself, and the build's files, may not be symlinks that lead out either.
+    files = [build / INDEX_FILE, build / ITEMS_FILE]
+    if index_dir.resolve().parent != folder.path.resolve() or any(
+        f.resolve().parent != build.resolve() for f in files
+    ):
+        raise IndexBuildError(
+            f"the index in {index_dir} leads out of the run folder through a symlink (index/, "
+            f"{INDEX_FILE} or {ITEMS_FILE}): it is not read; rebuild the index with "
+            "tripletlab-index"
         )
     return build
 
@@ -414,7 +440,7 @@ def open_index(folder: RunFolder) -> NeighbourIndex | None:
     for _ in range(2):  # a rebuild may replace the build between reading and opening it
         build = build_folder(folder, manifest)
         try:
-            index = faiss.read_index(str(build / INDEX_FILE))
+            index = _read_index(faiss, build / INDEX_FILE)
             with open(build / ITEMS_FILE, newline="", encoding="utf-8") as f:
                 rows = list(csv.reader(f, delimiter="\t"))[1:]
             break
