@@ -29,6 +29,7 @@ from tripletlab.credentials import (
     redact,
     redact_tree,
     redacted_output,
+    redaction,
     refuse_secrets,
 )
 from tripletlab.errors import ConfigError
@@ -301,7 +302,7 @@ def test_a_refused_sweep_job_is_marked_failed_with_the_message_masked(tmp_path, 
 # -------------------------------------------------------------- the redaction choke points
 @pytest.fixture
 def warnings_log(caplog):
-    credentials._warned.clear()
+    redaction._warned.clear()  # one warning per writer and process: each test sees its own
     caplog.set_level(logging.WARNING, logger="tripletlab")
     return caplog
 
