@@ -123,3 +123,66 @@ def test_index_of_a_run_folder_whose_name_is_not_utf8(run, capsys, bad):
     with out.with_name(f"{out.stem}.neighbours.tsv").open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert len(rows) == 4 * 2, rows
+
+
+# ------------------------------------------------------------------ names in text outputs
+# Characters that end a line for some reader of a TSV (pandas, csv, str.splitlines, the
+# TensorBoard projector) or that a terminal acts on.
+LINE_BREAKS = {"CR": "\r", "LF": "\n", "tab": "\t", "VT": "\x0b", "FF": "\x0c", "FS": "\x1c"}
+LINE_BREAKS |= {"GS": "\x1d", "RS": "\x1e", "NEL": "\x85", "LS": "\u2028", "PS": "\u2029"}
+LINE_BREAKS |= {"ESC": "\x1b", "DEL": "\x7f"}
+
+
+def _tsv_rows(path: Path) -> list[list[str]]:
+    """The rows as every reader sees them: the same by str.splitlines, csv and pandas."""
+    import pandas as pd
+
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert len(rows) == len(lines) == len(pd.read_csv(path, sep="\t", quoting=3)) + 1
+    assert len({len(r) for r in rows}) == 1, rows  # one width
+    return rows
+
+
+def test_names_with_line_breaks_keep_one_row_each(run, tmp_path, capsys):
+    """embed's TSV, its neighbours' TSV and contact sheet, for files named with each
+    character that breaks a line."""
+    run_dir, queries = run
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    image = Image.open(next(queries.glob("*.png")))
+    for name, char in LINE_BREAKS.items():
+        image.save(gallery / f"{name}{char}x.png")
+    out = tmp_path / "e.tsv"
+    capsys.readouterr()
+    assert embed_main([str(run_dir), str(gallery), "--out", str(out)]) == 0
+    assert len(_tsv_rows(out)) == 1 + len(LINE_BREAKS)
+    k = len(LINE_BREAKS)
+    query = str(gallery / "CR\rx.png")
+    argv = [str(run_dir), query, "--out", str(tmp_path / "q.tsv"), "--neighbours", str(k)]
+    assert embed_main([*argv, "--gallery", str(gallery)]) == 0, capsys.readouterr().err
+    assert len(_tsv_rows(tmp_path / "q.neighbours.tsv")) == 1 + k
+    assert (tmp_path / "q.neighbours.png").is_file()
+
+
+@pytest.mark.parametrize("length", [200, 220, 240, 255])
+def test_a_long_file_name_is_written_atomically(tmp_path, length):
+    """A name up to the file system's 255 bytes: its temporary file's name must fit too."""
+    from tripletlab.io_utils import atomic_write_text
+
+    path = tmp_path / ("n" * (length - 4) + ".txt")
+    atomic_write_text(path, "x\n")
+    assert path.read_text() == "x\n"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_an_out_too_long_for_its_side_files_is_one_line(run, tmp_path, capsys):
+    run_dir, queries = run
+    out = tmp_path / ("o" * 246 + ".tsv")  # 250 bytes; .neighbours.png makes it 261
+    capsys.readouterr()
+    argv = [str(run_dir), str(queries), "--out", str(out), "--neighbours", "2"]
+    assert embed_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and err.count("\n") == 1 and "too long" in err, err

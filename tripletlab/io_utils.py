@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -67,7 +68,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     # which process writes it, so that one left by a killed process can be told apart
     # (:func:`part_owner`, tripletlab.data.download.remove_stale_parts).
     owner = f"{this_host()}-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = path.with_name(f".{path.name}@{owner}.part{path.suffix}")
+    room = len(owner) + len(os.fsencode(path.suffix)) + 7  # ".", "@" and ".part"
+    tmp = path.with_name(f".{_short(path.name, room)}@{owner}.part{path.suffix}")
     try:
         yield tmp
         _fsync(tmp)  # the content reaches the disk before the name does
@@ -76,6 +78,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         # Never leave the temporary file behind, whatever went wrong (even KeyboardInterrupt).
         tmp.unlink(missing_ok=True)
+
+
+# Linux's limit for one name, in bytes.
+NAME_MAX = 255
+
+
+def _short(name: str, room: int) -> str:
+    """``name``, or its start and a hash of it, in at most NAME_MAX - ``room`` bytes: a name
+    near the limit is valid, and its temporary file's longer name must be too."""
+    data = os.fsencode(name)
+    if len(data) <= NAME_MAX - room:
+        return name
+    head = os.fsdecode(data[: max(0, NAME_MAX - room - 11)])
+    return f"{head}~{hashlib.sha1(data).hexdigest()[:10]}"
 
 
 def _fsync(path: Path) -> None:

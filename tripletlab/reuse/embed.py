@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ import numpy as np
 
 from tripletlab.errors import ConfigError
 from tripletlab.inference import open_model
-from tripletlab.io_utils import escape_name
+from tripletlab.io_utils import NAME_MAX, escape_name
 from tripletlab.reuse import run_config
 from tripletlab.reuse.inputs import find_images, gallery_files
 from tripletlab.run_folder import RunFolder
@@ -44,6 +46,9 @@ MAX_PRINTED_QUERIES = 50  # inputs whose neighbours are printed (the TSV has the
 TILE = 96  # contact sheet: image side in pixels
 CAPTION = 26  # contact sheet: caption height under each image
 PAD = 4
+# What ends a line for some reader of a TSV (csv, pandas, str.splitlines, TensorBoard's
+# projector) or what a terminal acts on: C0 and C1 controls, DEL, U+2028 and U+2029.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -185,7 +190,7 @@ def contact_sheet(
         tile = _tile(img)
         sheet.paste(tile, (x + PAD + (TILE - tile.width) // 2, y + PAD + (TILE - tile.height) // 2))
         for j, line in enumerate(lines):
-            text = _fit_text(draw, escape_name(line), font, TILE)
+            text = _fit_text(draw, _tsv_cell(escape_name(line)), font, TILE)
             draw.text((x + PAD, y + PAD + TILE + 1 + 12 * j), text, fill=colour, font=font)
 
     for r in range(rows):
@@ -223,13 +228,14 @@ def write_embeddings(out: Path, names: Sequence[str], emb: np.ndarray) -> Path:
         return atomic_write_bytes(out, buf.getvalue())
     lines = ["\t".join(["path", *(f"e{i}" for i in range(emb.shape[1]))])]
     for name, row in zip(names, emb, strict=True):
-        clean = str(name).replace("\t", " ").replace("\n", " ")
+        clean = _tsv_cell(name)
         lines.append("\t".join([clean, *(repr(float(v)) for v in row)]))
     return atomic_write_text(out, "\n".join(lines) + "\n")
 
 
 def _tsv_cell(value) -> str:
-    return str(value).replace("\t", " ").replace("\n", " ")
+    """One TSV cell, one line: tabs, line breaks and other controls as spaces."""
+    return _CONTROL.sub(" ", str(value))
 
 
 def embed_inputs(
@@ -251,6 +257,13 @@ def embed_inputs(
         raise ConfigError(f"--out {out} is a folder; give a file name ending in .npy or .tsv")
     if neighbours < 0:
         raise ConfigError(f"--neighbours {neighbours} must be >= 1")
+    written = [out, _sidecar(out, ".tsv"), _sidecar(out, ".png")] if neighbours else [out]
+    for path in written:
+        if len(os.fsencode(path.name)) > NAME_MAX:
+            raise ConfigError(
+                f"--out {escape_name(out)}: too long a file name for {escape_name(path.name)} "
+                f"(at most {NAME_MAX} bytes): use a shorter one"
+            )
     if gallery_dir is not None and not neighbours:
         raise ConfigError("--gallery needs --neighbours K (how many neighbours to list)")
     run_cfg = run_config.load_config(run_dir, overrides)
