@@ -56,6 +56,10 @@ class LockFileError(TripletLabError):
 MAX_RECORD_BYTES = 4096
 # A pid this module can ask about (os.kill): 1..2**31-1; 0 and negatives name groups.
 _MAX_PID = 2**31 - 1
+# The tokens of the locks this process holds: a lock file that names this process's pid
+# with another token was left by an earlier process that had the same pid (pids are reused,
+# a container's first pids always), and that process is gone.
+_HELD_TOKENS: set[str] = set()
 
 
 def _pid_namespace() -> str:
@@ -258,6 +262,7 @@ class LeaseLock:
         finally:
             os.close(fd)
         self.token = token
+        _HELD_TOKENS.add(token)
         self._stop.clear()
         self._heartbeat = threading.Thread(
             target=self._keep_alive, name=f"lease {self.path.name}", daemon=True
@@ -268,6 +273,8 @@ class LeaseLock:
     def _is_stale(self, holder: Holder, silent_for: float) -> bool:
         local = holder.host == self.host and holder.namespace == self.namespace
         if local and holder.pid is not None and _pid_is_dead(holder.pid):
+            return True
+        if local and holder.pid == os.getpid() and holder.token not in _HELD_TOKENS:
             return True
         return time.time() - holder.mtime > self.lease or silent_for > self.lease
 
@@ -324,6 +331,7 @@ class LeaseLock:
                 pass
             except OSError as err:  # made immutable or read-only meanwhile: say so, once
                 log.warning("could not remove the lock %s (%s): remove it", self.path, err)
+        _HELD_TOKENS.discard(self.token)
         self.token = None
 
     def __enter__(self) -> LeaseLock:

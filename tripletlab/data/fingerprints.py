@@ -68,8 +68,18 @@ def _files(root: Path, suffixes: Iterable[str] | None) -> list[tuple[str, int, P
     one of ``suffixes`` (any case) if given; sorted by name."""
     wanted = None if suffixes is None else {s.lower() for s in suffixes}
     found = []
-    for parent, dirs, names in os.walk(root):
+    # Symbolic links to folders are followed, as loading follows them (a class folder linked
+    # in from elsewhere is training data); a link back to a folder above it is not.
+    above: dict[str, frozenset[str]] = {}
+    for parent, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(parent)
+        chain = above.get(parent, frozenset())
+        if real in chain:
+            dirs[:] = []
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for d in dirs:
+            above[os.path.join(parent, d)] = chain | {real}
         for name in names:
             if name.startswith(".") or (wanted and Path(name).suffix.lower() not in wanted):
                 continue
