@@ -38,6 +38,7 @@ from tripletlab.cli import sweep as sweep_cli
 from tripletlab.cli import train as train_cli
 from tripletlab.cli import visualize as visualize_cli
 from tripletlab.data import IDX_FILES
+from tripletlab.errors import ConfigError
 
 # Real runs or commands end to end (`make test-fast` leaves them out).
 pytestmark = pytest.mark.e2e
@@ -186,6 +187,48 @@ def test_an_output_folder_that_cannot_be_written_is_one_message(tmp_path):
         assert "hydra.sweep.dir=PATH" in proc.stderr
     finally:
         subprocess.run(["umount", read_only], check=False)
+
+
+# hydra.job.name names the log file (<run folder>/<name>.log): a "/" in it, or a name longer
+# than a file name may be, made Hydra's logging set-up end in a traceback.
+BAD_JOB_NAMES = {
+    "a folder": ["hydra.job.name=a/b"],
+    "absolute": ["hydra.job.name=/tmp/x"],
+    "trailing slash": ["hydra.job.name=run/"],
+    "from the environment": ["hydra.job.name=${oc.env:JOB_NAME}"],
+    "too long": ["hydra.job.name=" + "n" * 252],
+    "a sweep's first name": ["-m", "seed=1,2", "hydra.job.name=x/y"],
+    "a sweep's later name": ["-m", "hydra.job.name=ok,x/y"],
+}
+
+
+@pytest.mark.parametrize("args", BAD_JOB_NAMES.values(), ids=BAD_JOB_NAMES.keys())
+def test_a_job_name_that_cannot_name_the_log_file_is_refused(tmp_path, monkeypatch, args):
+    monkeypatch.setenv("JOB_NAME", "team/run")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="hydra.job.name: the job's name") as err:
+        train_cli.check_overrides([*args, *TINY])
+    assert "choose a" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hydra.job.name=" + "n" * 251],  # the longest name: n...n.log is 255 bytes
+        ["hydra.job.name=my-run_2.v1"],
+        ["hydra/job_logging=disabled", "hydra.job.name=a/b"],  # no log file
+    ],
+)
+def test_a_job_name_that_names_a_file_is_accepted(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    train_cli.check_overrides([*args, *TINY])
+
+
+def test_a_job_name_with_a_slash_is_one_error_line_and_no_run_folder(tmp_path):
+    proc = _command("train", *TINY, "hydra.job.name=a/b", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    _one_error_line(proc.stderr, "hydra.job.name: the job's name (a/b) names its log file")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_run_folder_in_use_is_refused_with_the_holders_host_and_pid(tmp_path):

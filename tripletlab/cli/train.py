@@ -110,6 +110,42 @@ def check_overrides(args: Sequence[str]) -> None:
             f"cannot write the output folder {OmegaConf.select(cfg, key)}: {problem}; "
             f"choose another with {key}=PATH"
         )
+    swept = [v for k, v in _swept_values(parsed.overrides) if k.lstrip("+~") == "hydra.job.name"]
+    problem = _log_file_name_problem(cfg, swept)
+    if problem:
+        raise ConfigError(f"hydra.job.name: {problem}")
+
+
+# The longest file name (bytes) of the usual file systems (ext4, XFS, Btrfs, APFS, NTFS).
+_NAME_MAX = 255
+
+
+def _log_file_name_problem(cfg: DictConfig, swept: Sequence[str] = ()) -> str | None:
+    """Why Hydra could not open a job's log file, which a file handler of
+    ``hydra.job_logging`` names after ``hydra.job.name`` (``<run folder>/<name>.log``): a
+    path separator in the name (a folder that does not exist) or a name too long for a
+    file. ``swept``: the other names of a sweep of it. None when no handler uses the name
+    (``hydra/job_logging=disabled``)."""
+    handlers = OmegaConf.to_container(
+        OmegaConf.select(cfg, "hydra.job_logging.handlers") or OmegaConf.create(), resolve=False
+    )
+    filenames = [str(h.get("filename", "")) for h in handlers.values() if isinstance(h, dict)]
+    if not any(re.search(r"hydra[.:]\s*job\.name", f) for f in filenames):  # ${hydra:job.name}
+        return None
+    composed = OmegaConf.select(cfg, "hydra.job.name", throw_on_resolution_failure=False)
+    for name in (str(composed), *swept):
+        for sep in sorted({"/", os.sep, os.altsep or "/"}):
+            if sep in name:
+                return (
+                    f"the job's name ({name}) names its log file ({name}.log in the run "
+                    f"folder), which cannot hold {sep!r}; choose a name without it"
+                )
+        if len(os.fsencode(f"{name}.log")) > _NAME_MAX:
+            return (
+                f"the job's name names its log file (<name>.log in the run folder), so it "
+                f"may be at most {_NAME_MAX - len('.log')} bytes long; choose a shorter name"
+            )
+    return None
 
 
 def _hydra_arguments(args: Sequence[str]) -> Any:
