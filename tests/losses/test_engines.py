@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tripletlab import losses
 from tripletlab.bench import __main__ as bench_cli
+from tripletlab.bench import loss_cases, loss_report
 from tripletlab.bench import losses as bench
 from tripletlab.errors import ConfigError
 from tripletlab.losses import engines, reference
@@ -656,7 +657,7 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
     assert bench_cli.main([*args, "--labels", "pk,random2", "--csv", str(path)]) == 0
     with path.open() as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == bench.CSV_COLUMNS
+        assert tuple(reader.fieldnames) == loss_report.CSV_COLUMNS
         rows = list(reader)
     peer = [r for r in rows if r["impl"] == "pml"]  # with torch: its three strategies
     assert len(peer) == (2 * 3 if peer else 0)
@@ -726,18 +727,18 @@ def test_benchmark_label_regimes():
             bench.parse_labels(bad)
     with pytest.raises(SystemExit):
         bench.parse_args(["--labels", "pk,random0"])
-    labels, emb = bench.make_batch(64, 8, 4, labels="random10")
+    labels, emb = loss_cases.make_batch(64, 8, 4, labels="random10")
     assert labels.shape == (64,) and emb.shape == (64, 8) and labels.numpy().max() < 10
-    labels, _ = bench.make_batch(64, 8, 4, labels="pk")
+    labels, _ = loss_cases.make_batch(64, 8, 4, labels="pk")
     np.testing.assert_array_equal(np.bincount(labels.numpy()), np.full(16, 4))
     # clustered: positives nearer than negatives on average; unit norm like random ones
-    labels, emb = bench.make_batch(64, 8, 4, labels="random4", embeddings="clustered")
+    labels, emb = loss_cases.make_batch(64, 8, 4, labels="random4", embeddings="clustered")
     np.testing.assert_allclose(np.linalg.norm(emb.numpy(), axis=1), 1, rtol=1e-6)
     d = losses.pairwise_distances(emb).numpy()
     same = labels.numpy()[:, None] == labels.numpy()[None, :]
     assert d[same & ~np.eye(64, dtype=bool)].mean() < d[~same].mean() - 0.3
     with pytest.raises(ValueError):
-        bench.make_batch(8, 2, 4, embeddings="uniform")
+        loss_cases.make_batch(8, 2, 4, embeddings="uniform")
 
 
 def test_benchmark_skips_dense_above_cap(tmp_path):
@@ -776,7 +777,7 @@ def test_benchmark_cross_batch_memory_rows(tmp_path, capsys):
     assert int(with_memory["batch_hard"]["largest_class"]) > int(
         alone["batch_hard"]["largest_class"]
     )
-    labels, emb, memory = bench.memory_batch(bench.parse_args(args), "random3", 12, 20)
+    labels, emb, memory = loss_cases.memory_batch(bench.parse_args(args), "random3", 12, 20)
     want = losses.batch_hard_triplet_loss(labels, emb, margin=0.5, memory=memory)[0]
     assert float(with_memory["batch_hard"]["loss"]) == pytest.approx(float(want), rel=1e-6)
     out = capsys.readouterr()

@@ -5,7 +5,7 @@ the embeddings) inside a ``tf.function`` and measures its peak memory, for
 :mod:`tripletlab.losses` ("ours") and, for batch-all and semi-hard, the textbook dense forms
 ("dense"): the [B, B, B] triplet tensor of omoindrot/tensorflow-triplet-loss for batch-all
 and the [B*B, B] tiling of tf-addons' ``triplet_semihard_loss`` for semi-hard, re-implemented
-below op for op (tf-addons is not installed) but counting exactly the triplets ours count, so
+in :mod:`tripletlab.bench.dense` op for op (tf-addons is not installed) but counting exactly the triplets ours count, so
 the losses agree up to rounding (checked: a mismatch is flagged in the note). Everything runs
 in one process, so the ratios compare like with like.
 
@@ -57,166 +57,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from tripletlab import losses
+from tripletlab.bench.dense import DENSE, DENSE_BENCHMARKED, DENSE_BYTES_PER_TRIPLET
+from tripletlab.bench.loss_cases import memory_batch, parse_labels
+from tripletlab.bench.loss_report import (
+    header,
+    markdown_table,
+    memory_device,
+    progress,
+    ratio_of,
+    write_csv,
+)
+from tripletlab.bench.pml import pml_rows
 from tripletlab.losses import engines
-from tripletlab.losses.distances import prepare
-from tripletlab.losses.pieces import items, masks, ratio
 from tripletlab.registry import STRATEGIES
 
 DEFAULT_SIZES = (64, 256, 1024, 2048, 4096)
 DEFAULT_LABELS = ("pk", "random10", "random100")
-CLUSTER_NOISE = 0.9  # --embeddings clustered: noise scale around the class centres
 DEFAULT_CSV = "outputs/bench/losses.csv"
-CSV_COLUMNS = (
-    "labels",
-    "strategy",
-    "impl",
-    "engine",
-    "batch_size",
-    "memory_size",
-    "dim",
-    "images_per_class",
-    "classes",
-    "largest_class",
-    "embeddings",
-    "soft_margin",
-    "jit",
-    "repeats",
-    "ms_median",
-    "ms_min",
-    "peak_mb",
-    "time_vs_batch_hard",
-    "mem_vs_batch_hard",
-    "time_dense_over_ours",
-    "mem_dense_over_ours",
-    "loss",
-    "note",
-)
-DENSE_BYTES_PER_TRIPLET = 12  # three float32 [B, B, B] tensors alive at once
-
-
-# --------------------------------------------------------------------------------------------
-# Dense references: O(B^3) memory. Also the gradient references of tests/losses/test_engines.py.
-# --------------------------------------------------------------------------------------------
-
-
-def _dense_setup(labels, embeddings, squared):
-    labels, embeddings = prepare(labels, embeddings)
-    d = losses.pairwise_distances(embeddings, squared)
-    pos, neg = masks(labels, tf.shape(labels)[0])
-    return d, pos, neg
-
-
-def _mean_of_items(x, valid, margin, soft_margin):
-    """x = d_ap - d_an per item, valid bool, same shape -> (loss, fraction) over valid items."""
-    values, _, active = items(x, margin, soft_margin)
-    n = tf.reduce_sum(tf.cast(valid, tf.int64))
-    total = tf.reduce_sum(tf.where(valid, values, tf.zeros_like(values)))
-    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
-    return ratio(total, n, x.dtype), ratio(n_active, n, x.dtype)
-
-
-def _triplet_mask(labels):
-    """omoindrot's ``_get_triplet_mask``: [B, B, B] bool, True for valid (a, p, n)."""
-    not_equal = tf.logical_not(tf.cast(tf.eye(tf.shape(labels)[0]), tf.bool))
-    distinct = tf.logical_and(
-        tf.logical_and(not_equal[:, :, None], not_equal[:, None, :]), not_equal[None, :, :]
-    )
-    label_equal = tf.equal(labels[None, :], labels[:, None])
-    valid_labels = tf.logical_and(label_equal[:, :, None], tf.logical_not(label_equal[:, None, :]))
-    return tf.logical_and(distinct, valid_labels)
-
-
-def _dense_batch_all(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
-    """Batch-all over the [B, B, B] tensor of every triplet, as omoindrot's
-    ``batch_all_triplet_loss``: the 3-D validity mask as floats multiplied in, relu, then the
-    positive triplets counted with a second 3-D comparison.
-
-    labels [B], embeddings [B, D] -> (loss [], fraction []), same definition as
-    :func:`tripletlab.losses.batch_all_triplet_loss`: counts ``> 0`` rather than the
-    original's ``> 1e-16``, and divides safely instead of adding 1e-16, so both are exact.
-    """
-    labels, embeddings = prepare(labels, embeddings)
-    d = losses.pairwise_distances(embeddings, squared)
-    dtype = d.dtype
-    mask = tf.cast(_triplet_mask(labels), dtype)  # [B, B, B]
-    num_valid = tf.reduce_sum(mask)
-    x = d[:, :, None] - d[:, None, :]  # [B, B, B]: d(a, p) - d(a, n)
-    if soft_margin:
-        total = tf.reduce_sum(mask * tf.nn.softplus(x))
-        num_active = tf.reduce_sum(mask * tf.cast(x > 0, dtype))
-        return ratio(total, num_valid, dtype), ratio(num_active, num_valid, dtype)
-    triplet_loss = tf.maximum(mask * (x + tf.cast(margin, dtype)), 0.0)
-    num_positive = tf.reduce_sum(tf.cast(triplet_loss > 0, dtype))
-    total = tf.reduce_sum(triplet_loss)
-    return ratio(total, num_positive, dtype), ratio(num_positive, num_valid, dtype)
-
-
-def _dense_batch_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
-    """Batch-hard as a max over each anchor's [B, B] slice of the triplet tensor.
-
-    max over valid (p, n) of d(a, p) - d(a, n) is the farthest positive minus the nearest
-    negative; a B^3 formulation independent of the masked max / min of ours.
-    """
-    d, pos, neg = _dense_setup(labels, embeddings, squared)
-    x = d[:, :, None] - d[:, None, :]
-    valid3 = tf.logical_and(pos[:, :, None], neg[:, None, :])
-    hardest = tf.reduce_max(
-        tf.where(valid3, x, tf.fill(tf.shape(x), tf.constant(-np.inf, x.dtype))), axis=[1, 2]
-    )
-    valid = tf.reduce_any(valid3, axis=[1, 2])
-    hardest = tf.where(valid, hardest, tf.zeros_like(hardest))
-    return _mean_of_items(hardest, valid, margin, soft_margin)
-
-
-def _masked_minimum(data, mask):
-    """tf-addons: the minimum of data [N, M] over mask [N, M] (float 0/1) per row, [N, 1]."""
-    axis_maximums = tf.reduce_max(data, axis=1, keepdims=True)
-    return tf.reduce_min((data - axis_maximums) * mask, axis=1, keepdims=True) + axis_maximums
-
-
-def _masked_maximum(data, mask):
-    """tf-addons: the maximum of data [N, M] over mask [N, M] (float 0/1) per row, [N, 1]."""
-    axis_minimums = tf.reduce_min(data, axis=1, keepdims=True)
-    return tf.reduce_max((data - axis_minimums) * mask, axis=1, keepdims=True) + axis_minimums
-
-
-def _dense_semi_hard(labels, embeddings, margin=0.5, squared=False, soft_margin=False):
-    """Semi-hard as tf-addons' ``triplet_semihard_loss``: the distances tiled to [B*B, B].
-
-    Row i*B + a of the tile holds anchor a's distances, compared with d(a, i) where i plays
-    the positive; masked minimum / maximum by arithmetic on float masks, as there. One
-    change, to match :func:`tripletlab.losses.semi_hard_triplet_loss`: pairs whose anchor has
-    no negative are left out of the mean (tf-addons averages them in with a meaningless
-    "negative").
-    """
-    d, pos, neg = _dense_setup(labels, embeddings, squared)
-    dtype = d.dtype
-    b = tf.shape(d)[0]
-    pdist_tile = tf.tile(d, [b, 1])  # [B*B, B]
-    mask = tf.logical_and(
-        tf.tile(neg, [b, 1]), pdist_tile > tf.reshape(tf.transpose(d), [-1, 1])
-    )  # [B*B, B]: negatives of a farther than d(a, i)
-    mask_final = tf.reduce_sum(tf.cast(mask, dtype), axis=1, keepdims=True) > 0
-    mask_final = tf.transpose(tf.reshape(mask_final, [b, b]))
-    negatives_outside = _masked_minimum(pdist_tile, tf.cast(mask, dtype))
-    negatives_outside = tf.transpose(tf.reshape(negatives_outside, [b, b]))
-    negatives_inside = tf.tile(_masked_maximum(d, tf.cast(neg, dtype)), [1, b])
-    semi_hard_negatives = tf.where(mask_final, negatives_outside, negatives_inside)
-    valid = tf.logical_and(pos, tf.reduce_any(neg, axis=1)[:, None])
-    return _mean_of_items(d - semi_hard_negatives, valid, margin, soft_margin)
-
-
-DENSE = {
-    "batch_all": _dense_batch_all,
-    "batch_hard": _dense_batch_hard,
-    "semi_hard": _dense_semi_hard,
-}
-# Only these have a textbook dense form worth comparing; batch-hard is O(B^2) everywhere.
-DENSE_BENCHMARKED = ("batch_all", "semi_hard")
 
 
 def ours() -> dict[str, Callable]:
@@ -229,50 +88,6 @@ def ours() -> dict[str, Callable]:
 # --------------------------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------------------------
-
-
-def parse_labels(regime: str) -> int | None:
-    """Labels regime -> number of classes: "pk" -> None, "random<N>" (N >= 1) -> N.
-
-    ValueError for anything else."""
-    if regime == "pk":
-        return None
-    match = re.fullmatch(r"random([1-9][0-9]*)", regime)
-    if match is None:
-        raise ValueError(f"labels {regime!r}: expected pk or random<N>, e.g. random10")
-    return int(match.group(1))
-
-
-def make_batch(
-    batch_size: int,
-    dim: int,
-    images_per_class: int,
-    seed: int = 0,
-    labels: str = "pk",
-    embeddings: str = "random",
-):
-    """Labels [B] int32 and L2-normalised float32 embeddings [B, D].
-
-    labels "pk": B / images_per_class classes of images_per_class each, shuffled;
-    "random<N>": each label uniform over N classes (see :func:`parse_labels`).
-    embeddings "random": normal, no class structure (an untrained model); "clustered": a
-    normal centre per class plus 0.9 x normal noise (a model part-way through training:
-    positives nearer than most negatives, with overlap).
-    """
-    rng = np.random.default_rng(seed)
-    n_classes = parse_labels(labels)
-    if n_classes is None:
-        labels = rng.permutation(np.arange(batch_size) // images_per_class).astype(np.int32)
-    else:
-        labels = rng.integers(0, n_classes, size=batch_size).astype(np.int32)
-    emb = rng.normal(size=(batch_size, dim))
-    if embeddings == "clustered":
-        emb = rng.normal(size=(labels.max() + 1, dim))[labels] + CLUSTER_NOISE * emb
-    elif embeddings != "random":
-        raise ValueError(f"embeddings {embeddings!r}: expected random or clustered")
-    emb = emb.astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    return tf.constant(labels), tf.constant(emb)
 
 
 def make_step(fn: Callable, margin: float, soft_margin: bool, jit: bool) -> Callable:
@@ -288,10 +103,6 @@ def make_step(fn: Callable, margin: float, soft_margin: bool, jit: bool) -> Call
     return step
 
 
-def _memory_device() -> str:
-    return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-
-
 def _call(step: Callable, labels, emb) -> float:
     loss, grad = step(labels, emb)
     grad.numpy()  # wait for the result
@@ -300,7 +111,7 @@ def _call(step: Callable, labels, emb) -> float:
 
 def peak_memory_mb(step: Callable, labels, emb) -> float:
     """Peak MB the allocator reaches during one call, above what was allocated before it."""
-    device = _memory_device()
+    device = memory_device()
     try:
         tf.config.experimental.reset_memory_stats(device)
         before = tf.config.experimental.get_memory_info(device)["current"]
@@ -408,19 +219,8 @@ def run_case(args: argparse.Namespace, regime: str, b: int, m: int = 0) -> list[
         by_key[key].update(figures)
     _add_ratios(by_key)
     for row in by_key.values():
-        _progress(row)
+        progress(row)
     return list(by_key.values())
-
-
-def memory_batch(args: argparse.Namespace, regime: str, b: int, m: int):
-    """A batch of b with a memory of m: one batch of b + m drawn as :func:`make_batch` does,
-    split into (labels [b], embeddings [b, D]) and the memory (labels [m], embeddings
-    [m, D]), so the memory's classes are the batch's (PK: whole classes of K, shuffled
-    across both)."""
-    labels, emb = make_batch(
-        b + m, args.dim, args.images_per_class, labels=regime, embeddings=args.embeddings
-    )
-    return labels[:b], emb[:b], (labels[b:], emb[b:])
 
 
 def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
@@ -469,260 +269,19 @@ def _case(args: argparse.Namespace, regime: str, b: int, m: int = 0):
     return labels, emb, base, by_key, steps
 
 
-# --------------------------------------------------------------------------------------------
-# pytorch-metric-learning on the same batches, when it is importable
-# --------------------------------------------------------------------------------------------
-
-PML_STRATEGIES = ("batch_hard", "easy_positive", "distance_weighted")
-
-
-def _pml_loss(pml_losses, pml_miners, strategy: str, margin: float, dim: int, slots: int):
-    """pytorch-metric-learning's form of ``strategy`` (docs/losses.md's mapping): a
-    TripletMarginLoss with a miner, wrapped in a CrossBatchMemory of ``slots`` entries
-    when ``slots`` is not None."""
-    miner = {
-        "batch_hard": lambda: pml_miners.BatchHardMiner(),
-        "easy_positive": lambda: pml_miners.BatchEasyHardMiner(
-            pos_strategy="easy", neg_strategy="semihard"
-        ),
-        "distance_weighted": lambda: pml_miners.DistanceWeightedMiner(
-            cutoff=0.5, nonzero_loss_cutoff=1.4
-        ),
-    }[strategy]()
-    loss = pml_losses.TripletMarginLoss(margin=margin)
-    if slots is None:
-        return lambda emb, labels: loss(emb, labels, miner(emb, labels))
-    return pml_losses.CrossBatchMemory(loss, dim, memory_size=slots, miner=miner)
-
-
-def _prefill(torch, xbm, memory, b: int) -> None:
-    """CrossBatchMemory enqueues the batch before mining, against its whole memory: with
-    B + M slots, the M memory entries after the first B and the queue at 0, each call
-    writes the batch into slots 0 .. B-1 and mines the same [B, B + M] problem as ours."""
-    memory_labels, memory_embeddings = memory
-    with torch.no_grad():
-        xbm.embedding_memory[b:] = torch.tensor(memory_embeddings.numpy())
-        xbm.label_memory[b:] = torch.tensor(memory_labels.numpy().astype(np.int64))
-    xbm.queue_idx, xbm.has_been_filled = 0, True
-
-
-def pml_rows(args: argparse.Namespace, cases: list[tuple[str, int, int]]) -> list[dict]:
-    """Rows (impl "pml") timing pytorch-metric-learning's BatchHardMiner, BatchEasyHardMiner
-    and DistanceWeightedMiner with TripletMarginLoss (and CrossBatchMemory for the --xbm
-    cases, its memory filled with the same entries first) on the same batches, forward +
-    backward. [] with a printed note when it is not importable."""
-    try:
-        import torch
-        from pytorch_metric_learning import losses as pml_losses
-        from pytorch_metric_learning import miners as pml_miners
-    except ImportError:
-        print(
-            "pytorch-metric-learning is not importable here: its rows are skipped "
-            "(pip install pytorch-metric-learning to time them beside ours)",
-            file=sys.stderr,
-        )
-        return []
-    rows = []
-    for regime, b, m in cases:
-        labels, emb, memory = memory_batch(args, regime, b, m)
-        for strategy in PML_STRATEGIES:
-            slots = b + m if m else None
-            fn = _pml_loss(pml_losses, pml_miners, strategy, args.margin, args.dim, slots)
-            if m:
-                _prefill(torch, fn, memory, b)
-
-            def step(fn=fn, emb=emb, labels=labels):
-                x = torch.tensor(emb.numpy(), requires_grad=True)
-                value = fn(x, torch.tensor(labels.numpy().astype(np.int64)))
-                value.backward()
-                return float(value)
-
-            times = []
-            for _ in range(max(args.warmup, 1)):
-                loss = step()
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - start)
-            row = {
-                "labels": regime,
-                "batch_size": b,
-                "memory_size": m,
-                "dim": args.dim,
-                "strategy": strategy,
-                "impl": "pml",
-                "repeats": args.repeats,
-                "ms_median": statistics.median(times) * 1e3,
-                "ms_min": min(times) * 1e3,
-                "loss": loss,
-                "note": "",
-            }
-            rows.append(row)
-            _progress(dict(row, peak_mb=float("nan")))
-    return rows
-
-
-def _ratio(a, b):
-    if a is None or b is None or not (np.isfinite(a) and np.isfinite(b)) or b <= 0:
-        return None
-    return a / b
-
-
 def _add_ratios(by_key: dict) -> None:
     """Ratios within one batch size: vs ours batch-hard, and dense / ours."""
     hard = by_key["batch_hard", "ours"]
     for (strategy, impl), row in by_key.items():
-        row["time_vs_batch_hard"] = _ratio(row.get("ms_median"), hard.get("ms_median"))
-        row["mem_vs_batch_hard"] = _ratio(row.get("peak_mb"), hard.get("peak_mb"))
+        row["time_vs_batch_hard"] = ratio_of(row.get("ms_median"), hard.get("ms_median"))
+        row["mem_vs_batch_hard"] = ratio_of(row.get("peak_mb"), hard.get("peak_mb"))
         dense = by_key.get((strategy, "dense"))
         if impl == "ours" and dense is not None:
-            row["time_dense_over_ours"] = _ratio(dense.get("ms_median"), row.get("ms_median"))
-            row["mem_dense_over_ours"] = _ratio(dense.get("peak_mb"), row.get("peak_mb"))
+            row["time_dense_over_ours"] = ratio_of(dense.get("ms_median"), row.get("ms_median"))
+            row["mem_dense_over_ours"] = ratio_of(dense.get("peak_mb"), row.get("peak_mb"))
             # Both count the same triplets: a different loss would make the timing moot.
             if "loss" in dense and not np.isclose(row["loss"], dense["loss"], rtol=1e-4):
                 row["note"] = f"LOSS MISMATCH: ours {row['loss']:.6g}, dense {dense['loss']:.6g}"
-
-
-def _progress(row: dict) -> None:
-    figures = row.get("ms_median")
-    text = f"{row['ms_median']:9.1f} ms {row['peak_mb']:9.1f} MB" if figures is not None else "-"
-    print(
-        f"{row['labels']:<10} B={row['batch_size']:<5} {row['strategy']:<10} {row['impl']:<5} "
-        f"{text} {row['note']}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------
-
-
-def _fmt(value, spec: str, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "-"
-    return f"{value:{spec}}{suffix}"
-
-
-def _mb_spec(mb: float | None) -> str:
-    return ".2f" if mb is None or not np.isfinite(mb) or mb < 10 else ".0f"
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """One line per (labels, B, strategy): ours, its ratios to batch-hard (measured in the
-    same run, on the same batch), the dense form beside it."""
-    frame = pd.DataFrame(rows)
-    ours = frame[frame["impl"] == "ours"]
-    keys = ["labels", "batch_size", "memory_size", "strategy"]
-    dense = frame[frame["impl"] == "dense"][[*keys, "ms_median", "peak_mb"]]
-    merged = ours.merge(dense, on=keys, how="left", suffixes=("", "_dense"), indicator=True)
-    table = pd.DataFrame(
-        {
-            "labels": [_labels_text(r) for r in merged.itertuples()],
-            "B": [_size_text(r) for r in merged.itertuples()],
-            "strategy": merged["strategy"],
-            "engine": merged["engine"],
-            "ours ms": [_fmt(v, ".1f") for v in merged["ms_median"]],
-            "ours peak MB": [_fmt(v, _mb_spec(v)) for v in merged["peak_mb"]],
-            "time / batch-hard": [_fmt(v, ".2f", "x") for v in _col(merged, "time_vs_batch_hard")],
-            "mem / batch-hard": [_fmt(v, ".2f", "x") for v in _col(merged, "mem_vs_batch_hard")],
-        }
-    )
-    has_dense = merged["_merge"] == "both"
-    skipped = has_dense & merged["ms_median_dense"].isna()
-    table["dense ms"] = [_fmt(v, ".1f") for v in merged["ms_median_dense"]]
-    table["dense peak MB"] = [_fmt(v, _mb_spec(v)) for v in merged["peak_mb_dense"]]
-    table["dense / ours time"] = [_fmt(v, ".1f", "x") for v in _col(merged, "time_dense_over_ours")]
-    table["dense / ours mem"] = [_fmt(v, ".1f", "x") for v in _col(merged, "mem_dense_over_ours")]
-    dense_columns = ["dense ms", "dense peak MB", "dense / ours time", "dense / ours mem"]
-    table.loc[~has_dense, dense_columns] = "n/a"
-    table.loc[skipped, dense_columns] = ["skipped", "skipped", "-", "-"]
-    notes = merged["note"].fillna("")
-    last = dense_columns[-1]
-    table[last] = [f"{c} ({n})" if n else c for c, n in zip(table[last], notes, strict=True)]
-    align = ("left", "right", "left", "left", *["right"] * (len(table.columns) - 4))
-    text = table.to_markdown(index=False, disable_numparse=True, colalign=align)
-    pml = frame[frame["impl"] == "pml"]
-    if pml.empty:
-        return text
-    described = ["images_per_class", "largest_class"]  # the case, as ours' rows give it
-    both = pml.drop(columns=described).merge(
-        ours[[*keys, "ms_median", *described]], on=keys, suffixes=("", "_ours")
-    )
-    pml_table = pd.DataFrame(
-        {
-            "labels": [_labels_text(r) for r in both.itertuples()],
-            "B": [_size_text(r) for r in both.itertuples()],
-            "strategy": both["strategy"],
-            "pytorch-metric-learning ms": [_fmt(v, ".1f") for v in both["ms_median"]],
-            "ours ms": [_fmt(v, ".1f") for v in both["ms_median_ours"]],
-            "pml / ours": [
-                _fmt(_ratio(p, o), ".1f", "x")
-                for p, o in zip(both["ms_median"], both["ms_median_ours"], strict=True)
-            ],
-        }
-    )
-    return f"{text}\n\n{pml_table.to_markdown(index=False, disable_numparse=True)}"
-
-
-def _size_text(row) -> str:
-    """Table text of a case's size: "256", or "256 + 4096 memory"."""
-    memory = int(row.memory_size) if pd.notna(row.memory_size) else 0
-    return f"{row.batch_size} + {memory} memory" if memory else str(row.batch_size)
-
-
-def _labels_text(row) -> str:
-    """Table text of a regime: "P x 4", or "10 random (max 121)" (the largest class)."""
-    if row.labels == "pk":
-        return f"P x {int(row.images_per_class)}"
-    return f"{parse_labels(row.labels)} random (max {row.largest_class})"
-
-
-def _col(frame: pd.DataFrame, name: str) -> pd.Series:
-    return frame[name] if name in frame else pd.Series(None, index=frame.index, dtype=object)
-
-
-def header(args: argparse.Namespace) -> str:
-    device = _memory_device()
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    return (
-        f"Triplet losses, forward + backward (d loss / d embeddings) in a tf.function"
-        f"{' (jit_compile)' if args.jit else ''}; TF {tf.__version__} on {device}, "
-        f"{threads} threads. D = {args.dim}, {args.embeddings} embeddings; labels: P x K = "
-        f"PK batches with K = "
-        f"{args.images_per_class} (B / {args.images_per_class} classes), N random = each label "
-        f"uniform over N classes (max = the largest class in the batch); margin {args.margin}"
-        f"{', soft margin' if args.soft_margin else ''}. ms = median of {args.repeats} runs "
-        f"after {args.warmup} warm-up, the cases of one batch interleaved, TF's "
-        f"{_allocator_name(device)} allocator; peak MB = peak bytes the step allocates "
-        f"(get_memory_info{_memory_note(device, args)}). Dense: [B,B,B] batch-all (omoindrot), "
-        f"[B*B,B] tiled semi-hard (tf-addons); skipped above {args.dense_cap_gb} GB "
-        f"estimated."
-    )
-
-
-def _bfc_on_cpu() -> bool:
-    return os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").lower() in ("1", "true")
-
-
-def _allocator_name(device: str) -> str:
-    if device.startswith("CPU"):
-        return "BFC CPU" if _bfc_on_cpu() else "default CPU"
-    return f"{device}"
-
-
-def _memory_note(device: str, args: argparse.Namespace) -> str:
-    if device.startswith("CPU") and not _bfc_on_cpu():
-        return ", off" if args.memory == "off" else ", in a second process with the BFC allocator"
-    return ""
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # dtype=object: a batch size stays "8", not "8.0", in a column with missing cells.
-    frame = pd.DataFrame(rows, dtype=object).reindex(columns=list(CSV_COLUMNS))
-    frame.to_csv(path, index=False, lineterminator="\n")
 
 
 def _batch_and_memory(text: str) -> tuple[int, int]:

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tripletlab.bench import losses as bench_losses
+from tripletlab.bench import pml
+from tripletlab.bench.loss_cases import memory_batch
 from tripletlab.losses import engines, strategies
 
 STRATEGIES = ("batch_hard", "easy_positive")
@@ -88,9 +89,9 @@ def _peer_step(strategy, labels, emb, memory, margin):
         return None
     b, dim = emb.shape
     m = 0 if memory is None else memory[0].shape[0]
-    fn = bench_losses._pml_loss(pml_losses, pml_miners, strategy, margin, dim, b + m if m else None)
+    fn = pml.pml_loss(pml_losses, pml_miners, strategy, margin, dim, b + m if m else None)
     if m:
-        bench_losses._prefill(torch, fn, memory, b)
+        pml.prefill(torch, fn, memory, b)
     x0, y = emb.numpy(), torch.tensor(labels.numpy().astype(np.int64))
 
     def step(*_):
@@ -132,7 +133,7 @@ def run(args) -> list[dict]:
     rows = []
     shape = argparse.Namespace(dim=args.dim, images_per_class=4, embeddings="random")
     for regime, b, m in args.cases:
-        labels, emb, memory = bench_losses.memory_batch(shape, regime, b, m)
+        labels, emb, memory = memory_batch(shape, regime, b, m)
         memory = memory if m else None
         for strategy in args.strategies:
             ours = getattr(strategies, f"{strategy}_triplet_loss")
