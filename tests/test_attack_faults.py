@@ -186,3 +186,20 @@ def test_an_out_too_long_for_its_side_files_is_one_line(run, tmp_path, capsys):
     assert embed_main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --out ") and err.count("\n") == 1 and "too long" in err, err
+
+
+@pytest.mark.parametrize("where", ["run folder", "--out"])
+def test_export_where_a_name_is_not_utf8(run, capsys, where):
+    """TensorFlow writes a SavedModel only to a path that is UTF-8."""
+    from tripletlab.cli.export import main as export_main
+
+    run_dir, _ = run
+    copy = _copy(run_dir, b"export-" + BAD[0] + where[-3:].encode())
+    shutil.rmtree(copy / "index")
+    out = copy.parent / os.fsdecode(b"model" + BAD[1]) if where == "--out" else None
+    capsys.readouterr()
+    assert export_main([str(copy), *(["--out", str(out)] if out else [])]) == 0, (
+        capsys.readouterr().err
+    )
+    written = [p.name for p in (out or copy).rglob("*") if p.name == "saved_model.pb"]
+    assert written == ["saved_model.pb"]

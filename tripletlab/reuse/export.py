@@ -32,11 +32,12 @@ written to a temporary name next to its target, then renamed over it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,26 @@ def _temporary(out: Path, name: str) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def _tf_path(path: Path) -> Iterator[str]:
+    """``path`` as TensorFlow's file system takes it: as UTF-8. A folder's name may be any
+    bytes (Linux): then the path goes through an open handle of its parent folder,
+    ``/proc/self/fd/N/<name>`` (``path``'s own name is tripletlab's, ASCII)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 def write_saved_model(functions: ServingFunctions, out: Path) -> Path:
     """The SavedModel with ``serving_default`` (images) and ``serve_encoded`` signatures."""
     from keras.export import ExportArchive
@@ -185,7 +206,8 @@ def write_saved_model(functions: ServingFunctions, out: Path) -> Path:
     archive.add_endpoint("serve_encoded", functions.encoded, functions.encoded_spec())
     tmp = _temporary(out, SAVED_MODEL_DIR)
     try:
-        archive.write_out(str(tmp), verbose=False)
+        with _tf_path(tmp) as path:
+            archive.write_out(path, verbose=False)
         target = out / SAVED_MODEL_DIR
         _replace(tmp, target)
     finally:
