@@ -203,3 +203,16 @@ def test_export_where_a_name_is_not_utf8(run, capsys, where):
     )
     written = [p.name for p in (out or copy).rglob("*") if p.name == "saved_model.pb"]
     assert written == ["saved_model.pb"]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=ascii)
+def test_training_into_a_folder_whose_name_is_not_utf8_is_one_error(tmp_path, bad):
+    """TensorFlow's checkpoints take only UTF-8 paths: refused before anything is written
+    (was: a UnicodeEncodeError traceback from tf.train.CheckpointManager, the job failed)."""
+    from tripletlab.errors import TripletLabError
+
+    folder = tmp_path / os.fsdecode(b"sweep" + bad) / "run"
+    with pytest.raises(TripletLabError, match="not UTF-8") as err:
+        tripletlab.train(tripletlab.compose([*TINY, "trainer.steps_per_epoch=2"]), folder)
+    assert "\n" not in str(err.value)
+    assert not folder.exists()

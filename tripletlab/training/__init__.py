@@ -23,6 +23,23 @@ from tripletlab.training.callbacks import Callbacks
 log = logging.getLogger("tripletlab")
 
 
+def _require_utf8_path(folder: RunFolder) -> None:
+    """RunFolderError, before anything is written, when the folder's path is not UTF-8 (Linux
+    allows any bytes): TensorFlow's checkpoints and TensorBoard take only UTF-8 paths."""
+    from tripletlab.io_utils import escape_name
+    from tripletlab.run_folder import RunFolderError
+
+    path = str(folder.path.absolute())
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RunFolderError(
+            f"the run folder {escape_name(path)} has a name that is not UTF-8, and TensorFlow "
+            "writes checkpoints only to UTF-8 paths: train into another folder (hydra.run.dir, "
+            "hydra.sweep.dir)"
+        ) from None
+
+
 def train(
     cfg: Any,
     run_dir: str | os.PathLike,
@@ -50,6 +67,7 @@ def train(
     import_tensorflow_quietly()
     refuse_config(cfg)  # the credentials gate, before the folder is made (every caller)
     folder = RunFolder(run_dir)
+    _require_utf8_path(folder)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
         chief = _is_chief(cfg)
