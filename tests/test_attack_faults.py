@@ -207,12 +207,14 @@ def test_export_where_a_name_is_not_utf8(run, capsys, where):
 
 @pytest.mark.parametrize("bad", BAD, ids=ascii)
 def test_training_into_a_folder_whose_name_is_not_utf8_is_one_error(tmp_path, bad):
-    """TensorFlow's checkpoints take only UTF-8 paths: refused before anything is written
-    (was: a UnicodeEncodeError traceback from tf.train.CheckpointManager, the job failed)."""
+    """TensorFlow's checkpoints take only UTF-8 paths: refused before training, one line,
+    and recorded as the run's failure (was: a UnicodeEncodeError traceback from
+    tf.train.CheckpointManager)."""
     from tripletlab.errors import TripletLabError
 
     folder = tmp_path / os.fsdecode(b"sweep" + bad) / "run"
     with pytest.raises(TripletLabError, match="not UTF-8") as err:
         tripletlab.train(tripletlab.compose([*TINY, "trainer.steps_per_epoch=2"]), folder)
     assert "\n" not in str(err.value)
-    assert not folder.exists()
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "failed" and "not UTF-8" in summary["error"], summary

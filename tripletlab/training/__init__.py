@@ -24,8 +24,8 @@ log = logging.getLogger("tripletlab")
 
 
 def _require_utf8_path(folder: RunFolder) -> None:
-    """RunFolderError, before anything is written, when the folder's path is not UTF-8 (Linux
-    allows any bytes): TensorFlow's checkpoints and TensorBoard take only UTF-8 paths."""
+    """RunFolderError, before training, when the folder's path is not UTF-8 (Linux allows
+    any bytes): TensorFlow's checkpoints and TensorBoard take only UTF-8 paths."""
     from tripletlab.io_utils import escape_name
     from tripletlab.run_folder import RunFolderError
 
@@ -67,7 +67,6 @@ def train(
     import_tensorflow_quietly()
     refuse_config(cfg)  # the credentials gate, before the folder is made (every caller)
     folder = RunFolder(run_dir)
-    _require_utf8_path(folder)
     try:
         folder.path.mkdir(parents=True, exist_ok=True)
         chief = _is_chief(cfg)
@@ -91,6 +90,7 @@ def _train_claimed(cfg: Any, folder: RunFolder, callbacks: Callbacks, chief: boo
     policy = keras.mixed_precision.global_policy()
     trainer, begun = None, False
     try:
+        _require_utf8_path(folder)  # recorded as the run's failure, like any other
         trainer = Trainer(cfg, folder, callbacks, chief=chief)
         if chief:  # only the chief reports (multi-worker: the other workers write nothing)
             callbacks.extend(make_trackers(cfg, folder), guarded=True)
