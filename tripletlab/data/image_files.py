@@ -19,6 +19,7 @@ TensorFlow is imported by the functions that decode.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,26 +147,36 @@ def undecodable(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
     """The files that TensorFlow (the pipeline's decoder) cannot decode in full, each with
     why, in order. Every file is decoded, in parallel by tf.data: a JPEG garbled in the
     middle has a valid header and end marker, and only its scan data shows the fault."""
+    return _decode_every(paths)[0]
+
+
+def _decode_every(
+    paths: Sequence[str | os.PathLike],
+) -> tuple[list[tuple[str, str]], dict[str, bool]]:
+    """Every file decoded as the pipeline does: (the undecodable ones with why, in order;
+    {path: whether its decoded pixels have colour} for the others,
+    :func:`tripletlab.data.preprocess.has_colour`)."""
     import tensorflow as tf
 
     if not len(paths):
-        return []
+        return [], {}
 
-    from tripletlab.data.preprocess import decode_native
+    from tripletlab.data.preprocess import decode_native, has_colour
 
     def decodes(path):
-        return path, tf.shape(decode_native(tf.io.read_file(path)))[0]
+        return path, has_colour(decode_native(tf.io.read_file(path)))
 
     names = [str(p) for p in paths]
     files = tf.data.Dataset.from_tensor_slices(path_tensor(names))
     decoded = files.map(decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     # ignore_errors drops the files that fail; the ones missing from what comes out are bad.
-    good = {os.fsdecode(p) for p, _ in decoded.ignore_errors().as_numpy_iterator()}
-    return [
+    good = {os.fsdecode(p): bool(c) for p, c in decoded.ignore_errors().as_numpy_iterator()}
+    bad = [
         (p, f"cannot be decoded ({decode_error(p) or 'unknown error'})")
         for p in names
         if p not in good
     ]
+    return bad, good
 
 
 def path_tensor(paths: Sequence[str | os.PathLike]):
@@ -185,7 +196,13 @@ def inspect_images(paths: Sequence[str | os.PathLike], decode: bool = True) -> l
         results = list(pool.map(inspect_image, paths, chunksize=64))
     bad = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
     if decode and not bad:
-        bad = undecodable(paths)
+        bad, colours = _decode_every(paths)
+        # Colour as the in-memory path decides it, from the pixels (an RGB or palette file
+        # of grey pixels is grey), so streamed and in-memory data get the same channels.
+        results = [
+            dataclasses.replace(info, colour=colours.get(str(p), info.colour))
+            for p, info in zip(paths, results, strict=True)
+        ]
     if bad:
         listed = "; ".join(f"{p} {why}" for p, why in bad[:MAX_LISTED])
         more = f" (and {len(bad) - MAX_LISTED} more)" if len(bad) > MAX_LISTED else ""

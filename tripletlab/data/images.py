@@ -59,11 +59,7 @@ def decode_image(path: Path, channels: int | None, size: int | Sequence[int] | N
             f"cannot read image {path}: {why}; it is corrupt or not an image: fix or remove it"
         ) from None
     if channels is None:
-        colour = image[..., : 3 if image.shape[-1] >= 3 else 1]
-        grey = colour.shape[-1] == 1 or (
-            (colour[..., 0] == colour[..., 1]).all() and (colour[..., 1] == colour[..., 2]).all()
-        )
-        channels = 1 if grey else 3
+        channels = 3 if bool(preprocess.has_colour(image)) else 1
     if size is not None and np.ndim(size) == 0:
         size = (int(size), int(size))
     return preprocess.conform_image(image, size, channels)

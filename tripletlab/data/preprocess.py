@@ -92,12 +92,47 @@ def decode(contents, height: int | None, width: int | None, channels: int):
     return conform(decode_native(contents), height, width, channels)
 
 
+ANIMATED_WEBP = (
+    "an animated WebP, which TensorFlow cannot decode (its decoder corrupts memory and "
+    "aborts the process); save its first frame as PNG or a still WebP"
+)
+
+
 def decode_native(contents):
-    """TensorFlow: a file's bytes -> uint8 [h, w, c] with its own channels (c = 1..4)."""
+    """TensorFlow: a file's bytes -> uint8 [h, w, c] with its own channels (c = 1..4).
+
+    An animated WebP (RIFF, WEBP, a VP8X chunk whose flags have the animation bit) fails
+    with InvalidArgumentError(ANIMATED_WEBP) before the decoder sees it: TensorFlow 2.21's
+    aborts the whole process on one (tests/data/test_attack_preprocess.py).
+    """
     import tensorflow as tf
 
-    image = tf.io.decode_image(contents, channels=0, dtype=tf.uint8, expand_animations=False)
+    head = tf.strings.join([tf.strings.substr(contents, 0, 21), "\0" * 21])  # >= 21 bytes
+    vp8x = tf.logical_and(
+        tf.strings.substr(head, 0, 4) == "RIFF", tf.strings.substr(head, 8, 8) == "WEBPVP8X"
+    )
+    flags = tf.io.decode_raw(tf.strings.substr(head, 20, 1), tf.uint8)[0]
+    animated = tf.logical_and(vp8x, tf.bitwise.bitwise_and(flags, 2) > 0)
+    checked = tf.debugging.Assert(tf.logical_not(animated), [ANIMATED_WEBP])
+    with tf.control_dependencies([checked]):
+        image = tf.io.decode_image(contents, channels=0, dtype=tf.uint8, expand_animations=False)
     return tf.ensure_shape(image, [None, None, None])
+
+
+def has_colour(image):
+    """TensorFlow: uint8 [h, w, c] (c = 1..4) -> bool scalar: whether its colour channels
+    differ somewhere. Grey, grey + alpha, and RGB(A) whose pixels are all grey (a grey
+    palette, a grey JPEG saved as RGB) have none: ``dataset.channels=null`` makes them 1
+    channel, in memory and streamed alike."""
+    import tensorflow as tf
+
+    def differs():
+        return tf.logical_or(
+            tf.reduce_any(image[..., 0] != image[..., 1]),
+            tf.reduce_any(image[..., 1] != image[..., 2]),
+        )
+
+    return tf.cond(tf.shape(image)[-1] >= 3, differs, lambda: tf.constant(False))
 
 
 @functools.lru_cache(maxsize=32)
