@@ -46,8 +46,8 @@ class FusedBatchNorm(layers.Layer):
     forward and one backward (oneDNN on CPU, cuDNN on GPU).
 
     ``synchronized`` (default): in training under a ``tf.distribute`` distribution with
-    several replicas, the moments are the global batch's: one all-reduce per layer sums each
-    replica's per-channel sums, sums of squares and counts, so the outputs, gradients and
+    several replicas, the moments are the global batch's: one all-gather per layer brings each
+    replica's per-channel count, mean and sum of squared deviations, so the outputs, gradients and
     moving statistics are a single device's on the global batch (plain ops there, not the
     fused kernel, whose gradient ignores moments given to it). One replica, or inference:
     the fused kernel alone, unchanged.
@@ -115,29 +115,33 @@ class FusedBatchNorm(layers.Layer):
         """Training-mode batch norm with the global batch's moments, from inside a replica:
         (y like x, mean, unbiased variance) as the fused kernel returns them.
 
-        Sums are taken around the moving mean (the same on every replica), which keeps
-        E[d^2] - E[d]^2 accurate in float32 when the mean is large against the spread.
+        Each replica takes its slice's count, mean and sum of squared deviations (two
+        passes, as the fused kernel does); one all-gather per layer brings every replica's
+        and each combines them the same way (Chan et al.'s parallel variance). Sums of
+        squares combined as E[x^2] - E[x]^2 lost the variance to cancellation when a
+        channel's mean is large against its spread (inputs near 100 with a spread of 0.01:
+        moving statistics off by 1.1 after 3 steps, tests/test_attack_replicas.py).
         """
         import tensorflow as tf
 
         x32 = tf.cast(x, "float32")
-        shift = tf.stop_gradient(tf.cast(self.moving_mean, "float32"))
-        d = x32 - shift
         axes = [0, 1, 2]
         count = tf.cast(tf.reduce_prod(tf.shape(x32)[:-1]), "float32")
-        local = tf.concat(
-            [tf.reduce_sum(d, axes), tf.reduce_sum(tf.square(d), axes), count[None]], 0
-        )
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM, local)  # one per layer
-        channels = tf.shape(d)[-1]
-        n = total[-1]
-        mean_d = total[:channels] / n
-        variance = tf.maximum(total[channels:-1] / n - tf.square(mean_d), 0.0)
+        local_mean = tf.reduce_mean(x32, axes)
+        local_m2 = tf.reduce_sum(tf.square(x32 - local_mean), axes)
+        local = tf.concat([count[None], local_mean, local_m2], 0)[None]  # [1, 1 + 2C]
+        parts = context.all_gather(local, axis=0)  # [replicas, 1 + 2C]: one per layer
+        channels = tf.shape(x32)[-1]
+        counts, means, m2s = parts[:, :1], parts[:, 1 : 1 + channels], parts[:, 1 + channels :]
+        n = tf.reduce_sum(counts)
+        mean = tf.reduce_sum(counts * means, 0) / n
+        m2 = tf.reduce_sum(m2s, 0) + tf.reduce_sum(counts * tf.square(means - mean), 0)
+        variance = m2 / n
         scale = gamma * tf.math.rsqrt(variance + self.epsilon)
-        y = (d - mean_d) * scale + beta
+        y = (x32 - mean) * scale + beta
         # The fused kernel's batch variance is the unbiased one (the moving statistic's).
-        unbiased = variance * n / tf.maximum(n - 1.0, 1.0)
-        return tf.cast(y, x.dtype), shift + mean_d, unbiased
+        unbiased = m2 / tf.maximum(n - 1.0, 1.0)
+        return tf.cast(y, x.dtype), mean, unbiased
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -152,7 +156,7 @@ class FusedBatchNorm(layers.Layer):
 
 
 def synchronizes_batch_norm(model: keras.Model) -> bool:
-    """Whether ``model`` has a trainable batch norm whose training step all-reduces the global
+    """Whether ``model`` has a trainable batch norm whose training step gathers the global
     batch's moments across replicas (a FusedBatchNorm, or a synchronised Keras one)."""
     for layer in model._flatten_layers(include_self=False):
         syncing = isinstance(layer, (FusedBatchNorm, layers.BatchNormalization))

@@ -80,7 +80,7 @@ def make_train_step(
         # XLA compiles the model and the loss, each a nested function; the collectives stay
         # outside (a nested function may hold no synchronisation point, and XLA has no CPU
         # kernel for them): the all-gather between the two, and under several replicas each
-        # batch norm's all-reduce of the global batch's moments, which keeps the model out.
+        # batch norm's collective for the global batch's moments, which keeps the model out.
         if replicas == 1 or not synchronizes_batch_norm(model):
             forward = tf.function(forward, jit_compile=True)
         else:
