@@ -1,0 +1,63 @@
+"""Credentials edge cases found by mutation testing (issue 27): each test fails on the
+realistic one-line bug named in its docstring."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tripletlab.credentials import detection, gate, redaction
+from tripletlab.errors import ConfigError
+
+# Passwords with an unencoded "@" (urllib splits the authority at its last "@").
+AT_IN_PASSWORD = [
+    ("https://user:p@ss-w0rd@host/x", "https://user:***@host/x"),
+    ("postgres://bob:s3cr@t@db:5432/exp?x=1", "postgres://bob:***@db:5432/exp?x=1"),
+    ("mlflow+https://me:a@b@c@tracker:5000", "mlflow+https://me:***@tracker:5000"),
+]
+
+
+@pytest.mark.parametrize(("uri", "masked"), AT_IN_PASSWORD)
+def test_a_password_holding_an_at_sign_is_masked_whole(uri, masked):
+    """Bug: the userinfo cut at the first "@" (``index``) leaves the password's tail."""
+    assert detection.mask(uri) == masked
+    assert detection.find_secret(f"see {uri} now") == masked
+
+
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("https://alice%3Ahunter2@host/x", "https://***@host/x"),
+        ("http://bob%3ap4ss@10.0.0.1:8080/", "http://***@10.0.0.1:8080/"),
+    ],
+)
+def test_a_userinfo_with_an_encoded_colon_is_masked(uri, masked):
+    """Bug: the decoded userinfo split at anything but ":" finds no password."""
+    assert detection.mask(uri) == masked
+
+
+def test_a_secret_in_hydras_settings_is_reported_with_its_hydra_key():
+    """Bug: the ``hydra.`` prefix dropped, the message names a key the user never wrote."""
+    hydra_cfg = {"launcher": {"tracking_uri": "https://u:hunter22@mlflow.example"}}
+    with pytest.raises(ConfigError) as err:
+        gate.refuse_config({"model": {"embedding_size": 8}}, hydra_cfg)
+    assert str(err.value).startswith("hydra.launcher.tracking_uri holds a credential (")
+    assert "hunter22" not in str(err.value)
+
+
+def test_the_warning_about_a_masked_credential_is_given_once(caplog, monkeypatch):
+    """A record that holds a credential, from a logger whose name holds it too: the warning
+    that names that writer holds it (masked) and must not warn again about itself. Bug: the
+    re-entry guard read from the wrong place, a second warning about the first."""
+    monkeypatch.setattr(redaction, "_warned", set())
+    redaction.install_log_redaction()
+    name = "https://svc:hunter22@tracker.example"
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger(name).warning("pushed to %s", name)
+    ours = [r for r in caplog.records if r.name == "tripletlab"]
+    assert len(ours) == 1, [r.getMessage() for r in ours]
+    assert "hunter22" not in ours[0].getMessage()
+    assert "a credential reached a log message" in ours[0].getMessage()
+    # It shows where the credential was, masked (bug: only "***").
+    assert "written masked (https://svc:***@tracker.example)" in ours[0].getMessage()
