@@ -131,3 +131,71 @@ def test_a_lock_this_process_holds_is_not_taken_over_by_itself(tmp_path):
         with pytest.raises(LockTimeout):
             LeaseLock(path, lease=60, timeout=0.3).acquire()
         assert f"token={first.token}" in path.read_text()
+
+
+# ------------------------------------------------------------- a garbled metrics file
+# Before: a finished run whose metrics file lost, gained or garbled rows stayed so on its
+# rerun ("already finished"), and a metrics file that is no UTF-8 CSV text (or holds a
+# field past csv's limit) stopped every rerun with a traceback (UnicodeDecodeError,
+# csv.Error) instead of being rebuilt from the checkpoint.
+EPOCHS = 2
+COMPARED = ["epoch", "step", "loss", "embedding_spread", "learning_rate", "precision_at_1"]
+COMPARED += ["map_at_r", "knn_accuracy", "eval_queries"]
+
+
+def _drop_last(path: Path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def _duplicate_last(path: Path) -> None:
+    path.write_text(path.read_text() + path.read_text().splitlines(keepends=True)[-1])
+
+
+GARBLE = {
+    "deleted": lambda p: p.unlink(),
+    "header only": lambda p: p.write_text(p.read_text().splitlines(keepends=True)[0]),
+    "last row dropped": _drop_last,
+    "last row duplicated": _duplicate_last,
+    "empty": lambda p: p.write_bytes(b""),
+    "not UTF-8": lambda p: p.write_bytes(p.read_bytes()[:40] + b"\xff\xfe\x00" + b"\n"),
+    "a field past csv's limit": lambda p: p.write_text('epoch\n"' + "x" * 200_000 + '"\n'),
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    import tripletlab
+    from tests.helpers import TINY
+
+    overrides = [*TINY, f"trainer.epochs={EPOCHS}", "trainer.steps_per_epoch=2"]
+    overrides += ["trainer.deterministic=true", "trainer.mixed_precision=off"]
+    run = tmp_path_factory.mktemp("finished") / "run"
+    tripletlab.train(tripletlab.compose(overrides), run)
+    return run, overrides
+
+
+def _rows(run: Path) -> list[dict]:
+    return RunFolder(run).read_metrics()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("state", ["finished", "interrupted after epoch 1"])
+@pytest.mark.parametrize("garble", list(GARBLE))
+def test_a_garbled_metrics_file_is_rebuilt_by_the_rerun(finished, tmp_path, state, garble):
+    import tripletlab
+    from tests.helpers import simulate_kill
+
+    source, overrides = finished
+    want = _rows(source)
+    run = tmp_path / "run"
+    if state == "finished":
+        shutil.copytree(source, run)
+    else:
+        simulate_kill(source, run, rows_kept=1, checkpoints_kept=[1])
+    GARBLE[garble](run / "metrics.csv")
+    tripletlab.train(tripletlab.compose(overrides), run)
+    got = _rows(run)
+    assert [r["epoch"] for r in got] == [str(e) for e in range(1, EPOCHS + 1)], garble
+    for g, w in zip(got, want, strict=True):
+        for key in COMPARED:
+            assert np.isclose(float(g[key]), float(w[key]), rtol=1e-6), (garble, key, g, w)

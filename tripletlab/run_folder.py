@@ -79,6 +79,10 @@ class RunFolderError(TripletLabError):
     """A folder is not a run folder, or the run lacks what is needed (its saved model)."""
 
 
+class MetricsUnreadable(RunFolderError):
+    """The run's metrics file is no CSV text (corrupt, or replaced by hand)."""
+
+
 def as_float(value: Any) -> float:
     """``value`` as a float; NaN for None, "" and anything else that is not a number."""
     try:
@@ -208,12 +212,24 @@ class RunFolder:
         return self.write_summary(summary)
 
     # -------------------------------------------------------------- metrics.csv
-    def read_metrics(self) -> list[dict[str, str]]:
-        """metrics.csv's rows (strings, as written); [] if there is none."""
+    def read_metrics(self, rebuilt: bool = False) -> list[dict[str, str]]:
+        """metrics.csv's rows (strings, as written); [] if there is none.
+        :class:`MetricsUnreadable` when it is no CSV text (not UTF-8, a field past csv's
+        limit); with ``rebuilt`` (training, which rebuilds it from its checkpoint) a
+        warning and []."""
         if not self.metrics_path.exists():
             return []
-        with self.metrics_path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        try:
+            with self.metrics_path.open(newline="") as f:
+                return list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as err:
+            message = f"{self.metrics_path} is not a metrics file ({err})"
+            if rebuilt:
+                log.warning("%s; rebuilding it from the last checkpoint", message)
+                return []
+            raise MetricsUnreadable(
+                f"{message}: rerun the run's command to rebuild it from its last checkpoint"
+            ) from None
 
     def write_metrics(self, rows: Iterable[Mapping[str, Any]]) -> Path:
         """Write metrics.csv; a value that could not be computed (NaN) is an empty cell."""

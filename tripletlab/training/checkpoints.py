@@ -49,6 +49,19 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else str(value)
 
 
+def saved_rows(folder: Path) -> list[dict] | None:
+    """The metrics rows in the latest checkpoint of ``folder``, read without building the
+    model; None when there is none, or it predates the rows."""
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(folder))
+    key = f"{ROWS_KEY}/.ATTRIBUTES/py_state"
+    if not path or not (reader := tf.train.load_checkpoint(path)).has_tensor(key):
+        return None
+    value = reader.get_tensor(key)
+    return json.loads(value.decode() if isinstance(value, bytes) else str(value))
+
+
 class Checkpoints:
     """A ``tf.train.CheckpointManager`` over the model, the optimizer and the epoch done.
 

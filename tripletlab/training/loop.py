@@ -36,7 +36,7 @@ from tripletlab.run_folder import RunFolder, Status, build_summary
 from tripletlab.run_record import record_data
 from tripletlab.runtime import Runtime, setup_tf
 from tripletlab.training.callbacks import Callbacks
-from tripletlab.training.checkpoints import Checkpoints
+from tripletlab.training.checkpoints import Checkpoints, saved_rows
 from tripletlab.training.memory import CrossBatchMemory
 from tripletlab.training.monitors import (
     CHECK_EVERY,
@@ -102,6 +102,8 @@ class Trainer:
                 previous["status"],
                 folder.path,
             )
+            if self.chief:
+                self._repair_metrics(previous)
             return self._metric_value(previous.get("metrics") or {})
 
         self.runtime, distribution = setup_runtime(cfg)
@@ -128,7 +130,7 @@ class Trainer:
     def _train(self, parts: Parts, data: Any) -> float:
         cfg, folder = self.cfg, self.folder
         start_epoch = parts.checkpoints.restore_latest(folder.checkpoints_dir)
-        written = folder.read_metrics()
+        written = folder.read_metrics(rebuilt=True)
         self.rows = committed_rows(parts.checkpoints.rows, written, start_epoch)
         if self.chief and (written or self.rows):  # the metrics file: committed epochs only
             folder.write_metrics(self.rows)
@@ -212,6 +214,25 @@ class Trainer:
             return False
         due = evaluation_due(self.cfg.eval, start_epoch, self.cfg.trainer.epochs)
         return due and cell(self.rows[-1].get("eval_queries")) == ""
+
+    def _repair_metrics(self, summary: dict) -> None:
+        """A finished run's metrics file that lost, gained or garbled rows (by hand), rebuilt
+        from its last checkpoint's rows, the last one's evaluation from the summary."""
+        done = int(summary.get("epochs_done") or 0)
+        written = self.folder.read_metrics(rebuilt=True)
+        if [r.get("epoch") for r in written] == [str(e) for e in range(1, done + 1)]:
+            return
+        saved = saved_rows(self.folder.checkpoints_dir)
+        if saved is None or len(saved) != done:
+            return
+        rows = committed_rows(saved, written, done)
+        final = summary.get("metrics") or {}
+        if cell(rows[-1].get("eval_queries")) == "" and final.get("epoch") == done:
+            rows[-1].update({k: final.get(k) for k in EVALUATION_COLUMNS if k in final})
+            if final.get("eval_queries") is not None:
+                rows[-1]["eval_queries"] = int(final["eval_queries"])
+        log.warning("%s did not hold the run's %d epochs: rebuilt", self.folder.metrics_path, done)
+        self.folder.write_metrics(rows)
 
     def _save_model(self, model) -> None:
         """The embedding model, written under a unique temporary name, synced, then renamed."""
