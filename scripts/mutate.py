@@ -38,7 +38,7 @@ EXTRA_TESTS = {
     "tripletlab/training/memory.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/training/steps.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/losses/strategies.py": ["tests/losses/test_migration.py"],
-    "tripletlab/reuse/index.py": [],
+    "tripletlab/reuse/index.py": ["tests/reuse/test_index_open.py"],
     "tripletlab/lease_lock.py": [
         "tests/test_lease_lock_takeover.py",
         "tests/test_lease_lock_records.py",
