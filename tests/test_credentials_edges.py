@@ -61,3 +61,37 @@ def test_the_warning_about_a_masked_credential_is_given_once(caplog, monkeypatch
     assert "a credential reached a log message" in ours[0].getMessage()
     # It shows where the credential was, masked (bug: only "***").
     assert "written masked (https://svc:***@tracker.example)" in ours[0].getMessage()
+
+
+def test_an_environment_secret_at_the_very_start_of_a_text_is_masked(monkeypatch):
+    """Bug: the search for the value's copies stops at a find at position 0."""
+    monkeypatch.setenv("MY_API_TOKEN", "s3cr3tvalue99")
+    assert detection.mask("s3cr3tvalue99 was sent") == "*** was sent"
+    assert detection.mask("s3cr3tvalue99") == "***"
+
+
+def test_an_encoded_name_value_pair_after_another_parameter_is_masked_whole():
+    """``token%3D...`` (the "=" encoded) as the second parameter. Bug: its span's end
+    computed from the wrong side of the parameter's start, the value's tail left."""
+    uri = "https://h/p?a=1&page=2&token%3Dhunter22xyz"
+    assert detection.mask(uri) == "https://h/p?a=1&page=2&***"
+
+
+@pytest.mark.parametrize("password", ["p'w0rd", "p{w0rd}", 'p"w0rd'])
+def test_a_password_holding_a_quote_or_a_brace_is_masked(password):
+    """urllib reads "https://u:p'w@h" as user "u", password "p'w". Bug: the authority
+    read past the quote dropped (a TypeError, or the password's tail shown)."""
+    assert detection.mask(f"https://u:{password}@h/x") == "https://u:***@h/x"
+
+
+def test_a_uri_whose_separator_is_encoded_is_masked_after_its_scheme():
+    """A sweep job folder's name (every "/" written %2F). Bug: read as a plain URI, whose
+    "%40" hides the "@": nothing found."""
+    assert detection.mask("https%3A%2F%2Fbob%3Ahunter22%40tracker") == "https%3A%2F%2F***"
+
+
+def test_a_secret_with_a_slash_is_masked_where_it_appears_encoded_twice():
+    """A base64 token holds "/"; a sweep folder name encodes it twice (%252F). Bug: its
+    copies encoded keeping "/" (``quote``'s default), the twice-encoded form missed."""
+    text = "https://h/?token=Zm9v/YmFy1234 in /runs/Zm9v%252FYmFy1234 and Zm9v%2FYmFy1234"
+    assert detection.mask(text) == "https://h/?token=*** in /runs/*** and ***"
