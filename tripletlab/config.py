@@ -244,7 +244,13 @@ def check_node(node: Any, schema: type, path: str, cfg: Any) -> None:
             check_value(path + f.name, value, meta)
     for cls in reversed(schema.__mro__):
         if "check" in vars(cls):
-            vars(cls)["check"](node, cfg)
+            try:
+                vars(cls)["check"](node, cfg)
+            except Exception as err:  # a plugin's check failing: one line naming it
+                if isinstance(err, ConfigError) or cls.__module__.startswith("tripletlab."):
+                    raise
+                where = f"{path.rstrip('.')}: the check of {cls.__module__}.{cls.__qualname__}"
+                raise ConfigError(f"{where} failed ({type(err).__name__}: {err})") from None
 
 
 def _is_missing(node: Any, key: str) -> bool:

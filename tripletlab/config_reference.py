@@ -22,6 +22,7 @@ import yaml
 from omegaconf import MISSING
 
 from tripletlab import config
+from tripletlab.errors import TripletLabError
 from tripletlab.options import BOUNDS, metadata
 from tripletlab.registry import REGISTRIES
 from tripletlab.resources import config_dir
@@ -245,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=REFERENCE_PATH, help="default: %(default)s")
     args = parser.parse_args(argv)
-    changed = write_reference(args.output)
+    try:
+        changed = write_reference(args.output)
+    except TripletLabError as err:  # e.g. a broken plugin: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"{args.output}: {'written' if changed else 'up to date'}")
     return 0
 

@@ -198,16 +198,27 @@ class Registry:
         if self._plugins is None:
             from importlib.metadata import entry_points
 
-            self._plugins = {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
+            plugins: dict[str, Any] = {}
+            for ep in entry_points(group=self.entry_point_group):
+                taken = plugins.get(ep.name)
+                if taken is not None and taken.value != ep.value:
+                    # importlib keeps both; a dict would keep the last one silently
+                    raise ConfigError(
+                        f"plugins {_dist(taken)} and {_dist(ep)} both register "
+                        f"{self.key}={ep.name!r} ({self.entry_point_group}); uninstall or "
+                        "rename one of them"
+                    )
+                plugins[ep.name] = ep
+            self._plugins = plugins
         return self._plugins
 
     def _load_plugin(self, name: str) -> None:
         ep = self._entry_points()[name]
-        dist = getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
+        dist = _dist(ep)
         source = f"plugin {dist} ({self.entry_point_group}: {ep.name} = {ep.value})"
         try:
             option = ep.load()
-        except Exception as err:  # noqa: BLE001 - any failure: one message naming the plugin
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - one message naming the plugin
             raise ConfigError(
                 f"{source} failed to import: {type(err).__name__}: {err}; fix or uninstall it"
             ) from None
@@ -223,10 +234,14 @@ class Registry:
         """Import the package's declarations and every installed plugin (once)."""
         if self._loaded:
             return
-        self._loaded = True
-        importlib.import_module(self.declarations)
-        for name in self._entry_points():
-            self._load_plugin(name)
+        self._loaded = True  # first: a plugin that asks the registry at import sees it
+        try:
+            importlib.import_module(self.declarations)
+            for name in self._entry_points():
+                self._load_plugin(name)
+        except BaseException:
+            self._loaded = False  # asked again, the error comes again, never half a registry
+            raise
 
     # ---------------------------------------------------------------- asking
 
@@ -303,6 +318,11 @@ class Registry:
                 "(import the module that defines it first)"
             )
         return self._code[name]
+
+
+def _dist(ep: Any) -> str:
+    """The distribution that installed entry point ``ep`` (its module if unknown)."""
+    return getattr(getattr(ep, "dist", None), "name", None) or ep.value.split(":")[0]
 
 
 def _registry(label: str, key: str, group: str, home: str, base: str, **kwargs: Any) -> Registry:

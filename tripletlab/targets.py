@@ -50,10 +50,8 @@ def call_target(key: str, target: Any, *args: Any) -> Any:
     try:
         return instantiate({"_target_": str(target)}, *args)
     except InstantiationException as err:
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        raise
+        # the user's code raised: its own error and traceback, not Hydra's two-line wrapper
+        raise (err.__cause__ or err) from None
 
 
 def _resolve(dotted: str) -> Any:
@@ -80,8 +78,10 @@ def _resolve(dotted: str) -> Any:
 def custom_backbone(x: Any, cfg: Any, reg: Any) -> Any:
     """``model=custom``: the features of the user's backbone, ``model._target_``."""
     features = call_target("model._target_", cfg._target_, x, cfg, reg)
+    import keras
+
     shape = getattr(features, "shape", None)
-    if shape is None or len(shape) != 2:
+    if not isinstance(features, keras.KerasTensor) or len(shape) != 2:
         raise ConfigError(
             f"model._target_={cfg._target_!r} returned {type(features).__name__} of shape "
             f"{shape}; it must return features [B, F] (a Keras tensor)"
@@ -104,14 +104,33 @@ def _custom_load(cfg: Any) -> Any:
             "return (x_train, y_train, x_test, y_test, class_names)"
         )
     x_train, y_train, x_test, y_test, class_names = loaded
+    where = f"dataset._target_={cfg._target_!r}"
+    if isinstance(class_names, str) or not isinstance(class_names, list | tuple | np.ndarray):
+        raise ConfigError(f"{where}: class_names must be a list, got {type(class_names).__name__}")
+    arrays = []
     for what, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (len(x),):
+        try:
+            x, y = np.asarray(x), np.asarray(y)
+        except ValueError as err:  # ragged
+            raise ConfigError(f"{where}: the {what} split is not an array ({err})") from None
+        if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (len(x),) or 0 in x.shape:
             raise ConfigError(
-                f"dataset._target_={cfg._target_!r}: the {what} split must be uint8 images "
-                f"[N, H, W, C] and labels [N], got {x.dtype} {x.shape} and {y.shape}"
+                f"{where}: the {what} split must be uint8 images [N, H, W, C] and labels [N], "
+                f"none empty, got {x.dtype} {x.shape} and {y.shape}"
             )
-    return (x_train, y_train, x_test, y_test, list(class_names), str(cfg._target_))
+        if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= len(class_names):
+            got = f" from {y.min()} to {y.max()}" if y.dtype.kind in "iubf" else ""
+            raise ConfigError(
+                f"{where}: the {what} labels must be integers in [0, {len(class_names)}) "
+                f"indexing class_names, got {y.dtype}{got}"
+            )
+        arrays += [x, y]
+    if arrays[0].shape[1:] != arrays[2].shape[1:] and getattr(cfg, "image_size", None) is None:
+        raise ConfigError(
+            f"{where}: train images {arrays[0].shape[1:]} and test images "
+            f"{arrays[2].shape[1:]} differ; return one size or set dataset.image_size"
+        )
+    return (*arrays, [str(n) for n in class_names], str(cfg._target_))
 
 
 def _custom_ensure(root: Any, download: bool, url: Any, allow_insecure_url: bool) -> tuple:

@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"command {name!r} is not available yet ({module_name} is missing)", file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
+    from tripletlab.errors import TripletLabError
+
+    try:
+        return int(module.main(rest) or 0)
+    except TripletLabError as err:  # e.g. a broken plugin: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def make_trackers(cfg: Any, folder: RunFolder) -> list[Any]:
     ):
         try:  # the config a tracker records (HParams, MLflow params) is redacted first
             tracker = build(redact_tree(to_container(cfg) or {}, f"the {name} tracker"))
-        except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - a tracker never fails the run
             kind = type(err).__name__
             log.warning("%s tracker failed (%s: %s); the run goes on without it", name, kind, err)
             continue

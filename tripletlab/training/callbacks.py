@@ -45,7 +45,7 @@ class _Entry:
 
         try:
             method(*redact_tree(args, f"the {self.name} tracker"))
-        except Exception as err:  # noqa: BLE001 - a tracker never fails the run
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - a tracker never fails the run
             self.failed = True
             log.warning(
                 "%s failed (%s: %s); the run goes on without it",
