@@ -344,9 +344,13 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
     for name in names:
         if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
             continue
-        np.testing.assert_allclose(
-            ra.get_tensor(name), rb.get_tensor(name), rtol=1e-5, atol=1e-6, err_msg=name
-        )
+        va, vb = np.asarray(ra.get_tensor(name)), np.asarray(rb.get_tensor(name))
+        if va.dtype.kind in "OSU":
+            # the metrics rows saved with the epoch (text): their timings differ between two
+            # runs; the rows themselves are compared through metrics.csv by the callers
+            assert va.shape == vb.shape, name
+            continue
+        np.testing.assert_allclose(va, vb, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 # ---------------------------------------------------------------------- the reference
