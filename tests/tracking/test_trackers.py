@@ -253,8 +253,11 @@ def test_a_tracker_that_fails_later_is_switched_off(caplog):
             self.calls += 1
             raise OSError("disk full")
 
+    from tripletlab.training.callbacks import Callbacks
+
     flaky = Flaky()
-    guarded = tracking.Guarded(flaky)
+    guarded = Callbacks()
+    guarded.extend([flaky], guarded=True)  # how training adds trackers
     with caplog.at_level(logging.WARNING, logger="tripletlab"):
         guarded.on_train_begin()
         guarded.on_epoch_end({"epoch": 1})
