@@ -38,6 +38,7 @@ EXTRA_TESTS = {
     "tripletlab/training/memory.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/training/steps.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/losses/strategies.py": ["tests/losses/test_migration.py"],
+    "tripletlab/losses/pieces.py": ["tests/losses/test_engines.py"],
     "tripletlab/reuse/index.py": ["tests/reuse/test_index_open.py"],
     "tripletlab/lease_lock.py": [
         "tests/test_lease_lock_takeover.py",
@@ -53,6 +54,7 @@ EXTRA_TESTS = {
         for name in ("detection", "gate", "redaction")
     },
     "tripletlab/summarize/__init__.py": ["tests/test_summarize.py"],
+    "tripletlab/run_folder.py": ["tests/test_run_folder_summary.py"],
     "tripletlab/training/checkpoints.py": ["tests/training/test_loop.py"],
 }
 
