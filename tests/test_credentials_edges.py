@@ -95,3 +95,19 @@ def test_a_secret_with_a_slash_is_masked_where_it_appears_encoded_twice():
     copies encoded keeping "/" (``quote``'s default), the twice-encoded form missed."""
     text = "https://h/?token=Zm9v/YmFy1234 in /runs/Zm9v%252FYmFy1234 and Zm9v%2FYmFy1234"
     assert detection.mask(text) == "https://h/?token=*** in /runs/*** and ***"
+
+
+@pytest.mark.parametrize("secret", ["hunter22secret", "Zm9v/YmFy+1234"])
+def test_a_config_value_holding_an_environment_secret_is_refused_after_other_leaves(
+    monkeypatch, secret
+):
+    """The secret's value, as is or percent-encoded (a base64 "/"), in a leaf that comes
+    after a number. Bug: the scan stops at the first non-string leaf; or the encoded form
+    keeps "/" (``quote``'s default) and is not recognised."""
+    from urllib.parse import quote
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secret)
+    for value in (f"run-{secret}", f"run-{quote(secret, safe='')}"):
+        cfg = {"trainer": {"epochs": 3}, "logger": {"experiment": value}}
+        with pytest.raises(ConfigError, match=r"^logger\.experiment holds the value of \$"):
+            gate.refuse_config(cfg)
