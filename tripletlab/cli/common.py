@@ -11,8 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tripletlab.credentials import redacted_output
-from tripletlab.errors import TripletLabError
+from tripletlab.errors import TripletLabError, report_errors
 from tripletlab.io_utils import ESCAPE_ERRORS
 
 log = logging.getLogger("tripletlab")
@@ -34,18 +33,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors=ESCAPE_ERRORS)
-    with redacted_output():
+
+    def setup_logging() -> None:
         # Our messages at INFO; other libraries' (absl, TensorFlow) only from WARNING up.
         logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
         log.setLevel(logging.INFO)
-        try:
-            return main(argv)
-        except TripletLabError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return getattr(err, "exit_code", 1)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
+
+    return report_errors(main, argv, setup=setup_logging)
 
 
 def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tripletlab import summarize
 from tripletlab.config import METRICS
-from tripletlab.errors import TripletLabError
+from tripletlab.errors import TripletLabError, report_errors
 from tripletlab.run_folder import SUMMARY_FILE
 
 
@@ -85,14 +84,4 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """:func:`run` as the commands run (:func:`tripletlab.cli.common.run_cli`): a user's
     mistake is one ``error: ...`` line (no traceback), and the output is redacted."""
-    from tripletlab.credentials import redacted_output
-
-    with redacted_output():
-        try:
-            return run(argv)
-        except TripletLabError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return getattr(err, "exit_code", 1)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130
+    return report_errors(run, argv)
