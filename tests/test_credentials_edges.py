@@ -4,6 +4,7 @@ realistic one-line bug named in its docstring."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
@@ -111,3 +112,37 @@ def test_a_config_value_holding_an_environment_secret_is_refused_after_other_lea
         cfg = {"trainer": {"epochs": 3}, "logger": {"experiment": value}}
         with pytest.raises(ConfigError, match=r"^logger\.experiment holds the value of \$"):
             gate.refuse_config(cfg)
+
+
+URI = "https://svc:hunter22@tracker.example"
+
+
+def _reached(caplog) -> list[str]:
+    return [
+        r.getMessage().split(" and was written masked")[0]
+        for r in caplog.records
+        if r.getMessage().startswith("a credential reached")
+    ]
+
+
+def test_each_writer_warns_once_naming_itself(monkeypatch, caplog, capsys):
+    """The standard output, a traceback that ends the process, a structure's keys and a
+    log record's stack: masked, and the warning names the writer. Bug: a writer that
+    redacts without naming itself (no warning), or a stack dropped."""
+    monkeypatch.setattr(redaction, "_warned", set())
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    with caplog.at_level(logging.WARNING, logger="tripletlab"), redaction.redacted_output():
+        print(f"pushing to {URI}")
+        sys.excepthook(ValueError, ValueError(f"cannot reach {URI}"), None)
+        tree = redaction.redact_tree({URI: 1}, "MLflow params")
+        logging.getLogger("tests.stack").warning("here", stack_info=True)
+    out, err = capsys.readouterr()
+    assert "hunter22" not in out + err and "svc:***@" in out and "svc:***@" in err
+    assert tree == {"https://svc:***@tracker.example": 1}
+    assert _reached(caplog) == [
+        "a credential reached the standard output",
+        "a credential reached a traceback",
+        "a credential reached MLflow params",
+    ]
+    stacked = [r for r in caplog.records if r.name == "tests.stack"]
+    assert stacked[0].stack_info.startswith("Stack (most recent call last)")
