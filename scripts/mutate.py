@@ -55,6 +55,7 @@ EXTRA_TESTS = {
     },
     "tripletlab/summarize/__init__.py": ["tests/test_summarize.py"],
     "tripletlab/run_folder.py": ["tests/test_run_folder_summary.py"],
+    "tripletlab/summarize/stats.py": ["tests/summarize/test_stats_pairs.py"],
     "tripletlab/training/checkpoints.py": ["tests/training/test_loop.py"],
 }
 
