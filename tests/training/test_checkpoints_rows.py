@@ -1,0 +1,45 @@
+"""tripletlab.training.checkpoints.Checkpoints on a tiny Keras model, without training: the
+cases mutation testing found unchecked (issue 27)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tripletlab.training.checkpoints import Checkpoints, saved_rows
+
+
+def _parts():
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    return model, tf.keras.optimizers.Adam(1e-3)
+
+
+ROWS = [
+    {"epoch": 1, "step": 4, "loss": 0.75, "recall_at_1": np.float32(0.5)},
+    {"epoch": 2, "step": 8, "loss": 0.5, "recall_at_1": ""},
+]
+
+
+def test_a_restored_checkpoint_gives_back_the_rows_it_was_saved_with(tmp_path):
+    """The rows travel in the checkpoint: a resumed run rebuilds metrics.csv from them
+    (a kill may leave the file behind the checkpoint). Bug: the restored rows dropped."""
+    saver = Checkpoints(tmp_path, *_parts())
+    saver.save(2, ROWS)
+    want = [{**r, "recall_at_1": float(r["recall_at_1"]) if r["recall_at_1"] else ""} for r in ROWS]
+    resumed = Checkpoints(tmp_path, *_parts())
+    assert resumed.rows is None  # nothing restored yet
+    assert resumed.restore_latest() == 2
+    assert resumed.rows == want == saved_rows(tmp_path)
+
+
+def test_a_workers_temporary_folder_is_removed_and_closing_again_is_harmless(tmp_path):
+    """Bug: the removal made strict, a second close (or a folder already cleaned away)
+    raises FileNotFoundError at the end of a finished run."""
+    folder = tmp_path / "worker"
+    worker = Checkpoints(folder, *_parts(), temporary=True)
+    worker.save(1, ROWS[:1])
+    assert folder.is_dir()
+    worker.close()
+    assert not folder.exists()
+    worker.close()
