@@ -39,7 +39,10 @@ EXTRA_TESTS = {
     "tripletlab/training/steps.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/losses/strategies.py": ["tests/losses/test_migration.py"],
     "tripletlab/losses/pieces.py": ["tests/losses/test_engines.py"],
-    "tripletlab/reuse/index.py": ["tests/reuse/test_index_open.py"],
+    "tripletlab/reuse/index.py": [
+        "tests/reuse/test_index_parameters.py",
+        "tests/reuse/test_index_open.py",
+    ],
     "tripletlab/lease_lock.py": [
         "tests/test_lease_lock_takeover.py",
         "tests/test_lease_lock_records.py",
