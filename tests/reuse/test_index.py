@@ -115,7 +115,16 @@ def test_hnsw_and_ivfpq_find_the_exact_neighbours(run):
     expected, _ = _exact(run_dir, data.x_test[:200], data.x_train)
     recalls = {}
     for kind in ("hnsw", "ivfpq"):
-        build_index(run_dir, split="train", kind=kind)
+        manifest = build_index(run_dir, split="train", kind=kind)
+        # What it returns and records: where the index is, which faiss built it.
+        import faiss
+
+        from tripletlab.run_folder import RunFolder
+
+        index_dir = RunFolder(run_dir).index_dir
+        assert manifest["path"] == str(index_dir) and manifest["faiss"] == faiss.__version__
+        recorded = json.loads((index_dir / "index.json").read_text())
+        assert recorded["faiss"] == faiss.__version__
         found, _ = _open(run_dir).search(queries, K)
         assert found.shape == (200, K) and found.min() >= 0
         hits = [len(set(f) & set(e)) for f, e in zip(found, expected, strict=True)]
