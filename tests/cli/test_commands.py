@@ -181,7 +181,7 @@ def test_an_output_folder_that_cannot_be_written_is_one_message(tmp_path):
     if mounted.returncode != 0:
         pytest.skip("mounting a read-only tmpfs needs root")
     try:
-        proc = _command("train", *TINY, "-m", "seed=1,2", f"hydra.sweep.dir={read_only}/s")
+        proc = _command("train", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={read_only}/s")
         assert proc.returncode == 1
         _one_error_line(proc.stderr, "read-only or not writable")
         assert "hydra.sweep.dir=PATH" in proc.stderr
