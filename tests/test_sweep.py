@@ -300,7 +300,7 @@ def test_a_rerun_continues_the_study_up_to_n_trials(optuna_search, tmp_path):
 
 def test_optuna_storage_checks():
     from tripletlab.errors import ConfigError
-    from tripletlab.sweep import check_storage_versions, sqlite_path
+    from tripletlab.search import check_storage_versions, sqlite_path
 
     with pytest.raises(ConfigError, match="SQLAlchemy>=1.4.24,<2"):
         check_storage_versions("2.10.1", "2.0.30")

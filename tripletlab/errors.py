@@ -5,8 +5,6 @@ traceback, and the process exits non-zero. Everything else is a bug and keeps it
 """
 
 import errno
-import sys
-from collections.abc import Callable, Sequence
 
 
 class TripletLabError(Exception):
@@ -70,26 +68,3 @@ def storage_fault(err: BaseException, where: object = None) -> StorageError | No
                 "command: the run resumes from its last good checkpoint"
             )
     return None
-
-
-def report_errors(
-    main: Callable[[Sequence[str] | None], int],
-    argv: Sequence[str] | None = None,
-    setup: Callable[[], None] = lambda: None,
-) -> int:
-    """Run a command's ``main`` with its output redacted: a TripletLabError becomes one
-    ``error: ...`` line and its ``exit_code`` (1 by default); Ctrl-C exits 130. Anything
-    else is a bug and keeps its traceback. ``setup`` runs inside the redaction (a logging
-    handler made there writes through it)."""
-    from tripletlab.credentials import redacted_output  # the gate's module, loaded on use
-
-    with redacted_output():
-        setup()
-        try:
-            return main(argv)
-        except TripletLabError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return getattr(err, "exit_code", 1)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            return 130

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -441,11 +442,14 @@ def resume_overrides(sweep_dir: str | os.PathLike) -> list[str]:
 
 
 # ------------------------------------------------------------------- Optuna studies
-# In tripletlab.search (a search's failed trials, and a persistent study that continues);
-# importable from here too (conf files and sweep folders written before name them here).
-from tripletlab.search import (  # noqa: E402, F401
-    ContinueStudy,
-    check_storage_versions,
-    sqlite_path,
-    trials_done,
-)
+# In tripletlab.search (a search's failed trials, and a persistent study that continues).
+# Sweep folders and configs written before name them here (tripletlab.sweep.ContinueStudy):
+# resolved on use, so that search (which asks this module for sweep_dir) is not imported
+# back from here.
+_MOVED_TO_SEARCH = {"ContinueStudy", "check_storage_versions", "sqlite_path", "trials_done"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_SEARCH:
+        return getattr(importlib.import_module("tripletlab.search"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -288,7 +288,7 @@ def test_the_optuna_and_mlflow_extras_resolve_together():
     for reqs in required.values():
         for req in reqs:
             assert version(req.name) in req.specifier, (req, version(req.name))
-    from tripletlab.sweep import check_storage_versions
+    from tripletlab.search import check_storage_versions
 
     check_storage_versions(version("optuna"), version("SQLAlchemy"))  # no ConfigError
 

@@ -11,8 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tripletlab.errors import TripletLabError, report_errors
+from tripletlab.errors import TripletLabError
 from tripletlab.io_utils import ESCAPE_ERRORS
+from tripletlab.reporting import report_errors
 
 log = logging.getLogger("tripletlab")
 

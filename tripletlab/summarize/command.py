@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tripletlab import summarize
 from tripletlab.config import METRICS
-from tripletlab.errors import TripletLabError, report_errors
+from tripletlab.errors import TripletLabError
+from tripletlab.reporting import report_errors
 from tripletlab.run_folder import SUMMARY_FILE
 
 
