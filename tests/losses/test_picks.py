@@ -25,16 +25,17 @@ from tripletlab.losses import engines, reference
 
 def test_one_pick_rule():
     """Batch-hard / easy-positive: dense [B, N] scores up to DENSE_ELEMENTS, row blocks
-    beyond (B = 4096 and the 256 + 4096 memory problem), dense under XLA (the blocked loop's
+    beyond (B = 4096 and the 1024 + 4096 memory problem), dense under XLA (the blocked loop's
     last block is shorter), decided at run time when a size is unknown; the mining engines
     are refused for them and theirs for batch-all / semi-hard."""
     rule = engines.one_pick_engine
-    assert [rule(b, b) for b in (64, 256, 1024)] == ["dense"] * 3
-    assert rule(4096, 4096) == rule(256, 256 + 4096) == "blocked"
+    assert [rule(b, b) for b in (64, 256, 1024, 2048)] == ["dense"] * 4
+    assert rule(256, 256 + 4096) == rule(512, 512 + 4096) == "dense"
+    assert rule(4096, 4096) == rule(1024, 1024 + 4096) == rule(2049, 2049) == "blocked"
     assert rule(4096, 4096, jit_compile=True) == "dense"
     assert rule(4096, 4096, "dense") == "dense" and rule(64, 64, "blocked") == "blocked"
     assert rule(None, 64) is None and rule(64, None, "slots") is None
-    assert 1 <= int(engines.block_rows(256 + 4096)) * (256 + 4096) <= engines.BLOCK_ELEMENTS
+    assert 1 <= int(engines.block_rows(1024 + 4096)) * (1024 + 4096) <= engines.BLOCK_ELEMENTS
     labels, emb = random_batch(12, 3, 4, 41, np.float32)
     with pytest.raises(ValueError, match="cannot compile with XLA"):
         losses.batch_hard_triplet_loss(labels, emb, engine="blocked", jit_compile=True)
@@ -68,11 +69,11 @@ def test_one_pick_rule_at_run_time_matches_brute_force(strategy, monkeypatch):
 
 @pytest.mark.slow
 def test_one_pick_rule_blocked_at_full_size_matches_brute_force():
-    """The size the rule blocks at by itself, B = 256 with a memory of 4096 ([256, 4352],
-    float32, D = 4 so the brute force fits), and a dense one, B = 1024: loss, fraction and
+    """The size the rule blocks at by itself, B = 1024 with a memory of 4096 ([1024, 5120],
+    float32, D = 4 so the brute force fits), and a dense one, B = 2048: loss, fraction and
     gradient of both one-pick strategies against the brute force."""
     rng = np.random.default_rng(52)
-    for b, m, classes in ((256, 4096, 10), (1024, 0, 256)):
+    for b, m, classes in ((1024, 4096, 10), (2048, 0, 512)):
         labels = rng.integers(0, classes, b + m).astype(np.int32)
         emb = (rng.normal(size=(b + m, 4)) / 2).astype(np.float32)
         memory = (labels[b:], emb[b:]) if m else None

@@ -66,8 +66,10 @@ MINING_ENGINES = ENGINES[:4]  # batch-all and semi-hard; the last two: batch-har
 
 # Batch-hard and easy-positive (losses/picks.py) score all B rows at once ("dense", [B, N])
 # while B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS ("blocked": O(BLOCK) memory,
-# the block stays in cache). Measured side by side, fwd + bwd, 2 EPYC cores (docs/losses.md).
-DENSE_ELEMENTS = 2**20
+# the block stays in cache). Measured side by side, fwd + bwd, 2 EPYC cores, quiet
+# (docs/losses.md): dense was as fast or faster up to [2048, 2048] and [512, 4608] (a 16 MB
+# float32 matrix); at [4096, 4096] (64 MB a matrix) blocked is 3x ahead of the dense TF form.
+DENSE_ELEMENTS = 2**22
 BLOCK_ELEMENTS = 2**18
 
 # Loop over positive slots while an anchor has at most this many positives; bucket (or, under
