@@ -2,7 +2,8 @@
 [--no-plot]``: the command, here so that ``python -m tripletlab.summarize`` needs nothing
 from :mod:`tripletlab.cli` (which wraps :func:`run` with its error reporting).
 
-Finds every run under the given run or sweep folders (recursively), writes the summary
+Finds every run under the given run or sweep folders (recursively), or listed in a
+summary.csv written earlier, writes the summary
 files (:func:`tripletlab.summarize.write_summary`) and prints the table. Exit status: 0, 1
 when no run was found or ``--baseline`` matches no single configuration, 2 when a PATH does
 not exist.
@@ -42,7 +43,12 @@ def parser() -> argparse.ArgumentParser:
         "the table (mean, sample std, Student-t 95%% interval, and each configuration "
         "against the best or --baseline: paired or Welch t-test, Holm-adjusted).",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="run or sweep folders, or summary.csv files written earlier (their runs)",
+    )
     p.add_argument(
         "--out",
         metavar="DIR",

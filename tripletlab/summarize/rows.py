@@ -2,7 +2,8 @@
 
 Each run summary (:mod:`tripletlab.run_folder`) is flattened by ``pandas.json_normalize``
 (``config.model.name``, ``metrics.map_at_r``...); :data:`CSV_COLUMNS` are the columns of
-``summary.csv``.
+``summary.csv``. A ``summary.csv`` written earlier can stand for its runs (their folders may
+be gone, or on another machine): its rows are read back (:func:`read_csv_runs`).
 """
 
 from __future__ import annotations
@@ -130,12 +131,84 @@ def read_run(summary_path: Path, relative_to: Path | None = None) -> dict[str, A
     return flat
 
 
+# summary.csv columns kept as text when read back; every other cell is a number if it is one.
+_TEXT_COLUMNS = {"overrides", "dataset", "model", "mining", "sampler", "precision", "status"}
+_TEXT_COLUMNS |= {"error", "best_metric", "run_dir"}
+
+
+def _cell(column: str, text: str) -> Any:
+    """A summary.csv cell as the run summary had it: None when empty, else an int or a
+    float where it parses as one (outside :data:`_TEXT_COLUMNS`), else the text."""
+    if text == "":
+        return None
+    if column in _TEXT_COLUMNS:
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv_runs(csv_path: Path, relative_to: Path | None = None) -> list[dict[str, Any]]:
+    """The runs of a summary.csv that tripletlab-summarize (or a sweep) wrote, as rows like
+    :func:`read_run`'s: the columns of the CSV, the config keys they come from
+    (``config.mining.strategy``...) and, from the overrides, ``config.<key>`` for each
+    ``key=value`` (so ``--baseline mining.memory_size=0`` can pick them).
+
+    The CSV holds no whole config, so a configuration is its overrides (seed aside) within
+    this file, as for a run without a config: runs from two files are never pooled. The
+    overrides are split at spaces (as the CSV joined them). ``run_dir`` is made relative to
+    ``relative_to`` (the new summary's folder). FileNotFoundError (the command's one line)
+    when the file lacks a column of :data:`CSV_COLUMNS`."""
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+    if missing:
+        raise FileNotFoundError(
+            f"{csv_path} is not a summary.csv of tripletlab-summarize (no column {missing[0]})"
+        )
+    records = []
+    for i, raw in enumerate(frame.to_dict("records")):
+        row = {column: _cell(column, str(text)) for column, text in raw.items()}
+        overrides = (row["overrides"] or "").split()
+        for override in overrides:
+            key, sep, value = override.partition("=")
+            if sep and not key.startswith(("+", "~", "hydra.")):
+                row.setdefault(f"config.{key}", _cell(key, value))
+        for column, source in _FROM_SUMMARY.items():
+            row[source] = row.get(column)
+        run_dir = Path(row["run_dir"] or f"row {i}")
+        if not run_dir.is_absolute():
+            run_dir = csv_path.parent / run_dir
+        shown = str(run_dir)
+        if relative_to is not None:
+            shown = os.path.relpath(run_dir, relative_to.resolve())
+        row.update(
+            run_dir=shown,
+            _overrides=overrides,
+            # the folder a configuration is grouped within (see groups._configuration_key)
+            _path=csv_path.resolve() / f"row {i}",
+            _config=None,
+            _has_config=False,
+            _csv_batch_size=row["batch_size"],
+        )
+        records.append(row)
+    return records
+
+
 def collect_rows(
     paths: Iterable[str | os.PathLike], relative_to: Path | None = None
 ) -> pd.DataFrame:
     """Every run under ``paths``, one row each with :data:`CSV_COLUMNS` (and the flattened
-    summary's columns), sorted by folder, then job number, then run folder."""
-    records = [read_run(p, relative_to) for p in find_summaries(paths)]
+    summary's columns), sorted by folder, then job number, then run folder. A path that is
+    a ``*.csv`` file is a summary.csv whose runs it lists (:func:`read_csv_runs`)."""
+    paths = [Path(p) for p in paths]
+    tables = [p for p in paths if p.suffix == ".csv" and p.is_file()]
+    folders = [p for p in paths if p not in tables]
+    records = [read_run(p, relative_to) for p in find_summaries(folders)] if folders else []
+    for table in tables:
+        records += read_csv_runs(table, relative_to)
     if not records:
         return pd.DataFrame(columns=CSV_COLUMNS)
     # dtype=object: no inference, so a column with a missing value keeps its ints.
@@ -172,6 +245,8 @@ def _column(frame: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _batch_size(row: Mapping[str, Any]) -> Any:
+    if "_csv_batch_size" in row and not _missing(row["_csv_batch_size"]):
+        return row["_csv_batch_size"]  # read back from a summary.csv: as it was
     if row.get("config.sampler.name") == "pk":
         p = row.get("config.sampler.classes_per_batch")
         k = row.get("config.sampler.images_per_class")
