@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import tripletlab
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY, read_rows, read_summary
 from tripletlab.errors import ConfigError
 
 HEAD = "from dataclasses import dataclass\nfrom tripletlab.registry import Option, Strategy\n"
@@ -240,3 +240,43 @@ def test_a_tracker_that_exits_does_not_end_the_run(user_module, tmp_path, caplog
     callbacks.on_epoch_end({"epoch": 1})  # SystemExit in a hook: a warning
     assert "Tracker failed (SystemExit: 3)" in caplog.text
     assert trackers is not None
+
+
+PER_ANCHOR = """
+def per_anchor(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+    return tf.norm(embeddings, axis=1), tf.constant(0.5)  # forgot to reduce: [B]
+from tripletlab.options.mining import MiningConfig
+@dataclass
+class Cfg(MiningConfig):
+    strategy: str = "per_anchor"
+ENTRY = Strategy("per_anchor", Cfg, target=per_anchor, step_inputs=())
+"""
+
+
+@pytest.mark.slow  # trains (TensorFlow) in a child process, twice
+def test_a_plugin_strategy_returning_a_per_anchor_loss_is_one_line(tmp_path):
+    """Before the first step trains on it (the gradient would follow the sum of a [B] loss)
+    and in its Keras loss class (Keras would average it): one line naming the plugin."""
+    plugin = make_plugin(tmp_path, "tl-attack-x", {"per_anchor": ("strategies", "mod", PER_ANCHOR)})
+    out = tmp_path / "run"
+    proc = run([plugin], "run.py", "mining=per_anchor", *TINY, f"hydra.run.dir={out}")
+    line = assert_one_error_line(
+        proc,
+        "mining.strategy='per_anchor' (plugin tl-attack-x) returned a loss of shape [16]",
+        "it must return (loss, fraction), each a floating scalar []",
+    )
+    summary = read_summary(out)  # failed before an epoch was recorded
+    assert summary["status"] == "failed", summary
+    assert not (out / "metrics.csv").exists() or not read_rows(out)
+    keras_use = """
+        import numpy as np
+        from tripletlab.errors import ConfigError
+        from tripletlab.losses.keras import CLASSES
+        try:
+            CLASSES["per_anchor"]()(np.arange(16) % 4, np.ones((16, 3), np.float32))
+        except ConfigError as err:
+            print(err)
+    """
+    proc = run([plugin], "-c", textwrap.dedent(keras_use))
+    assert proc.stdout.strip() == line.removeprefix("error: "), proc.stderr[-2000:]

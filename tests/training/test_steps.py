@@ -5,6 +5,8 @@ mines then fills, and the negatives distance-weighted draws from (seed, step).""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,66 @@ def test_distance_weighted_draws_new_negatives_each_step_and_the_same_after_a_re
     assert len(set(run)) == 3, run  # same embeddings, three steps: three draws
     assert _distance_weighted_losses(seed=7, start=2, steps=1) == run[2:]  # resumed at step 2
     assert _distance_weighted_losses(seed=8, start=0, steps=1) != run[:1]  # the seed counts
+
+
+def _per_anchor(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    """A strategy that forgets to reduce: the hardest-positive distance per anchor [B]."""
+    import tensorflow as tf
+
+    return tf.norm(embeddings, axis=1), tf.constant(1.0)
+
+
+def _int_loss(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+
+    return tf.size(labels), tf.constant(1.0)
+
+
+def _loss_only(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+
+    return tf.reduce_mean(embeddings)  # no fraction
+
+
+def _per_anchor_fraction(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+
+    return tf.reduce_mean(embeddings), tf.ones_like(labels, tf.float32)
+
+
+@pytest.mark.parametrize(
+    "function, message",
+    [
+        (_per_anchor, r"returned a loss of shape \[16\] and dtype float32"),
+        (_int_loss, r"returned a loss of shape \[\] and dtype int32"),
+        (_loss_only, r"returned \w*Tensor; it must"),
+        (_per_anchor_fraction, r"returned a fraction of shape \[16\]"),
+    ],
+)
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_strategy_returning_other_than_two_float_scalars_stops_the_first_step(
+    function, message, jit
+):
+    """A registered strategy's result is checked where the step calls it (at trace time):
+    one ConfigError naming the strategy and the contract, and no weight moves."""
+    import keras
+
+    from tripletlab.errors import ConfigError
+    from tripletlab.registry import STRATEGIES, Strategy
+
+    STRATEGIES.add(Strategy("careless", target=function, step_inputs=()))
+    try:
+        mining = _mining("batch_hard")
+        mining.strategy = "careless"
+        model = _model()
+        before = model.get_weights()
+        step = make_train_step(model, keras.optimizers.SGD(LR), mining, jit_compile=jit)
+        with pytest.raises(ConfigError) as err:
+            step(*_batch())
+    finally:
+        STRATEGIES.unregister("careless")
+    assert str(err.value).startswith("mining.strategy='careless' returned ")
+    assert "it must return (loss, fraction), each a floating scalar []" in str(err.value)
+    assert re.search(message, str(err.value)), str(err.value)
+    for w, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(w, b)

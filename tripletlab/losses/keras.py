@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError
+from tripletlab.losses.strategies import checked
 from tripletlab.registry import STRATEGIES, Strategy
 
 # tensorflow-addons' distance_metric names -> our ``squared`` flag. Its "angular" (cosine)
@@ -104,14 +105,18 @@ class _TripletLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         """y_true [B] or [B, 1] labels, y_pred [B, D] embeddings -> the loss, a scalar."""
         labels = tf.reshape(y_true, [-1])
-        loss, _ = STRATEGIES.get(self.strategy)(
-            labels,
-            y_pred,
-            margin=self.margin,
-            squared=self._squared,
-            soft_margin=self.soft,
-            jit_compile=_compiles(self.jit_compile),
-            **self.own,
+        # checked: Keras would reduce a per-anchor loss [B] to its mean without a word
+        loss, _ = checked(
+            self.strategy,
+            STRATEGIES.get(self.strategy)(
+                labels,
+                y_pred,
+                margin=self.margin,
+                squared=self._squared,
+                soft_margin=self.soft,
+                jit_compile=_compiles(self.jit_compile),
+                **self.own,
+            ),
         )
         return loss
 

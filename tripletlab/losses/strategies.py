@@ -331,6 +331,41 @@ def get(name):
     return STRATEGIES.get(name)
 
 
+def checked(name, result):
+    """``result`` of strategy ``name``'s function if it is ``(loss [], fraction [])``,
+    each a floating tensor; else ConfigError naming the strategy (and its plugin) and what
+    it returned. Checked on the static shapes, so at trace time: before the first step
+    trains on a loss of the wrong shape (a per-anchor loss [B] would silently be reduced)."""
+    if isinstance(name, str):
+        plugin = STRATEGIES.option(name).plugin
+        who = f"mining.strategy={name!r}" + (f" (plugin {plugin})" if plugin else "")
+    else:  # a function given in place of a name
+        who = f"the strategy {getattr(name, '__qualname__', name)!r}"
+    want = "(loss, fraction), each a floating scalar [] (docs/extending.md)"
+    problem = None
+    if not (isinstance(result, tuple | list) and len(result) == 2):
+        problem = f"{type(result).__name__}"
+    else:
+        for what, value in zip(("loss", "fraction"), result, strict=True):
+            try:
+                value = tf.convert_to_tensor(value)
+            except (TypeError, ValueError):
+                problem = f"a {what} of type {type(value).__name__}"
+                break
+            rank = value.shape.rank  # None: unknown until it runs; the step's ops decide
+            if not value.dtype.is_floating or (rank is not None and rank != 0):
+                shape = value.shape.as_list() if rank is not None else "unknown"
+                problem = f"a {what} of shape {shape} and dtype {value.dtype.name}"
+                break
+    if problem is None:
+        return result
+    err = ConfigError(f"{who} returned {problem}; it must return {want}")
+    # raised while a tf.function traces: without this, autograph rewrites the message
+    # into a multi-line "in user code: File ..." trace
+    err.ag_pass_through = True
+    raise err
+
+
 def triplet_loss(
     labels,
     embeddings,
@@ -343,6 +378,7 @@ def triplet_loss(
     """Dispatch to the loss of ``strategy`` (a name in STRATEGIES) -> (loss [], fraction []).
     ``options``: the strategy's keyword arguments (memory, engine, jit_compile, ...)."""
     loss = get(strategy)
-    return loss(
+    result = loss(
         labels, embeddings, margin=margin, squared=squared, soft_margin=soft_margin, **options
     )
+    return checked(strategy, result)

@@ -48,6 +48,7 @@ def make_train_step(
     import tensorflow as tf
 
     from tripletlab.distribute import gather_global_batch
+    from tripletlab.losses.strategies import checked
     from tripletlab.models import synchronizes_batch_norm
     from tripletlab.registry import STRATEGIES
 
@@ -65,7 +66,9 @@ def make_train_step(
         return model(images, training=True)
 
     def mine(labels, embeddings, memory_labels, memory_embeddings, step_options):
-        return loss_fn(
+        # checked while traced: a plugin's per-anchor loss [B] (whose sum the gradient would
+        # silently follow) or int loss is one ConfigError naming it, before the first step
+        result = loss_fn(
             labels,
             embeddings,
             margin=mining.margin,
@@ -75,6 +78,7 @@ def make_train_step(
             memory=None if memory is None else (memory_labels, memory_embeddings),
             **step_options,
         )
+        return checked(entry.name, result)
 
     if jit_compile:
         # XLA compiles the model and the loss, each a nested function; the collectives stay
