@@ -36,6 +36,9 @@ class Tracker:
     def on_epoch_end(self, row):
         self.path.write_text(str(row["epoch"]))
 
+def failing(logger_cfg, folder, config):
+    raise OSError("disk full")
+
 def backbone(x, cfg, reg):
     import keras
     return keras.layers.Flatten()(x)
@@ -84,6 +87,41 @@ def test_a_tracker_target(user_module, tmp_path):
     callbacks.on_train_begin()  # a hook the tracker lacks: skipped
     callbacks.on_epoch_end({"epoch": 3})
     assert (tmp_path / "mine.txt").read_text() == "3"
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("no.such.module.fn", r"logger._target_='no.such.module.fn' cannot be imported"),
+        ("user_code.missing", r"logger._target_='user_code.missing' cannot be imported"),
+        ("user_code.no_arguments", r"logger._target_='user_code.no_arguments' must take 3 "),
+        ("user_code.load", r"logger._target_='user_code.load' must take 3 "),
+    ],
+)
+def test_a_tracker_target_that_cannot_be_built_stops_the_run_at_its_start(
+    user_module, tmp_path, target, message
+):
+    """Not a warning and a run without its tracker: one ConfigError before an epoch."""
+    from tests.helpers import TINY, read_summary
+
+    cfg = tripletlab.compose([*TINY, "logger=custom", f"logger._target_={target}"])
+    with pytest.raises(ConfigError, match=message) as err:
+        tripletlab.train(cfg, tmp_path / "run")
+    assert "\n" not in str(err.value)
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "failed" and summary["error"] == str(err.value)
+    assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_a_tracker_that_raises_while_built_is_a_warning(user_module, tmp_path, caplog):
+    """Its own code failing is not a start-up mistake: the run goes on without it."""
+    from tripletlab.run_folder import RunFolder
+    from tripletlab.tracking import make_trackers
+
+    cfg = tripletlab.compose(["logger=custom", f"logger._target_={user_module}.failing"])
+    trackers = make_trackers(cfg, RunFolder(tmp_path))
+    assert "custom tracker failed (OSError: disk full)" in caplog.text
+    assert [type(t).__name__ for t in trackers] == ["TensorBoardTracker"]
 
 
 def test_a_backbone_target(user_module):

@@ -12,7 +12,9 @@ gets. The contracts (docs/extending.md):
 * tracker, ``logger._target_``: ``(logger_cfg, folder, config) -> tracker`` with any of
   ``on_train_begin()``, ``on_epoch_end(row)``, ``on_train_end(summary)``.
 
-A target that cannot be imported or does not take these arguments is one ConfigError.
+A target that cannot be imported or does not take these arguments is one ConfigError; a
+tracker's is checked at the run's start (:func:`tripletlab.tracking.make_trackers`), where
+what the tracker itself raises is a warning.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ from typing import Any
 from tripletlab.errors import ConfigError
 
 
-def call_target(key: str, target: Any, *args: Any) -> Any:
-    """``target(*args)`` through :func:`hydra.utils.instantiate`; ConfigError naming
-    ``key`` when the target is missing or its signature does not take ``args``."""
-    from hydra.errors import InstantiationException
-
+def check_target(key: str, target: Any, *args: Any) -> Any:
+    """The callable ``target`` names if it can be imported and called with ``args``
+    (placeholders will do: only their number is checked); else ConfigError naming ``key``."""
     try:
         function = _resolve(str(target))
     except (ImportError, AttributeError, ValueError) as err:
@@ -45,7 +45,16 @@ def call_target(key: str, target: Any, *args: Any) -> Any:
         ) from None
     except ValueError:  # no signature (a builtin): let the call decide
         pass
+    return function
+
+
+def call_target(key: str, target: Any, *args: Any) -> Any:
+    """``target(*args)`` through :func:`hydra.utils.instantiate`; ConfigError naming
+    ``key`` when the target is missing or its signature does not take ``args``."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+
+    check_target(key, target, *args)
 
     try:
         return instantiate({"_target_": str(target)}, *args)
@@ -150,4 +159,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Path", "call_target", "custom_backbone", "custom_tracker"]
+__all__ = ["Path", "call_target", "check_target", "custom_backbone", "custom_tracker"]

@@ -22,6 +22,7 @@ from tripletlab.config import to_container
 from tripletlab.credentials import redact_tree
 from tripletlab.registry import TRACKERS
 from tripletlab.run_folder import RunFolder
+from tripletlab.targets import check_target
 from tripletlab.tracking import mlflow as _mlflow  # noqa: F401  (registers logger=mlflow)
 from tripletlab.tracking.base import Tracker
 from tripletlab.tracking.tensorboard import TensorBoardTracker
@@ -38,11 +39,16 @@ def no_tracker(logger_cfg: Any, folder: RunFolder, config: Any) -> None:
 
 
 def make_trackers(cfg: Any, folder: RunFolder) -> list[Any]:
-    """TensorBoard's tracker and the logger's (to add to the callbacks guarded); a failure
-    to build one is a warning.
+    """TensorBoard's tracker and the logger's (to add to the callbacks guarded). A
+    ``logger._target_`` that cannot be imported or does not take ``(logger_cfg, folder,
+    config)`` is the user's mistake: ConfigError naming it, before anything is built. What
+    a tracker raises while built is a warning.
     Call it on the process that writes the run folder (the chief) only."""
     logger_cfg = getattr(cfg, "logger", None)
     logger = str(getattr(logger_cfg, "name", "none"))
+    target = getattr(logger_cfg, "_target_", None)
+    if target is not None:  # logger=custom: checked at the start, not a warning mid-run
+        check_target("logger._target_", target, logger_cfg, folder, {})
     trackers = []
     for name, build in (
         ("TensorBoard", lambda config: TensorBoardTracker(folder, config)),
