@@ -152,3 +152,33 @@ def test_every_measured_figure_names_its_results_file():
             if FIGURE.findall(_prose(block)) and not _files(block) and not external:
                 unsourced.append(f"{page.name}: {block[:200]}")
     assert not unsourced, "\n\n".join(unsourced)
+
+
+def test_the_default_sweep_grid_is_what_its_comment_and_docs_say():
+    """tripletlab-sweep without a model= or mining= axis: the comment above DEFAULT_GRID
+    (its size), docs/sweeps.md's first example (its names and size) and the grid by hand
+    there agree with DEFAULT_GRID, and every name in it is a registered option."""
+    import math
+
+    from tripletlab.cli import sweep
+    from tripletlab.registry import REGISTRIES
+
+    grid = sweep.DEFAULT_GRID
+    sizes = [len(values) for values in grid.values()]
+    source = Path(sweep.__file__).read_text(encoding="utf-8")
+    said = re.search(r"# The default grid, (\d+) x (\d+) = (\d+) jobs", source)
+    assert [int(x) for x in said.groups()] == [*sizes, math.prod(sizes)]
+    page = (ROOT / "docs" / "sweeps.md").read_text(encoding="utf-8")
+    models, strategies, jobs = re.search(
+        r"^\./sweep\.sh +# (.+) x (.+): (\d+) jobs$", page, re.M
+    ).groups()
+    assert (models.split(", "), strategies.split(", ")) == (
+        list(grid["model"]),
+        list(grid["mining"]),
+    )
+    assert int(jobs) == math.prod(sizes)
+    by_hand = " ".join(f"{key}={','.join(values)}" for key, values in grid.items())
+    assert f"python run.py -m {by_hand}   # the same grid by hand" in page
+    for group, names in grid.items():
+        for name in names:
+            REGISTRIES[group].check(name)

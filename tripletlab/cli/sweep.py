@@ -33,7 +33,10 @@ from tripletlab.cli.common import UsageError, run_cli
 from tripletlab.launchers import shell_line
 from tripletlab.overrides import override_key
 
-# The default grid: the two small backbones x every mining strategy (6 jobs).
+# The default grid, 2 x 3 = 6 jobs: the two small backbones x the three classic mining
+# strategies, semi-hard (Schroff et al. 2015) and batch-all and batch-hard (Hermans et al.
+# 2017). Not every strategy: easy_positive and distance_weighted join with mining=...
+# (docs/sweeps.md's first example; tests/test_docs_facts.py checks the two agree).
 DEFAULT_GRID = {
     "model": ("lenet", "small_cnn"),
     "mining": ("batch_all", "batch_hard", "semi_hard"),
