@@ -2,6 +2,8 @@
 
 import csv
 
+import pytest
+
 from tripletlab.bench import train as bench_train
 
 
@@ -22,6 +24,9 @@ def test_train_benchmark_compares_precisions(tmp_path, capsys):
     assert float(rows[1]["speedup_vs_float32"]) > 0
     for r in rows:
         assert float(r["images_per_second"]) > 0 and float(r["gflops"]) > 0
+        # the loss alone is a part of the step: timed, and its share is loss / step
+        share = float(r["loss_ms"]) / float(r["ms_per_step"])
+        assert 0 < float(r["loss_share"]) == pytest.approx(share, abs=2e-3)
     # the precision policy is put back for whatever runs next in this process
     import keras
 

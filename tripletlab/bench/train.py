@@ -88,6 +88,34 @@ def load_images(dataset: str, image_size: int | None = None):
     return x, y, x[:10000], y[:10000], "random 28x28 images"
 
 
+def time_loss(strategy: str, labels, dim: int, steps: int) -> float:
+    """Seconds of the loss alone, forward + backward (d loss / d embeddings), on the train
+    step's labels [B] and unit-norm random float32 embeddings [B, dim]: its share of the
+    step (the train step also runs the backbone, the tape through it and Adam)."""
+    import tensorflow as tf
+
+    from tripletlab import losses
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(int(labels.shape[0]), dim)).astype(np.float32)
+    emb = tf.constant(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+
+    @tf.function
+    def loss_step(y, e):
+        with tf.GradientTape() as tape:
+            tape.watch(e)
+            value = losses.triplet_loss(y, e, strategy, 0.2)[0]
+        return value, tape.gradient(value, e)
+
+    for _ in range(3):  # trace, warm up
+        float(loss_step(labels, emb)[0])
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        value = loss_step(labels, emb)[0]
+    float(value)
+    return (time.perf_counter() - t0) / steps
+
+
 def bench_model(name: str, precision: str, data, args) -> dict:
     import keras
     import tensorflow as tf
@@ -139,6 +167,7 @@ def bench_model(name: str, precision: str, data, args) -> dict:
     float(loss)
     step_s = (time.perf_counter() - t0) / args.steps
     ips = batch / step_s
+    loss_s = time_loss(args.mining, next(it)[1], model_cfg.embedding_size, args.steps)
 
     # Evaluation: embed train + test, then the retrieval metrics and kNN.
     from tripletlab.data.pipeline import eval_dataset
@@ -165,6 +194,8 @@ def bench_model(name: str, precision: str, data, args) -> dict:
         "precision": precision,
         "jit": jit,
         "ms_per_step": round(step_s * 1000, 2),
+        "loss_ms": round(loss_s * 1000, 3),
+        "loss_share": round(loss_s / step_s, 3),
         "images_per_second": round(ips, 1),
         "epoch_seconds": round(TRAIN_SIZE / ips, 2),  # a full Fashion-MNIST epoch
         "pipeline_images_per_second": round(pipeline_ips, 1),
@@ -238,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if not gpus:
         print(f"CPU FP32 peak {peak:.0f} GFLOP/s ({how})")
     header = (
-        "| model | precision | batch | ms/step | images/s | epoch s (60k) | x float32 "
+        "| model | precision | batch | ms/step | loss ms (share) | images/s | epoch s (60k) "
+        "| x float32 "
         "| pipeline img/s | MFLOP/img | GFLOP/s | % of FP32 peak | embed s | metrics s |"
     )
     print(header)
@@ -248,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         speedup = "-" if r["speedup_vs_float32"] is None else f"{r['speedup_vs_float32']:.2f}"
         print(
             f"| {r['model']} | {r['precision']} | {r['batch']} | {r['ms_per_step']} "
-            f"| {r['images_per_second']:.0f} | {r['epoch_seconds']} | {speedup} "
+            f"| {r['loss_ms']} ({100 * r['loss_share']:.0f}%) | {r['images_per_second']:.0f} | {r['epoch_seconds']} | {speedup} "
             f"| {r['pipeline_images_per_second']:.0f} "
             f"| {r['mflop_per_image']} | {r['gflops']} | {share} | {r['embed_seconds']} "
             f"| {r['metrics_seconds']} |"
