@@ -364,3 +364,37 @@ def test_a_broken_plugin_stops_the_command_line_with_one_line(tmp_path):
         "error: plugin broken-plugin (tripletlab.strategies: broken = broken_mod:S) failed to "
         "import: ModuleNotFoundError: No module named 'no_such_dependency'; fix or uninstall it"
     )
+
+
+# ------------------------------------------------------------------ the docs' table
+
+
+def _singular(label: str) -> str:
+    """STRATEGIES -> strategy, BACKBONES -> backbone."""
+    plural = label.lower()
+    return plural[:-3] + "y" if plural.endswith("ies") else plural.removesuffix("s")
+
+
+def test_the_extending_guide_maps_each_option_to_its_group_key_registry_and_entry_points():
+    """docs/extending.md's table: one row per registry, each naming its option kind, Hydra
+    group, key, registry constant and entry point group as tripletlab.registry has them;
+    the example plugin's entry point groups are among them."""
+    import tomllib
+
+    import tripletlab.registry as registry
+
+    page = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    head = "| option | Hydra group | registry (`tripletlab.registry`) | key naming it |"
+    assert head in page
+    table = page[page.index(head) :].split("\n\n")[0].splitlines()[2:]
+    rows = [[cell.strip().strip("`") for cell in line.split("|")[1:6]] for line in table]
+    assert sorted(group for _, group, *_ in rows) == sorted(REGISTRIES)
+    for kind, group, constant, key, entry_points in rows:
+        reg = REGISTRIES[group]
+        assert getattr(registry, constant) is reg, (group, constant)
+        assert (key, entry_points) == (reg.key, reg.entry_point_group), group
+        assert kind.split()[0] == _singular(reg.label), group
+    example = ROOT / "examples" / "tripletlab-plugin-example" / "pyproject.toml"
+    declared = tomllib.loads(example.read_text())["project"]["entry-points"]
+    groups = {reg.entry_point_group for reg in REGISTRIES.values()}
+    assert {g for g in declared if g.startswith("tripletlab.")} <= groups
