@@ -145,6 +145,55 @@ def test_no_module_over_500_lines():
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
 
 
+# ------------------------------------------------------------------ tests mirror the package
+# Test files named after no module, each reviewed: suites across modules (an issue's
+# attacks, the docs' facts, whole runs killed at each write) and the repository's own checks.
+ACROSS_MODULES = {
+    "test_architecture.py": "the package's layering (this file)",
+    "test_docs_facts.py": "facts in README and docs/",
+    "test_packaging.py": "the wheel and the console scripts",
+    "test_plugin_example.py": "examples/tripletlab-plugin-example installed",
+    "test_reality_check.py": "scripts/reality_check.sh",
+    "test_attack_durability.py": "issue 25's locks, attacked",
+    "test_attack_faults.py": "issue 25's 'every fault one line', attacked",
+    "test_attack_plugins.py": "issue 26's plugins and _target_, attacked",
+    "test_attack_replicas.py": "issue 25's 'replicas equal one device', attacked",
+    "cli/test_commands.py": "every console command",
+    "data/test_memory_bounds.py": "images, pipeline and the stream=auto decision together",
+    "losses/test_migration.py": "the migration tables of README and docs/losses.md",
+    "tracking/test_trackers.py": "TensorBoard and MLflow on one sweep",
+    "training/test_crash_consistency.py": "a run killed at each file-system write",
+}
+
+
+def _tested_module(test: Path) -> Path | None:
+    """The module or package ``tests/<dir>/test_<name>[_<aspect>].py`` tests:
+    ``tripletlab/<dir>/<name>``, the longest such name that exists (``test_attack_<name>``
+    attacks it; ``tests/<dir>/test_<dir>.py`` the package ``<dir>``)."""
+    rel = test.relative_to(ROOT / "tests")
+    folder = PACKAGE / rel.parent
+    words = test.stem.removeprefix("test_").removeprefix("attack_").split("_")
+    for n in range(len(words), 0, -1):
+        name = "_".join(words[:n])
+        own = [folder / "__init__.py"] if name == folder.name else []  # tests/data/test_data
+        for path in (folder / f"{name}.py", folder / name / "__init__.py", *own):
+            if path.exists():
+                return path
+    return None
+
+
+def test_each_test_file_lives_beside_the_module_it_tests():
+    """tests/ mirrors tripletlab/: tests/training/test_loop_missing_metric.py tests
+    tripletlab/training/loop.py; a file named after no module there is reviewed above."""
+    tests = sorted((ROOT / "tests").rglob("test_*.py"))
+    unplaced = {str(t.relative_to(ROOT / "tests")) for t in tests if _tested_module(t) is None}
+    assert unplaced - set(ACROSS_MODULES) == set()
+    assert set(ACROSS_MODULES) <= {str(t.relative_to(ROOT / "tests")) for t in tests}
+    assert _tested_module(ROOT / "tests" / "training" / "test_loop_missing_metric.py") == (
+        PACKAGE / "training" / "loop.py"
+    )
+
+
 # ------------------------------------------------------------------ options
 def _option_files(group: str, name: str) -> list[str]:
     """Every file of the repository option ``name`` of ``group`` needs: its entry (schema,
