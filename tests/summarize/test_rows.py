@@ -152,3 +152,15 @@ def test_a_csv_that_is_not_a_summary_is_refused_with_its_first_missing_column(tm
     table.write_text("a,b\n1,2\n")
     with pytest.raises(FileNotFoundError, match=r"other.csv is not a summary.csv .*column job"):
         collect_rows([table])
+
+
+def test_an_unreadable_summary_is_a_failed_row_and_the_others_are_read(tmp_path):
+    """A summary.json cut short (a full disk, a copy stopped halfway) is one failed row
+    that names it, with the config from Hydra's copy; the other runs are summarised."""
+    _run(tmp_path / "a")
+    broken = _run(tmp_path / "b", saved_config=CONFIG)
+    (broken / "summary.json").write_text('{"status": "ok", "metr')
+    rows = collect_rows([tmp_path])
+    assert list(rows["status"]) == ["ok", "failed"]
+    assert rows["error"][1].startswith(f"unreadable {broken / 'summary.json'}: ")
+    assert rows["model"][1] == "lenet"

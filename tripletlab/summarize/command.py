@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
         prog="tripletlab-summarize",
         description="Compare runs: write summary.csv, summary.md, summary_stats.csv and "
         "summary.png from the runs found (recursively) in run or sweep folders, and print "
-        "the table (mean, sample std, Student-t 95%% interval, and each configuration "
+        "the table (mean, sample std, Student-t 95% interval, and each configuration "
         "against the best or --baseline: paired or Welch t-test, Holm-adjusted).",
     )
     p.add_argument(

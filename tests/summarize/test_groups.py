@@ -1,0 +1,76 @@
+"""tripletlab.summarize.group_rows, find_baseline and compare_groups in-process, on run
+folders written by hand: the cases mutation testing found unchecked (issue 27)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy import stats as sp
+
+from tests.summarize.folders import SPEC, write_run, write_spec
+from tripletlab.errors import TripletLabError
+from tripletlab.summarize import collect_rows, compare_groups, group_rows
+from tripletlab.summarize.groups import find_baseline
+
+
+def test_configurations_are_runs_equal_but_for_seed_and_threads(tmp_path):
+    """Three configurations, best mean first; each labelled by the overrides that set it
+    apart, its model and mining (own columns) and its seed left out."""
+    groups = group_rows(write_spec(tmp_path, SPEC), "precision_at_1")
+    assert list(groups["mining"]) == ["batch_hard", "batch_hard", "semi_hard"]
+    assert list(groups["label"]) == ["mining.margin=0.3", "", ""]
+    assert list(groups["n"]) == [3, 3, 2]
+    assert [sorted(s) for s in groups["_seeds"]] == [[1, 2, 3], [1, 2, 3], [4, 5]]
+    assert groups["precision_at_1.mean"].tolist() == pytest.approx([0.92, 0.82, 0.72])
+    assert list(groups.index) == [0, 1, 2]
+
+
+def test_runs_without_a_config_are_configurations_by_overrides_and_folder(tmp_path):
+    """No config (summary written before it was known, no Hydra copy): the overrides but
+    the seed, within one folder, make a configuration."""
+    for folder in ("one", "two"):
+        for seed, margin in ((1, 0.2), (2, 0.2), (1, 0.3)):
+            write_run(
+                tmp_path / folder / f"m{margin}_s{seed}",
+                config=None,
+                overrides=[f"mining.margin={margin}", f"seed={seed}"],
+            )
+    groups = group_rows(collect_rows([tmp_path]), "precision_at_1")
+    assert sorted(groups["runs"]) == [1, 1, 2, 2]
+    assert sorted(groups["label"]) == ["mining.margin=0.2"] * 2 + ["mining.margin=0.3"] * 2
+
+
+def test_a_baseline_is_found_by_run_config_values(tmp_path):
+    """``mining=x`` is mining.strategy, numbers compare as numbers; no match and several
+    matches are one line each, the first listing the configurations."""
+    groups = group_rows(write_spec(tmp_path, SPEC), "precision_at_1")
+    assert find_baseline(groups, "mining=batch_hard,mining.margin=0.20") == 1
+    assert find_baseline(groups, " mining = semi_hard ") == 2
+    assert find_baseline(groups, "mining.margin=0.3") == 0
+    with pytest.raises(TripletLabError, match="no configuration matches") as err:
+        find_baseline(groups, "mining=batch_hard,trainer.nothing=1")
+    assert "batch_hard mining.margin=0.3; batch_hard; semi_hard" in str(err.value)
+    with pytest.raises(TripletLabError, match="2 configurations match"):
+        find_baseline(groups, "mining=batch_hard")
+    with pytest.raises(TripletLabError, match="write KEY=VALUE"):
+        find_baseline(groups, "batch_hard")
+
+
+def test_each_configuration_is_compared_with_the_reference(tmp_path):
+    """Against the reference (position 1: margin 0.2): the same seeds paired, others by
+    Welch, Holm over the two; the reference's own row is empty."""
+    groups = group_rows(write_spec(tmp_path, SPEC), "precision_at_1")
+    compared = compare_groups(groups, "precision_at_1", reference=1)
+    assert list(compared["test"]) == ["paired", "", "welch"]
+    assert compared["verdict"][1] == "reference"
+    assert math.isnan(compared["diff"][1]) and math.isnan(compared["p_holm"][1])
+    paired = sp.ttest_rel([0.90, 0.91, 0.95], [0.80, 0.84, 0.82])
+    welch = sp.ttest_ind([0.70, 0.74], [0.80, 0.84, 0.82], equal_var=False)
+    assert compared["diff"][0] == pytest.approx(0.10)
+    assert compared["diff"][2] == pytest.approx(0.72 - 0.82)
+    assert compared["p"][0] == pytest.approx(paired.pvalue)
+    assert compared["p"][2] == pytest.approx(welch.pvalue)
+    low, high = sorted((paired.pvalue, welch.pvalue))
+    holm = [min(1.0, 2 * low), max(min(1.0, 2 * low), high)]
+    assert sorted(compared["p_holm"].dropna()) == pytest.approx(holm)

@@ -1,0 +1,118 @@
+"""tripletlab.summarize's markdown report and summary_stats.csv in-process, on run folders
+written by hand: the cases mutation testing found unchecked (issue 27)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sp
+
+from tests.summarize.folders import CONFIG, SPEC, write_run, write_spec
+from tripletlab.summarize import STATS_COLUMNS, collect_rows, markdown_table, write_summary
+from tripletlab.summarize.tables import report
+
+# precision@1 per configuration, best first (SPEC): margin 0.3, margin 0.2, semi_hard.
+BEST, BASE, SEMI = [0.90, 0.91, 0.95], [0.80, 0.84, 0.82], [0.70, 0.74]
+
+
+def _table(markdown: str) -> list[dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    split = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    return [dict(zip(split[0], cells, strict=True)) for cells in split[2:]]
+
+
+def _mean_std(values) -> str:
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def _signed(diff, interval) -> str:
+    return f"{diff:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}]"
+
+
+def test_the_report_table_has_every_column_with_its_numbers(tmp_path):
+    rows = write_spec(tmp_path, SPEC)
+    markdown = report(rows, "precision_at_1")
+    table = _table(markdown)
+    assert list(table[0]) == [
+        "rank",
+        "model",
+        "mining",
+        "setting",
+        "n",
+        "status",
+        "precision_at_1 (mean ± std)",
+        "95% CI (t)",
+        "Δ vs best [95% CI]",
+        "test",
+        "p (Holm)",
+        "vs best",
+        "recall_at_4",
+        "map_at_r",
+        "knn_accuracy",
+        "train s",
+        "img/s",
+    ]
+    best, base, semi = table
+    assert [r["rank"] for r in table] == ["1", "2", "3"]
+    assert [r["model"] for r in table] == ["lenet"] * 3
+    assert [r["setting"] for r in table] == ["mining.margin=0.3", "(base)", "(base)"]
+    assert [r["n"] for r in table] == ["3", "3", "2"]
+    metric = "precision_at_1 (mean ± std)"
+    assert [r[metric] for r in table] == [_mean_std(v) for v in (BEST, BASE, SEMI)]
+    half = [v / 2 for v in BEST]
+    assert best["map_at_r"] == _mean_std(half) and best["recall_at_4"] == "-"
+    t = sp.t.interval(0.95, 2, loc=np.mean(BEST), scale=sp.sem(BEST))
+    assert best["95% CI (t)"] == f"[{t[0]:.4f}, {t[1]:.4f}]"
+    assert best["Δ vs best [95% CI]"] == "-" and best["vs best"] == "reference"
+    paired = sp.ttest_rel(BASE, BEST)
+    assert base["Δ vs best [95% CI]"] == _signed(-0.10, paired.confidence_interval(0.95))
+    assert (base["test"], semi["test"]) == ("paired", "Welch")
+    # Seeds 1-3 (10, 20, 30 s; 100-300 img/s), seeds 4-5 (40, 50 s).
+    assert (base["train s"], base["img/s"], semi["train s"]) == ("20.0", "200", "45.0")
+    assert "minus the best configuration" in markdown
+    assert "minus the baseline" in report(rows, "precision_at_1", reference=1, ref_name="x")
+
+
+def test_runs_that_did_not_finish_are_listed_below_with_their_error_cut(tmp_path):
+    write_spec(tmp_path, SPEC)
+    config = {**CONFIG, "mining": {"strategy": "batch_hard", "margin": 0.2}, "seed": 9}
+    write_run(tmp_path / "z_failed", config=config, status="failed", error="x" * 400)
+    rows = collect_rows([tmp_path])
+    markdown = report(rows, "precision_at_1")
+    base = _table(markdown)[1]
+    assert base["status"] == "3 ok, 1 failed" and base["n"] == "3"
+    below = markdown.split("\n\n1 run did not finish:\n")[1]
+    assert below == f"- `{tmp_path / 'z_failed'}` (failed): {'x' * 297}...\n"
+
+
+def test_a_bar_in_a_cell_or_header_does_not_split_the_markdown_column():
+    text = markdown_table(pd.DataFrame({"a|b": ["x|y"], "c": ["1"]}))
+    assert text.endswith(" |\n") and not text.endswith("\n\n")
+    header, _, cells = text.splitlines()
+    assert header.split(" | ")[0].strip("| ") == "a\\|b"
+    assert cells.split(" | ")[0].strip("| ") == "x\\|y"
+
+
+def test_summary_stats_csv_has_each_configuration_and_metric(tmp_path):
+    rows = write_spec(tmp_path, SPEC)
+    write_summary(rows, tmp_path, "precision_at_1", plot=False)
+    with (tmp_path / "summary_stats.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == STATS_COLUMNS
+        stats = {(r["setting"], r["mining"], r["metric"]): r for r in reader}
+    best = stats[("mining.margin=0.3", "batch_hard", "precision_at_1")]
+    assert (best["rank"], best["reference"], best["verdict"]) == ("1", "True", "reference")
+    assert float(best["mean"]) == pytest.approx(np.mean(BEST))
+    assert float(best["std"]) == pytest.approx(np.std(BEST, ddof=1))
+    base = stats[("", "batch_hard", "precision_at_1")]
+    paired = sp.ttest_rel(BASE, BEST)
+    interval = paired.confidence_interval(0.95)
+    assert base["test"] == "paired" and float(base["diff"]) == pytest.approx(-0.10)
+    assert float(base["diff_low"]) == pytest.approx(interval.low)
+    assert float(base["diff_high"]) == pytest.approx(interval.high)
+    assert float(base["p"]) == pytest.approx(paired.pvalue)
+    semi_map = stats[("", "semi_hard", "map_at_r")]
+    assert semi_map["n"] == "2" and float(semi_map["mean"]) == pytest.approx(0.36)
