@@ -6,7 +6,10 @@
   with a space, a newline or a tab, a key with ``=``, or a Hydra key (``hydra.launcher.setup``
   is a shell line in the sbatch script) is refused with one ``error:`` line, and nothing of
   that cell is launched. A fake ``sbatch`` on PATH runs the script it is given, and the
-  marker file must never appear.
+  marker file must never appear. The 17 tampered variants are 17 cells of one
+  reality_check.sh call (a refused cell is skipped, the next one still checked): a test per
+  variant asserts its cell's lines, one more that nothing ran; the legitimate result has a
+  call of its own. All of them run in ``make test``.
 - ``tripletlab-sweep --resume DIR`` writes DIR as ``hydra.sweep.dir`` in Hydra's override
   grammar: every folder name (quotes, backslashes, ``${...}``, spaces, ``,``) must come back
   as that very folder, never as an interpolation or another folder.
@@ -29,10 +32,9 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 MARKER = "PWNED"
 
 
-@pytest.fixture
-def sandbox(tmp_path):
+def _make_sandbox(root: Path) -> Path:
     """A fake sbatch that runs its script (then fails: nothing is queued) and a fake srun."""
-    bin_dir = tmp_path / "bin"
+    bin_dir = root / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(
         "#!/bin/bash\n"
@@ -44,19 +46,26 @@ def sandbox(tmp_path):
     (bin_dir / "srun").write_text("#!/bin/bash\nexit 0\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    return tmp_path
+    return root
 
 
-def _reality_check(sandbox: Path, best_params) -> subprocess.CompletedProcess:
-    """reality_check.sh for one cell whose study is done, with ``best_params`` as its result;
-    the final runs go to Slurm (the fake sbatch)."""
+@pytest.fixture
+def sandbox(tmp_path):
+    return _make_sandbox(tmp_path)
+
+
+def _reality_check(sandbox: Path, cells: dict[str, object]) -> subprocess.CompletedProcess:
+    """reality_check.sh for cells (easy_positive-<memory>: best_params) whose studies are
+    done, with ``best_params`` as their results; the final runs go to Slurm (the fake
+    sbatch). The cells run in order in one call, as a real protocol's do."""
     out = sandbox / "rc"
-    tune = out / "tune" / "easy_positive-0"
-    tune.mkdir(parents=True)
-    (tune / ".trials").write_text("1\n")
-    (tune / "optimization_results.yaml").write_text(
-        yaml.safe_dump({"name": "optuna", "best_params": best_params, "best_value": 0.5})
-    )
+    for memory, best_params in cells.items():
+        tune = out / "tune" / f"easy_positive-{memory}"
+        tune.mkdir(parents=True)
+        (tune / ".trials").write_text("1\n")
+        (tune / "optimization_results.yaml").write_text(
+            yaml.safe_dump({"name": "optuna", "best_params": best_params, "best_value": 0.5})
+        )
     env = {
         **os.environ,
         "SANDBOX": str(sandbox),
@@ -65,7 +74,7 @@ def _reality_check(sandbox: Path, best_params) -> subprocess.CompletedProcess:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "RC_TRIALS": "1",
         "RC_SEEDS": "1",
-        "RC_MEMORY": "0",
+        "RC_MEMORY": " ".join(cells),
         "RC_STRATEGIES": "easy_positive",
         "RC_OVERRIDES": "hydra/launcher=slurm dataset=digits trainer.epochs=1",
     }
@@ -99,25 +108,47 @@ def _tampered() -> dict[str, dict]:
 
 
 TAMPERED = _tampered()
+# Each variant's cell: easy_positive-<memory>, the memory sizes 0, 64, 128, ...
+CELLS = {variant: str(64 * i) for i, variant in enumerate(sorted(TAMPERED))}
+
+
+@pytest.fixture(scope="module")
+def tampered_call(tmp_path_factory):
+    """One reality_check.sh call over every tampered variant, one cell each (one summarize
+    at the end instead of one per variant)."""
+    sandbox = _make_sandbox(tmp_path_factory.mktemp("tampered"))
+    proc = _reality_check(sandbox, {CELLS[v]: TAMPERED[v] for v in sorted(TAMPERED)})
+    return sandbox, proc
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("variant", sorted(TAMPERED))
-def test_a_tampered_best_params_adds_no_override(sandbox, variant):
-    proc = _reality_check(sandbox, TAMPERED[variant])
-    assert not (sandbox / MARKER).exists(), (variant, proc.stderr[-2000:])
-    assert proc.returncode != 0, (variant, proc.stderr[-2000:])  # 2: summarize finds no run
-    assert not (sandbox / "script.sh").exists(), (variant, proc.stderr[-2000:])  # no final run
+def test_a_tampered_best_params_adds_no_override(tampered_call, variant):
+    """The variant's cell is refused with one error line naming its file, and has no final
+    run (each cell's own lines, so that a failure names the variants that got through)."""
+    _, proc = tampered_call
+    cell = f"easy_positive-{CELLS[variant]}"
+    assert f"== final {cell}:" not in proc.stderr, (variant, proc.stderr[-2000:])
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert any("optimization_results.yaml" in line for line in errors), (variant, proc.stderr)
-    assert "Traceback" not in proc.stderr, (variant, proc.stderr)
+    results = f"/tune/{cell}/optimization_results.yaml:"
+    assert any(results in line for line in errors), (variant, proc.stderr)
+
+
+@pytest.mark.e2e
+def test_no_tampered_cell_ran_anything(tampered_call):
+    """No final run reached sbatch, the marker never appeared, and no traceback."""
+    sandbox, proc = tampered_call
+    assert not (sandbox / MARKER).exists(), proc.stderr[-2000:]
+    assert proc.returncode != 0, proc.stderr[-2000:]  # 2: summarize finds no run
+    assert not (sandbox / "script.sh").exists(), proc.stderr[-2000:]  # no final run
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.e2e
 def test_a_study_result_reaches_the_final_runs(sandbox):
     """The legitimate values: floats (3 significant digits), strings and bools."""
     best = {"mining.margin": 0.234567, "mining.negatives": "hard", "trainer.learning_rate": 1e-3}
-    proc = _reality_check(sandbox, best)
+    proc = _reality_check(sandbox, {"0": best})
     assert (sandbox / "script.sh").is_file(), proc.stderr[-3000:]  # the final run reached sbatch
     assert not (sandbox / MARKER).exists()
     launched = [line for line in (proc.stdout + proc.stderr).splitlines() if "#0 :" in line]
