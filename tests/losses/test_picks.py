@@ -111,3 +111,55 @@ def test_bench_peer_writes_both_sides(tmp_path, capsys):
     text = out.with_suffix(".md").read_text()
     assert "**Commit:**" in text and "| 12 + 20 memory |" in text and "| NO (" not in text
     assert "bench peer --cases pk:16 random3:12+20" in text and text in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("negatives", ["semi_hard", "hard"])
+def test_easy_positive_forms_match_brute_force(negatives, monkeypatch):
+    """easy_positive's dense and blocked forms (blocks of 100 // N rows, the last shorter),
+    with and without a memory: loss, fraction and gradient as the brute force, for both
+    negative rules. Bug: a form that loses ``negatives`` (hard mined as semi-hard)."""
+    monkeypatch.setattr(engines, "BLOCK_ELEMENTS", SMALL_BLOCK)
+    rng = np.random.default_rng(53)
+    labels = rng.integers(0, 4, 40).astype(np.int32)
+    emb = rng.normal(size=(40, 5)) / 2
+    for memory in (None, (labels[24:], emb[24:])):
+        batch = (labels, emb) if memory is None else (labels[:24], emb[:24])
+        want = {
+            rule: reference.triplet_loss(
+                *batch, "easy_positive", MARGIN, memory=memory, negatives=rule
+            )
+            for rule in ("semi_hard", "hard")
+        }
+        assert want["semi_hard"] != want["hard"]  # the batch tells the rules apart
+        want_grad = reference.triplet_loss_grad(
+            *batch, "easy_positive", MARGIN, memory=memory, negatives=negatives
+        )
+        for engine in ("dense", "blocked"):
+            got, grad = value_and_grad_pair(
+                losses.easy_positive_triplet_loss,
+                *batch,
+                negatives=negatives,
+                memory=memory,
+                engine=engine,
+            )
+            assert_close(got, want[negatives], np.float64)
+            np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_a_forced_form_is_the_form_that_runs():
+    """engine="blocked" runs the loop over row blocks (a While op in the traced graph) even
+    where the rule would score densely, and "dense" / "auto" at that size neither loop nor
+    branch: ``bench peer`` and the losses table compare the forms by forcing them. Bug: a
+    forced form that falls through to the run-time rule (a tf.cond of both)."""
+    labels, emb = random_batch(12, 3, 4, 54, np.float32)
+
+    def op_types(engine):
+        fn = tf.function(lambda y, e: losses.batch_hard_triplet_loss(y, e, engine=engine))
+        graph = fn.get_concrete_function(tf.constant(labels), tf.constant(emb)).graph
+        return {op.type for op in graph.get_operations()}
+
+    loops, branches = {"While", "StatelessWhile"}, {"If", "StatelessIf"}
+    blocked = op_types("blocked")
+    assert loops & blocked and not branches & blocked
+    for engine in ("dense", "auto"):
+        assert not (loops | branches) & op_types(engine), engine
