@@ -160,7 +160,7 @@ ACROSS_MODULES = {
     "test_attack_replicas.py": "issue 25's 'replicas equal one device', attacked",
     "cli/test_commands.py": "every console command",
     "data/test_memory_bounds.py": "images, pipeline and the stream=auto decision together",
-    "losses/test_migration.py": "the migration tables of README and docs/losses.md",
+    "losses/test_migration.py": "the migration tables of docs/losses.md",
     "tracking/test_trackers.py": "TensorBoard and MLflow on one sweep",
     "training/test_crash_consistency.py": "a run killed at each file-system write",
 }

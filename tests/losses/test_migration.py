@@ -1,4 +1,4 @@
-"""The migration tables (README "The losses as a library", docs/losses.md): each row computed
+"""The migration tables (docs/losses.md; README links them): each row computed
 on both sides on one batch, asserting what the row says.
 
 tensorflow-addons, TF Similarity and pytorch-metric-learning are not installed (tfa is
