@@ -9,6 +9,10 @@ its arguments. A value with a control character is refused with one message nami
 any other value reaches sbatch or srun as one quoted word, equal to what was given, and the
 marker is never created. Both for a fresh sweep's launcher and for a ``--resume`` of a
 tampered ``multirun.yaml``.
+
+``make test`` runs every key and payload in process (the launcher as Hydra calls it), and the
+real commands (``sweep.sh --resume``, ``run.py -m``) with one refused and one quoted payload
+each; ``make test-slow`` adds the commands with ``$(...)``.
 """
 
 from __future__ import annotations
@@ -364,12 +368,21 @@ def _resumed_config(sandbox: Path, overrides: list[str]):
 
 
 # ------------------------------------------------------------------ the real commands
+# Each command, a fresh process each: a refused payload and a quoted one in `make test`, a
+# second quoted one in `make test-slow`.
+COMMAND_PAYLOADS = [
+    "newline and comment",
+    "semicolon",
+    pytest.param("command substitution", marks=pytest.mark.slow),
+]
+
+
 def _env(sandbox: Path) -> dict[str, str]:
     return {**os.environ, "PYTHON": sys.executable, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("payload", ["newline and comment", "semicolon", "command substitution"])
+@pytest.mark.parametrize("payload", COMMAND_PAYLOADS)
 def test_sweep_sh_resume_of_a_tampered_comment_runs_nothing(sandbox, payload):
     """``./sweep.sh --resume DIR``, the issue's probe: the comment's line never runs."""
     value = (QUOTED | REFUSED)[payload]
@@ -394,7 +407,7 @@ def test_sweep_sh_resume_of_a_tampered_comment_runs_nothing(sandbox, payload):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("payload", ["newline and comment", "semicolon", "command substitution"])
+@pytest.mark.parametrize("payload", COMMAND_PAYLOADS)
 def test_a_fresh_sweep_with_a_bad_comment_runs_nothing(sandbox, payload):
     """``python run.py -m hydra/launcher=slurm hydra.launcher.comment=...`` as typed."""
     from tripletlab.cli.sweep import hydra_value
