@@ -84,6 +84,7 @@ def test_help_names_the_command_its_arguments_and_what_they_do(capsys):
     assert "[--baseline KEY=VALUE,...] [--no-plot] PATH [PATH ...]" in text
     assert "Compare runs: write summary.csv, summary.md, summary_stats.csv and summary.png" in text
     assert "Student-t 95% interval" in text
+    assert "--out DIR where to write the files (default: the folder that holds all PATHs)" in text
     assert "the metric to sort, compare and plot by (default: the runs' optimized_metric)" in text
     assert "--baseline KEY=VALUE,... compare every configuration with the one these" in text
     assert "--no-plot do not write summary.png" in text

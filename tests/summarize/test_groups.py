@@ -8,7 +8,7 @@ import math
 import pytest
 from scipy import stats as sp
 
-from tests.summarize.folders import SPEC, write_run, write_spec
+from tests.summarize.folders import CONFIG, SPEC, write_run, write_spec
 from tripletlab.errors import TripletLabError
 from tripletlab.summarize import collect_rows, compare_groups, group_rows
 from tripletlab.summarize.groups import find_baseline
@@ -74,3 +74,34 @@ def test_each_configuration_is_compared_with_the_reference(tmp_path):
     low, high = sorted((paired.pvalue, welch.pvalue))
     holm = [min(1.0, 2 * low), max(min(1.0, 2 * low), high)]
     assert sorted(compared["p_holm"].dropna()) == pytest.approx(holm)
+
+
+def test_a_baseline_value_is_read_as_the_user_writes_it(tmp_path):
+    """``true`` picks a True setting (YAML's spelling, not Python's), and a value that holds
+    ``=`` is one value: no match is one line, not a traceback."""
+    for soft in (True, False):
+        for seed in (1, 2):
+            config = {**CONFIG, "seed": seed, "mining": {**CONFIG["mining"], "soft": soft}}
+            write_run(tmp_path / f"{soft}_{seed}", config=config)
+    groups = group_rows(collect_rows([tmp_path]), "precision_at_1")
+    soft_first = [flat["mining.soft"] for flat in groups["_flat"]]
+    assert find_baseline(groups, "mining.soft=true") == soft_first.index(True)
+    assert find_baseline(groups, "mining.soft=False") == soft_first.index(False)
+    with pytest.raises(TripletLabError, match="no configuration matches"):
+        find_baseline(groups, "dataset.name=digits=1")
+
+
+def test_configurations_that_tie_keep_the_order_of_their_runs(tmp_path):
+    """Equal means (or none: every run failed) and no label to tell them apart: the
+    configurations stay in the order of their runs' folders, and with equal means a
+    label sorts them alphabetically."""
+    for name, margin in (("a", 0.4), ("b", 0.1), ("c", 0.3)):
+        config = {**CONFIG, "mining": {"strategy": "batch_hard", "margin": margin}}
+        write_run(tmp_path / "failed" / name, config=config, status="failed", metrics={})
+    groups = group_rows(collect_rows([tmp_path / "failed"]), "precision_at_1")
+    assert [flat["mining.margin"] for flat in groups["_flat"]] == [0.4, 0.1, 0.3]
+    for name, margin in (("a", 0.1), ("b", 0.3), ("c", 0.2)):
+        config = {**CONFIG, "mining": {"strategy": "batch_hard", "margin": margin}}
+        write_run(tmp_path / "ok" / name, config=config, overrides=[f"mining.margin={margin}"])
+    groups = group_rows(collect_rows([tmp_path / "ok"]), "precision_at_1")
+    assert list(groups["label"]) == [f"mining.margin={m}" for m in (0.1, 0.2, 0.3)]

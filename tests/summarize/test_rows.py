@@ -164,3 +164,10 @@ def test_an_unreadable_summary_is_a_failed_row_and_the_others_are_read(tmp_path)
     assert list(rows["status"]) == ["ok", "failed"]
     assert rows["error"][1].startswith(f"unreadable {broken / 'summary.json'}: ")
     assert rows["model"][1] == "lenet"
+
+
+def test_a_summary_that_is_not_an_object_says_so(tmp_path):
+    broken = _run(tmp_path / "a")
+    (broken / "summary.json").write_text("[1, 2]")
+    error = collect_rows([tmp_path])["error"][0]
+    assert error == f"unreadable {broken / 'summary.json'}: not a JSON object"

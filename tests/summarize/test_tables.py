@@ -116,3 +116,16 @@ def test_summary_stats_csv_has_each_configuration_and_metric(tmp_path):
     assert float(base["p"]) == pytest.approx(paired.pvalue)
     semi_map = stats[("", "semi_hard", "map_at_r")]
     assert semi_map["n"] == "2" and float(semi_map["mean"]) == pytest.approx(0.36)
+
+
+def test_a_single_seed_has_no_interval_and_a_failure_without_error_says_so(tmp_path):
+    """One finished run: its mean alone, "one seed" for the interval; a failed run that
+    recorded no error is listed as such, not as "None"."""
+    write_run(tmp_path / "a")
+    config = {**CONFIG, "mining": {"strategy": "batch_hard", "margin": 0.3}}
+    write_run(tmp_path / "b", config=config, status="failed", error=None, metrics={})
+    markdown = report(collect_rows([tmp_path]), "precision_at_1")
+    one, failed = _table(markdown)
+    assert (one["precision_at_1 (mean ± std)"], one["95% CI (t)"]) == ("0.8000", "one seed")
+    assert (failed["precision_at_1 (mean ± std)"], failed["95% CI (t)"]) == ("-", "-")
+    assert markdown.endswith(f"- `{tmp_path / 'b'}` (failed): no error recorded\n")
