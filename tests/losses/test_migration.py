@@ -134,7 +134,10 @@ def test_tfa_angular_is_half_our_squared_l2_on_unit_vectors_with_twice_the_margi
 
 def tfsim_triplet(labels, e, positive="hard", negative="semi-hard", soft_margin=True, margin=0.1):
     """TripletLoss with distance="cosine" (1 - u.v of unit vectors), reduced as Keras does
-    (mean over anchors; the soft margin is one log-sum-exp over the batch)."""
+    (mean over anchors). Its masked_max / masked_min keep dims, so ``compute_loss`` gets
+    [n, 1] and its soft margin, a log-sum-exp along axis 1 with a 1 added, is softplus per
+    anchor. Semi-hard: the nearest negative farther than the hardest positive, else (its
+    ``semi_hard_easy_mask``) the farthest negative."""
     u = e.astype(np.float64)
     d = 1 - u @ u.T
     same = labels[:, None] == labels[None]
@@ -144,6 +147,9 @@ def tfsim_triplet(labels, e, positive="hard", negative="semi-hard", soft_margin=
         lo = d.min(1, keepdims=True) - 1e-6
         return ((d - lo) * mask).max(1) + lo[:, 0]
 
+    def masked_argmax(mask):
+        return np.argmax((d - (d.min(1, keepdims=True) - 1e-6)) * mask, axis=1)
+
     def masked_min(mask):
         hi = d.max(1, keepdims=True) + 1e-6
         return ((d - hi) * mask).min(1) + hi[:, 0]
@@ -152,12 +158,13 @@ def tfsim_triplet(labels, e, positive="hard", negative="semi-hard", soft_margin=
     if negative == "hard":
         n = masked_min(neg)
     elif negative == "semi-hard":
-        n = masked_min(neg & (d > masked_max(pos)[:, None]))
+        farthest = np.eye(len(labels), dtype=bool)[masked_argmax(neg)]
+        n = masked_min(np.where(d > masked_max(pos)[:, None], neg, farthest))
     else:
         n = masked_max(neg)
     x = p - n
     if soft_margin:
-        return float(np.log(np.exp(x).sum()))
+        return float(np.mean(np.log1p(np.exp(x))))
     return float(np.mean(np.maximum(x + margin, 0)))
 
 
@@ -179,7 +186,7 @@ def test_tfsim_semi_hard_is_not_ours():
 
 def test_tfsim_defaults_are_a_cosine_soft_margin_unlike_our_soft_hard_loss():
     labels, e = _batch(6)
-    theirs = tfsim_triplet(labels, e)  # cosine, soft margin: log-sum-exp over anchors
+    theirs = tfsim_triplet(labels, e)  # cosine, semi-hard, softplus: 1 - cos is half of 2 - 2 cos
     ours = _keras(TripletHardLoss, labels, e, soft=True, distance_metric="squared-L2")
     assert ours != pytest.approx(theirs, 1e-2) and ours != pytest.approx(2 * theirs, 1e-2)
 
