@@ -171,3 +171,26 @@ def test_a_summary_that_is_not_an_object_says_so(tmp_path):
     (broken / "summary.json").write_text("[1, 2]")
     error = collect_rows([tmp_path])["error"][0]
     assert error == f"unreadable {broken / 'summary.json'}: not a JSON object"
+
+
+def test_a_run_counts_once_whether_from_its_folder_or_from_csv_files(tmp_path):
+    """The same summary.csv given twice, or beside the sweep folder it summarises, or a
+    second CSV listing the same runs: each run is one row, so n and the interval do not
+    shrink from counting a seed twice."""
+    from tripletlab.summarize import write_summary
+
+    sweep = _sweep(tmp_path / "a", 0, {1: 0.80, 2: 0.82})
+    write_summary(collect_rows([sweep], relative_to=sweep), sweep, "precision_at_1")
+    table = sweep / "summary.csv"
+    other = tmp_path / "other"  # another summary of the same run folders, elsewhere
+    write_summary(collect_rows([sweep], relative_to=other), other, "precision_at_1")
+    cases = [
+        [table, table],
+        [sweep, table],
+        [table, sweep],
+        [table, tmp_path / "a" / ".." / "a" / "summary.csv"],
+        [table, other / "summary.csv"],
+    ]
+    for paths in cases:
+        rows = collect_rows(paths, relative_to=tmp_path)
+        assert sorted(rows["seed"]) == [1, 2], paths

@@ -181,6 +181,7 @@ def read_csv_runs(csv_path: Path, relative_to: Path | None = None) -> list[dict[
         run_dir = Path(row["run_dir"] or f"row {i}")
         if not run_dir.is_absolute():
             run_dir = csv_path.parent / run_dir
+        run_dir = run_dir.resolve()  # as find_summaries resolves the folders it finds
         shown = str(run_dir)
         if relative_to is not None:
             shown = os.path.relpath(run_dir, relative_to.resolve())
@@ -192,6 +193,7 @@ def read_csv_runs(csv_path: Path, relative_to: Path | None = None) -> list[dict[
             _config=None,
             _has_config=False,
             _csv_batch_size=row["batch_size"],
+            _run_dir=run_dir if row["run_dir"] else None,  # the run's folder, for duplicates
         )
         records.append(row)
     return records
@@ -204,11 +206,18 @@ def collect_rows(
     summary's columns), sorted by folder, then job number, then run folder. A path that is
     a ``*.csv`` file is a summary.csv whose runs it lists (:func:`read_csv_runs`)."""
     paths = [Path(p) for p in paths]
-    tables = [p for p in paths if p.suffix == ".csv" and p.is_file()]
-    folders = [p for p in paths if p not in tables]
+    tables = list(dict.fromkeys(p.resolve() for p in paths if p.suffix == ".csv" and p.is_file()))
+    folders = [p for p in paths if not (p.suffix == ".csv" and p.is_file())]
     records = [read_run(p, relative_to) for p in find_summaries(folders)] if folders else []
+    # A run counts once: a CSV row whose run folder was read (or listed by an earlier CSV)
+    # is left out, else its seed would be counted twice and its interval narrowed.
+    seen = {r["_path"].resolve() for r in records}
     for table in tables:
-        records += read_csv_runs(table, relative_to)
+        for row in read_csv_runs(table, relative_to):
+            if row["_run_dir"] is None or row["_run_dir"] not in seen:
+                records.append(row)
+            if row["_run_dir"] is not None:
+                seen.add(row["_run_dir"])
     if not records:
         return pd.DataFrame(columns=CSV_COLUMNS)
     # dtype=object: no inference, so a column with a missing value keeps its ints.
