@@ -17,7 +17,7 @@ from tripletlab.bench import __main__ as bench_cli
 from tripletlab.bench import loss_cases, loss_report
 from tripletlab.bench import losses as bench
 from tripletlab.errors import ConfigError
-from tripletlab.losses import engines, reference
+from tripletlab.losses import engines, pieces, reference
 
 # The three strategies the engines, the dense references and the bench were built for.
 # easy_positive and distance_weighted (which draws its negatives and needs unit embeddings)
@@ -581,6 +581,23 @@ def test_jit_compile(strategy):
                 bench.DENSE[strategy], labels, emb, margin=MARGIN, soft_margin=soft
             )
             np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-7, atol=1e-10)
+
+
+def test_the_engine_bench_names_is_the_one_auto_runs_at_the_slot_limit():
+    """``bench losses`` labels its rows with engines.auto_engine. At the crossover, P x K
+    batches whose anchors have exactly SLOT_LIMIT positives, and one more, it names the
+    engine that "auto" runs there (engines.choose, eagerly: only the taken branch runs)."""
+    for strategy, limit in engines.SLOT_LIMIT.items():
+        for positives in (limit - 1, limit, limit + 1):
+            labels = tf.constant(np.repeat(np.arange(4, dtype=np.int32), positives + 1))
+            ran = []
+            blocks = pieces.class_blocks(labels, int(labels.shape[0]))
+            engines.choose(
+                strategy, blocks, "auto", False, lambda name, ran=ran: ran.append(name) or 0
+            )
+            b = int(labels.shape[0])
+            assert engines.auto_engine(strategy, b, b, positives) == ran[0]
+            assert ran == ["slots" if positives <= limit else "buckets"], (strategy, positives)
 
 
 def test_engine_is_an_explicit_argument():
