@@ -88,3 +88,13 @@ def test_help_names_the_command_its_arguments_and_what_they_do(capsys):
     assert "the metric to sort, compare and plot by (default: the runs' optimized_metric)" in text
     assert "--baseline KEY=VALUE,... compare every configuration with the one these" in text
     assert "--no-plot do not write summary.png" in text
+
+
+def test_a_csv_that_cannot_be_parsed_is_one_line(tmp_path, capsys):
+    """An empty summary.csv (a copy cut short): exit 2 and one line naming it, no
+    traceback. Bug: pandas' EmptyDataError escaped the command."""
+    (tmp_path / "summary.csv").write_text("")
+    assert main([str(tmp_path / "summary.csv"), "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'summary.csv'} cannot be read as a summary.csv")
+    assert err.count("\n") == 1

@@ -105,3 +105,45 @@ def test_configurations_that_tie_keep_the_order_of_their_runs(tmp_path):
         write_run(tmp_path / "ok" / name, config=config, overrides=[f"mining.margin={margin}"])
     groups = group_rows(collect_rows([tmp_path / "ok"]), "precision_at_1")
     assert list(groups["label"]) == [f"mining.margin={m}" for m in (0.1, 0.2, 0.3)]
+
+
+def test_a_seed_that_ran_twice_counts_once(tmp_path):
+    """A run folder copied (and a rerun into another folder) gives a configuration the same
+    seed twice: one observation of that seed (the mean of its runs), so n is the seeds, the
+    seeds pair again, and two identical copies of one seed each are not "distinguishable"
+    at p = 0. Bug: each run counted, n = 4 and a zero-width interval from copies."""
+    runs = {
+        ("batch_hard", 1): [0.90, 0.90],  # a copy
+        ("batch_hard", 2): [0.80, 0.84],  # a rerun that differs: its mean, 0.82
+        ("semi_hard", 1): [0.85],
+        ("semi_hard", 2): [0.78, None],  # the rerun without the metric: 0.78 stands
+    }
+    for (strategy, seed), values in runs.items():
+        for i, value in enumerate(values):
+            config = {**CONFIG, "seed": seed, "mining": {"strategy": strategy, "margin": 0.2}}
+            write_run(
+                tmp_path / f"{strategy}_{seed}_{i}",
+                config=config,
+                metrics={"precision_at_1": value},
+            )
+    groups = group_rows(collect_rows([tmp_path]), "precision_at_1")
+    assert list(groups["mining"]) == ["batch_hard", "semi_hard"]
+    assert list(groups["n"]) == [2, 2] and list(groups["runs"]) == [4, 3]
+    assert groups["_repeats"][0] == {1: 2, 2: 2} and groups["_repeats"][1] == {2: 2}
+    assert groups["precision_at_1.std"][0] == pytest.approx(sp.tstd([0.90, 0.82]))
+    compared = compare_groups(groups, "precision_at_1")
+    assert compared["test"][1] == "paired"
+    want = sp.ttest_rel([0.85, 0.78], [0.90, 0.82])
+    assert compared["p"][1] == pytest.approx(want.pvalue)
+
+    copies = tmp_path / "copies"  # one seed each, each copied: no interval, no test
+    for strategy, value in (("batch_hard", 0.9), ("semi_hard", 0.8)):
+        for i in range(2):
+            config = {**CONFIG, "mining": {"strategy": strategy, "margin": 0.2}}
+            write_run(copies / f"{strategy}{i}", config=config, metrics={"precision_at_1": value})
+    groups = group_rows(collect_rows([copies]), "precision_at_1")
+    assert list(groups["n"]) == [1, 1]
+    assert list(compare_groups(groups, "precision_at_1")["verdict"]) == [
+        "reference",
+        "one seed: no interval",
+    ]

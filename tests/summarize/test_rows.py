@@ -194,3 +194,41 @@ def test_a_run_counts_once_whether_from_its_folder_or_from_csv_files(tmp_path):
     for paths in cases:
         rows = collect_rows(paths, relative_to=tmp_path)
         assert sorted(rows["seed"]) == [1, 2], paths
+
+
+def test_a_run_folder_whose_name_is_not_utf8_counts_once_beside_its_csv(tmp_path):
+    """summary.csv writes a name's byte 0xe9 as the text \\xe9: read back beside the folder
+    it names, the run is still one row. Bug: the two spellings compared, seeds twice."""
+    import os
+
+    from tripletlab.summarize import write_summary
+
+    sweep = _sweep(tmp_path / "a", 0, {1: 0.80, 2: 0.82})
+    os.rename(sweep / "0", sweep / os.fsdecode(b"job\xe9"))
+    write_summary(collect_rows([sweep], relative_to=sweep), sweep, "precision_at_1", plot=False)
+    assert "job\\xe9" in (sweep / "summary.csv").read_text()
+    rows = collect_rows([sweep, sweep / "summary.csv"], relative_to=tmp_path)
+    assert sorted(rows["seed"]) == [1, 2]
+
+
+def test_a_csv_from_an_older_version_or_not_utf8_is_read(tmp_path):
+    """The first summary.csv had no precision and knn_accuracy columns: read, those values
+    missing (never 0). A file saved in Latin-1 (a run_dir with 0xe9) is read, its byte
+    kept. What cannot be parsed is one FileNotFoundError naming the file."""
+    old = [c for c in CSV_COLUMNS if c not in ("precision", "knn_accuracy")]
+    lines = [",".join(old)]
+    for seed, value in ((1, "0.8"), (2, "0.82")):
+        cells = {"overrides": f"seed={seed}", "seed": str(seed), "status": "ok"}
+        cells |= {"precision_at_1": value, "run_dir": f"r\xe9{seed}"}
+        lines.append(",".join(cells.get(c, "") for c in old))
+    table = tmp_path / "old.csv"
+    table.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    rows = collect_rows([table], relative_to=tmp_path)
+    assert list(rows["precision_at_1"]) == [0.8, 0.82]
+    assert list(rows["knn_accuracy"]) == [None, None]
+    assert list(rows["precision"]) == [None, None]
+    assert list(rows["run_dir"]) == ["r\udce91", "r\udce92"]
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(FileNotFoundError, match=r"empty.csv cannot be read as a summary.csv"):
+        collect_rows([empty])

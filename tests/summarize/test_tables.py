@@ -129,3 +129,21 @@ def test_a_single_seed_has_no_interval_and_a_failure_without_error_says_so(tmp_p
     assert (one["precision_at_1 (mean ± std)"], one["95% CI (t)"]) == ("0.8000", "one seed")
     assert (failed["precision_at_1 (mean ± std)"], failed["95% CI (t)"]) == ("-", "-")
     assert markdown.endswith(f"- `{tmp_path / 'b'}` (failed): no error recorded\n")
+
+
+def test_n_says_how_many_seeds_have_the_metric_and_which_seed_ran_twice(tmp_path):
+    """Three seeds finished, one without precision@1: n reads "2 of 3" beside the mean and
+    the interval of those two (t with 1 degree of freedom), not a bare 3. Seed 1 ran twice
+    (a copied folder): the report says it counts once."""
+    values = {"s1": (1, 0.80), "s1_copy": (1, 0.80), "s2": (2, 0.84), "s3": (3, None)}
+    for name, (seed, value) in values.items():
+        write_run(
+            tmp_path / name, config={**CONFIG, "seed": seed}, metrics={"precision_at_1": value}
+        )
+    markdown = report(collect_rows([tmp_path]), "precision_at_1")
+    row = _table(markdown)[0]
+    low, high = sp.t.interval(0.95, 1, loc=0.82, scale=sp.sem([0.80, 0.84]))
+    assert (row["n"], row["status"]) == ("2 of 3", "ok")
+    assert row["precision_at_1 (mean ± std)"] == _mean_std([0.80, 0.84])
+    assert row["95% CI (t)"] == f"[{low:.4f}, {high:.4f}]"
+    assert "(the mean of its runs): lenet batch_hard: seed 1 ran 2 times." in markdown

@@ -6,10 +6,10 @@
 
 - ``summary.csv``: one row per run (see :data:`CSV_COLUMNS`), whatever its status;
 - ``summary.md``: one row per configuration, sorted by the metric (best first). Runs that
-  differ only by their seed are one configuration: n, mean ± sample std, the Student-t 95%
-  interval of the mean, and the difference with the best configuration (or the baseline):
-  its 95% interval, a Holm-adjusted p-value (paired by seed, else Welch) and a verdict in
-  words. Failed runs are counted and listed below the table;
+  differ only by their seed are one configuration (a seed that ran twice counts once): n,
+  mean ± sample std, the Student-t 95% interval of the mean, and the difference with the
+  best configuration (or the baseline): its 95% interval, a Holm-adjusted p-value (paired
+  by seed, else Welch) and a verdict in words. Failed runs are counted and listed below the table;
 - ``summary_stats.csv``: the same statistics for every metric (see :data:`STATS_COLUMNS`);
 - ``summary.png``: each configuration's mean and 95% interval (:func:`tripletlab.plots.
   plot_comparison`),

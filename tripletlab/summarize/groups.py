@@ -73,15 +73,42 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def _per_seed(
+    part: pd.DataFrame, keys: Sequence[str]
+) -> tuple[list, dict[str, list[float]], dict[Any, int]]:
+    """A configuration's finished runs as one observation per seed: (seeds, {key: values,
+    one per seed}, {seed: runs} for the seeds that ran more than once).
+
+    Two runs with the same seed (a copied run folder, a rerun into another folder) are not
+    two samples of the seed's variation: counted twice they would narrow the interval, and
+    identical copies would make any gap look certain. A seed's value is the mean of its
+    runs' values (missing ones left out); runs without a seed stay one each."""
+    by_seed: dict[Any, list[int]] = {}
+    for i, seed in enumerate(part["seed"] if "seed" in part else [None] * len(part)):
+        by_seed.setdefault(object() if _missing(seed) else seed, []).append(i)
+    values: dict[str, list[float]] = {}
+    for k in keys:
+        column = [_number(v) for v in part[k]] if k in part else [math.nan] * len(part)
+        values[k] = []
+        for members in by_seed.values():
+            finite = [column[i] for i in members if math.isfinite(column[i])]
+            values[k].append(sum(finite) / len(finite) if finite else math.nan)
+    seeds = [None if type(s) is object else s for s in by_seed]
+    repeats = {s: len(m) for s, m in by_seed.items() if len(m) > 1}
+    return seeds, values, repeats
+
+
 def group_rows(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per configuration (runs equal but for the seed), best mean ``metric`` first.
 
-    Columns: model, mining, label (the overrides that set it apart), runs, n (finished
-    runs), status ("ok" or "3 ok, 1 failed"); for the metrics and :data:`TIMING`
-    ``<key>.n`` (finished runs with a value), ``<key>.mean``, ``<key>.std`` (sample std)
+    Columns: model, mining, label (the overrides that set it apart), runs, n (the seeds of
+    its finished runs: a seed that ran twice counts once, see :func:`_per_seed`), status
+    ("ok" or "3 ok, 1 failed"); for the metrics and :data:`TIMING` ``<key>.n`` (seeds with
+    a value), ``<key>.mean``, ``<key>.std`` (sample std)
     and ``<key>.low`` / ``<key>.high`` (the Student-t 95% interval of the mean), NaN where
     undefined (std and interval for one run); and the private ``_seeds`` (the finished
-    runs' seeds), ``_values`` ({key: values, one per seed, NaN where missing}) and ``_flat``
+    runs' seeds, each once), ``_values`` ({key: values, one per seed, NaN where missing}),
+    ``_repeats`` ({seed: runs} for a seed that ran more than once) and ``_flat``
     (the first run's flattened config, ``mining.strategy``...).
     """
     frame = rows.assign(_key=[_configuration_key(r) for r in rows.to_dict("records")])
@@ -96,13 +123,14 @@ def group_rows(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     finished = frame[frame["status"].isin(FINISHED)]
     members = {key: part for key, part in finished.groupby("_key", sort=False)}
     firsts = {key: part.iloc[0] for key, part in frame.groupby("_key", sort=False)}
-    columns: dict[str, list] = {"n": [], "_seeds": [], "_values": [], "_flat": []}
+    columns: dict[str, list] = {"n": [], "_seeds": [], "_values": [], "_repeats": [], "_flat": []}
     for key in groups.index:
         part = members.get(key, finished.iloc[:0])
-        values = {k: [_number(v) for v in part[k]] if k in part else [] for k in keys}
-        columns["n"].append(len(part))
-        columns["_seeds"].append(list(part["seed"]))
+        seeds, values, repeats = _per_seed(part, keys)
+        columns["n"].append(len(seeds))
+        columns["_seeds"].append(seeds)
         columns["_values"].append(values)
+        columns["_repeats"].append(repeats)
         first = firsts[key]
         columns["_flat"].append(
             {k[len("config.") :]: v for k, v in first.items() if k.startswith("config.")}

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from tripletlab.config import METRICS
-from tripletlab.io_utils import read_yaml
+from tripletlab.io_utils import escape_name, read_yaml
 from tripletlab.run_folder import RunFolder, Status, find_summaries
 
 CSV_COLUMNS = [
@@ -151,6 +151,11 @@ def _cell(column: str, text: str) -> Any:
     return text
 
 
+# Columns added to summary.csv after its first version: an older file without them is read,
+# their values missing (never 0).
+_ADDED_LATER = ("precision", "knn_accuracy")
+
+
 def read_csv_runs(csv_path: Path, relative_to: Path | None = None) -> list[dict[str, Any]]:
     """The runs of a summary.csv that tripletlab-summarize (or a sweep) wrote, as rows like
     :func:`read_run`'s: the columns of the CSV, the config keys they come from
@@ -161,13 +166,23 @@ def read_csv_runs(csv_path: Path, relative_to: Path | None = None) -> list[dict[
     this file, as for a run without a config: runs from two files are never pooled. The
     overrides are split at spaces (as the CSV joined them). ``run_dir`` is made relative to
     ``relative_to`` (the new summary's folder). FileNotFoundError (the command's one line)
-    when the file lacks a column of :data:`CSV_COLUMNS`."""
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+    when the file cannot be parsed or lacks a column of :data:`CSV_COLUMNS` (but those of
+    :data:`_ADDED_LATER`)."""
+    try:
+        # surrogateescape: bytes that are not UTF-8 (a run folder's name) are kept, as a
+        # folder read from disk keeps them, not a UnicodeDecodeError.
+        frame = pd.read_csv(
+            csv_path, dtype=str, keep_default_na=False, encoding_errors="surrogateescape"
+        )
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise FileNotFoundError(f"{csv_path} cannot be read as a summary.csv: {err}") from None
+    missing = [c for c in CSV_COLUMNS if c not in frame.columns and c not in _ADDED_LATER]
     if missing:
         raise FileNotFoundError(
             f"{csv_path} is not a summary.csv of tripletlab-summarize (no column {missing[0]})"
         )
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *CSV_COLUMNS])))
+    frame = frame.fillna("")  # a column an older summary.csv lacks: missing in every row
     records = []
     for i, raw in enumerate(frame.to_dict("records")):
         row = {column: _cell(column, str(text)) for column, text in raw.items()}
@@ -211,13 +226,15 @@ def collect_rows(
     records = [read_run(p, relative_to) for p in find_summaries(folders)] if folders else []
     # A run counts once: a CSV row whose run folder was read (or listed by an earlier CSV)
     # is left out, else its seed would be counted twice and its interval narrowed.
-    seen = {r["_path"].resolve() for r in records}
+    # Compared as summary.csv writes them: a name's bytes that are not UTF-8 as \xNN.
+    seen = {escape_name(r["_path"].resolve()) for r in records}
     for table in tables:
         for row in read_csv_runs(table, relative_to):
-            if row["_run_dir"] is None or row["_run_dir"] not in seen:
+            run_dir = None if row["_run_dir"] is None else escape_name(row["_run_dir"])
+            if run_dir is None or run_dir not in seen:
                 records.append(row)
-            if row["_run_dir"] is not None:
-                seen.add(row["_run_dir"])
+            if run_dir is not None:
+                seen.add(run_dir)
     if not records:
         return pd.DataFrame(columns=CSV_COLUMNS)
     # dtype=object: no inference, so a column with a missing value keeps its ints.

@@ -39,7 +39,7 @@ STATS_COLUMNS = [
 ]
 
 EXPLAINED = (
-    "n: finished runs; mean ± sample std over seeds; 95% CI: Student-t interval of the mean. "
+    "n: seeds of the finished runs (k of n: k have a value); mean ± sample std over seeds; 95% CI: Student-t interval of the mean. "
     "Δ: this configuration minus the {ref}, with its 95% interval, from a paired t-test over "
     "the seeds both ran (when they ran the same seeds) or Welch's t-test; p: Holm-adjusted "
     "over the table's comparisons, which the last column puts in words."
@@ -96,7 +96,11 @@ def comparison_table(
     )
     if groups["label"].astype(bool).any():
         table["setting"] = groups["label"].map(lambda v: v or "(base)")
-    table["n"] = groups["n"].astype(str)
+    # The mean and interval are over the seeds with a value: say so when some have none.
+    table["n"] = [
+        str(n) if k == n else f"{k} of {n}"
+        for k, n in zip(groups[f"{metric}.n"], groups["n"], strict=True)
+    ]
     table["status"] = groups["status"]
     m = metric
     table[f"{m} (mean ± std)"] = [
@@ -174,6 +178,11 @@ def markdown_table(table: pd.DataFrame) -> str:
     return escaped.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
+def _name(group: dict) -> str:
+    parts = [str(group["model"]), str(group["mining"]), str(group["label"] or "")]
+    return " ".join(p for p in parts if p and p != "None") or "?"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
@@ -197,6 +206,17 @@ def report(
     parts.append(markdown_table(comparison_table(groups, metric, reference, ref_name)))
     what = "best configuration" if ref_name == "best" else "baseline"
     parts.append(EXPLAINED.format(ref=what))
+    repeated = [
+        f"{_name(g)}: seed {seed} ran {runs} times"
+        for g in groups.to_dict("records")
+        for seed, runs in g["_repeats"].items()
+    ]
+    if repeated:
+        parts.append(
+            "A seed that ran more than once counts once (the mean of its runs): "
+            + "; ".join(repeated)
+            + "."
+        )
     failed = rows[~rows["status"].isin(FINISHED)]
     if len(failed):
         lines = [f"{_plural(len(failed), 'run')} did not finish:"]
