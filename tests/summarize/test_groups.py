@@ -38,7 +38,9 @@ def test_runs_without_a_config_are_configurations_by_overrides_and_folder(tmp_pa
             )
     groups = group_rows(collect_rows([tmp_path]), "precision_at_1")
     assert sorted(groups["runs"]) == [1, 1, 2, 2]
-    assert sorted(groups["label"]) == ["mining.margin=0.2"] * 2 + ["mining.margin=0.3"] * 2
+    # The same overrides in two folders: two rows that say where each comes from.
+    margins = ("mining.margin=0.2", "mining.margin=0.3")
+    assert sorted(groups["label"]) == [f"{m} from {f}" for m in margins for f in ("one", "two")]
 
 
 def test_a_baseline_is_found_by_run_config_values(tmp_path):
@@ -92,14 +94,15 @@ def test_a_baseline_value_is_read_as_the_user_writes_it(tmp_path):
 
 
 def test_configurations_that_tie_keep_the_order_of_their_runs(tmp_path):
-    """Equal means (or none: every run failed) and no label to tell them apart: the
-    configurations stay in the order of their runs' folders, and with equal means a
-    label sorts them alphabetically."""
-    for name, margin in (("a", 0.4), ("b", 0.1), ("c", 0.3)):
-        config = {**CONFIG, "mining": {"strategy": "batch_hard", "margin": margin}}
+    """Equal means (or none: every run failed) and no label to tell them apart (their model
+    does): the configurations stay in the order of their runs' folders, and with equal
+    means a label sorts them alphabetically."""
+    for name, model in (("a", "vgg_gap"), ("b", "lenet"), ("c", "small_cnn")):
+        config = {**CONFIG, "model": {"name": model}}
         write_run(tmp_path / "failed" / name, config=config, status="failed", metrics={})
     groups = group_rows(collect_rows([tmp_path / "failed"]), "precision_at_1")
-    assert [flat["mining.margin"] for flat in groups["_flat"]] == [0.4, 0.1, 0.3]
+    assert list(groups["label"]) == ["", "", ""]
+    assert list(groups["model"]) == ["vgg_gap", "lenet", "small_cnn"]
     for name, margin in (("a", 0.1), ("b", 0.3), ("c", 0.2)):
         config = {**CONFIG, "mining": {"strategy": "batch_hard", "margin": margin}}
         write_run(tmp_path / "ok" / name, config=config, overrides=[f"mining.margin={margin}"])
@@ -147,3 +150,35 @@ def test_a_seed_that_ran_twice_counts_once(tmp_path):
         "reference",
         "one seed: no interval",
     ]
+
+
+def test_configurations_that_would_read_the_same_are_set_apart(tmp_path):
+    """Two sweeps with the same overrides but another config (a default changed between
+    them), and two summary.csv files of sweeps with the same overrides: each row says what
+    sets it apart (the config keys that differ, else the file). Bug: two rows "lenet
+    batch_hard" with different numbers, one "distinguishable" from the other."""
+    from tripletlab.summarize import write_summary
+
+    for sweep, epochs in (("a", 3), ("b", 5)):
+        for seed in (1, 2):
+            config = {**CONFIG, "seed": seed, "trainer": {**CONFIG["trainer"], "epochs": epochs}}
+            write_run(
+                tmp_path / sweep / f"s{seed}",
+                config=config,
+                overrides=["mining=batch_hard", f"seed={seed}"],
+                metrics={"precision_at_1": 0.8 + epochs / 100 + seed / 1000},
+            )
+    groups = group_rows(collect_rows([tmp_path]), "precision_at_1")
+    assert list(groups["label"]) == ["trainer.epochs=5", "trainer.epochs=3"]
+    for sweep in ("a", "b"):
+        rows = collect_rows([tmp_path / sweep], relative_to=tmp_path / sweep)
+        write_summary(rows, tmp_path / sweep, "precision_at_1", plot=False)
+    tables = [tmp_path / s / "summary.csv" for s in ("a", "b")]
+    groups = group_rows(collect_rows(tables), "precision_at_1")
+    assert list(groups["label"]) == ["trainer.epochs=5", "trainer.epochs=3"]  # its columns
+    (tmp_path / "c").mkdir()  # the same table for runs elsewhere: nothing in it differs
+    (tmp_path / "c" / "summary.csv").write_text(tables[0].read_text())
+    groups = group_rows(collect_rows([tables[0], tmp_path / "c" / "summary.csv"]), "map_at_r")
+    assert list(groups["label"]) == ["from a/summary.csv", "from c/summary.csv"]
+    with pytest.raises(TripletLabError, match="differ only by the folder or summary.csv"):
+        find_baseline(groups, "mining=batch_hard")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,6 +67,29 @@ def _labels(firsts: Sequence[list[str]]) -> list[str]:
     return [" ".join(o for o in overrides if o not in common) for overrides in per_group]
 
 
+def _set_apart(groups: pd.DataFrame, sources: Sequence[Any]) -> list[str]:
+    """The labels, with what sets apart configurations that would read the same (model,
+    mining and label): the config keys whose values differ, else the folder or summary.csv
+    each comes from (two CSVs of sweeps with the same overrides are two configurations)."""
+    labels = list(groups["label"])
+    same: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(groups["model"], groups["mining"], labels, strict=True)):
+        same.setdefault(tuple(str(k) for k in key), []).append(i)
+    skip = set(NOT_CONFIGURATION)
+    for members in (m for m in same.values() if len(m) > 1):
+        flats = [groups["_flat"].iloc[i] for i in members]
+        keys = sorted({k for f in flats for k in f} - skip, key=str)
+        differ = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+        shown = [str(sources[i]) for i in members]
+        root = os.path.commonpath(shown) if len(set(shown)) > 1 else ""
+        for i, flat in zip(members, flats, strict=True):
+            extra = " ".join(f"{k}={flat.get(k)}" for k in differ[:3])
+            if not differ and root:
+                extra = f"from {os.path.relpath(str(sources[i]), root)}"
+            labels[i] = " ".join(p for p in (labels[i], extra) if p)
+    return labels
+
+
 def _number(value: Any) -> float:
     try:
         return math.nan if _missing(value) else float(value)
@@ -101,11 +125,11 @@ def _per_seed(
 def group_rows(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per configuration (runs equal but for the seed), best mean ``metric`` first.
 
-    Columns: model, mining, label (the overrides that set it apart), runs, n (the seeds of
-    its finished runs: a seed that ran twice counts once, see :func:`_per_seed`), status
-    ("ok" or "3 ok, 1 failed"); for the metrics and :data:`TIMING` ``<key>.n`` (seeds with
-    a value), ``<key>.mean``, ``<key>.std`` (sample std)
-    and ``<key>.low`` / ``<key>.high`` (the Student-t 95% interval of the mean), NaN where
+    Columns: model, mining, label (the overrides that set it apart; see :func:`_set_apart`),
+    runs, n (the seeds of its finished runs: a seed that ran twice counts once, see
+    :func:`_per_seed`), status ("ok" or "3 ok, 1 failed"); for the metrics and
+    :data:`TIMING` ``<key>.n`` (seeds with a value), ``<key>.mean``, ``<key>.std`` (sample
+    std) and ``<key>.low`` / ``<key>.high`` (the Student-t 95% interval of the mean), NaN where
     undefined (std and interval for one run); and the private ``_seeds`` (the finished
     runs' seeds, each once), ``_values`` ({key: values, one per seed, NaN where missing}),
     ``_repeats`` ({seed: runs} for a seed that ran more than once) and ``_flat``
@@ -142,6 +166,7 @@ def group_rows(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     for name, column in columns.items():
         groups[name] = column
     groups["label"] = _labels(list(groups["_overrides"]))
+    groups["label"] = _set_apart(groups, [firsts[key]["_path"].parent for key in groups.index])
     groups = groups.sort_values(
         [f"{metric}.mean", "label"], ascending=[False, True], na_position="last", kind="stable"
     )
@@ -183,6 +208,14 @@ def find_baseline(groups: pd.DataFrame, spec: str) -> int:
     )
     if not found:
         raise TripletLabError(f"--baseline {spec}: no configuration matches; they are: {shown}")
+    flats = [groups["_flat"].iloc[i] for i in found]
+    skip = set(NOT_CONFIGURATION)
+    keys = {k for f in flats for k in f} - skip
+    if all({k: f.get(k) for k in keys} == {k: flats[0].get(k) for k in keys} for f in flats):
+        raise TripletLabError(
+            f"--baseline {spec}: {len(found)} configurations match that differ only by the "
+            "folder or summary.csv they come from; summarize without the others"
+        )
     raise TripletLabError(
         f"--baseline {spec}: {len(found)} configurations match; add KEY=VALUE pairs to pick one"
     )
