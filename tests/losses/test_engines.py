@@ -586,7 +586,8 @@ def test_jit_compile(strategy):
 def test_the_engine_bench_names_is_the_one_auto_runs_at_the_slot_limit():
     """``bench losses`` labels its rows with engines.auto_engine. At the crossover, P x K
     batches whose anchors have exactly SLOT_LIMIT positives, and one more, it names the
-    engine that "auto" runs there (engines.choose, eagerly: only the taken branch runs)."""
+    engine that "auto" runs there (engines.choose, eagerly: only the taken branch runs);
+    for the one-pick strategies, the form under XLA too."""
     for strategy, limit in engines.SLOT_LIMIT.items():
         for positives in (limit - 1, limit, limit + 1):
             labels = tf.constant(np.repeat(np.arange(4, dtype=np.int32), positives + 1))
@@ -598,6 +599,10 @@ def test_the_engine_bench_names_is_the_one_auto_runs_at_the_slot_limit():
             b = int(labels.shape[0])
             assert engines.auto_engine(strategy, b, b, positives) == ran[0]
             assert ran == ["slots" if positives <= limit else "buckets"], (strategy, positives)
+    # Batch-hard / easy-positive: the form of one_pick_engine's rule, dense under XLA.
+    for strategy in ("batch_hard", "easy_positive"):
+        assert engines.auto_engine(strategy, 4096, 4096, 3) == "blocked"
+        assert engines.auto_engine(strategy, 4096, 4096, 3, jit_compile=True) == "dense"
 
 
 def test_engine_is_an_explicit_argument():
