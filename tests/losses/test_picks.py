@@ -148,9 +148,9 @@ def test_easy_positive_forms_match_brute_force(negatives, monkeypatch):
 
 def test_a_forced_form_is_the_form_that_runs():
     """engine="blocked" runs the loop over row blocks (a While op in the traced graph) even
-    where the rule would score densely, and "dense" / "auto" at that size neither loop nor
-    branch: ``bench peer`` and the losses table compare the forms by forcing them. Bug: a
-    forced form that falls through to the run-time rule (a tf.cond of both)."""
+    where the rule would score densely, and "dense" neither loops nor branches: ``bench
+    peer`` and the losses table compare the forms by forcing them. Bug: a forced form that
+    falls through to the run-time rule (a tf.cond of both)."""
     labels, emb = random_batch(12, 3, 4, 54, np.float32)
 
     def op_types(engine):
@@ -161,5 +161,4 @@ def test_a_forced_form_is_the_form_that_runs():
     loops, branches = {"While", "StatelessWhile"}, {"If", "StatelessIf"}
     blocked = op_types("blocked")
     assert loops & blocked and not branches & blocked
-    for engine in ("dense", "auto"):
-        assert not (loops | branches) & op_types(engine), engine
+    assert not (loops | branches) & op_types("dense")
