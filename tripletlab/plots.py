@@ -234,7 +234,9 @@ def comparison_figure(groups: Any, metric: str, reference: int = 0, ref_name: st
     ax = fig.subplots()
     colors = colormaps["tab10"]
     seen: set[str] = set()
-    finite = [r for r in rows if r[f"{metric}.n"] > 0]
+    # A mean that could not be computed (no value, or an overflow: NaN) is drawn as none.
+    shown = [r[f"{metric}.n"] > 0 and np.isfinite(r[f"{metric}.mean"]) for r in rows]
+    finite = [r for r, ok in zip(rows, shown, strict=True) if ok]
     lows = [r[f"{metric}.low"] if r[f"{metric}.n"] > 1 else r[f"{metric}.mean"] for r in finite]
     highs = [r[f"{metric}.high"] if r[f"{metric}.n"] > 1 else r[f"{metric}.mean"] for r in finite]
     left = min(lows) if lows else 0.0
@@ -242,7 +244,7 @@ def comparison_figure(groups: Any, metric: str, reference: int = 0, ref_name: st
         mining = str(row["mining"]) if isinstance(row["mining"], str) else "?"
         color = colors((strategies.index(mining) if mining in strategies else 9) % 10)
         n, mean = row[f"{metric}.n"], row[f"{metric}.mean"]
-        if n == 0:
+        if not shown[y]:
             ax.annotate("no value", (left, y), fontsize=8, color="gray", va="center")
             continue
         if mining not in seen:  # one legend entry per strategy, a filled point
@@ -266,9 +268,8 @@ def comparison_figure(groups: Any, metric: str, reference: int = 0, ref_name: st
         span = max(highs) - min(lows)
         pad = span * 0.08 if span > 0 else max(abs(max(highs)) * 0.01, 0.005)
         ax.set_xlim(min(lows) - pad, max(highs) + 3.5 * pad)  # room for the labels
-        ref = rows[reference]
-        if ref[f"{metric}.n"] > 0:
-            ax.axvline(ref[f"{metric}.mean"], color="gray", linestyle="--", linewidth=1)
+        if shown[reference]:
+            ax.axvline(rows[reference][f"{metric}.mean"], color="gray", linestyle="--", linewidth=1)
     labels = []
     for row in rows:
         parts = [str(row["model"]), str(row["mining"]), str(row["label"] or "")]

@@ -34,3 +34,21 @@ def test_seeds_that_are_not_one_per_value_are_refused():
         stats.compare([0.8, 0.9], [0.7, 0.6], [1, 2, 3], [1, 2])
     with pytest.raises(ValueError):
         stats.compare([0.8, 0.9, 0.7], [0.7, 0.6], [1, 2], [1, 2])
+
+
+def test_values_whose_sums_overflow_give_no_numbers_and_no_verdict():
+    """|values| near 1e308 (a corrupt summary): the mean, std and interval overflow to
+    inf or NaN, which are no numbers: all NaN, and the comparison's verdict "no value".
+    Bug: "inf ± inf", an interval "[-inf, +nan]" and "not distinguishable" from p = NaN."""
+    import math
+
+    d = stats.describe([1e308, 1e308])
+    assert d.n == 2 and all(math.isnan(v) for v in (d.mean, d.std, d.low, d.high))
+    for c in (
+        stats.compare([1e308, 1e308], [0.5, 0.6], [1, 2], [1, 2]),
+        stats.compare([1e308, 1e308], [0.5, 0.6, 0.7]),
+    ):
+        assert all(math.isnan(v) for v in (c.diff, c.low, c.high, c.p))
+        assert stats.verdict(c, c.p) == stats.NO_RESULT
+    fine = stats.compare([1e150, 2e150], [0.5, 0.6])  # large but finite: still a result
+    assert math.isfinite(fine.p) and stats.verdict(fine, fine.p) == stats.NOT_DISTINGUISHABLE

@@ -147,3 +147,24 @@ def test_n_says_how_many_seeds_have_the_metric_and_which_seed_ran_twice(tmp_path
     assert row["precision_at_1 (mean ± std)"] == _mean_std([0.80, 0.84])
     assert row["95% CI (t)"] == f"[{low:.4f}, {high:.4f}]"
     assert "(the mean of its runs): lenet batch_hard: seed 1 ran 2 times." in markdown
+
+
+def test_a_mean_that_overflows_is_shown_missing_in_the_table_and_the_plot(tmp_path):
+    """Two seeds of 1e308 (a corrupt summary): no "inf ± inf", no "one seed" for n = 2, no
+    "+nan" in Δ, no verdict; summary.png marks it "no value" and keeps a finite axis."""
+    from tripletlab.plots import comparison_figure
+    from tripletlab.summarize import group_rows
+
+    for strategy, values in (("batch_hard", [1e308, 1e308]), ("semi_hard", [0.5, 0.6])):
+        for seed, value in enumerate(values, 1):
+            config = {**CONFIG, "seed": seed, "mining": {"strategy": strategy, "margin": 0.2}}
+            write_run(
+                tmp_path / f"{strategy}{seed}", config=config, metrics={"precision_at_1": value}
+            )
+    rows = collect_rows([tmp_path])
+    row = {r["mining"]: r for r in _table(report(rows, "precision_at_1"))}["batch_hard"]
+    cells = ("precision_at_1 (mean ± std)", "95% CI (t)", "Δ vs best [95% CI]", "vs best")
+    assert [row[c] for c in cells] == ["-", "-", "-", "no value"]
+    ax = comparison_figure(group_rows(rows, "precision_at_1"), "precision_at_1").axes[0]
+    assert all(np.isfinite(ax.get_xlim()))
+    assert [t.get_text() for t in ax.texts].count("no value") == 1

@@ -12,7 +12,8 @@ Missing values (None, NaN) are dropped, never counted as 0. With one value there
 std and no interval (NaN). With a std of 0 (every seed gave the same number) the interval
 has width 0; a difference whose spread is 0 gets p = 0 when it is not 0 (the t statistic is
 infinite, as scipy has it) and p = 1 when it is 0 (scipy: NaN), so no NaN stands for a
-result.
+result. Statistics that overflow (|values| above about 1e154, a corrupt summary) are NaN,
+and such a comparison's verdict is "no value".
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def describe(values: Sequence[float | None]) -> Description:
         return Description(1, mean, math.nan, math.nan, math.nan)
     std = float(x.std(ddof=1))
     half = _t_half_width(std / math.sqrt(n), n - 1)
+    if not math.isfinite(mean + std + half):  # overflow (|values| near 1e308): no number
+        return Description(n, math.nan, math.nan, math.nan, math.nan)
     return Description(n, mean, std, mean - half, mean + half)
 
 
@@ -118,6 +121,15 @@ def _pairs(
     return np.array([keep_a[s] for s in order]), np.array([keep_b[s] for s in order])
 
 
+def _defined(c: Comparison) -> Comparison:
+    """``c``, or with NaN numbers when one overflowed (|values| near 1e308): an infinite
+    difference or a NaN p is no result (:func:`verdict` says "no value")."""
+    if c.test and not math.isfinite(c.diff + c.low + c.high + c.p):
+        nan = math.nan
+        return Comparison(c.test, nan, nan, nan, nan, c.df, c.n_a, c.n_b)
+    return c
+
+
 def compare(
     a: Sequence[float | None],
     b: Sequence[float | None],
@@ -135,15 +147,23 @@ def compare(
         n = len(d)
         se = float(d.std(ddof=1)) / math.sqrt(n)
         low, high, p = _t_test(float(d.mean()), se, n - 1)
-        return Comparison("paired", float(d.mean()), low, high, p, float(n - 1), na, nb)
+        return _defined(Comparison("paired", float(d.mean()), low, high, p, float(n - 1), na, nb))
     if na < 2 or nb < 2:
         return Comparison("", diff, math.nan, math.nan, math.nan, math.nan, na, nb)
     va, vb = float(xa.var(ddof=1)) / na, float(xb.var(ddof=1)) / nb
     se = math.sqrt(va + vb)
-    # Welch-Satterthwaite; with both variances 0 the df does not matter (se = 0).
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1)) if se else float(na + nb - 2)
+    # Welch-Satterthwaite, (va + vb)^2 / (va^2 / (na - 1) + vb^2 / (nb - 1)), written with
+    # the shares of va + vb: the squares of large variances would overflow (a float ** that
+    # does raises). With both variances 0 the df does not matter (se = 0).
+    if not se:
+        df = float(na + nb - 2)
+    elif math.isfinite(se):
+        share_a, share_b = va / (va + vb), vb / (va + vb)
+        df = 1.0 / (share_a * share_a / (na - 1) + share_b * share_b / (nb - 1))
+    else:  # the variances overflowed: no df, no result (_defined)
+        df = math.nan
     low, high, p = _t_test(diff, se, df)
-    return Comparison("welch", diff, low, high, p, float(df), na, nb)
+    return _defined(Comparison("welch", diff, low, high, p, float(df), na, nb))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -165,6 +185,8 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def verdict(comparison: Comparison, p_adjusted: float) -> str:
     """The words for a comparison whose p-value, adjusted, is ``p_adjusted``."""
     if comparison.n_a == 0 or comparison.n_b == 0:
+        return NO_RESULT
+    if comparison.test and math.isnan(p_adjusted):  # the numbers overflowed (_defined)
         return NO_RESULT
     if not comparison.test:
         return ONE_SEED

@@ -55,10 +55,10 @@ def _fmt(mean: float, std: float, n: int, digits: int = 4) -> str:
 
 
 def _interval(low: float, high: float, n: int, signed: bool = False) -> str:
-    if n == 0:
-        return "-"
-    if math.isnan(low):
+    if n == 1:
         return "one seed"
+    if n == 0 or math.isnan(low):
+        return "-"
     sign = "+" if signed else ""
     return f"[{low:{sign}.4f}, {high:{sign}.4f}]"
 
@@ -70,7 +70,7 @@ def _p(p: float) -> str:
 
 
 def _delta(row: pd.Series) -> str:
-    if row["verdict"] == stats.REFERENCE or math.isnan(row["diff"]):
+    if row["verdict"] in (stats.REFERENCE, stats.NO_RESULT) or math.isnan(row["diff"]):
         return "-"
     text = f"{row['diff']:+.4f}"
     return text if not row["test"] else f"{text} {_interval(row['low'], row['high'], 2, True)}"
