@@ -176,6 +176,9 @@ def test_configurations_that_would_read_the_same_are_set_apart(tmp_path):
     tables = [tmp_path / s / "summary.csv" for s in ("a", "b")]
     groups = group_rows(collect_rows(tables), "precision_at_1")
     assert list(groups["label"]) == ["trainer.epochs=5", "trainer.epochs=3"]  # its columns
+    # A CSV beside a folder: only the keys both have set them apart (not "mining=None").
+    groups = group_rows(collect_rows([tables[0], tmp_path / "b"]), "precision_at_1")
+    assert list(groups["label"]) == ["trainer.epochs=5", "trainer.epochs=3"]
     (tmp_path / "c").mkdir()  # the same table for runs elsewhere: nothing in it differs
     (tmp_path / "c" / "summary.csv").write_text(tables[0].read_text())
     groups = group_rows(collect_rows([tables[0], tmp_path / "c" / "summary.csv"]), "map_at_r")

@@ -78,12 +78,14 @@ def _set_apart(groups: pd.DataFrame, sources: Sequence[Any]) -> list[str]:
     skip = set(NOT_CONFIGURATION)
     for members in (m for m in same.values() if len(m) > 1):
         flats = [groups["_flat"].iloc[i] for i in members]
-        keys = sorted({k for f in flats for k in f} - skip, key=str)
-        differ = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+        # Keys every one has (a summary.csv has few: a key it lacks sets nothing apart).
+        keys = set.intersection(*({k for k, v in f.items() if not _missing(v)} for f in flats))
+        keys = sorted(keys - skip, key=str)
+        differ = [k for k in keys if len({json.dumps(f[k], default=str) for f in flats}) > 1]
         shown = [str(sources[i]) for i in members]
         root = os.path.commonpath(shown) if len(set(shown)) > 1 else ""
         for i, flat in zip(members, flats, strict=True):
-            extra = " ".join(f"{k}={flat.get(k)}" for k in differ[:3])
+            extra = " ".join(f"{k}={flat[k]}" for k in differ[:3])
             if not differ and root:
                 extra = f"from {os.path.relpath(str(sources[i]), root)}"
             labels[i] = " ".join(p for p in (labels[i], extra) if p)
