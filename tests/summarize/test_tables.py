@@ -168,3 +168,28 @@ def test_a_mean_that_overflows_is_shown_missing_in_the_table_and_the_plot(tmp_pa
     ax = comparison_figure(group_rows(rows, "precision_at_1"), "precision_at_1").axes[0]
     assert all(np.isfinite(ax.get_xlim()))
     assert [t.get_text() for t in ax.texts].count("no value") == 1
+
+
+def test_a_p_value_beside_0_05_is_shown_on_its_side_of_it(tmp_path):
+    """Holm p 0.049960 ("distinguishable") and 0.050040 ("not"): both rounded to 0.0500
+    before, one of them beside a verdict that 0.0500 contradicts; shown with the digits
+    that tell them apart. A p of exactly 0.05 (Holm: 2 x 0.025) is not below 0.05."""
+    from tripletlab.summarize import stats
+
+    for x, shown, verdict in (
+        (0.61707, "0.04996", "distinguishable at 95%"),
+        (0.6171, "0.05004", "not distinguishable"),
+    ):
+        folder = tmp_path / str(x)
+        for strategy, values in (("batch_hard", [0.6, x]), ("semi_hard", [0.5, 0.5])):
+            for seed, value in enumerate(values, 1):
+                config = {**CONFIG, "seed": seed, "mining": {"strategy": strategy, "margin": 0.2}}
+                write_run(
+                    folder / f"{strategy}{seed}", config=config, metrics={"precision_at_1": value}
+                )
+        row = _table(report(collect_rows([folder]), "precision_at_1"))[1]
+        assert (row["p (Holm)"], row["vs best"]) == (shown, verdict)
+    holm = stats.holm([0.025, 0.5])
+    assert holm[0] == 0.05
+    exact = stats.Comparison("paired", 0.1, 0.01, 0.19, 0.025, 1.0, 2, 2)
+    assert stats.verdict(exact, holm[0]) == "not distinguishable"

@@ -26,6 +26,8 @@ import numpy as np
 from scipy import stats as _scipy
 
 LEVEL = 0.95
+# 0.05, not 1 - LEVEL (0.050000000000000044): a Holm p of exactly 0.05 is not below it.
+ALPHA = round(1.0 - LEVEL, 12)
 DISTINGUISHABLE = "distinguishable at 95%"
 NOT_DISTINGUISHABLE = "not distinguishable"
 ONE_SEED = "one seed: no interval"
@@ -33,6 +35,7 @@ NO_RESULT = "no value"
 REFERENCE = "reference"
 
 __all__ = [
+    "ALPHA",
     "LEVEL",
     "Comparison",
     "Description",
@@ -190,4 +193,4 @@ def verdict(comparison: Comparison, p_adjusted: float) -> str:
         return NO_RESULT
     if not comparison.test:
         return ONE_SEED
-    return DISTINGUISHABLE if p_adjusted < 1.0 - LEVEL else NOT_DISTINGUISHABLE
+    return DISTINGUISHABLE if p_adjusted < ALPHA else NOT_DISTINGUISHABLE

@@ -66,7 +66,13 @@ def _interval(low: float, high: float, n: int, signed: bool = False) -> str:
 def _p(p: float) -> str:
     if math.isnan(p):
         return "-"
-    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
+    if p < 0.0001:
+        return "<0.0001"
+    # Beside its verdict, 0.04996 must not read 0.0500: more digits until it is clear.
+    digits = 4
+    while round(p, digits) == stats.ALPHA and p != stats.ALPHA and digits < 12:
+        digits += 1
+    return f"{p:.{digits}f}"
 
 
 def _delta(row: pd.Series) -> str:
