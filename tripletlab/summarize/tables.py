@@ -39,10 +39,11 @@ STATS_COLUMNS = [
 ]
 
 EXPLAINED = (
-    "n: seeds of the finished runs (k of n: k have a value); mean ± sample std over seeds; 95% CI: Student-t interval of the mean. "
-    "Δ: this configuration minus the {ref}, with its 95% interval, from a paired t-test over "
-    "the seeds both ran (when they ran the same seeds) or Welch's t-test; p: Holm-adjusted "
-    "over the table's comparisons, which the last column puts in words."
+    "n: seeds of the finished runs (k of n: k have a value); mean ± sample std over seeds; "
+    "95% CI: Student-t interval of the mean. Δ: this configuration minus the {ref}, with its "
+    "95% interval, from a paired t-test over the seeds both ran (when they ran the same "
+    "seeds) or Welch's t-test; p: Holm-adjusted over the table's comparisons, which the last "
+    "column puts in words."
 )
 
 
