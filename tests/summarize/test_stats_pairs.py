@@ -52,3 +52,16 @@ def test_values_whose_sums_overflow_give_no_numbers_and_no_verdict():
         assert stats.verdict(c, c.p) == stats.NO_RESULT
     fine = stats.compare([1e150, 2e150], [0.5, 0.6])  # large but finite: still a result
     assert math.isfinite(fine.p) and stats.verdict(fine, fine.p) == stats.NOT_DISTINGUISHABLE
+
+
+def test_runs_without_a_known_seed_are_not_paired():
+    """A run whose seed is unknown (None or NaN: a summary.csv with an empty seed cell) on
+    each side: Welch, not a pair of two unknown seeds. A run without a seed and without a
+    value does not stop the others pairing. Bug: None matched None as one seed."""
+    for unknown in (None, float("nan")):
+        a, b = [0.80, 0.90, 0.85], [0.70, 0.86, 0.80]
+        c = stats.compare(a, b, [unknown, 1, 2], [unknown, 1, 2])
+        assert c.test == "welch"
+        assert c.p == pytest.approx(sp.ttest_ind(a, b, equal_var=False).pvalue)
+    c = stats.compare([None, 0.90, 0.85], [0.86, 0.80], [None, 1, 2], [1, 2])
+    assert c.test == "paired"

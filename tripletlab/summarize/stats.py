@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as _scipy
@@ -107,6 +108,10 @@ def _t_test(diff: float, se: float, df: float) -> tuple[float, float, float]:
     return diff - half, diff + half, p
 
 
+def _missing_seed(seed: Any) -> bool:
+    return seed is None or (isinstance(seed, float) and math.isnan(seed))
+
+
 def _pairs(
     a: Sequence[float | None], seeds_a: Sequence | None, b: Sequence[float | None], seeds_b
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -116,6 +121,8 @@ def _pairs(
         return None
     keep_a = {s: v for s, v in zip(seeds_a, a, strict=True) if v is not None and math.isfinite(v)}
     keep_b = {s: v for s, v in zip(seeds_b, b, strict=True) if v is not None and math.isfinite(v)}
+    if any(_missing_seed(s) for s in [*keep_a, *keep_b]):
+        return None  # a run whose seed is not known is not the same seed as another's
     if len(keep_a) != len(_finite(a)) or len(keep_b) != len(_finite(b)):
         return None  # a seed ran twice: no one-to-one pairing
     if set(keep_a) != set(keep_b) or len(keep_a) < 2:
