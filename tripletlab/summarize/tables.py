@@ -77,10 +77,13 @@ def _p(p: float) -> str:
 
 
 def _delta(row: pd.Series) -> str:
+    """The difference with its interval, or "-": a difference without its interval (a side
+    with one seed: no test) is not a result, and the verdict says why."""
     if row["verdict"] in (stats.REFERENCE, stats.NO_RESULT) or math.isnan(row["diff"]):
         return "-"
-    text = f"{row['diff']:+.4f}"
-    return text if not row["test"] else f"{text} {_interval(row['low'], row['high'], 2, True)}"
+    if not row["test"]:
+        return "-"
+    return f"{row['diff']:+.4f} {_interval(row['low'], row['high'], 2, True)}"
 
 
 def _table_metrics(metric: str) -> list[str]:
