@@ -169,6 +169,14 @@ def _per_anchor_fraction(labels, embeddings, margin=0.5, squared=False, soft_mar
     return tf.reduce_mean(embeddings), tf.ones_like(labels, tf.float32)
 
 
+def _unknown_rank(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+
+    # py_function's result has no static shape: it is [B] when it runs
+    per_anchor = tf.py_function(tf.identity, [tf.norm(embeddings, axis=1)], tf.float32)
+    return per_anchor, tf.constant(1.0)
+
+
 @pytest.mark.parametrize(
     "function, message",
     [
@@ -176,6 +184,7 @@ def _per_anchor_fraction(labels, embeddings, margin=0.5, squared=False, soft_mar
         (_int_loss, r"returned a loss of shape \[\] and dtype int32"),
         (_loss_only, r"returned \w*Tensor; it must"),
         (_per_anchor_fraction, r"returned a fraction of shape \[16\]"),
+        (_unknown_rank, r"a loss of shape unknown .*; give it a static shape, e.g. tf.ensure_sh"),
     ],
 )
 @pytest.mark.parametrize("jit", [False, True])
@@ -205,3 +214,85 @@ def test_a_strategy_returning_other_than_two_float_scalars_stops_the_first_step(
     assert re.search(message, str(err.value)), str(err.value)
     for w, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(w, b)
+
+
+def _constant(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    return 0.5, 0.5  # floating scalars, but nothing to differentiate
+
+
+def _through_numpy(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+
+    loss = tf.numpy_function(lambda e: abs(e).mean(), [embeddings], tf.float32)
+    return tf.ensure_shape(loss, []), tf.constant(1.0)
+
+
+@pytest.mark.parametrize("function", [_constant, _through_numpy])
+@pytest.mark.parametrize("regularized", [False, True])
+def test_a_loss_with_no_gradient_stops_the_first_step(function, regularized):
+    """Without a regulariser the optimizer failed with a traceback; with one, the run
+    trained the regularisation alone without a word."""
+    import keras
+
+    from tripletlab.errors import ConfigError
+    from tripletlab.registry import STRATEGIES, Strategy
+
+    STRATEGIES.add(Strategy("careless", target=function, step_inputs=()))
+    try:
+        mining = _mining("batch_hard")
+        mining.strategy = "careless"
+        model = _model(keras.regularizers.L2(0.1) if regularized else None)
+        before = model.get_weights()
+        step = make_train_step(model, keras.optimizers.SGD(LR), mining)
+        with pytest.raises(ConfigError) as err:
+            step(*_batch())
+    finally:
+        STRATEGIES.unregister("careless")
+    assert str(err.value).startswith(
+        "mining.strategy='careless' returned a loss with no gradient with respect to the embeddings"
+    ), str(err.value)
+    assert "\n" not in str(err.value)
+    for w, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(w, b)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_a_loss_of_another_float_dtype_trains_as_float32(dtype):
+    """A floating scalar of any precision is accepted and cast: the step adds the float32
+    regularisation losses to it (a TypeError before) and reports float32."""
+    import keras
+    import tensorflow as tf
+
+    from tripletlab.registry import STRATEGIES, Strategy
+
+    def spread(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+        loss = tf.reduce_mean(tf.square(embeddings - tf.reduce_mean(embeddings, 0)))
+        return tf.cast(loss, dtype), tf.constant(0.25, dtype)
+
+    results = {}
+    for name in ("careless", "float32"):
+        function = spread if name == "careless" else _spread32
+        STRATEGIES.add(Strategy(name, target=function, step_inputs=()))
+        try:
+            mining = _mining("batch_hard")
+            mining.strategy = name
+            model = _model(keras.regularizers.L2(0.1))
+            step = make_train_step(model, keras.optimizers.SGD(LR), mining)
+            loss, fraction, _, _ = step(*_batch())
+            results[name] = (loss, fraction, model.get_weights())
+        finally:
+            STRATEGIES.unregister(name)
+    (loss, fraction, weights), (loss32, _, weights32) = results["careless"], results["float32"]
+    assert loss.dtype == tf.float32 and fraction.dtype == tf.float32
+    tol = {"float16": 1e-2, "bfloat16": 3e-2, "float64": 1e-6}[dtype]
+    np.testing.assert_allclose(loss.numpy(), loss32.numpy(), rtol=tol)
+    assert float(fraction) == 0.25
+    for w, w32 in zip(weights, weights32, strict=True):
+        np.testing.assert_allclose(w, w32, rtol=tol, atol=tol * 1e-2)
+
+
+def _spread32(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    import tensorflow as tf
+
+    loss = tf.reduce_mean(tf.square(embeddings - tf.reduce_mean(embeddings, 0)))
+    return loss, tf.constant(0.25)

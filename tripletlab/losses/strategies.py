@@ -331,18 +331,38 @@ def get(name):
     return STRATEGIES.get(name)
 
 
-def checked(name, result):
-    """``result`` of strategy ``name``'s function if it is ``(loss [], fraction [])``,
-    each a floating tensor; else ConfigError naming the strategy (and its plugin) and what
-    it returned. Checked on the static shapes, so at trace time: before the first step
-    trains on a loss of the wrong shape (a per-anchor loss [B] would silently be reduced)."""
+def _who(name):
+    """The strategy ``name`` (and its plugin), or the function given in its place."""
     if isinstance(name, str):
         plugin = STRATEGIES.option(name).plugin
-        who = f"mining.strategy={name!r}" + (f" (plugin {plugin})" if plugin else "")
-    else:  # a function given in place of a name
-        who = f"the strategy {getattr(name, '__qualname__', name)!r}"
+        return f"mining.strategy={name!r}" + (f" (plugin {plugin})" if plugin else "")
+    return f"the strategy {getattr(name, '__qualname__', name)!r}"
+
+
+def unconnected(name):
+    """The ConfigError for strategy ``name``'s loss when it has no gradient with respect to
+    the embeddings (known while the step is traced): nothing but the regularisation would
+    train, or the optimizer would fail with a traceback."""
+    err = ConfigError(
+        f"{_who(name)} returned a loss with no gradient with respect to the embeddings (a "
+        "constant, or computed through tf.stop_gradient or tf.numpy_function); it must be a "
+        "differentiable function of them (docs/extending.md)"
+    )
+    err.ag_pass_through = True  # raised while traced: keep the message one line
+    return err
+
+
+def checked(name, result):
+    """``result`` of strategy ``name``'s function as float32 ``(loss [], fraction [])`` if
+    it is two floating scalars (float16, bfloat16 and float64 are cast: the step adds the
+    float32 regularisation losses); else ConfigError naming the strategy (and its plugin)
+    and what it returned. Checked on the static shapes, so at trace time: before the first
+    step trains on a loss of the wrong shape (a per-anchor loss [B] would silently be
+    reduced). A shape of unknown rank (``tf.py_function``'s) is refused too: it could be
+    [B] when it runs."""
+    who = _who(name)
     want = "(loss, fraction), each a floating scalar [] (docs/extending.md)"
-    problem = None
+    problem, values = None, []
     if not (isinstance(result, tuple | list) and len(result) == 2):
         problem = f"{type(result).__name__}"
     else:
@@ -352,13 +372,16 @@ def checked(name, result):
             except (TypeError, ValueError):
                 problem = f"a {what} of type {type(value).__name__}"
                 break
-            rank = value.shape.rank  # None: unknown until it runs; the step's ops decide
-            if not value.dtype.is_floating or (rank is not None and rank != 0):
+            rank = value.shape.rank
+            if not value.dtype.is_floating or rank != 0:
                 shape = value.shape.as_list() if rank is not None else "unknown"
                 problem = f"a {what} of shape {shape} and dtype {value.dtype.name}"
                 break
+            values.append(tf.cast(value, tf.float32))
     if problem is None:
-        return result
+        return tuple(values)
+    if "shape unknown" in problem:
+        want += "; give it a static shape, e.g. tf.ensure_shape(loss, [])"
     err = ConfigError(f"{who} returned {problem}; it must return {want}")
     # raised while a tf.function traces: without this, autograph rewrites the message
     # into a multi-line "in user code: File ..." trace

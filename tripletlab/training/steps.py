@@ -48,7 +48,7 @@ def make_train_step(
     import tensorflow as tf
 
     from tripletlab.distribute import gather_global_batch
-    from tripletlab.losses.strategies import checked
+    from tripletlab.losses.strategies import checked, unconnected
     from tripletlab.models import synchronizes_batch_norm
     from tripletlab.registry import STRATEGIES
 
@@ -111,7 +111,11 @@ def make_train_step(
             # optimizer each sum over replicas, so 1/N makes the sum the exact gradient.
             total = total / replicas
             scaled = optimizer.scale_loss(total) if scales_loss else total
-        grads = tape.gradient(scaled, model.trainable_variables)
+        # the embeddings' gradient too: None (known while traced) if the loss is not a
+        # function of them; it is on the way to the weights', so it costs nothing more
+        *grads, through = tape.gradient(scaled, [*model.trainable_variables, embeddings])
+        if through is None:
+            raise unconnected(entry.name)
         optimizer.apply(grads, model.trainable_variables)
         if memory is not None:  # after mining: the memory holds earlier steps only
             memory.enqueue(labels_all, embeddings)
