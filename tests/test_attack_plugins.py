@@ -43,6 +43,12 @@ BROKEN = {
     "wrong_kind": ("ENTRY = Option('wrong_kind')", "gives tripletlab.strategies a Option"),
     "semi_hard": ("ENTRY = Strategy('semi_hard', target='math:sqrt')", "which tripletlab"),
     "other_name": ("ENTRY = Strategy('batch_hard')", "gives the option 'batch_hard'"),
+    "base_exception": ("class Halt(BaseException):\n    pass\nraise Halt('h')", "Halt: h"),
+    "multi_line": ("raise RuntimeError('a\\nb')", "RuntimeError: a b; fix"),
+    "set_field": (
+        SCHEMA.format(name="set_field").replace('k: int = setting(3, "k")', "k: set = None"),
+        "the schema of mining=set_field is not a valid config: ValidationError: Unexpected",
+    ),
 }
 
 
@@ -171,6 +177,18 @@ zero_height = loader(train=np.zeros((30, 0, 6, 1), np.uint8))
 ragged = loader(train=[np.zeros((6, 6, 1), np.uint8)] * 29 + [np.zeros((7, 6, 1), np.uint8)])
 other_size = loader(test=np.zeros((10, 8, 8, 1), np.uint8))
 
+def as_dataset(**changes):
+    def load(cfg):
+        from tripletlab.data.base import Dataset
+        x, y = _data()
+        parts = dict(x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+        return Dataset("mine", **{**parts, **changes}, class_names=list("abcd"), source="me")
+    return load
+
+dataset_floats = as_dataset(x_train=np.zeros((30, 6, 6, 1), np.float32))
+dataset_short_labels = as_dataset(y_train=np.arange(5) % 4)
+dataset_gallery = as_dataset(x_gallery=np.zeros((4, 6, 6, 1), np.uint8), y_gallery=np.arange(6, 10))
+
 def numpy_features(x, cfg, reg):
     return np.zeros((2, 3), np.float32)
 
@@ -182,6 +200,28 @@ class Tracker:
 
 def exiting_tracker(logger_cfg, folder, config):
     raise SystemExit("bye")
+
+class Halt(BaseException):
+    pass
+
+class HaltingTracker:
+    def __init__(self, logger_cfg, folder, config):
+        pass
+    def on_epoch_end(self, row):
+        raise Halt("in a hook")
+
+def halting_tracker(logger_cfg, folder, config):
+    raise Halt("while built")
+
+NOT_CALLABLE = 3
+
+def disconnected(x, cfg, reg):
+    import keras
+    return keras.layers.Flatten()(keras.Input((6, 6, 1)))
+
+def unknown_width(x, cfg, reg):
+    import keras
+    return keras.layers.Lambda(lambda t: keras.ops.reshape(t, (keras.ops.shape(t)[0], -1)))(x)
 """
 
 
@@ -207,6 +247,10 @@ def user_module(tmp_path, monkeypatch):
         ("zero_height", r"train split must be uint8 images.*\(30, 0, 6, 1\)"),
         ("ragged", "train split is not an array"),
         ("other_size", r"test images \(8, 8, 1\) differ; .*dataset.image_size"),
+        # a tripletlab.data.Dataset returned is checked the same (it was taken as it was)
+        ("dataset_floats", r"train split must be uint8 images \[N, H, W, C\].*got float32"),
+        ("dataset_short_labels", r"train split must be uint8 .* and \(5,\)"),
+        ("dataset_gallery", r"gallery labels must be integers in \[0, 4\).*from 6 to 9"),
     ],
 )
 def test_a_loader_breaking_its_contract_is_one_config_error(user_module, target, message):
@@ -240,6 +284,48 @@ def test_a_tracker_that_exits_does_not_end_the_run(user_module, tmp_path, caplog
     callbacks.on_epoch_end({"epoch": 1})  # SystemExit in a hook: a warning
     assert "Tracker failed (SystemExit: 3)" in caplog.text
     assert trackers is not None
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("{m}.disconnected", r"returned features not computed from its input x \(.*\); build"),
+        ("{m}.unknown_width", r"returned KerasTensor of shape \(None, None\); it must return"),
+        ("{m}.NOT_CALLABLE", "names a value of type int, which cannot be called"),
+        # a builtin without a signature to check: the call itself fails
+        ("collections.OrderedDict", r"'collections.OrderedDict' must take 3 positional arg"),
+        # Hydra's instantiate refuses it (its blocklist): not its multi-line exception
+        ("os.chown", r"^model._target_='os.chown' cannot be called: "),
+    ],
+)
+def test_a_backbone_target_that_cannot_make_features_is_one_config_error(
+    user_module, target, message
+):
+    from tripletlab.models import build_model
+
+    target = target.format(m=user_module)
+    cfg = tripletlab.compose(["model=custom", f"model._target_={target}"])
+    with pytest.raises(ConfigError, match=message) as err:
+        build_model(cfg.model, (6, 6, 1))
+    assert "\n" not in str(err.value)
+
+
+def test_a_tracker_raising_any_base_exception_is_a_warning(user_module, tmp_path, caplog):
+    """Not only Exception and SystemExit: a BaseException of its own too (Ctrl-C aside)."""
+    from tripletlab.run_folder import RunFolder
+    from tripletlab.tracking import make_trackers
+    from tripletlab.training.callbacks import Callbacks
+
+    cfg = tripletlab.compose(["logger=custom", f"logger._target_={user_module}.halting_tracker"])
+    make_trackers(cfg, RunFolder(tmp_path))
+    assert "custom tracker failed (Halt: while built)" in caplog.text
+    cfg = tripletlab.compose(["logger=custom", f"logger._target_={user_module}.HaltingTracker"])
+    (tracker,) = [t for t in make_trackers(cfg, RunFolder(tmp_path)) if not hasattr(t, "name")]
+    callbacks = Callbacks()
+    callbacks.extend([tracker], guarded=True)
+    callbacks.on_epoch_end({"epoch": 1})
+    callbacks.on_epoch_end({"epoch": 2})  # switched off after the first
+    assert caplog.text.count("HaltingTracker failed (Halt: in a hook)") == 1
 
 
 PER_ANCHOR = """

@@ -271,6 +271,40 @@ def test_a_plugin_adds_an_option_through_its_entry_point(on_path):
             r"^plugin thing_broken \(tripletlab.things: taken = thing_broken:TAKEN\) registers "
             r"thing.name='taken', which tripletlab registers already; rename one of them$",
         ),
+        # what someone else's code raises is one line whatever it is (issue 26 attack)
+        (
+            "wide = thing_broken:OPTION",
+            "class Halt(BaseException):\n    pass\nraise Halt('stop')\n",
+            r"^plugin thing_broken .* failed to import: Halt: stop; fix or uninstall it$",
+        ),
+        (
+            "wide = thing_broken:OPTION",
+            "raise RuntimeError('first\\n  second')\n",
+            r"^plugin thing_broken .* failed to import: RuntimeError: first second; fix",
+        ),
+        (
+            "wide = thing_broken:OPTION",
+            "class E(Exception):\n    def __str__(self):\n        raise ValueError\nraise E\n",
+            r"failed to import: E: \(its message cannot be printed\); fix or uninstall it$",
+        ),
+        (
+            "wide = thing_broken:OPTION:extra",
+            "",
+            r"^plugin thing_broken \(.*\) is not 'package.module:attribute'; fix or uninstall",
+        ),
+        (
+            "wide = thing_broken:OPTION",
+            "import dataclasses\n"
+            "from tripletlab.options.model import ModelConfig\n"
+            "from tripletlab.registry import Option\n"
+            "@dataclasses.dataclass\n"
+            "class Wide(ModelConfig):\n"
+            "    name: str = 'wide'\n"
+            "    tags: set = None\n"
+            "OPTION = Option('wide', Wide)\n",
+            r"^plugin thing_broken .*: the schema of no-such-group=wide is not a valid config: "
+            r"ValidationError: Unexpected type annotation: set",
+        ),
     ],
 )
 def test_a_broken_plugin_is_one_message_naming_it(on_path, monkeypatch, entry, module, message):
@@ -280,6 +314,70 @@ def test_a_broken_plugin_is_one_message_naming_it(on_path, monkeypatch, entry, m
     reg.add(Option("taken", target="numpy:mean"))
     with pytest.raises(ConfigError, match=message):
         reg.names()
+
+
+def test_ctrl_c_while_a_plugin_imports_is_not_blamed_on_it(on_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "thing_slow", raising=False)
+    _plugin(on_path, "thing_slow", "wide = thing_slow:OPTION", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        things().names()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            Strategy("careless", step_inputs=("seeds",)),
+            r"^here: the step_inputs of mining.strategy='careless' must be a tuple of "
+            r"'memory', 'seed', not \('seeds',\)$",
+        ),
+        (Strategy("careless", step_inputs="seed"), r"must be a tuple of .*, not 'seed'$"),
+        (
+            Strategy("careless", target=42, step_inputs=()),
+            r"^here: the target of mining.strategy='careless' must be a function or "
+            r"'package.module:function', not int$",
+        ),
+        # its Keras loss class would replace semi_hard's, in Keras' registry too
+        (
+            Strategy("SEMI_HARD", step_inputs=()),
+            r"^here: the Keras loss class of mining.strategy='SEMI_HARD' would be "
+            r"TripletSemiHardLoss, the class of tripletlab's mining.strategy='semi_hard'; ",
+        ),
+        (
+            Strategy("careless", step_inputs=(), keras_class="TripletSemiHardLoss"),
+            r"'careless' would be TripletSemiHardLoss, the class of tripletlab's",
+        ),
+    ],
+)
+def test_a_strategy_the_step_cannot_call_is_refused_when_added(entry, message):
+    """Not a TypeError while the first step is traced, nor a Keras class replaced."""
+    STRATEGIES.registered()  # the package's own declared first, as before a plugin's
+    with pytest.raises(ConfigError, match=message):
+        STRATEGIES.add(entry, "here")
+    assert entry.name not in STRATEGIES.registered()
+
+
+def test_a_strategy_target_naming_no_function_is_one_message():
+    STRATEGIES.add(Strategy("careless", target="math:pi", step_inputs=()))
+    try:
+        with pytest.raises(ConfigError, match=r"'careless': its target 'math:pi' is not a func"):
+            STRATEGIES.get("careless")
+    finally:
+        STRATEGIES.unregister("careless")
+
+
+@dataclasses.dataclass
+class _ExitingCheck(ModelConfig):
+    name: str = "exiting"
+
+    def check(self, cfg):
+        sys.exit(0)  # would end the command with status 0 and no run
+
+
+def test_a_plugin_check_that_exits_is_one_message():
+    node = OmegaConf.structured(_ExitingCheck)
+    with pytest.raises(ConfigError, match=r"^model: the check of .*_ExitingCheck failed "):
+        config.check_node(node, _ExitingCheck, "model.", None)
 
 
 # ------------------------------------------------------------------ extending in a session

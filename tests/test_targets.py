@@ -96,6 +96,9 @@ def test_a_tracker_target(user_module, tmp_path):
         ("user_code.missing", r"logger._target_='user_code.missing' cannot be imported"),
         ("user_code.no_arguments", r"logger._target_='user_code.no_arguments' must take 3 "),
         ("user_code.load", r"logger._target_='user_code.load' must take 3 "),
+        # takes 3 arguments, but Hydra's instantiate refuses it (its blocklist): not a
+        # warning and a run without its tracker
+        ("os.chown", r"^logger._target_='os.chown' cannot be called: InstantiationException"),
     ],
 )
 def test_a_tracker_target_that_cannot_be_built_stops_the_run_at_its_start(

@@ -30,7 +30,7 @@ from tripletlab.options.logger import LoggerConfig
 from tripletlab.options.mining import MiningConfig
 from tripletlab.options.model import ModelConfig
 from tripletlab.options.sampler import SamplerConfig
-from tripletlab.registry import REGISTRIES
+from tripletlab.registry import REGISTRIES, describe
 from tripletlab.runtime import normalize_precision
 
 # Keys a rerun into an existing run folder may change and still resume (trainer.resume=auto):
@@ -246,11 +246,13 @@ def check_node(node: Any, schema: type, path: str, cfg: Any) -> None:
         if "check" in vars(cls):
             try:
                 vars(cls)["check"](node, cfg)
-            except Exception as err:  # a plugin's check failing: one line naming it
+            except KeyboardInterrupt:
+                raise
+            except BaseException as err:  # a plugin's check failing (sys.exit too): one line
                 if isinstance(err, ConfigError) or cls.__module__.startswith("tripletlab."):
                     raise
                 where = f"{path.rstrip('.')}: the check of {cls.__module__}.{cls.__qualname__}"
-                raise ConfigError(f"{where} failed ({type(err).__name__}: {err})") from None
+                raise ConfigError(f"{where} failed ({describe(err)})") from None
 
 
 def _is_missing(node: Any, key: str) -> bool:

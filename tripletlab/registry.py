@@ -55,6 +55,16 @@ def load_target(target: Any, what: str) -> Any:
     return obj
 
 
+def describe(err: BaseException) -> str:
+    """``Type: message`` of an exception from someone else's code, on one line (its message's
+    lines joined), even when its ``__str__`` raises."""
+    try:
+        message = " ".join(str(err).split())
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the error
+        message = "(its message cannot be printed)"
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
 @dataclass(frozen=True)
 class Option:
     """One option of a group.
@@ -96,6 +106,13 @@ class Strategy(Option):
     reference: Any = None
     averages_active: bool = False
     keras_class: str | None = None
+
+    @property
+    def class_name(self) -> str:
+        """Its Keras loss class: ``TripletEasyPositiveLoss`` for easy_positive, unless
+        ``keras_class`` names it."""
+        camel = "".join(part.capitalize() for part in self.name.split("_"))
+        return self.keras_class or f"Triplet{camel}Loss"
 
 
 class Registry:
@@ -156,6 +173,17 @@ class Registry:
                 f"{source} registers {self.key}={option.name!r}, which {owner} registers "
                 "already; rename one of them"
             )
+        if isinstance(option, Strategy):
+            _check_strategy(option, source)
+            for other in self._options.values():
+                # one Keras class name, one strategy: else the second would replace the first
+                # in tripletlab.losses.keras and in Keras' registry (a saved model's loss)
+                if other.name != option.name and other.class_name == option.class_name:
+                    raise ConfigError(
+                        f"{source}: the Keras loss class of {self.key}={option.name!r} would "
+                        f"be {option.class_name}, the class of {other.plugin or 'tripletlab'}'s "
+                        f"{self.key}={other.name!r}; rename it or set its keras_class"
+                    )
         schema = option.schema
         if schema is not None:
             base = self.base
@@ -170,6 +198,8 @@ class Registry:
                     f"{source}: the schema of {self.group}={option.name} must default "
                     f"{self.name_key} to {option.name!r}, not {default!r}"
                 )
+            if option.plugin is not None:  # the package's own are tested
+                _check_structured(schema, f"{source}: the schema of {self.group}={option.name}")
         self._options[option.name] = option
         return option
 
@@ -216,11 +246,17 @@ class Registry:
         ep = self._entry_points()[name]
         dist = _dist(ep)
         source = f"plugin {dist} ({self.entry_point_group}: {ep.name} = {ep.value})"
+        pattern = getattr(ep, "pattern", None)
+        if pattern is not None and pattern.match(ep.value) is None:
+            # ep.load() would fail with "'NoneType' object has no attribute 'group'"
+            raise ConfigError(f"{source} is not 'package.module:attribute'; fix or uninstall it")
         try:
             option = ep.load()
-        except (Exception, SystemExit) as err:  # noqa: BLE001 - one message naming the plugin
+        except KeyboardInterrupt:  # Ctrl-C while it imports: not the plugin's fault
+            raise
+        except BaseException as err:  # noqa: BLE001 - one message naming the plugin
             raise ConfigError(
-                f"{source} failed to import: {type(err).__name__}: {err}; fix or uninstall it"
+                f"{source} failed to import: {describe(err)}; fix or uninstall it"
             ) from None
         if isinstance(option, Option) and option.name != ep.name:
             raise ConfigError(f"{source} gives the option {option.name!r}, not {ep.name!r}")
@@ -308,7 +344,10 @@ class Registry:
         name = option.name
         if option.target is not None:
             where = f"{option.plugin or 'tripletlab'}'s {self.key}={name!r}"
-            return load_target(option.target, where)
+            code = load_target(option.target, where)
+            if isinstance(option, Strategy) and not callable(code):  # "module:attr" named
+                raise ConfigError(f"{where}: its target {option.target!r} is not a function")
+            return code
         if name not in self._code:
             importlib.import_module(self.home)  # attaches the package's own on import
         if name not in self._code:
@@ -318,6 +357,40 @@ class Registry:
                 "(import the module that defines it first)"
             )
         return self._code[name]
+
+
+STEP_INPUTS = ("memory", "seed")
+
+
+def _check_strategy(option: Strategy, source: str) -> None:
+    """ConfigError naming ``source`` unless ``option``'s hooks are ones the train step
+    knows (a step input it does not pass would be a TypeError while the step is traced) and
+    its target, given as an object, is a function."""
+    inputs = option.step_inputs
+    if isinstance(inputs, str) or not all(i in STEP_INPUTS for i in inputs):
+        raise ConfigError(
+            f"{source}: the step_inputs of mining.strategy={option.name!r} must be a tuple of "
+            f"{', '.join(map(repr, STEP_INPUTS))}, not {inputs!r}"
+        )
+    target = option.target
+    if target is not None and not isinstance(target, str) and not callable(target):
+        raise ConfigError(
+            f"{source}: the target of mining.strategy={option.name!r} must be a function or "
+            f"'package.module:function', not {type(target).__name__}"
+        )
+
+
+def _check_structured(schema: type, what: str) -> None:
+    """ConfigError naming ``what`` unless OmegaConf can make ``schema`` a config (a field
+    typed ``set`` or ``object``, a default of the wrong type, cannot), as Hydra's
+    ConfigStore will when the configs are registered."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.structured(schema)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{what} is not a valid config: {describe(err)}") from None
 
 
 def _dist(ep: Any) -> str:

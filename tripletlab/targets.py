@@ -12,7 +12,8 @@ gets. The contracts (docs/extending.md):
 * tracker, ``logger._target_``: ``(logger_cfg, folder, config) -> tracker`` with any of
   ``on_train_begin()``, ``on_epoch_end(row)``, ``on_train_end(summary)``.
 
-A target that cannot be imported or does not take these arguments is one ConfigError; a
+A target that cannot be imported, cannot be called (not callable, or refused by Hydra's
+instantiate) or does not take these arguments is one ConfigError; a
 tracker's is checked at the run's start (:func:`tripletlab.tracking.make_trackers`), where
 what the tracker itself raises is a warning.
 """
@@ -26,6 +27,11 @@ from typing import Any
 from tripletlab.errors import ConfigError
 
 
+class TargetError(ConfigError):
+    """A target the call itself refused (Hydra's blocklist, a builtin's arguments): the
+    user's mistake, not what their code raised, so a tracker's stops the run too."""
+
+
 def check_target(key: str, target: Any, *args: Any) -> Any:
     """The callable ``target`` names if it can be imported and called with ``args``
     (placeholders will do: only their number is checked); else ConfigError naming ``key``."""
@@ -36,6 +42,11 @@ def check_target(key: str, target: Any, *args: Any) -> Any:
             f"{key}={target!r} cannot be imported ({type(err).__name__}: {err}); give a "
             "module's callable as package.module.name"
         ) from None
+    if not callable(function):
+        raise ConfigError(
+            f"{key}={target!r} names a value of type {type(function).__name__}, which "
+            "cannot be called; give a module's callable as package.module.name"
+        )
     try:
         inspect.signature(function).bind(*args)
     except TypeError as err:
@@ -59,8 +70,28 @@ def call_target(key: str, target: Any, *args: Any) -> Any:
     try:
         return instantiate({"_target_": str(target)}, *args)
     except InstantiationException as err:
+        from tripletlab.registry import describe
+
+        cause = err.__cause__
+        if cause is None:  # Hydra refused the target itself (its blocklist: os.chown, ...)
+            raise TargetError(f"{key}={target!r} cannot be called: {describe(err)}") from None
+        if isinstance(cause, TypeError) and _raised_by_the_call(cause):
+            # a builtin without a signature to check (collections.OrderedDict): the call
+            # itself failed, not the code behind it
+            raise TargetError(
+                f"{key}={target!r} must take {len(args)} positional arguments (see "
+                f"docs/extending.md): {cause}"
+            ) from None
         # the user's code raised: its own error and traceback, not Hydra's two-line wrapper
-        raise (err.__cause__ or err) from None
+        raise cause from None
+
+
+def _raised_by_the_call(err: BaseException) -> bool:
+    """Whether ``err`` has no frame below Hydra's call of the target (a builtin's)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "hydra" in Path(tb.tb_frame.f_code.co_filename).parts
 
 
 def _resolve(dotted: str) -> Any:
@@ -90,39 +121,65 @@ def custom_backbone(x: Any, cfg: Any, reg: Any) -> Any:
     import keras
 
     shape = getattr(features, "shape", None)
-    if not isinstance(features, keras.KerasTensor) or len(shape) != 2:
+    if not isinstance(features, keras.KerasTensor) or len(shape) != 2 or not shape[1]:
         raise ConfigError(
             f"model._target_={cfg._target_!r} returned {type(features).__name__} of shape "
-            f"{shape}; it must return features [B, F] (a Keras tensor)"
+            f"{shape}; it must return features [B, F] (a Keras tensor, F known)"
         )
+    try:  # the features must be computed from x: the model is built from x to them
+        keras.Model(x, features)
+    except ValueError as err:
+        raise ConfigError(
+            f"model._target_={cfg._target_!r} returned features not computed from its "
+            f"input x ({' '.join(str(err).split())}); build them from x"
+        ) from None
     return features
 
 
 def _custom_load(cfg: Any) -> Any:
-    """``dataset=custom``: the user's loader, ``dataset._target_``, checked."""
-    import numpy as np
+    """``dataset=custom``: the user's loader, ``dataset._target_``, checked (a
+    :class:`~tripletlab.data.Dataset` it returns too: its arrays, not its streamed files)."""
 
     from tripletlab.data.base import Dataset
 
     loaded = call_target("dataset._target_", cfg._target_, cfg)
+    where = f"dataset._target_={cfg._target_!r}"
     if isinstance(loaded, Dataset):
+        splits = [("train", loaded.x_train, loaded.y_train), ("test", loaded.x_test, loaded.y_test)]
+        if loaded.x_gallery is not None or loaded.y_gallery is not None:
+            splits.append(("gallery", loaded.x_gallery, loaded.y_gallery))
+        _check_splits(where, splits, loaded.class_names, cfg)
         return loaded
     if not (isinstance(loaded, tuple | list) and len(loaded) == 5):
         raise ConfigError(
-            f"dataset._target_={cfg._target_!r} returned {type(loaded).__name__}; it must "
-            "return (x_train, y_train, x_test, y_test, class_names)"
+            f"{where} returned {type(loaded).__name__}; it must return (x_train, y_train, "
+            "x_test, y_test, class_names)"
         )
     x_train, y_train, x_test, y_test, class_names = loaded
-    where = f"dataset._target_={cfg._target_!r}"
+    arrays = _check_splits(
+        where, [("train", x_train, y_train), ("test", x_test, y_test)], class_names, cfg
+    )
+    return (*arrays, [str(n) for n in class_names], str(cfg._target_))
+
+
+def _check_splits(where: str, splits: list, class_names: Any, cfg: Any) -> list:
+    """[x, y, ...] of ``splits`` ((what, images, labels), train first, test second) as
+    arrays, if each is uint8 images [N, H, W, C] (or streamed ImageFiles) and integer labels
+    [N] indexing ``class_names``, train and test of one size unless dataset.image_size."""
+    import numpy as np
+
+    from tripletlab.data.image_files import ImageFiles
+
     if isinstance(class_names, str) or not isinstance(class_names, list | tuple | np.ndarray):
         raise ConfigError(f"{where}: class_names must be a list, got {type(class_names).__name__}")
     arrays = []
-    for what, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+    for what, x, y in splits:
         try:
-            x, y = np.asarray(x), np.asarray(y)
+            x = x if isinstance(x, ImageFiles) else np.asarray(x)
+            y = np.asarray(y)
         except ValueError as err:  # ragged
             raise ConfigError(f"{where}: the {what} split is not an array ({err})") from None
-        if x.ndim != 4 or x.dtype != np.uint8 or y.shape != (len(x),) or 0 in x.shape:
+        if len(x.shape) != 4 or x.dtype != np.uint8 or y.shape != (len(x),) or 0 in x.shape:
             raise ConfigError(
                 f"{where}: the {what} split must be uint8 images [N, H, W, C] and labels [N], "
                 f"none empty, got {x.dtype} {x.shape} and {y.shape}"
@@ -139,7 +196,7 @@ def _custom_load(cfg: Any) -> Any:
             f"{where}: train images {arrays[0].shape[1:]} and test images "
             f"{arrays[2].shape[1:]} differ; return one size or set dataset.image_size"
         )
-    return (*arrays, [str(n) for n in class_names], str(cfg._target_))
+    return arrays
 
 
 def _custom_ensure(root: Any, download: bool, url: Any, allow_insecure_url: bool) -> tuple:

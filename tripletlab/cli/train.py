@@ -40,6 +40,9 @@ try:
     register_configs()  # the schemas, plugins' too: a broken plugin is one line
 except TripletLabError as _err:
     sys.exit(f"error: {_err}")
+except KeyboardInterrupt:  # Ctrl-C while the plugins import: as report_errors says it
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
 # --help lists the groups a user picks (conf/config.yaml's hydra.help.template).
 OmegaConf.register_new_resolver("tripletlab.config_groups", user_groups_text, replace=True)
 

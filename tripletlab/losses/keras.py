@@ -133,8 +133,7 @@ class _TripletLoss(keras.losses.Loss):
 
 def class_name(entry: Strategy) -> str:
     """``TripletEasyPositiveLoss`` for easy_positive, unless the entry names its class."""
-    camel = "".join(part.capitalize() for part in entry.name.split("_"))
-    return entry.keras_class or f"Triplet{camel}Loss"
+    return entry.class_name
 
 
 def _loss_class(name: str) -> type:

@@ -20,9 +20,9 @@ from typing import Any
 
 from tripletlab.config import to_container
 from tripletlab.credentials import redact_tree
-from tripletlab.registry import TRACKERS
+from tripletlab.registry import TRACKERS, describe
 from tripletlab.run_folder import RunFolder
-from tripletlab.targets import check_target
+from tripletlab.targets import TargetError, check_target
 from tripletlab.tracking import mlflow as _mlflow  # noqa: F401  (registers logger=mlflow)
 from tripletlab.tracking.base import Tracker
 from tripletlab.tracking.tensorboard import TensorBoardTracker
@@ -56,9 +56,10 @@ def make_trackers(cfg: Any, folder: RunFolder) -> list[Any]:
     ):
         try:  # the config a tracker records (HParams, MLflow params) is redacted first
             tracker = build(redact_tree(to_container(cfg) or {}, f"the {name} tracker"))
-        except (Exception, SystemExit) as err:  # noqa: BLE001 - a tracker never fails the run
-            kind = type(err).__name__
-            log.warning("%s tracker failed (%s: %s); the run goes on without it", name, kind, err)
+        except (KeyboardInterrupt, TargetError):  # Ctrl-C; a target the call refused
+            raise
+        except BaseException as err:  # noqa: BLE001 - a tracker never fails the run
+            log.warning("%s tracker failed (%s); the run goes on without it", name, describe(err))
             continue
         if tracker is not None:
             trackers.append(tracker)

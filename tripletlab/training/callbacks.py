@@ -32,7 +32,10 @@ class _Entry:
 
     @property
     def name(self) -> str:
-        return str(getattr(self.callback, "name", type(self.callback).__name__))
+        try:  # a tracker's own ``name`` property may raise too
+            return str(getattr(self.callback, "name", type(self.callback).__name__))
+        except Exception:  # noqa: BLE001
+            return type(self.callback).__name__
 
     def call(self, hook: str, args: tuple) -> None:
         method = getattr(self.callback, hook, None)
@@ -42,17 +45,15 @@ class _Entry:
             method(*args)
             return
         from tripletlab.credentials import redact_tree
+        from tripletlab.registry import describe
 
         try:
             method(*redact_tree(args, f"the {self.name} tracker"))
-        except (Exception, SystemExit) as err:  # noqa: BLE001 - a tracker never fails the run
+        except KeyboardInterrupt:  # Ctrl-C is the user's, not the tracker's
+            raise
+        except BaseException as err:  # noqa: BLE001 - a tracker never fails the run
             self.failed = True
-            log.warning(
-                "%s failed (%s: %s); the run goes on without it",
-                self.name,
-                type(err).__name__,
-                err,
-            )
+            log.warning("%s failed (%s); the run goes on without it", self.name, describe(err))
 
 
 class Callbacks:
