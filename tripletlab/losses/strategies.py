@@ -352,11 +352,11 @@ def unconnected(name):
     return err
 
 
-def checked(name, result):
-    """``result`` of strategy ``name``'s function as float32 ``(loss [], fraction [])`` if
-    it is two floating scalars (float16, bfloat16 and float64 are cast: the step adds the
-    float32 regularisation losses); else ConfigError naming the strategy (and its plugin)
-    and what it returned. Checked on the static shapes, so at trace time: before the first
+def checked(name, result, dtype=None):
+    """``result`` of strategy ``name``'s function as ``(loss [], fraction [])`` tensors if
+    it is two floating scalars, cast to ``dtype`` when given (the train step asks float32:
+    it adds the float32 regularisation losses; the functions keep float64 exact); else
+    ConfigError naming the strategy (and its plugin) and what it returned. Checked on the static shapes, so at trace time: before the first
     step trains on a loss of the wrong shape (a per-anchor loss [B] would silently be
     reduced). A shape of unknown rank (``tf.py_function``'s) is refused too: it could be
     [B] when it runs."""
@@ -377,7 +377,7 @@ def checked(name, result):
                 shape = value.shape.as_list() if rank is not None else "unknown"
                 problem = f"a {what} of shape {shape} and dtype {value.dtype.name}"
                 break
-            values.append(tf.cast(value, tf.float32))
+            values.append(value if dtype is None else tf.cast(value, dtype))
     if problem is None:
         return tuple(values)
     if "shape unknown" in problem:

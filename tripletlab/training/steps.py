@@ -78,7 +78,7 @@ def make_train_step(
             memory=None if memory is None else (memory_labels, memory_embeddings),
             **step_options,
         )
-        return checked(entry.name, result)
+        return checked(entry.name, result, tf.float32)
 
     if jit_compile:
         # XLA compiles the model and the loss, each a nested function; the collectives stay
