@@ -15,7 +15,7 @@ DATASET ?= fashion_mnist
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test data run test test-fast test-slow docs sweep bench mutate lint format clean
+.PHONY: help setup setup-test data run test test-fast test-slow test-example docs sweep bench mutate lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ test-fast: setup-test data ## the unit tests only: no end-to-end runs (marker e2
 
 test-slow: setup-test data ## only the slow tests (full datasets, long runs)
 	$(PY) -m pytest -m slow $(ARGS)
+
+test-example: setup-test data ## the worked plugin example: installed, swept, benched, uninstalled (CI runs it)
+	$(PY) -m pytest -m slow tests/test_plugin_example.py $(ARGS)
 
 docs: setup ## regenerate docs/configuration.md, then build the documentation into site/ (warnings fail)
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA),docs]"
