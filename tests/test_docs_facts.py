@@ -182,3 +182,11 @@ def test_the_default_sweep_grid_is_what_its_comment_and_docs_say():
     for group, names in grid.items():
         for name in names:
             REGISTRIES[group].check(name)
+
+
+def test_no_wrapped_line_becomes_a_quote():
+    """A line wrapped so that it starts with '>=' or '> 0.5' renders as a blockquote on the
+    site (found by looking at docs/benchmarks.md in a browser)."""
+    for page in PAGES:
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            assert not re.match(r">\s*[=<\d]", line), f"{page.name}:{number}: {line}"
