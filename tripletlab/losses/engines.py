@@ -42,6 +42,9 @@ Three exact ways compute them; every one gives the same numbers and picks:
 positives (a ``tf.cond`` at run time, crossover measured on CPU), else buckets, or the row
 sort when the caller says it compiles with XLA (``jit_compile=True``). Soft-margin
 batch-all cannot use counts (softplus is not linear), so it always loops over slots.
+
+Every engine but ``sorted`` mines each row on its own: row a is the anchor in column
+``blocks.own[a]``, so losses/blocked.py runs them on blocks of rows (:func:`mining_form`).
 """
 
 from __future__ import annotations
@@ -54,9 +57,11 @@ from tripletlab.losses.pieces import (
     masks,
     negatives,
     positive_columns,
+    row_histogram,
     rows_and_columns,
     rows_take,
     scatter_index,
+    segment_argmin,
     slot,
     to_matrix,
 )
@@ -64,9 +69,10 @@ from tripletlab.losses.pieces import (
 ENGINES = ("auto", "slots", "buckets", "sorted", "dense", "blocked")
 MINING_ENGINES = ENGINES[:4]  # batch-all and semi-hard; the last two: batch-hard, easy-positive
 
-# Batch-hard and easy-positive (losses/picks.py) score all B rows at once ("dense", [B, N])
-# while B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS ("blocked": O(BLOCK) memory,
-# the block stays in cache). Measured side by side, fwd + bwd, 2 EPYC cores, quiet
+# Every strategy but distance-weighted computes all B rows at once ("dense", [B, N]) while
+# B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS ("blocked": O(BLOCK) memory, the
+# block stays in cache; losses/picks.py for batch-hard and easy-positive, losses/blocked.py
+# for batch-all and semi-hard). Measured side by side, fwd + bwd, 2 EPYC cores, quiet
 # (docs/losses.md): dense was as fast or faster up to [2048, 2048] and [512, 4608] (a 16 MB
 # float32 matrix); at [4096, 4096] (64 MB a matrix) blocked is 3x ahead of the dense TF form.
 DENSE_ELEMENTS = 2**22
@@ -126,8 +132,16 @@ def auto_engine(strategy, b, n, most_positives, jit_compile=False, soft_margin=F
     if strategy not in SLOT_LIMIT:
         return "-"
     if most_positives <= SLOT_LIMIT[strategy] or (soft_margin and strategy == "batch_all"):
-        return "slots"
-    return "sorted" if jit_compile else "buckets"
+        name = "slots"
+    else:
+        name = "sorted" if jit_compile else "buckets"
+    return f"blocked {name}" if mining_form(b, n, name, jit_compile) == "blocked" else name
+
+
+def mining_form(b, n, engine: str = "auto", jit_compile: bool = False) -> str | None:
+    """Batch-all / semi-hard's form for [b, n]: :func:`one_pick_engine`'s rule ("blocked":
+    losses/blocked.py mines each block of rows with ``engine``); "sorted" stays dense."""
+    return "dense" if engine == "sorted" else one_pick_engine(b, n, "auto", jit_compile)
 
 
 def block_rows(n):
@@ -200,7 +214,7 @@ def batch_all_slots(d, labels, margin, blocks: Blocks) -> tuple[tf.Tensor, tf.Te
     count = sum of c, so that the sum of the positive hinges = sum(w * d) + margin * count.
     O(B N S) time, O(B N) memory.
     """
-    neg = negatives(labels, tf.shape(d)[0])
+    neg = negatives(labels, blocks.own)
     inf = tf.constant(float("inf"), d.dtype)
     neg_d = tf.where(neg, d, inf)  # non-negatives are never below a threshold
 
@@ -242,13 +256,6 @@ def batch_all_sorted(d, labels, margin) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(w, d.dtype), count
 
 
-def _row_histogram(values: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-    """values [B, N] int32 -> [B, size] counts of 0 .. size - 1 per row; larger values are
-    not counted. The raw op: tf.math.bincount adds a pass over the input for its maximum."""
-    no_weights = tf.zeros([0], tf.int32)
-    return tf.raw_ops.DenseBincount(input=values, size=size, weights=no_weights)
-
-
 def positives_by_distance(d, blocks: Blocks):
     """Every anchor's positives sorted by distance, padded to the largest class.
 
@@ -278,15 +285,15 @@ def batch_all_buckets(d, margin, blocks: Blocks) -> tuple[tf.Tensor, tf.Tensor]:
     d_ap, cols, exists, k = positives_by_distance(d, blocks)
     threshold = d_ap + margin  # ascending; the +inf padding is above every distance
     bucket = tf.searchsorted(threshold, d, side="right", out_type=tf.int32)  # [B, N]
-    hist = _row_histogram(bucket, k + 1)
+    hist = row_histogram(bucket, k + 1)
     # The histogram counted every column: take out the anchor's positives and itself, with
     # the buckets of the same distances (searched again: [B, K + 1], not [B, N]).
-    own_d = tf.concat([d_ap, tf.linalg.diag_part(d)[:, None]], axis=1)
-    own_cols = tf.concat([cols, tf.range(b)[:, None]], axis=1)
+    own_d = tf.concat([d_ap, rows_take(d, blocks.own)[:, None]], axis=1)
+    own_cols = tf.concat([cols, blocks.own[:, None]], axis=1)
     own_exists = tf.concat([exists, tf.ones([b, 1], tf.bool)], axis=1)
     own_bucket = tf.searchsorted(threshold, own_d, side="right", out_type=tf.int32)
     dropped = tf.where(own_exists, own_bucket, k + 1)  # k + 1: past maxlength, not counted
-    hist -= _row_histogram(dropped, k + 1)
+    hist -= row_histogram(dropped, k + 1)
     c = tf.where(exists, tf.cumsum(hist[:, :k], axis=1), 0)
     count = tf.reduce_sum(tf.cast(c, tf.int64))
     # w = bucket - n_pos = -r everywhere, then corrected at the positives (to c) and on the
@@ -311,7 +318,7 @@ def semi_hard_slots(d, labels, margin, soft_margin, blocks: Blocks):
     slot (+coef at (a, p), -coef at the chosen negative), so no [B, N] gather of the chosen
     negatives, nor its backward pass, is needed. O(B N S) time, O(B N) memory.
     """
-    neg = negatives(labels, tf.shape(d)[0])
+    neg = negatives(labels, blocks.own)
     inf = tf.constant(float("inf"), d.dtype)
     neg_d = tf.where(neg, d, inf)
     farthest = tf.argmax(tf.where(neg, d, -tf.ones_like(d)), axis=1, output_type=tf.int32)
@@ -379,36 +386,15 @@ def semi_hard_sorted(d, labels, margin, soft_margin):
     return total, n_active, coef - to_matrix(coef, chosen, n)
 
 
-def _segment_argmin(values: tf.Tensor, ids: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-    """Column of the smallest value per segment, the lowest column among equal values.
-
-    values [R, C] float (R rows of C columns), ids [R, C] int32 segment of each entry (< n).
-    Returns [n] int32, >= C for an empty segment. float32: one segment min over int64 keys:
-    the float64 bits of a float32 value have 29 low zero bits, which hold the column
-    (C < 2^29), and the bits of non-negative floats sort like their values (negative ones
-    stay below them). float64 has no spare bits: the minimum, then the lowest column
-    holding it.
-    """
-    c = tf.shape(values)[1]
-    if values.dtype == tf.float32:
-        bits = tf.bitcast(tf.cast(values, tf.float64), tf.int64)
-        keys = bits + tf.cast(tf.range(c), tf.int64)[None, :]
-        best = tf.math.unsorted_segment_min(keys, ids, n)  # empty: int64 max
-        return tf.cast(tf.bitwise.bitwise_and(best, 2**29 - 1), tf.int32)  # empty: 2^29 - 1
-    smallest = tf.math.unsorted_segment_min(values, ids, n)
-    at_min = tf.equal(values, tf.gather(smallest, ids))
-    return tf.math.unsorted_segment_min(tf.where(at_min, tf.range(c)[None, :], c), ids, n)
-
-
-def _nearest_in_buckets(d, labels, d_ap, k, chunk_elements) -> tuple[tf.Tensor, tf.Tensor]:
+def _nearest_in_buckets(d, labels, own, d_ap, k, chunk_elements) -> tuple[tf.Tensor, tf.Tensor]:
     """Semi-hard's [B, N] stage: the nearest negative in every (anchor, bucket).
 
-    d [B, N] (no gradient), labels [N], d_ap [B, K] each anchor's positive distances,
-    ascending. Returns (nearest [B, K + 1] int32: column of the nearest negative in bucket
-    j = #{p : d_ap < d_an}, >= N when the bucket is empty; farthest [B] int32: the farthest
-    negative, the lowest column among equals, 0 for an anchor without negatives). Chunks of
-    rows, one after the other (two in flight: their searches, single-threaded ops, can share
-    two cores): the temporaries are those of one chunk, not [B, N] ones.
+    d [B, N] (no gradient), labels [N], own [B] the anchors' columns, d_ap [B, K] their
+    positive distances, ascending. Returns (nearest [B, K + 1] int32: column of the nearest
+    negative in bucket j = #{p : d_ap < d_an}, >= N when the bucket is empty; farthest [B]
+    int32: the farthest negative, the lowest column among equals, 0 for an anchor without
+    negatives). Chunks of rows, one after the other (two in flight: their searches,
+    single-threaded ops, can share two cores): the temporaries are those of one chunk.
     """
     b, n = rows_and_columns(d)
     chunk = tf.maximum(chunk_elements // n, 1)
@@ -418,11 +404,11 @@ def _nearest_in_buckets(d, labels, d_ap, k, chunk_elements) -> tuple[tf.Tensor, 
         start = i * chunk
         stop = tf.minimum(start + chunk, b)
         rows = stop - start
-        neg = tf.not_equal(labels[start:stop, None], labels[None, :])
+        neg = negatives(labels, own[start:stop])
         neg_d = tf.where(neg, d[start:stop], -tf.ones([], d.dtype))  # non-negatives: below all
         bucket = tf.searchsorted(d_ap[start:stop], neg_d, side="left", out_type=tf.int32)
         ids = bucket + tf.range(rows)[:, None] * (k + 1)
-        found = _segment_argmin(neg_d, ids, rows * (k + 1))
+        found = segment_argmin(neg_d, ids, rows * (k + 1))
         nearest = nearest.write(i, tf.reshape(found, [rows, -1]))
         farthest = farthest.write(i, tf.argmax(neg_d, axis=1, output_type=tf.int32))
         return i + 1, nearest, farthest
@@ -448,7 +434,7 @@ def semi_hard_buckets(d, labels, margin, soft_margin, blocks: Blocks):
     b, n = rows_and_columns(d)
     rows = tf.range(b)
     d_ap, cols, exists, k = positives_by_distance(d, blocks)
-    nearest, farthest = _nearest_in_buckets(d, labels, d_ap, k, CHUNK_ELEMENTS)
+    nearest, farthest = _nearest_in_buckets(d, labels, blocks.own, d_ap, k, CHUNK_ELEMENTS)
     has_neg = blocks.n_pos + 1 < n
     nearest = nearest[:, 1:]  # bucket 0: nearer than every positive
     # Column i of `nearest` is bucket i + 1. Cut each row into runs: empty buckets up to and
@@ -478,7 +464,7 @@ def soft_batch_all_slots(d, labels, blocks: Blocks):
     triplets [], number of them with d_ap > d_an [] int64, d sum / d d [B, N]).
     O(B N S) time (O(B^3) for a single class), O(B N) memory.
     """
-    neg = negatives(labels, tf.shape(d)[0])
+    neg = negatives(labels, blocks.own)
     inf = tf.constant(float("inf"), d.dtype)
     neg_d = tf.where(neg, d, inf)
 

@@ -4,7 +4,8 @@ hinge items, exact gradients.
 Shapes: a strategy mines a distance matrix ``d`` [B, N] whose rows are the anchors (the
 batch) and whose columns are the batch (first B columns, so (a, a) is the anchor itself)
 followed by M = N - B memory entries (cross-batch memory; M = 0 without it). ``labels``
-below is the columns' labels [N]; the anchors' are its first B.
+below is the columns' labels [N]; the anchors' are its first B. A block of rows (R anchors,
+losses/blocked.py) is d [R, N] with ``Blocks.rows``: each anchor's own column is in ``own``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ def rows_and_columns(d: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return shape[0], shape[1]
 
 
-def negatives(labels: tf.Tensor, b) -> tf.Tensor:
-    """labels [N] -> [B, N] bool, y_a != y_n. Engines build only the masks they use."""
-    return tf.not_equal(labels[:b, None], labels[None, :])
+def negatives(labels: tf.Tensor, own: tf.Tensor) -> tf.Tensor:
+    """labels [N], own [R] the anchors' columns (Blocks.own) -> [R, N] bool, y_a != y_n.
+    Engines build only the masks they use."""
+    return tf.not_equal(tf.gather(labels, own)[:, None], labels[None, :])
 
 
 def masks(labels: tf.Tensor, b) -> tuple[tf.Tensor, tf.Tensor]:
@@ -61,6 +63,12 @@ class Blocks(NamedTuple):
     start: tf.Tensor  # [B] int32: where each anchor's class starts in `order`
     self_rank: tf.Tensor  # [B] int32: the anchor's own place inside that run
     n_pos: tf.Tensor  # [B] int32: number of positives (class size among the columns - 1)
+    own: tf.Tensor  # [B] int32: each anchor's own column: row a of d is the anchor own[a]
+
+    def rows(self, start, stop) -> Blocks:
+        """The anchors start .. stop - 1 only (rows of a block: losses/blocked.py)."""
+        cut = (x[start:stop] for x in (self.start, self.self_rank, self.n_pos, self.own))
+        return Blocks(self.order, *cut)
 
 
 def class_blocks(labels: tf.Tensor, b) -> Blocks:
@@ -77,7 +85,8 @@ def class_blocks(labels: tf.Tensor, b) -> Blocks:
     place = tf.math.invert_permutation(order)[:b]  # where each anchor sits in `order`
     anchor_block = tf.gather(block, place)
     start = tf.gather(block_start, anchor_block)
-    return Blocks(order, start, place - start, tf.gather(block_size, anchor_block) - 1)
+    n_pos = tf.gather(block_size, anchor_block) - 1
+    return Blocks(order, start, place - start, n_pos, tf.range(tf.shape(place)[0]))
 
 
 def slot(j: tf.Tensor, blocks: Blocks) -> tuple[tf.Tensor, tf.Tensor]:
@@ -86,22 +95,20 @@ def slot(j: tf.Tensor, blocks: Blocks) -> tuple[tf.Tensor, tf.Tensor]:
     Anchors with fewer than j + 1 positives get their own column: (a, a) is never a valid
     pair, so writes there are harmless and no extra masking is needed downstream.
     """
-    rows = tf.range(tf.shape(blocks.n_pos)[0])
     exists = j < blocks.n_pos
     place = blocks.start + j + tf.cast(j >= blocks.self_rank, tf.int32)  # skip the anchor
     col = tf.gather(blocks.order, tf.where(exists, place, 0))
-    return tf.where(exists, col, rows), exists
+    return tf.where(exists, col, blocks.own), exists
 
 
 def positive_columns(blocks: Blocks, k) -> tuple[tf.Tensor, tf.Tensor]:
     """Slots 0 .. k-1 of every anchor at once: (columns [B, k] int32, the anchor's own
     column where the slot is empty; exists [B, k] bool, the prefix j < n_pos)."""
-    b = tf.shape(blocks.n_pos)[0]
     j = tf.range(k)[None, :]
     exists = j < blocks.n_pos[:, None]
     place = blocks.start[:, None] + j + tf.cast(j >= blocks.self_rank[:, None], tf.int32)
     cols = tf.gather(blocks.order, tf.where(exists, place, 0))
-    return tf.where(exists, cols, tf.range(b)[:, None]), exists
+    return tf.where(exists, cols, blocks.own[:, None]), exists
 
 
 def scatter_index(col: tf.Tensor) -> tf.Tensor:
@@ -118,6 +125,34 @@ def to_matrix(values: tf.Tensor, cols: tf.Tensor, n) -> tf.Tensor:
     flat_index = tf.reshape(cols + tf.range(b)[:, None] * n, [-1])
     flat = tf.math.unsorted_segment_sum(tf.reshape(values, [-1]), flat_index, b * n)
     return tf.reshape(flat, [b, n])
+
+
+def row_histogram(values: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """values [B, N] int32 -> [B, size] counts of 0 .. size - 1 per row; larger values are
+    not counted. The raw op: tf.math.bincount adds a pass over the input for its maximum."""
+    no_weights = tf.zeros([0], tf.int32)
+    return tf.raw_ops.DenseBincount(input=values, size=size, weights=no_weights)
+
+
+def segment_argmin(values: tf.Tensor, ids: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """Column of the smallest value per segment, the lowest column among equal values.
+
+    values [R, C] float (R rows of C columns), ids [R, C] int32 segment of each entry (< n).
+    Returns [n] int32, >= C for an empty segment. float32: one segment min over int64 keys:
+    the float64 bits of a float32 value have 29 low zero bits, which hold the column
+    (C < 2^29), and the bits of non-negative floats sort like their values (negative ones
+    stay below them). float64 has no spare bits: the minimum, then the lowest column
+    holding it.
+    """
+    c = tf.shape(values)[1]
+    if values.dtype == tf.float32:
+        bits = tf.bitcast(tf.cast(values, tf.float64), tf.int64)
+        keys = bits + tf.cast(tf.range(c), tf.int64)[None, :]
+        best = tf.math.unsorted_segment_min(keys, ids, n)  # empty: int64 max
+        return tf.cast(tf.bitwise.bitwise_and(best, 2**29 - 1), tf.int32)  # empty: 2^29 - 1
+    smallest = tf.math.unsorted_segment_min(values, ids, n)
+    at_min = tf.equal(values, tf.gather(smallest, ids))
+    return tf.math.unsorted_segment_min(tf.where(at_min, tf.range(c)[None, :], c), ids, n)
 
 
 def items(x, margin, soft_margin):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError
-from tripletlab.losses import engines, picks
+from tripletlab.losses import blocked, engines, picks
 from tripletlab.losses.distances import pairwise_distances, prepare
 from tripletlab.losses.pieces import (
     class_blocks,
@@ -55,6 +55,31 @@ def _columns(labels, embeddings, squared, memory):
     return labels, column_labels, embeddings, d, checked
 
 
+def _in_form(strategy, dense, labels, embeddings, *args):
+    """Batch-all / semi-hard: ``dense(labels, embeddings, *args)`` or its blocked form
+    (losses/blocked.py), as :func:`engines.mining_form` says for [B, N]; a tf.cond on the
+    same rule when a size is known only at run time. args: (margin, squared, soft_margin,
+    memory, engine, jit_compile)."""
+    labels, embeddings = prepare(labels, embeddings)
+    memory, engine, jit_compile = args[3:]
+    b, m = labels.shape[0], 0
+    if memory is not None:
+        m = tf.reshape(tf.convert_to_tensor(memory[0]), [-1]).shape[0]
+    n = None if b is None or m is None else b + m
+    form = engines.mining_form(b, n, engine, jit_compile)
+    blocked_form = getattr(blocked, strategy)
+    if form is not None:
+        return (dense if form == "dense" else blocked_form)(labels, embeddings, *args)
+    b = n = tf.shape(labels, out_type=tf.int64)[0]
+    if memory is not None:
+        n += tf.size(memory[0], out_type=tf.int64)
+    return tf.cond(
+        b * n <= engines.DENSE_ELEMENTS,
+        lambda: dense(labels, embeddings, *args),
+        lambda: blocked_form(labels, embeddings, *args),
+    )
+
+
 def batch_all_triplet_loss(
     labels,
     embeddings,
@@ -71,10 +96,17 @@ def batch_all_triplet_loss(
     labels [B] int, embeddings [B, D] float -> (loss [], fraction []). Hinge: mean of the
     positive hinges, fraction = positive hinges / valid triplets. Soft margin: mean
     softplus(d_ap - d_an) over valid triplets, fraction = share with d_ap > d_an. Memory
-    O(B N); time O(B N log N) at most for the hinge, O(B N S) for the soft margin (S =
-    largest class size - 1).
+    O(B N), or O(B D + N) in row blocks beyond engines.DENSE_ELEMENTS distances
+    (losses/blocked.py); time O(B N log N) at most for the hinge, O(B N S) for the soft
+    margin (S = largest class size - 1).
     """
     engines.check_engine(engine, jit_compile)
+    args = (margin, squared, soft_margin, memory, engine, jit_compile)
+    return _in_form("batch_all", _batch_all_dense, labels, embeddings, *args)
+
+
+def _batch_all_dense(labels, embeddings, margin, squared, soft_margin, memory, engine, jit_compile):
+    """Batch-all on the whole [B, N] distance matrix."""
     # 1-2. distances [B, N]
     labels, column_labels, embeddings, d, checked = _columns(labels, embeddings, squared, memory)
     dtype, b = d.dtype, tf.shape(labels)[0]
@@ -151,9 +183,16 @@ def semi_hard_triplet_loss(
     labels [B] int, embeddings [B, D] float -> (loss [], fraction []). For each (a, p) with
     a != p, y_a = y_p, and a having a negative: the negative with the smallest d_an > d_ap,
     else the farthest negative. Mean over those pairs; fraction = share with h > 0 (soft
-    margin: d_ap > d_an). Memory O(B N); time O(B N min(S, log N)).
+    margin: d_ap > d_an). Memory O(B N), or O(B D + N) in row blocks beyond
+    engines.DENSE_ELEMENTS distances (losses/blocked.py); time O(B N min(S, log N)).
     """
     engines.check_engine(engine, jit_compile)
+    args = (margin, squared, soft_margin, memory, engine, jit_compile)
+    return _in_form("semi_hard", _semi_hard_dense, labels, embeddings, *args)
+
+
+def _semi_hard_dense(labels, embeddings, margin, squared, soft_margin, memory, engine, jit_compile):
+    """Semi-hard on the whole [B, N] distance matrix."""
     # 1-2. distances [B, N]
     labels, column_labels, _, d, checked = _columns(labels, embeddings, squared, memory)
     dtype, b = d.dtype, tf.shape(labels)[0]
