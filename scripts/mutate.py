@@ -37,7 +37,10 @@ WORK = Path(os.environ.get("TRIPLETLAB_MUTATE_DIR", "/tmp/tripletlab-mutate"))
 EXTRA_TESTS = {
     "tripletlab/training/memory.py": ["tests/training/test_memory_fifo.py"],
     "tripletlab/training/steps.py": ["tests/training/test_memory_fifo.py"],
-    "tripletlab/losses/strategies.py": ["tests/losses/test_migration.py"],
+    "tripletlab/losses/strategies.py": [
+        "tests/losses/test_migration.py",
+        "tests/losses/test_blocked.py",  # the blocked form and its size rule (_in_form)
+    ],
     "tripletlab/losses/pieces.py": ["tests/losses/test_engines.py"],
     "tripletlab/reuse/index.py": [
         "tests/reuse/test_index_parameters.py",

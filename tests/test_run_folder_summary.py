@@ -51,3 +51,35 @@ def test_a_finished_run_without_its_model_says_how_to_write_it_again(tmp_path):
     assert f"run.py with the run's overrides and hydra.run.dir={tmp_path} writes it again" in str(
         err.value
     )
+
+
+def test_the_summary_keeps_speed_precision_and_step_as_the_table_reads_them(tmp_path):
+    """The median speed to 0.1 image/s, the precision the run used (the table's column) and
+    the last row's step as an int."""
+    rows = [{**ROWS[0], "images_per_second": "123.456", "step": "40.0"}]
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    summary = build_summary(Status.OK, rows, "recall_at_1", precision="bfloat16")
+    assert summary["images_per_second"] == 123.5
+    step = summary["metrics"]["step"]
+    assert step == 40 and isinstance(step, int)
+    folder.write_summary(summary)
+    assert read_run(folder.summary_path)["precision"] == "bfloat16"
+
+
+def test_a_garbled_metrics_file_is_rebuilt_with_a_warning_that_says_so(tmp_path, caplog):
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.metrics_path.write_bytes(b"epoch,loss\n1,\xff\xfe\n")
+    with caplog.at_level("WARNING", logger="tripletlab"):
+        assert folder.read_metrics(rebuilt=True) == []
+    assert f"{folder.metrics_path} is not a metrics file (" in caplog.text
+    assert "; rebuilding it from the last checkpoint" in caplog.text
+
+
+def test_a_run_folder_whose_parents_do_not_exist_yet_is_claimed(tmp_path):
+    from tripletlab.run_folder import RunLock
+
+    folder = RunFolder(tmp_path / "sweep" / "job0" / "run")
+    with RunLock(folder) as lock:
+        assert lock.path.is_file()

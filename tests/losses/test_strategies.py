@@ -310,3 +310,30 @@ def test_memory_keeps_the_distance_matrix_rectangular():
         ]
         assert max(sizes) <= 2 * b * (b + m) < (b + m) ** 2, strategy
     assert engines.CHUNK_ELEMENTS > 0
+
+
+def _per_anchor(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    """A strategy that forgets to reduce: a loss per anchor [B]."""
+    return tf.norm(embeddings, axis=1), tf.constant(1.0)
+
+
+def _loss_only(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    """A strategy that forgets the fraction: one tensor, not a pair."""
+    return tf.reduce_mean(embeddings)
+
+
+@pytest.mark.parametrize(
+    "function, problem",
+    [
+        (_per_anchor, "a loss of shape [4] and dtype float32"),
+        (_loss_only, "EagerTensor"),
+    ],
+)
+def test_a_function_given_as_the_strategy_is_named_in_the_result_check(function, problem):
+    """triplet_loss takes a function in place of a registered name; a wrong result names
+    the function (its qualified name, not its repr) and what it returned."""
+    labels, emb = tf.constant([0, 0, 1, 1]), tf.eye(4)
+    with pytest.raises(ConfigError) as err:
+        losses.triplet_loss(labels, emb, strategy=function)
+    message = str(err.value)
+    assert message.startswith(f"the strategy {function.__name__!r} returned {problem}; it must")

@@ -1,7 +1,8 @@
 """The compiled train step on one device, against the same computation written out: the
 loss and fraction of the configured strategy on the batch, the gradient step it applies
 (with the model's regularisation losses), the running means, the cross-batch memory it
-mines then fills, and the negatives distance-weighted draws from (seed, step)."""
+mines then fills, and the negatives distance-weighted draws from (seed, step). Also: the
+float16 loss scaling, what XLA compiles, and 2 replicas on logical CPUs (conftest.py)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,23 @@ def _expected(model, mining, images, labels, memory=None):
     return float(loss), float(fraction), norm, spread, after, emb
 
 
-@pytest.mark.parametrize("regularized", [False, True])
-def test_one_step_is_the_loss_of_the_batch_and_its_gradient(regularized):
+@pytest.mark.parametrize(
+    "regularized, option",
+    [
+        (False, "mining.margin=0.3"),
+        (True, "mining.margin=0.3"),
+        (False, "mining.squared=true"),
+        (False, "mining.soft_margin=true"),
+    ],
+)
+def test_one_step_is_the_loss_of_the_batch_and_its_gradient(regularized, option):
+    """One step: the loss, fraction, norm and spread of the batch and the SGD step on its
+    gradient (with the regularisation), the strategy's options passed on (margin, squared
+    distances, soft margin)."""
     import keras
 
     model = _model(keras.regularizers.L2(0.05) if regularized else None)
-    mining = _mining("batch_hard", "mining.margin=0.3")
+    mining = _mining("batch_hard", option)
     images, labels = _batch()
     loss, fraction, norm, spread, after, _ = _expected(model, mining, images, labels)
     means = make_running_means()
@@ -296,3 +308,139 @@ def _spread32(labels, embeddings, margin=0.5, squared=False, soft_margin=False, 
 
     loss = tf.reduce_mean(tf.square(embeddings - tf.reduce_mean(embeddings, 0)))
     return loss, tf.constant(0.25)
+
+
+def test_a_float16_step_with_a_loss_scale_optimizer_takes_the_unscaled_step():
+    """float16 mixed precision: the step scales the loss for the LossScaleOptimizer, which
+    unscales the gradients, so the weights take the float32 step (not one 1/scale of it)."""
+    import keras
+
+    mining = _mining("batch_hard", "mining.margin=0.3")
+    images, labels = _batch()
+    model32 = _model()
+    start = model32.get_weights()
+    loss, *_, after, _ = _expected(model32, mining, images, labels)
+
+    init = keras.initializers.RandomNormal(seed=1)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, kernel_initializer=init, dtype="mixed_float16"),
+            keras.layers.UnitNormalization(dtype="mixed_float16"),
+        ]
+    )
+    # 2**8: the default 2**15 overflows this batch's float16 gradients (a skipped step)
+    scale = 2.0**8
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LR), initial_scale=scale)
+    step = make_train_step(model, optimizer, mining, scales_loss=True)
+    assert float(step(images, labels)[0]) == pytest.approx(loss, rel=1e-2)
+    assert float(optimizer.dynamic_scale) == scale  # finite gradients: the step was taken
+    for w, w0, want in zip(model.get_weights(), start, after, strict=True):
+        moved = np.abs(want - w0).max()
+        assert moved > 1e-2  # the float32 step is far above float16's error here
+        np.testing.assert_allclose(w - w0, want - w0, atol=0.05 * moved)
+
+
+class _ThroughPython:
+    """A Keras layer that passes its input through tf.py_function (differentiable): an op
+    XLA has no kernel for, so the model fails exactly when XLA compiles it."""
+
+    def __new__(cls):
+        import keras
+        import tensorflow as tf
+
+        class ThroughPython(keras.layers.Layer):
+            def call(self, x):
+                y = tf.py_function(tf.identity, [x], x.dtype)
+                return tf.ensure_shape(y, x.shape)
+
+        return ThroughPython()
+
+
+def _spread_through_python(labels, embeddings, margin=0.5, squared=False, soft_margin=False, **_):
+    """_spread32 computed through tf.py_function (differentiable): a loss XLA cannot compile."""
+    import tensorflow as tf
+
+    loss = tf.py_function(tf.identity, [_spread32(labels, embeddings)[0]], tf.float32)
+    return tf.ensure_shape(loss, []), tf.constant(0.25)
+
+
+@pytest.mark.parametrize("where", ["model", "model with batch norm", "loss"])
+def test_the_compiled_step_compiles_the_model_and_the_loss_on_one_device(where):
+    """jit_compile=True puts the forward pass and the loss under XLA, the model also with a
+    synchronised batch norm (on one device it syncs nothing): an op XLA cannot compile in
+    either fails there, and trains without XLA."""
+    import keras
+    import tensorflow as tf
+
+    from tripletlab.registry import STRATEGIES, Strategy
+
+    mining = _mining("batch_hard")
+    images, labels = _batch()
+    norm = [keras.layers.BatchNormalization(synchronized=True)] if "norm" in where else []
+    python = [] if where == "loss" else [_ThroughPython()]
+    if where == "loss":
+        STRATEGIES.add(Strategy("careless", target=_spread_through_python, step_inputs=()))
+        mining.strategy = "careless"
+    try:
+        for jit in (False, True):
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5), *norm, *python])
+            step = make_train_step(model, keras.optimizers.SGD(LR), mining, jit_compile=jit)
+            if not jit:
+                assert np.isfinite(float(step(images, labels)[0]))
+                continue
+            with pytest.raises(tf.errors.InvalidArgumentError, match="PyFunc"):
+                step(images, labels)
+    finally:
+        if where == "loss":
+            STRATEGIES.unregister("careless")
+
+
+def _batch_norm_model():
+    import keras
+
+    init = keras.initializers.RandomNormal(seed=1)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, kernel_initializer=init),
+            keras.layers.BatchNormalization(synchronized=True),
+            keras.layers.UnitNormalization(),
+        ]
+    )
+
+
+def test_two_replicas_with_a_synchronised_batch_norm_under_xla_take_the_single_device_step(
+    caplog,
+):
+    """2 replicas on logical CPUs (tests/training/conftest.py), a batch norm that syncs
+    them, jit_compile=True: XLA compiles the loss only (a collective cannot be compiled),
+    and the step is one device's on the global batch: loss, moving mean and weights."""
+    import keras
+    import tensorflow as tf
+
+    from tripletlab.distribute import configure_cpu_devices, distribute_batches
+
+    mining = _mining("batch_hard", "mining.margin=0.3")
+    images, labels = _batch()
+    one = _batch_norm_model()
+    loss, *_, after, _ = _expected(one, mining, images, labels)
+    mean_one = one.layers[1].moving_mean.numpy()
+
+    distribution = tf.distribute.MirroredStrategy(configure_cpu_devices(2))
+    with distribution.scope():
+        model, optimizer = _batch_norm_model(), keras.optimizers.SGD(LR)
+    with caplog.at_level("INFO", logger="tripletlab"):
+        step = make_train_step(
+            model, optimizer, mining, jit_compile=True, distribution=distribution
+        )
+    assert "XLA compiles the loss only" in caplog.text
+    batches = distribute_batches(
+        distribution, lambda: tf.data.Dataset.from_tensors((images, labels)), len(labels)
+    )
+    got = step(*next(iter(batches)))
+    assert float(got[0]) == pytest.approx(loss, rel=1e-5)
+    for copy in distribution.experimental_local_results(model.layers[1].moving_mean.value):
+        np.testing.assert_allclose(copy.numpy(), mean_one, rtol=1e-5, atol=1e-6)
+    for w, want in zip(model.trainable_variables, after, strict=True):
+        np.testing.assert_allclose(w.numpy(), want, rtol=1e-5, atol=1e-6)
