@@ -63,3 +63,45 @@ def test_a_leftover_of_a_killed_save_that_cannot_be_removed_does_not_stop_the_re
         assert Checkpoints(tmp_path, *_parts()).restore_latest() == 1
     finally:
         subprocess.run(["chattr", "-i", str(leftover)], check=True)
+
+
+def test_the_latest_three_checkpoints_are_kept(tmp_path):
+    saver = Checkpoints(tmp_path, *_parts())
+    for epoch in range(1, 6):
+        saver.save(epoch, ROWS[:1])
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*.index")) == [
+        "ckpt-3.index",
+        "ckpt-4.index",
+        "ckpt-5.index",
+    ]
+
+
+def test_the_files_of_a_save_killed_before_its_commit_are_removed_on_resume(tmp_path):
+    """ckpt-2's files written, the index not yet renamed onto it: the resume restores
+    ckpt-1 and removes ckpt-2's files (the next save writes ckpt-2 afresh); ckpt-1 stays."""
+    Checkpoints(tmp_path, *_parts()).save(1, ROWS[:1])
+    kept = sorted(tmp_path.glob("ckpt-1[._]*"))
+    leftovers = [tmp_path / "ckpt-2.index", tmp_path / "ckpt-2.data-00000-of-00001"]
+    for path in leftovers:
+        path.write_text("partial")
+    (tmp_path / "ckpt-2_temp").mkdir()
+    leftovers.append(tmp_path / "ckpt-2_temp")
+    resumed = Checkpoints(tmp_path, *_parts())
+    assert resumed.restore_latest() == 1
+    assert [p for p in leftovers if p.exists()] == []
+    assert kept and all(p.exists() for p in kept)
+    assert resumed.save(2, ROWS).endswith("ckpt-2")
+
+
+def test_a_checkpoint_written_before_the_rows_travelled_in_it_still_resumes(tmp_path):
+    """An older run's checkpoint holds the model, the optimizer and the epoch only: it
+    restores (the rows None: the metrics file is read instead)."""
+    import tensorflow as tf
+
+    model, optimizer = _parts()
+    epoch = tf.Variable(4, dtype=tf.int64, trainable=False)
+    old = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+    tf.train.CheckpointManager(old, str(tmp_path), max_to_keep=3).save(checkpoint_number=4)
+    resumed = Checkpoints(tmp_path, *_parts())
+    assert resumed.restore_latest() == 4
+    assert resumed.rows is None
