@@ -154,6 +154,7 @@ ACROSS_MODULES = {
     "test_packaging.py": "the wheel and the console scripts",
     "test_plugin_example.py": "examples/tripletlab-plugin-example installed",
     "test_reality_check.py": "scripts/reality_check.sh",
+    "test_mkdocs_hooks.py": "scripts/mkdocs_hooks.py (the built site)",
     "test_attack_durability.py": "issue 25's locks, attacked",
     "test_attack_faults.py": "issue 25's 'every fault one line', attacked",
     "test_attack_plugins.py": "issue 26's plugins and _target_, attacked",
