@@ -55,10 +55,17 @@ def _distances(anchors, columns, norms, start, squared):
     """Stage 2: anchors [R, D] (rows start .. start + R - 1), columns [N, D], their squared
     norms [N] -> (d [R, N], where d2 took the gradient [R, N] bool, or None). As the dense
     form: d2 clamped at 0 (no gradient where the clamp acts), d = 0 (gradient 0) where d2 = 0.
-    The anchor's own column is left as computed (~0): no engine reads it, nor writes to it."""
+    A column equal to the anchor (its own, a duplicate) gets d2 exactly 0, as in the dense form."""
     rows = tf.shape(anchors)[0]
     minus_2_dot = tf.matmul(-2.0 * anchors, columns, transpose_b=True)
-    raw = (minus_2_dot + norms[start : start + rows, None]) + norms[None, :]
+    # d2 = (-2 a.c + 2 |a|^2) + (|c|^2 - |a|^2), the first |a|^2 from the anchor's own column
+    # of this matmul (the batch's columns come first), as the dense form reads its Gram
+    # diagonal: a column equal to the anchor gets 0 + 0 exactly (one matmul row rounds equal
+    # columns alike, one reduce_sum equal rows). |a|^2 + |c|^2 - 2 a.c mixes the matmul's
+    # and reduce_sum's roundings: ~1e-7 there, ~3e-4 after the sqrt (float32).
+    minus_2_own = tf.linalg.diag_part(minus_2_dot[:, start : start + rows])  # [R]
+    anchor_norms = norms[start : start + rows, None]
+    raw = (minus_2_dot - minus_2_own[:, None]) + (norms[None, :] - anchor_norms)
     d2 = tf.maximum(raw, 0.0)
     if squared:
         return d2, raw >= 0
