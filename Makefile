@@ -49,17 +49,20 @@ data: setup ## make sure Fashion-MNIST is present (Debian package, else the offi
 run: data ## train the default run (Fashion-MNIST, small CNN, semi-hard); ARGS="..." adds overrides
 	$(PY) run.py $(ARGS)
 
-test: setup-test data ## the whole default test suite (fast; slow tests are excluded)
+test: setup-test data ## the whole default test suite on 2 workers (fast; slow tests are excluded)
 	$(PY) -m pytest $(ARGS)
 
 test-fast: setup-test data ## the unit tests only: no end-to-end runs (marker e2e), no slow ones
 	$(PY) -m pytest -m "not slow and not e2e" $(ARGS)
 
+# test-slow and test-example run in one process (-n 0 over addopts' -n 2): the plugin example
+# installs into this venv, which a test on another worker would see, and a slow test times
+# a stopped worker against a heartbeat timeout.
 test-slow: setup-test data ## only the slow tests (full datasets, long runs)
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest -m slow -n 0 $(ARGS)
 
 test-example: setup-test data ## the worked plugin example: installed, swept, benched, uninstalled (CI runs it)
-	$(PY) -m pytest -m slow tests/test_plugin_example.py $(ARGS)
+	$(PY) -m pytest -m slow -n 0 tests/test_plugin_example.py $(ARGS)
 
 docs: setup ## regenerate docs/configuration.md, then build the documentation into site/ (warnings fail)
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA),docs]"

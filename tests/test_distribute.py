@@ -132,7 +132,9 @@ def _moving_statistics(run_dir) -> list[np.ndarray]:
 def test_mirrored_run_matches_the_single_device_run(tmp_path, model):
     # Batch norm included: under 2 replicas each FusedBatchNorm uses the global batch's
     # moments (per replica, epoch 1 was 0.28081 against 0.27912 on one device).
+    # 10 steps an epoch: per-replica batch norm moments change the loss from the first step.
     common = [*tiny(model), "mining=batch_hard", "trainer.epochs=2", "trainer.deterministic=true"]
+    common.append("trainer.steps_per_epoch=10")
     single = _run([*common, f"hydra.run.dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr[-2000:]
     mirrored = _run(
@@ -222,7 +224,9 @@ def test_two_workers_one_run_folder_written_by_the_chief(tmp_path, extra):
     scratch.mkdir()
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     # small_cnn: its batch norm all-reduces the global batch's moments across the workers.
-    args = [*tiny("small_cnn"), "distribute=multi_worker", *extra, f"hydra.run.dir={run_dir}"]
+    # 4 steps: what is checked is who writes the folder; each step is a cross-process all-reduce.
+    args = [*tiny("small_cnn"), "distribute=multi_worker", "trainer.steps_per_epoch=4", *extra]
+    args.append(f"hydra.run.dir={run_dir}")
     procs = list(reversed(_start_workers(args, workers, scratch)))
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[1][-2000:] + outputs[0][-2000:]
