@@ -132,9 +132,11 @@ def _moving_statistics(run_dir) -> list[np.ndarray]:
 def test_mirrored_run_matches_the_single_device_run(tmp_path, model):
     # Batch norm included: under 2 replicas each FusedBatchNorm uses the global batch's
     # moments (per replica, epoch 1 was 0.28081 against 0.27912 on one device).
-    # 10 steps an epoch: per-replica batch norm moments change the loss from the first step.
+    # float32: on a CPU with AMX, precision auto is bfloat16, whose rounding (8 bits of
+    # mantissa) differs between a replica's half batch and the whole batch by far more than
+    # 1e-5 (0.32134 against 0.32110 after an epoch); the equality is float32's.
     common = [*tiny(model), "mining=batch_hard", "trainer.epochs=2", "trainer.deterministic=true"]
-    common.append("trainer.steps_per_epoch=10")
+    common.append("trainer.mixed_precision=off")
     single = _run([*common, f"hydra.run.dir={tmp_path / 'one'}"])
     assert single.returncode == 0, single.stderr[-2000:]
     mirrored = _run(
