@@ -27,11 +27,10 @@ backward pass is one multiply; nothing [B, N] is kept for it.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from tripletlab.losses import engines
-from tripletlab.losses.distances import prepare
+from tripletlab.losses.distances import masked_sqrt, prepare, unclamped_squared
 from tripletlab.losses.pieces import class_blocks, nan_unless_finite, ratio, with_gradient
 
 # Blocks in flight in the loop. Two (the loop's own temporaries twice) took batch-all and
@@ -56,21 +55,11 @@ def _distances(anchors, columns, norms, start, squared):
     norms [N] -> (d [R, N], where d2 took the gradient [R, N] bool, or None). As the dense
     form: d2 clamped at 0 (no gradient where the clamp acts), d = 0 (gradient 0) where d2 = 0.
     A column equal to the anchor (its own, a duplicate) gets d2 exactly 0, as in the dense form."""
-    rows = tf.shape(anchors)[0]
-    minus_2_dot = tf.matmul(-2.0 * anchors, columns, transpose_b=True)
-    # d2 = (-2 a.c + 2 |a|^2) + (|c|^2 - |a|^2), the first |a|^2 from the anchor's own column
-    # of this matmul (the batch's columns come first), as the dense form reads its Gram
-    # diagonal: a column equal to the anchor gets 0 + 0 exactly (one matmul row rounds equal
-    # columns alike, one reduce_sum equal rows). |a|^2 + |c|^2 - 2 a.c mixes the matmul's
-    # and reduce_sum's roundings: ~1e-7 there, ~3e-4 after the sqrt (float32).
-    minus_2_own = tf.linalg.diag_part(minus_2_dot[:, start : start + rows])  # [R]
-    anchor_norms = norms[start : start + rows, None]
-    raw = (minus_2_dot - minus_2_own[:, None]) + (norms[None, :] - anchor_norms)
+    raw = unclamped_squared(anchors, columns, norms, start)  # as the dense form's
     d2 = tf.maximum(raw, 0.0)
     if squared:
         return d2, raw >= 0
-    tiny = tf.constant(np.finfo(d2.dtype.as_numpy_dtype).tiny, d2.dtype)
-    return tf.where(d2 > 0, tf.sqrt(tf.maximum(d2, tiny)), tf.zeros([], d2.dtype)), None
+    return masked_sqrt(d2), None
 
 
 def _chain(g, d, passes):

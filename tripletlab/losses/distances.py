@@ -28,9 +28,9 @@ def pairwise_distances(embeddings, squared: bool = False, memory=None) -> tf.Ten
     gradient flows into them). Returns [B, B] (or [B, B + M]: the batch's columns first) in
     float32 (float64 for float64 input). Uses the Gram matrix (O(B (B + M)) memory, never
     [B, B, D]). The distance between identical rows, the diagonal and a memory row equal to
-    a batch row included, is exactly 0 (see the comment on d2). With squared=False the
-    square root is masked where the squared distance is 0, so the gradient at coincident embeddings is 0, not NaN (the derivative
-    of sqrt at 0 is infinite).
+    a batch row included, is exactly 0 (:func:`unclamped_squared`). With squared=False the
+    square root is masked where the squared distance is 0 (:func:`masked_sqrt`), so the
+    gradient at coincident embeddings is 0, not NaN.
     """
     e = tf.convert_to_tensor(embeddings)
     e = tf.cast(e, compute_dtype(e.dtype))
@@ -38,20 +38,32 @@ def pairwise_distances(embeddings, squared: bool = False, memory=None) -> tf.Ten
     if memory is not None:
         m = tf.stop_gradient(tf.cast(memory, e.dtype))
         columns = tf.concat([e, m], axis=0)
-    minus_2_gram = tf.matmul(-2.0 * e, columns, transpose_b=True)  # exactly -2 * (e @ c.T)
-    own = -0.5 * tf.linalg.diag_part(minus_2_gram)  # [B]: the batch's squared norms (Gram)
-    column_norms = tf.reduce_sum(columns * columns, axis=1)  # [B (+ M)]
-    # d2 = (-2 a.c + 2 |a|^2) + (|c|^2 - |a|^2): the first |a|^2 from the Gram diagonal, the
-    # second and |c|^2 from one reduce_sum, so a column equal to the anchor (its own, a
-    # duplicate in the batch or in the memory) gets 0 + 0 exactly. |a|^2 + |c|^2 - 2 a.c
-    # with |c|^2 of a memory row from reduce_sum mixed two roundings: ~3e-5 after the sqrt.
-    d2 = (minus_2_gram + 2.0 * own[:, None]) + (
-        column_norms[None, :] - column_norms[: tf.shape(e)[0]][:, None]
-    )
-    d2 = tf.maximum(d2, 0.0)  # >= 0
-    if squared:
-        return d2
-    # sqrt never sees 0 (its gradient there is infinite, and 0 * inf = NaN): the smallest
-    # normal float stands in, and the where takes the gradient of those entries to 0.
+    d2 = tf.maximum(unclamped_squared(e, columns, tf.reduce_sum(columns * columns, axis=1)), 0.0)
+    return d2 if squared else masked_sqrt(d2)
+
+
+def unclamped_squared(anchors, columns, column_norms, start=0) -> tf.Tensor:
+    """Squared distances before the clamp at 0: anchors [R, D], which are columns[start :
+    start + R]; columns [N, D]; column_norms [N], their reduce_sum(c * c) -> [R, N].
+
+    d2 = (-2 a.c + 2 |a|^2) + (|c|^2 - |a|^2): the first |a|^2 from the anchor's own column of
+    the matmul (-2 e @ c.T is exact scaling), the second and |c|^2 from one reduce_sum, so a
+    column equal to the anchor (its own, a duplicate in the batch or in the memory) gets
+    0 + 0 exactly: one matmul row rounds equal columns alike, one reduce_sum equal rows.
+    |a|^2 + |c|^2 - 2 a.c mixes the two roundings (~3e-5 to 3e-4 after the sqrt, float32).
+    """
+    minus_2_dot = tf.matmul(-2.0 * anchors, columns, transpose_b=True)
+    rows = tf.shape(anchors)[0]
+    minus_2_own = tf.linalg.diag_part(minus_2_dot[:, start : start + rows])  # [R]
+    anchor_norms = column_norms[start : start + rows]
+    return (minus_2_dot - minus_2_own[:, None]) + (column_norms[None, :] - anchor_norms[:, None])
+
+
+def masked_sqrt(d2: tf.Tensor) -> tf.Tensor:
+    """sqrt of squared distances >= 0, with 0 (and a gradient of 0) where d2 is 0.
+
+    sqrt never sees 0 (its gradient there is infinite, and 0 * inf = NaN): the smallest
+    normal float stands in, and the where takes the gradient of those entries to 0.
+    """
     tiny = tf.constant(np.finfo(d2.dtype.as_numpy_dtype).tiny, d2.dtype)
     return tf.where(d2 > 0, tf.sqrt(tf.maximum(d2, tiny)), tf.zeros([], d2.dtype))
