@@ -39,6 +39,7 @@ def force_form(monkeypatch):
     calls from here on take that form (blocked: ``rows`` anchors a block for n columns)."""
 
     def force(form, rows=1, n=1):
+        monkeypatch.setattr(engines, "mining_form", lambda *_, **__: form)
         monkeypatch.setattr(engines, "DENSE_ELEMENTS", 2**62 if form == "dense" else 0)
         monkeypatch.setattr(engines, "BLOCK_ELEMENTS", rows * n)
 
@@ -114,36 +115,42 @@ def _largest_static_tensor(strategy, b, m):
 
 
 def test_the_rule_blocks_beyond_dense_elements():
-    """Traced at the real limits: B N = DENSE_ELEMENTS (2048 x 2048) has a [B, N] tensor
-    (dense); one more anchor (2049 x 2049), or a memory (1024 x 5120), has none bigger than
-    the [N, D] columns (blocked: the [R, N] blocks' shapes are known only at run time).
-    Bug: a rule that never blocks, or a blocked form that still builds [B, N]."""
+    """Traced at the real limits: beyond DENSE_ELEMENTS distances (2049 x 2049, or a memory:
+    1024 x 5120) no tensor is bigger than the [N, D] columns (the [R, N] blocks' shapes are
+    known only at run time); the rows of a block: all of them up to the limit (2048 x 2048),
+    BLOCK_ELEMENTS / N beyond. Bug: a rule that never blocks, or a blocked form that still
+    builds [B, N]."""
     assert engines.DENSE_ELEMENTS == 2048 * 2048
-    assert _largest_static_tensor("batch_all", 2048, 0) >= 2048 * 2048
     for strategy in MINED:
         assert _largest_static_tensor(strategy, 2049, 0) <= 2049 * 4
     assert _largest_static_tensor("semi_hard", 1024, 4096) <= 5120 * 4
+    assert int(engines.mining_block_rows(2048, 2048)) == 2048
+    assert int(engines.mining_block_rows(512, 512 + 4096)) == 512
+    assert int(engines.mining_block_rows(2049, 2049)) == engines.BLOCK_ELEMENTS // 2049
+    assert int(engines.mining_block_rows(1024, 1024 + 4096)) == engines.BLOCK_ELEMENTS // 5120
+    assert int(engines.mining_block_rows(70000, 70000)) == 3  # B N > 2^31: no overflow
 
 
 def test_mining_form_rule_and_the_bench_engine_column():
-    """mining_form: dense up to DENSE_ELEMENTS distances, blocked beyond, dense under XLA and
-    for the row sort, None when a size is unknown; ``bench losses`` names the form with the
-    engine ("blocked slots")."""
+    """mining_form: blocked (one block up to DENSE_ELEMENTS distances), dense under XLA and
+    for the row sort; ``bench losses`` names the engine, "blocked" first when there is more
+    than one block ("blocked slots")."""
     form = engines.mining_form
-    assert form(2048, 2048) == form(512, 512 + 4096) == "dense"
-    assert form(2049, 2049) == form(1024, 1024 + 4096) == "blocked"
-    assert form(4096, 4096, jit_compile=True) == form(4096, 4096, "sorted") == "dense"
-    assert form(None, 64) is None and form(64, None, "buckets") is None
+    assert form() == form("slots") == form("native") == form("buckets") == "blocked"
+    assert form(jit_compile=True) == form("sorted") == form("slots", jit_compile=True) == "dense"
     assert engines.auto_engine("batch_all", 1024, 1024, 3) == "slots"
     assert engines.auto_engine("batch_all", 4096, 4096, 3) == "blocked slots"
-    assert engines.auto_engine("semi_hard", 4096, 4096, 9) == "blocked buckets"
+    large = engines.large_class_engine(False)
+    assert engines.auto_engine("semi_hard", 4096, 4096, 9) == f"blocked {large}"
+    assert engines.auto_engine("semi_hard", 1024, 1024, 9) == large
     assert engines.auto_engine("semi_hard", 4096, 4096, 9, jit_compile=True) == "sorted"
 
 
 @pytest.mark.parametrize("strategy", MINED)
 def test_rule_at_run_time_matches_brute_force(strategy, monkeypatch):
-    """Sizes unknown when traced: the rule runs as a tf.cond; a small batch (dense) and a
-    larger one (blocked, by a lowered limit, blocks of 2 rows) give the brute force."""
+    """Sizes unknown when traced: the rows of a block are decided at run time; a small batch
+    (one block) and a larger one (by a lowered limit, blocks of 2 rows) give the brute
+    force."""
     monkeypatch.setattr(engines, "DENSE_ELEMENTS", 100)
     monkeypatch.setattr(engines, "BLOCK_ELEMENTS", 2 * 14)
 
@@ -155,7 +162,7 @@ def test_rule_at_run_time_matches_brute_force(strategy, monkeypatch):
         return loss, fraction, tape.gradient(loss, emb)
 
     rng = np.random.default_rng(81)
-    for b in (8, 14):  # B N = 64 <= 100: dense; 196: blocked
+    for b in (8, 14):  # B N = 64 <= 100: one block; 196: blocks of 2 rows
         labels = _labels("pk", b, rng)
         emb = (rng.normal(size=(b, 3)) / 2).astype(np.float32)
         loss, fraction, grad = step(labels, emb)

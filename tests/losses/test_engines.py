@@ -17,7 +17,7 @@ from tripletlab.bench import __main__ as bench_cli
 from tripletlab.bench import loss_cases, loss_report
 from tripletlab.bench import losses as bench
 from tripletlab.errors import ConfigError
-from tripletlab.losses import engines, pieces, reference
+from tripletlab.losses import engines, native, pieces, reference
 
 # The three strategies the engines, the dense references and the bench were built for.
 # easy_positive and distance_weighted (which draws its negatives and needs unit embeddings)
@@ -27,7 +27,13 @@ MARGIN = 0.5
 # Every mining engine must give the same, exact answer; "auto" is what users get. "sorted" is
 # the engine XLA uses; forced here outside XLA, where it runs as well. "buckets" runs
 # semi-hard's [B, B] stage in chunks of 100 distances: several chunks, the last one shorter.
-PATHS = {"slots": engines.CHUNK_ELEMENTS, "buckets": 100, "sorted": engines.CHUNK_ELEMENTS}
+# "native" is the C++ kernel (losses/native_mining.cc) that "auto" runs for large classes.
+PATHS = {
+    "slots": engines.CHUNK_ELEMENTS,
+    "buckets": 100,
+    "native": engines.CHUNK_ELEMENTS,
+    "sorted": engines.CHUNK_ELEMENTS,
+}
 # Batch-hard's forms (losses/picks.py): "dense" scores every row at once; "blocked" is forced
 # with blocks of 100 // N rows (at least 1): many blocks at these sizes, the last one shorter.
 ONE_PICK_PATHS = ("dense", "blocked")
@@ -598,7 +604,8 @@ def test_the_engine_bench_names_is_the_one_auto_runs_at_the_slot_limit():
             )
             b = int(labels.shape[0])
             assert engines.auto_engine(strategy, b, b, positives) == ran[0]
-            assert ran == ["slots" if positives <= limit else "buckets"], (strategy, positives)
+            large = "native" if native.available() else "buckets"
+            assert ran == ["slots" if positives <= limit else large], (strategy, positives)
     # Batch-hard / easy-positive: the form of one_pick_engine's rule, dense under XLA.
     for strategy in ("batch_hard", "easy_positive"):
         assert engines.auto_engine(strategy, 4096, 4096, 3) == "blocked"
@@ -702,7 +709,8 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
     assert (
         engine["pk", "batch_all", "ours"] == "slots" and engine["pk", "batch_all", "dense"] == "-"
     )
-    assert engine["random2", "semi_hard", "ours"] == "buckets"  # ~11 positives per anchor
+    # ~11 positives per anchor
+    assert engine["random2", "semi_hard", "ours"] == engines.large_class_engine(False)
     assert by_labels["pk", "24"]["classes"] == "6"
     assert by_labels["random2", "24"]["images_per_class"] == ""
     assert int(by_labels["random2", "24"]["largest_class"]) >= 12  # 2 classes share 24

@@ -245,8 +245,8 @@ def test_memory_matches_brute_force_over_batch_and_memory(case):
     b, m, n_classes, dim, seed = case
     labels, emb = unit_batch(b, n_classes, dim, seed)
     memory = unit_batch(m, n_classes, dim, seed + 100)
-    runs = [("batch_all", e) for e in ("slots", "buckets", "sorted")]
-    runs += [("semi_hard", e) for e in ("slots", "buckets", "sorted")]
+    runs = [("batch_all", e) for e in ("slots", "buckets", "native", "sorted")]
+    runs += [("semi_hard", e) for e in ("slots", "buckets", "native", "sorted")]
     runs += [("batch_hard", "auto"), ("easy_positive", "auto")]
     for (strategy, engine), soft, squared in itertools.product(runs, (False, True), (False, True)):
         want = reference.triplet_loss(labels, emb, strategy, MARGIN, squared, soft, memory=memory)

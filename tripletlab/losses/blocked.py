@@ -4,8 +4,10 @@ The dense forms (:mod:`tripletlab.losses.strategies`) hold [B, N] matrices (dist
 masks, coefficients, their gradient): ~64 MB each at B = N = 4096 in float32. But the
 mining engines work row by row: an anchor's result depends only on its own row of d, the
 column labels and its own column (``Blocks.own``). So beyond ``engines.DENSE_ELEMENTS``
-distances (the rule is :func:`tripletlab.losses.engines.mining_form`) the anchors run in
-blocks of R = ``engines.block_rows(N)`` rows in a ``tf.while_loop``, the last block shorter:
+distances the anchors run in blocks of R = ``engines.mining_block_rows(B, N)`` rows in a
+``tf.while_loop``, the last block shorter; below, in one block of all B rows, because the
+gradient written by hand here is faster than autodiff through the dense form (the rule is
+:func:`tripletlab.losses.engines.mining_form`; the dense form runs under XLA):
 
 1. prepare (once): the columns c [N, D] (the batch, then the memory: no gradient), their
    labels [N] and squared norms [N]; the class blocks of the B anchors (O(N)).
@@ -79,7 +81,7 @@ def _blocks_of_rows(embeddings, columns, blocks, squared, mine_rows):
     c = tf.ensure_shape(tf.stop_gradient(columns), [None, None])
     b, n = tf.shape(e)[0], tf.shape(c)[0]
     norms = tf.reduce_sum(c * c, axis=1)  # [N]
-    rows = engines.block_rows(n)
+    rows = engines.mining_block_rows(b, n)
     n_blocks = (b + rows - 1) // rows
     has_memory = columns is not embeddings  # static; the memory's columns get no gradient
 
@@ -126,9 +128,11 @@ def batch_all(labels, embeddings, margin, squared, soft_margin, memory, engine, 
         def run(name):
             if name == "slots":
                 return engines.batch_all_slots(d, column_labels, margin, blocks)
+            if name == "native":
+                return engines.batch_all_native(d, margin, blocks)
             return engines.batch_all_buckets(d, margin, blocks)
 
-        w, count = engines.choose("batch_all", all_blocks, engine, jit_compile, run)
+        w, count = engines.choose("batch_all", all_blocks, engine, jit_compile, run, dtype)
         total = tf.tensordot(tf.reshape(w, [-1]), tf.reshape(d, [-1]), 1)
         return total + margin * tf.cast(count, dtype), count, w
 
@@ -154,9 +158,11 @@ def semi_hard(labels, embeddings, margin, squared, soft_margin, memory, engine, 
         def run(name):
             if name == "slots":
                 return engines.semi_hard_slots(d, column_labels, margin, soft_margin, blocks)
+            if name == "native":
+                return engines.semi_hard_native(d, margin, soft_margin, blocks)
             return engines.semi_hard_buckets(d, column_labels, margin, soft_margin, blocks)
 
-        return engines.choose("semi_hard", all_blocks, engine, jit_compile, run)
+        return engines.choose("semi_hard", all_blocks, engine, jit_compile, run, dtype)
 
     total, n_active, grad = _blocks_of_rows(e, columns, all_blocks, squared, mine_rows)
     # 5. reduce: the mean over pairs whose anchor has a negative

@@ -56,28 +56,13 @@ def _columns(labels, embeddings, squared, memory):
 
 
 def _in_form(strategy, dense, labels, embeddings, *args):
-    """Batch-all / semi-hard: ``dense(labels, embeddings, *args)`` or its blocked form
-    (losses/blocked.py), as :func:`engines.mining_form` says for [B, N]; a tf.cond on the
-    same rule when a size is known only at run time. args: (margin, squared, soft_margin,
-    memory, engine, jit_compile)."""
-    labels, embeddings = prepare(labels, embeddings)
-    memory, engine, jit_compile = args[3:]
-    b, m = labels.shape[0], 0
-    if memory is not None:
-        m = tf.reshape(tf.convert_to_tensor(memory[0]), [-1]).shape[0]
-    n = None if b is None or m is None else b + m
-    form = engines.mining_form(b, n, engine, jit_compile)
-    blocked_form = getattr(blocked, strategy)
-    if form is not None:
-        return (dense if form == "dense" else blocked_form)(labels, embeddings, *args)
-    b = n = tf.shape(labels, out_type=tf.int64)[0]
-    if memory is not None:
-        n += tf.size(memory[0], out_type=tf.int64)
-    return tf.cond(
-        b * n <= engines.DENSE_ELEMENTS,
-        lambda: dense(labels, embeddings, *args),
-        lambda: blocked_form(labels, embeddings, *args),
-    )
+    """Batch-all / semi-hard: ``dense(labels, embeddings, *args)`` or the blocked form
+    (losses/blocked.py), as :func:`engines.mining_form` says. args: (margin, squared,
+    soft_margin, memory, engine, jit_compile)."""
+    engine, jit_compile = args[4:]
+    if engines.mining_form(engine, jit_compile) == "dense":
+        return dense(labels, embeddings, *args)
+    return getattr(blocked, strategy)(labels, embeddings, *args)
 
 
 def batch_all_triplet_loss(
@@ -129,9 +114,11 @@ def _batch_all_dense(labels, embeddings, margin, squared, soft_margin, memory, e
             return engines.batch_all_slots(d_const, column_labels, margin, blocks)
         if name == "sorted":
             return engines.batch_all_sorted(d_const, column_labels, margin)
+        if name == "native":
+            return engines.batch_all_native(d_const, margin, blocks)
         return engines.batch_all_buckets(d_const, margin, blocks)
 
-    w, count = engines.choose("batch_all", blocks, engine, jit_compile, run)
+    w, count = engines.choose("batch_all", blocks, engine, jit_compile, run, dtype)
     # 4. reduce: a flat dot product, no [B, N] temporary for w * d. The gradient w.r.t. d
     # is w / count, attached directly: the tape's gradient of the dot product is a slow
     # outer product.
@@ -206,9 +193,11 @@ def _semi_hard_dense(labels, embeddings, margin, squared, soft_margin, memory, e
             return engines.semi_hard_slots(d_const, column_labels, margin, soft_margin, blocks)
         if name == "sorted":
             return engines.semi_hard_sorted(d_const, column_labels, margin, soft_margin)
+        if name == "native":
+            return engines.semi_hard_native(d_const, margin, soft_margin, blocks)
         return engines.semi_hard_buckets(d_const, column_labels, margin, soft_margin, blocks)
 
-    total, n_active, grad = engines.choose("semi_hard", blocks, engine, jit_compile, run)
+    total, n_active, grad = engines.choose("semi_hard", blocks, engine, jit_compile, run, dtype)
     # 4. reduce: the mean over pairs whose anchor has a negative
     has_neg = blocks.n_pos + 1 < tf.shape(column_labels)[0]
     n_pairs = tf.reduce_sum(tf.where(has_neg, tf.cast(blocks.n_pos, tf.int64), 0))
