@@ -111,6 +111,8 @@ def test_the_wheel_holds_every_module_the_configs_and_the_license(wheel):
         if "__pycache__" not in p.parts
     }
     assert modules - names == set()  # a new sub-package must be listed in pyproject.toml
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tripletlab").rglob("*.cc")}
+    assert sources and sources - names == set()  # built on the user's machine (losses/native.py)
     configs = {
         f"tripletlab/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")
     }

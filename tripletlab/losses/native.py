@@ -133,18 +133,29 @@ def build() -> Path:
 
 
 @cache
-def ops():
-    """The loaded op library (``tripletlab_batch_all_counts``, ``tripletlab_semi_hard_picks``);
-    raises :class:`Unavailable` (the reason is kept: later calls raise it again at once)."""
+def _loaded():
+    """(the op library, None), or (None, the Unavailable why): one attempt per process."""
     if os.environ.get(SWITCH, "1").strip() == "0":
-        raise Unavailable(f"{SWITCH}=0 turns the native kernels off")
+        return None, Unavailable(f"{SWITCH}=0 turns the native kernels off")
     import tensorflow as tf
 
-    path = build()
     try:
-        return tf.load_op_library(str(path))
+        path = build()
+    except Unavailable as error:
+        return None, error
+    try:
+        return tf.load_op_library(str(path)), None
     except (tf.errors.NotFoundError, OSError) as error:
-        raise Unavailable(f"TensorFlow could not load {path}: {error}") from None
+        return None, Unavailable(f"TensorFlow could not load {path}: {error}")
+
+
+def ops():
+    """The loaded op library (``tripletlab_batch_all_counts``, ``tripletlab_semi_hard_picks``);
+    raises :class:`Unavailable` with the reason (the build is tried once per process)."""
+    library, error = _loaded()
+    if error is not None:
+        raise error
+    return library
 
 
 @cache
