@@ -30,9 +30,10 @@ def test_the_kernels_build_and_load_where_a_compiler_is():
     if not (sys.platform.startswith("linux") and HAS_COMPILER):
         pytest.skip("no C++ compiler on this Linux machine")
     assert native.available(), "the native kernels did not build or load (see the warning)"
-    assert engines.large_class_engine(False, tf.float32) == "native"
-    assert engines.large_class_engine(False, tf.float64) == "native"
-    assert engines.large_class_engine(True) == "sorted"
+    assert engines.native_runs(False, tf.float32) and engines.native_runs(False, tf.float64)
+    assert not engines.native_runs(True) and not engines.native_runs(False, tf.float16)
+    assert engines.auto_engine("semi_hard", 64, 64, 3) == "native"
+    assert engines.auto_engine("batch_all", 64, 64, 3, soft_margin=True) == "slots"
 
 
 def _row_inputs(d, labels, anchor):
@@ -152,7 +153,7 @@ CHOICE = """
     import numpy as np, tensorflow as tf
     from tripletlab import losses
     from tripletlab.losses import engines, native, reference
-    print("ENGINE", engines.large_class_engine(False))
+    print("ENGINE", engines.auto_engine("semi_hard", 24, 24, 12))
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 24).astype(np.int32)
     emb = rng.normal(size=(24, 3)).astype(np.float32)
