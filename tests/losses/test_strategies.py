@@ -139,8 +139,8 @@ def _chi_square(observed, expected):
 
 
 def test_draws_follow_the_weights():
-    """One anchor with 400 positives draws a negative for each, 25 seeds: 10,000 draws
-    against the weights of its row, a chi-square test at the 0.1% level (fixed seeds:
+    """One anchor with 400 positives draws a negative for each, 25 times: 10,000 draws
+    against the weights of its row, a chi-square test at the 0.1% level (a fixed seed:
     deterministic). A bug that drew uniformly, or from the wrong row, fails it."""
     rng = np.random.default_rng(11)
     dim = 8
@@ -154,11 +154,13 @@ def test_draws_follow_the_weights():
     probabilities = tf.nn.softmax(log_weights[0]).numpy()
     drawable = np.flatnonzero(probabilities > 0)
     assert len(drawable) >= 5  # several negatives carry weight: the test can tell them apart
-    counts = np.zeros(len(labels))
-    for seed in range(25):
-        drawn, has_weight = strategies.draw_negatives(log_weights, 400, tf.constant([seed, 3]))
-        assert bool(has_weight[0])
-        counts += np.bincount(drawn[0].numpy(), minlength=len(labels))
+    # 25 rows of the same weights, 400 draws each: 10,000 draws from one seed
+    rows = tf.repeat(log_weights[:1], 25, axis=0)
+    drawn, has_weight = strategies.draw_negatives(
+        rows, strategies.negative_uniforms(25, 400, tf.constant([11, 3]))
+    )
+    assert bool(tf.reduce_all(has_weight))
+    counts = np.bincount(tf.reshape(drawn, [-1]).numpy(), minlength=len(labels)).astype(float)
     assert counts.sum() == 10_000 and counts[probabilities == 0].sum() == 0
     statistic = _chi_square(counts[drawable], 10_000 * probabilities[drawable])
     try:
@@ -172,9 +174,17 @@ def test_draws_follow_the_weights():
     assert _chi_square(counts[drawable], uniform) > threshold  # the weights matter here
 
 
-def test_distance_weighted_loss_is_the_mean_over_its_draws():
+@pytest.mark.parametrize("form", ["one block", "blocks of 3 rows", "dense"])
+def test_distance_weighted_loss_is_the_mean_over_its_draws(form, monkeypatch):
     """Given the draws (same seed), loss, fraction and gradient are the brute force's over
-    exactly those triplets, with and without a memory."""
+    exactly those triplets, with and without a memory, in each form: the blocked one (one
+    block; blocks of 3 rows, the last shorter: each block draws its rows' negatives) and
+    the dense one (XLA's)."""
+    if form == "dense":
+        monkeypatch.setattr(engines, "mining_form", lambda *_, **__: "dense")
+    elif form == "blocks of 3 rows":
+        monkeypatch.setattr(engines, "DENSE_ELEMENTS", 0)
+        monkeypatch.setattr(engines, "BLOCK_ELEMENTS", 3 * 34)  # 3 rows of 34 columns, 4 of 24
     labels, emb = unit_batch(24, 3, 6, 21)
     memory = unit_batch(10, 4, 6, 22)
     for mem in (None, memory):
@@ -187,7 +197,8 @@ def test_distance_weighted_loss_is_the_mean_over_its_draws():
         blocks = strategies.class_blocks(tf.constant(column_labels), len(labels))
         slots = max(int(tf.reduce_max(blocks.n_pos)), 1)
         pos_cols, exists = strategies.positive_columns(blocks, slots)
-        drawn, has_weight = strategies.draw_negatives(log_weights, slots, seed)
+        uniforms = strategies.negative_uniforms(len(labels), slots, seed)
+        drawn, has_weight = strategies.draw_negatives(log_weights, uniforms)
         triplets = [
             (a, int(pos_cols[a, j]), int(drawn[a, j]))
             for a in range(len(labels))

@@ -33,7 +33,20 @@ import tensorflow as tf
 
 from tripletlab.losses import engines
 from tripletlab.losses.distances import masked_sqrt, prepare, unclamped_squared
-from tripletlab.losses.pieces import class_blocks, nan_unless_finite, ratio, with_gradient
+from tripletlab.losses.pieces import (
+    class_blocks,
+    nan_unless_finite,
+    positive_columns,
+    ratio,
+    with_gradient,
+)
+from tripletlab.losses.sampling import (
+    check_unit_norm,
+    distance_weights,
+    draw_negatives,
+    negative_uniforms,
+    weighted_items,
+)
 
 # Blocks in flight in the loop. Two (the loop's own temporaries twice) took batch-all and
 # semi-hard to 11.5-12 MB at B = 4096 (P x 4, float32), 1.7x batch-hard's; one: 6-8.5 MB.
@@ -72,10 +85,11 @@ def _chain(g, d, passes):
     return tf.math.divide_no_nan(g, d)
 
 
-def _blocks_of_rows(embeddings, columns, blocks, squared, mine_rows):
+def _blocks_of_rows(embeddings, columns, blocks, squared, mine_rows, count_shape=()):
     """Stages 2-4: embeddings [B, D], columns [N, D] (the first B: the embeddings), the class
-    blocks of the B anchors, ``mine_rows(d [R, N], blocks.rows(...))`` -> (sum [], count []
-    int64, G [R, N]) -> (total sum [], total count [] int64, d sum / d embeddings [B, D])."""
+    blocks of the B anchors, ``mine_rows(d [R, N], blocks.rows(...))`` -> (sum [], counts
+    int64 of ``count_shape``, G [R, N]) -> (total sum [], total counts, d sum / d
+    embeddings [B, D])."""
     # rank 2 (the strategies accept embeddings of unknown rank): loop shapes stay fixed
     e = tf.ensure_shape(tf.stop_gradient(embeddings), [None, None])
     c = tf.ensure_shape(tf.stop_gradient(columns), [None, None])
@@ -103,7 +117,7 @@ def _blocks_of_rows(embeddings, columns, blocks, squared, mine_rows):
     init = (
         tf.constant(0),
         tf.zeros([], e.dtype),
-        tf.constant(0, tf.int64),
+        tf.zeros(count_shape, tf.int64),
         tf.zeros([b], e.dtype),
         tf.zeros_like(e),
         tf.TensorArray(e.dtype, size=n_blocks, infer_shape=False),
@@ -171,3 +185,33 @@ def semi_hard(labels, embeddings, margin, squared, soft_margin, memory, engine, 
     scale = 1 / tf.cast(tf.maximum(n_pairs, 1), dtype)
     loss = with_gradient(e, ratio(total, n_pairs, dtype), grad, scale)
     return nan_unless_finite(columns, loss, ratio(n_active, n_pairs, dtype))
+
+
+def distance_weighted(
+    labels, embeddings, margin, soft_margin, cutoff, nonzero_cutoff, seed, memory
+):
+    """Blocked distance-weighted: the contract of ``strategies.distance_weighted_triplet_loss``.
+    The uniforms of every (anchor, slot) are drawn first ([B, S]: row a's depend only on the
+    seed and a), so each block draws what the dense form draws."""
+    labels, e, column_labels, columns = _columns(labels, embeddings, memory)
+    dtype, b = e.dtype, tf.shape(labels)[0]
+    all_blocks = class_blocks(column_labels, b)
+    slots = tf.maximum(tf.reduce_max(all_blocks.n_pos), 1)
+    uniforms = negative_uniforms(b, slots, seed)
+    dim = tf.shape(e)[1]
+
+    def mine_rows(d, blocks):  # 3. mine: the weights, the draws, the items over them
+        row_labels = tf.gather(column_labels, blocks.own)
+        log_weights = distance_weights(d, row_labels, column_labels, dim, cutoff, nonzero_cutoff)
+        neg_cols, has_weight = draw_negatives(log_weights, tf.gather(uniforms, blocks.own))
+        pos_cols, exists = positive_columns(blocks, slots)
+        valid = tf.logical_and(exists, has_weight[:, None])
+        return weighted_items(d, pos_cols, neg_cols, valid, margin, soft_margin)
+
+    with tf.control_dependencies(check_unit_norm(e)):  # eager: raises here
+        total, counts, grad = _blocks_of_rows(e, columns, all_blocks, False, mine_rows, (2,))
+    # 5. reduce: the mean over the drawn triplets
+    count, n_active = counts[0], counts[1]
+    scale = 1 / tf.cast(tf.maximum(count, 1), dtype)
+    loss = with_gradient(e, ratio(total, count, dtype), grad, scale)
+    return nan_unless_finite(columns, loss, ratio(n_active, count, dtype))

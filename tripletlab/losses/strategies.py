@@ -29,12 +29,17 @@ from tripletlab.losses import blocked, engines, picks
 from tripletlab.losses.distances import pairwise_distances, prepare
 from tripletlab.losses.pieces import (
     class_blocks,
-    items,
     nan_unless_finite,
     positive_columns,
     ratio,
-    to_matrix,
     with_gradient,
+)
+from tripletlab.losses.sampling import (
+    check_unit_norm,
+    distance_weights,
+    draw_negatives,
+    negative_uniforms,
+    weighted_items,
 )
 from tripletlab.options.mining import NEGATIVES
 from tripletlab.registry import STRATEGIES
@@ -242,56 +247,6 @@ def easy_positive_triplet_loss(
     )
 
 
-def distance_weights(d, anchor_labels, column_labels, dim, cutoff, nonzero_loss_cutoff):
-    """Distance-weighted sampling's log-weights [B, N] (unnormalised; -inf: never drawn).
-
-    d [B, N] euclidean distances between unit vectors in ``dim`` dimensions. Pairwise
-    distances on the unit sphere have the density q(d) ∝ d^(n-2) (1 - d^2/4)^((n-3)/2)
-    (Wu et al. 2017, section 4); a negative is drawn with probability ∝ min(λ, 1/q(d)),
-    where the clip λ = 1/q(cutoff) is applied as q(max(d, cutoff)) (pytorch-metric-learning's
-    ``cutoff``), and never beyond ``nonzero_loss_cutoff``, whose triplets have no loss. In
-    log space: 1/q overflows float32 for D >= ~70.
-    """
-    n = tf.cast(dim, d.dtype)
-    clipped = tf.maximum(d, tf.cast(cutoff, d.dtype))
-    log_q = (n - 2.0) * tf.math.log(clipped) + (n - 3.0) / 2.0 * tf.math.log(
-        1.0 - 0.25 * tf.square(clipped)
-    )
-    negative = tf.not_equal(anchor_labels[:, None], column_labels[None, :])
-    allowed = negative & (d < tf.cast(nonzero_loss_cutoff, d.dtype)) & tf.math.is_finite(log_q)
-    return tf.where(allowed, -log_q, tf.constant(-float("inf"), d.dtype))
-
-
-def draw_negatives(log_weights, samples, seed=None):
-    """``samples`` draws per row of the categorical ∝ exp(log_weights) [B, N] -> [B, samples]
-    int32 columns; ``seed`` (int [2]) makes them a function of the seed (stateless).
-    Rows without weight draw column 0 (the caller leaves them out)."""
-    has_weight = tf.reduce_any(log_weights > -float("inf"), axis=1)
-    logits = tf.where(has_weight[:, None], log_weights, tf.zeros_like(log_weights))
-    logits = tf.cast(logits, tf.float32) if logits.dtype != tf.float64 else logits
-    if seed is None:
-        drawn = tf.random.categorical(logits, samples, dtype=tf.int32)
-    else:
-        drawn = tf.random.stateless_categorical(logits, samples, seed, dtype=tf.int32)
-    return drawn, has_weight
-
-
-def _check_unit_norm(embeddings):
-    """ValueError (eager) or an assertion (graph) unless every row has norm 1 (± 1e-3)."""
-    norms = tf.norm(embeddings, axis=1)
-    message = (
-        "distance_weighted needs L2-normalised embeddings (model.l2_normalize=true): its "
-        "weights are the density of distances on the unit sphere"
-    )
-    if tf.executing_eagerly():
-        off = tf.reduce_any(tf.abs(norms - 1) > 1e-3) & tf.reduce_all(tf.math.is_finite(norms))
-        if bool(off):
-            raise ValueError(message)
-        return []
-    finite = tf.where(tf.math.is_finite(norms), norms, tf.ones_like(norms))
-    return [tf.debugging.assert_near(finite, tf.ones_like(finite), atol=1e-3, message=message)]
-
-
 def distance_weighted_triplet_loss(
     labels,
     embeddings,
@@ -322,9 +277,19 @@ def distance_weighted_triplet_loss(
             "distance_weighted samples by euclidean distances on the unit sphere: set "
             "mining.squared=false"
         )
+    args = (margin, soft_margin, cutoff, nonzero_loss_cutoff, seed, memory)
+    if engines.mining_form(engine, jit_compile) == "blocked":
+        return blocked.distance_weighted(labels, embeddings, *args)
+    return _distance_weighted_dense(labels, embeddings, *args, jit_compile)
+
+
+def _distance_weighted_dense(
+    labels, embeddings, margin, soft_margin, cutoff, nonzero_loss_cutoff, seed, memory, jit
+):
+    """Distance-weighted on the whole [B, N] distance matrix (under XLA)."""
     # 1-2. distances [B, N] between unit vectors
     labels, column_labels, embeddings, d, checked = _columns(labels, embeddings, False, memory)
-    with tf.control_dependencies(_check_unit_norm(embeddings)):
+    with tf.control_dependencies(check_unit_norm(embeddings)):
         d = tf.identity(d)
     dtype, b = d.dtype, tf.shape(labels)[0]
     n = tf.shape(column_labels)[0]
@@ -335,22 +300,21 @@ def distance_weighted_triplet_loss(
         d_const, labels, column_labels, tf.shape(embeddings)[1], cutoff, nonzero_loss_cutoff
     )
     blocks = class_blocks(column_labels, b)
-    slots = n if jit_compile else tf.maximum(tf.reduce_max(blocks.n_pos), 1)
+    slots = n if jit else tf.maximum(tf.reduce_max(blocks.n_pos), 1)
     pos_cols, exists = positive_columns(blocks, slots)
-    neg_cols, has_weight = draw_negatives(log_weights, slots, seed)
-    valid = tf.logical_and(exists, has_weight[:, None])
+    neg_cols, has_weight = draw_negatives(log_weights, negative_uniforms(b, slots, seed))
     # 4. reduce over the drawn (a, p, n), with the exact gradient
-    x = tf.gather(d_const, pos_cols, batch_dims=1) - tf.gather(d_const, neg_cols, batch_dims=1)
-    values, coef, active = items(x, tf.cast(margin, dtype), soft_margin)
-    zero = tf.zeros_like(values)
-    count = tf.reduce_sum(tf.cast(valid, tf.int64))
-    coef = tf.where(valid, coef, zero)
-    grad = to_matrix(tf.concat([coef, -coef], 1), tf.concat([pos_cols, neg_cols], 1), n)
-    scale = 1 / tf.cast(tf.maximum(count, 1), dtype)
-    loss = with_gradient(
-        d, ratio(tf.reduce_sum(tf.where(valid, values, zero)), count, dtype), grad, scale
+    total, counts, grad = weighted_items(
+        d_const,
+        pos_cols,
+        neg_cols,
+        tf.logical_and(exists, has_weight[:, None]),
+        margin,
+        soft_margin,
     )
-    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
+    count, n_active = counts[0], counts[1]
+    scale = 1 / tf.cast(tf.maximum(count, 1), dtype)
+    loss = with_gradient(d, ratio(total, count, dtype), grad, scale)
     return nan_unless_finite(checked, loss, ratio(n_active, count, dtype))
 
 
