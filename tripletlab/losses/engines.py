@@ -79,10 +79,10 @@ from tripletlab.losses.pieces import (
 ENGINES = ("auto", "slots", "buckets", "native", "sorted", "dense", "blocked")
 MINING_ENGINES = ENGINES[:5]  # batch-all and semi-hard; the last two: batch-hard, easy-positive
 
-# Every strategy but distance-weighted computes all B rows at once ("dense", [B, N]) while
-# B N <= DENSE_ELEMENTS, else blocks of about BLOCK_ELEMENTS ("blocked": O(BLOCK) memory, the
-# block stays in cache; losses/picks.py for batch-hard and easy-positive, losses/blocked.py
-# for batch-all and semi-hard). Measured side by side, fwd + bwd, 2 EPYC cores, quiet
+# Every strategy mines all B rows at once ([B, N]: "dense" for batch-hard and easy-positive,
+# one block in losses/blocked.py for the others) while B N <= DENSE_ELEMENTS, else blocks of
+# about BLOCK_ELEMENTS ("blocked": O(BLOCK) memory, the block stays in cache). Measured side
+# by side, fwd + bwd, 2 EPYC cores, quiet
 # (docs/losses.md): dense was as fast or faster up to [2048, 2048] and [512, 4608] (a 16 MB
 # float32 matrix); at [4096, 4096] (64 MB a matrix) blocked is 3x ahead of the dense TF form.
 DENSE_ELEMENTS = 2**22
