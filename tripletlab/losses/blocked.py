@@ -32,7 +32,12 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tripletlab.losses import engines
-from tripletlab.losses.distances import masked_sqrt, prepare, unclamped_squared
+from tripletlab.losses.distances import (
+    masked_sqrt,
+    prepare,
+    unclamped_squared,
+    with_memory_labels,
+)
 from tripletlab.losses.pieces import (
     class_blocks,
     nan_unless_finite,
@@ -59,10 +64,10 @@ def _columns(labels, embeddings, memory):
     labels, embeddings = prepare(labels, embeddings)
     if memory is None:
         return labels, embeddings, labels, embeddings
-    memory_labels = tf.cast(tf.reshape(memory[0], [-1]), labels.dtype)
+    labels, column_labels = with_memory_labels(labels, memory[0])
     memory_embeddings = tf.stop_gradient(tf.cast(memory[1], embeddings.dtype))
     columns = tf.concat([embeddings, memory_embeddings], axis=0)
-    return labels, embeddings, tf.concat([labels, memory_labels], axis=0), columns
+    return labels, embeddings, column_labels, columns
 
 
 def _distances(anchors, columns, norms, start, squared):

@@ -21,6 +21,14 @@ def prepare(labels, embeddings) -> tuple[tf.Tensor, tf.Tensor]:
     return labels, embeddings
 
 
+def with_memory_labels(labels, memory_labels) -> tuple[tf.Tensor, tf.Tensor]:
+    """(anchor labels [B], column labels [B + M]: the batch's, then the memory's), both
+    int64: a memory label beyond the batch labels' dtype must not wrap into a batch class."""
+    labels = tf.cast(labels, tf.int64)
+    memory_labels = tf.cast(tf.reshape(memory_labels, [-1]), tf.int64)
+    return labels, tf.concat([labels, memory_labels], axis=0)
+
+
 def pairwise_distances(embeddings, squared: bool = False, memory=None) -> tf.Tensor:
     """Euclidean (or squared euclidean) distances from every row to every row (and memory).
 

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from functools import cache
 from pathlib import Path
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("native_mining.cc")
 SWITCH = "TRIPLETLAB_NATIVE"  # "0": never build nor load (the TensorFlow engines run)
 LIBRARY_NAME = "native_mining.so"
+OPS = ("tripletlab_batch_all_counts", "tripletlab_semi_hard_picks")
+BUILD_TIMEOUT_S = 600  # the compiler's run (~10 s on 2 cores)
+LOCK_TIMEOUT_S = 900  # waiting for another process's build
 
 
 class Unavailable(RuntimeError):
@@ -54,7 +58,10 @@ def _compiler() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise Unavailable("no C++ compiler (c++, g++ or clang++) is on PATH")
+    raise Unavailable(
+        "no C++ compiler (c++, g++ or clang++) is on PATH: install one (Debian: apt-get "
+        f"install g++) for the fast kernels, or set {SWITCH}=0 to silence this"
+    )
 
 
 def _cpu() -> str:
@@ -85,24 +92,35 @@ def build_command(compiler: str, output: Path) -> list[str]:
 def library_path(compiler: str) -> Path:
     import tensorflow as tf
 
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
+    version = subprocess.run(  # bytes: hashed, never decoded
+        [compiler, "--version"], capture_output=True, check=False, timeout=60
     ).stdout
-    parts = [SOURCE.read_bytes(), tf.__version__.encode(), version.encode(), _cpu().encode()]
+    parts = [SOURCE.read_bytes(), tf.__version__.encode(), version, _cpu().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     return cache_root() / key / LIBRARY_NAME
 
 
-def _lock(folder: Path):
-    """An exclusive lock on folder/.lock, held until the returned file is closed."""
+def _lock(folder: Path, timeout_s: float = LOCK_TIMEOUT_S):
+    """An exclusive lock on folder/.lock, held until the returned file is closed; Unavailable
+    after ``timeout_s`` (another process holds it: a build that hangs)."""
     handle = open(folder / ".lock", "a")  # noqa: SIM115 (closed by the caller)
     try:
         import fcntl
-
-        fcntl.flock(handle, fcntl.LOCK_EX)
     except ImportError:  # no fcntl (Windows): the rename below still keeps loads whole
-        pass
-    return handle
+        return handle
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                raise Unavailable(
+                    f"another process has held {folder / '.lock'} for {timeout_s:.0f} s (a "
+                    f"build that hangs?); remove {folder} to start over"
+                ) from None
+            time.sleep(0.2)
 
 
 def build() -> Path:
@@ -111,25 +129,36 @@ def build() -> Path:
     path = library_path(compiler)
     if path.exists():
         return path
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise Unavailable(f"cannot create {path.parent}: {error.strerror}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
     with _lock(path.parent):
         if path.exists():  # another process built it while this one waited
             return path
         fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".so.partial")
         os.close(fd)
         log.info("building the native mining kernels (once per machine, ~10 s): %s", path)
-        result = subprocess.run(
-            build_command(compiler, Path(partial)), capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
+        try:
+            result = subprocess.run(
+                build_command(compiler, Path(partial)),
+                capture_output=True,
+                check=False,
+                timeout=BUILD_TIMEOUT_S,
+            )
+            if result.returncode != 0 or Path(partial).stat().st_size == 0:
+                output = (result.stderr or result.stdout).decode(errors="replace")
+                tail = "\n".join(output.splitlines()[-15:])
+                raise Unavailable(f"the C++ build failed ({compiler}):\n{tail}")
+            os.chmod(partial, 0o644)  # mkstemp's 0600 would keep other users out
+            os.replace(partial, path)
+        finally:
             Path(partial).unlink(missing_ok=True)
-            tail = "\n".join((result.stderr or result.stdout).splitlines()[-15:])
-            raise Unavailable(f"the C++ build failed ({compiler}):\n{tail}")
-        os.replace(partial, path)
     return path
+
+
+def _remedy() -> str:
+    return (
+        f"remove {cache_root()} to rebuild, or set {SWITCH}=0 to use TensorFlow ops (slower "
+        "with large classes)"
+    )
 
 
 @cache
@@ -143,10 +172,16 @@ def _loaded():
         path = build()
     except Unavailable as error:
         return None, error
+    except (OSError, UnicodeError, subprocess.SubprocessError) as error:
+        return None, Unavailable(f"the build could not run: {error}; {_remedy()}")
     try:
-        return tf.load_op_library(str(path)), None
+        library = tf.load_op_library(str(path))
     except (tf.errors.NotFoundError, OSError) as error:
-        return None, Unavailable(f"TensorFlow could not load {path}: {error}")
+        return None, Unavailable(f"TensorFlow could not load {path}: {error}; {_remedy()}")
+    missing = [name for name in OPS if not hasattr(library, name)]
+    if missing:
+        return None, Unavailable(f"{path} lacks the ops {', '.join(missing)}; {_remedy()}")
+    return library, None
 
 
 def ops():

@@ -275,6 +275,7 @@ tensorflow::Status Validate(OpKernelContext* context) {
   const auto cols = pos_cols.matrix<int32_t>();
   const auto count = n_pos.flat<int32_t>();
   const auto anchor = own.flat<int32_t>();
+  std::vector<int64_t> seen(n, -1);  // the last row that named each column a positive
   for (int64_t a = 0; a < rows; ++a) {
     if (count(a) < 0 || count(a) > width || count(a) >= n) {
       return InvalidArgument("n_pos[", a, "] = ", count(a), " is out of range");
@@ -287,6 +288,10 @@ tensorflow::Status Validate(OpKernelContext* context) {
         return InvalidArgument("pos_cols[", a, ", ", i, "] = ", cols(a, i),
                                " is not a column other than own");
       }
+      if (seen[cols(a, i)] == a) {
+        return InvalidArgument("pos_cols[", a, "] names column ", cols(a, i), " twice");
+      }
+      seen[cols(a, i)] = a;
     }
   }
   return tensorflow::Status();
@@ -308,6 +313,9 @@ class BatchAllOp : public OpKernel {
 
   void Compute(OpKernelContext* context) override {
     OP_REQUIRES_OK(context, Validate(context));
+    OP_REQUIRES(context, tensorflow::TensorShapeUtils::IsScalar(context->input(4).shape()),
+                InvalidArgument("margin must be a scalar, not ",
+                                context->input(4).shape().DebugString()));
     const Tensor& d_in = context->input(0);
     const T margin = context->input(4).scalar<T>()();
     Tensor* w_out = nullptr;
@@ -380,6 +388,8 @@ REGISTER_OP("TripletlabBatchAllCounts")
     .Output("count: int64")
     .Attr("T: {float, double}")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle margin;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &margin));
       c->set_output(0, c->input(0));
       c->set_output(1, c->Scalar());
       return tensorflow::Status();

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tripletlab.losses import engines
-from tripletlab.losses.distances import prepare
+from tripletlab.losses.distances import prepare, with_memory_labels
 from tripletlab.losses.pieces import items, nan_unless_finite, rows_take
 
 ONE_PICK = ("batch_hard", "easy_positive")
@@ -127,9 +127,8 @@ def one_pick_loss(
     columns, column_labels, checked = embeddings, labels, embeddings
     if memory is not None:
         memory_embeddings = tf.stop_gradient(tf.cast(memory[1], embeddings.dtype))
-        memory_labels = tf.cast(tf.reshape(memory[0], [-1]), labels.dtype)
+        labels, column_labels = with_memory_labels(labels, memory[0])
         columns = tf.concat([embeddings, memory_embeddings], axis=0)
-        column_labels = tf.concat([labels, memory_labels], axis=0)
         checked = columns
     n = tf.shape(column_labels)[0]
     # 2. mine, by the engine the rule picks for [B, N]

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tripletlab.errors import ConfigError
 from tripletlab.losses import blocked, engines, picks
-from tripletlab.losses.distances import pairwise_distances, prepare
+from tripletlab.losses.distances import pairwise_distances, prepare, with_memory_labels
 from tripletlab.losses.pieces import (
     class_blocks,
     nan_unless_finite,
@@ -52,8 +52,7 @@ def _columns(labels, embeddings, squared, memory):
     column_labels, memory_embeddings, checked = labels, None, embeddings
     if memory is not None:
         memory_labels, memory_embeddings = memory
-        memory_labels = tf.cast(tf.reshape(memory_labels, [-1]), labels.dtype)
-        column_labels = tf.concat([labels, memory_labels], axis=0)
+        labels, column_labels = with_memory_labels(labels, memory_labels)
         memory_embeddings = tf.cast(memory_embeddings, embeddings.dtype)
         checked = tf.concat([embeddings, tf.stop_gradient(memory_embeddings)], axis=0)
     d = pairwise_distances(embeddings, squared, memory=memory_embeddings)
