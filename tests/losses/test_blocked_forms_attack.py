@@ -1,7 +1,9 @@
 """Review attacks on distance-weighted in row blocks (losses/blocked.py, losses/sampling.py)
 and on batch-all / semi-hard taking the blocked form at every size (engines.mining_form):
 forms against each other and against the brute force of tripletlab.losses.reference,
-draw_negatives' edge cases, and odd shapes. Strict xfails document bugs found."""
+draw_negatives' edge cases, and odd shapes. Three bugs it found are fixed (a float64 uniform
+rounding onto a column of weight 0, bfloat16 unit vectors refused, B = 0 with a memory);
+the strict xfail documents a limit: under XLA a seed draws other negatives."""
 
 from __future__ import annotations
 
@@ -133,8 +135,9 @@ def test_distance_weighted_forms_agree_with_each_other(monkeypatch):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="under XLA the dense form draws uniforms [B, N] (slots = N) and XLA's "
-    "stateless_uniform differs from the CPU kernel's: other negatives for the same seed",
+    reason="a documented limit (sampling.negative_uniforms, docs/losses.md): under XLA every "
+    "column is a slot and XLA's stateless_uniform gives other numbers, so a seed draws other "
+    "negatives (from the same distribution) than in the blocked form",
 )
 def test_distance_weighted_under_xla_draws_what_the_blocked_form_draws():
     labels, emb = _unit(24, 3, 6, 21, np.float32)
@@ -221,12 +224,6 @@ def test_draw_negatives_follow_the_softmax():
     np.testing.assert_allclose(counts, p, atol=0.015)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="draw_negatives casts the uniforms to the cumulative dtype: a float64 uniform "
-    "just below 1 becomes 1.0 in float32, the target equals the total, and the clip to "
-    "N - 1 draws a trailing column of weight 0",
-)
 def test_draw_negatives_float64_uniform_below_one():
     drawn, _ = sampling.draw_negatives(
         tf.constant([[0.0, -np.inf]], tf.float32),
@@ -357,11 +354,6 @@ def test_distance_weighted_dtypes(dtype):
     assert np.isfinite(float(loss)) and float(loss) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_unit_norm's tolerance 1e-3 is below bfloat16's rounding (eps 2^-8): "
-    "bfloat16 unit vectors are refused as not L2-normalised",
-)
 def test_distance_weighted_bfloat16_unit_vectors():
     labels = _unit(16, 3, 64, 0)[0]
     e = tf.math.l2_normalize(
@@ -494,12 +486,6 @@ def test_mined_memory_labels_beyond_int32_stay_negatives(strategy, engine):
     np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=tf.errors.InvalidArgumentError,
-    reason="blocked form, B = 0 with a memory: mining_block_rows gives 0 rows and "
-    "n_blocks = (b + rows - 1) // rows divides by zero (the dense form returns 0, 0)",
-)
 @pytest.mark.parametrize("strategy", ["batch_all", "semi_hard", "distance_weighted"])
 def test_empty_batch_with_memory_in_the_blocked_form(strategy):
     memory = (np.array([0, 1]), np.eye(2, 3, dtype=np.float32))

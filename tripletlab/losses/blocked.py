@@ -50,6 +50,7 @@ from tripletlab.losses.sampling import (
     distance_weights,
     draw_negatives,
     negative_uniforms,
+    unit_norm_tolerance,
     weighted_items,
 )
 
@@ -100,7 +101,7 @@ def _blocks_of_rows(embeddings, columns, blocks, squared, mine_rows, count_shape
     c = tf.ensure_shape(tf.stop_gradient(columns), [None, None])
     b, n = tf.shape(e)[0], tf.shape(c)[0]
     norms = tf.reduce_sum(c * c, axis=1)  # [N]
-    rows = engines.mining_block_rows(b, n)
+    rows = tf.maximum(engines.mining_block_rows(b, n), 1)  # B = 0 (a memory only): no blocks
     n_blocks = (b + rows - 1) // rows
     has_memory = columns is not embeddings  # static; the memory's columns get no gradient
 
@@ -130,7 +131,9 @@ def _blocks_of_rows(embeddings, columns, blocks, squared, mine_rows, count_shape
     _, total, count, weight, pull, anchor_grads = tf.while_loop(
         lambda i, *_: i < n_blocks, body, init, parallel_iterations=BLOCKS_IN_FLIGHT
     )
-    grad = tf.reshape(anchor_grads.concat(), tf.shape(e)) + weight[:, None] * e - pull
+    # no block (B = 0, a memory only): a TensorArray of no elements cannot concat
+    own = tf.cond(n_blocks > 0, anchor_grads.concat, lambda: tf.zeros_like(e))
+    grad = tf.reshape(own, tf.shape(e)) + weight[:, None] * e - pull
     return total, count, grad
 
 
@@ -213,7 +216,8 @@ def distance_weighted(
         valid = tf.logical_and(exists, has_weight[:, None])
         return weighted_items(d, pos_cols, neg_cols, valid, margin, soft_margin)
 
-    with tf.control_dependencies(check_unit_norm(e)):  # eager: raises here
+    tolerance = unit_norm_tolerance(embeddings)
+    with tf.control_dependencies(check_unit_norm(e, tolerance)):  # eager: raises here
         total, counts, grad = _blocks_of_rows(e, columns, all_blocks, False, mine_rows, (2,))
     # 5. reduce: the mean over the drawn triplets
     count, n_active = counts[0], counts[1]

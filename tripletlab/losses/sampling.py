@@ -32,8 +32,10 @@ def distance_weights(d, anchor_labels, column_labels, dim, cutoff, nonzero_loss_
 
 def negative_uniforms(rows, samples, seed=None):
     """The uniforms [rows, samples] in [0, 1) that :func:`draw_negatives` turns into draws:
-    row a's depend only on the seed and a, so the blocked form (a block of rows at a time)
-    draws what the dense form draws. ``seed``: None (TensorFlow's stateful generator) or an
+    row a's depend only on the seed, a and ``samples``, so the blocked form (a block of rows
+    at a time) draws what the dense form draws. Not under XLA: there every column is a slot
+    (static shapes) and XLA's generator gives other numbers, so a seed draws other negatives
+    (from the same distribution). ``seed``: None (TensorFlow's stateful generator) or an
     int [2] tensor (stateless: the draws are a function of it)."""
     shape = tf.stack([rows, samples])
     if seed is None:
@@ -45,32 +47,44 @@ def draw_negatives(log_weights, uniforms):
     """One draw per uniform from each row's categorical ∝ exp(log_weights): log_weights
     [R, N], uniforms [R, S] -> (columns [R, S] int32, has_weight [R] bool). By the inverse
     of the row's cumulative distribution: the first column whose cumulative probability
-    exceeds u, so a column of weight 0 is never drawn. Rows without weight draw column 0
-    (the caller leaves them out)."""
+    exceeds u, at most the row's last column of weight > 0 (u rounding up to the total must
+    not land on a column of weight 0). Rows without weight draw column 0 (the caller leaves
+    them out)."""
     has_weight = tf.reduce_any(log_weights > -float("inf"), axis=1)
     logits = tf.where(has_weight[:, None], log_weights, tf.zeros_like(log_weights))
     logits = tf.cast(logits, tf.float32) if logits.dtype != tf.float64 else logits
     cumulative = tf.cumsum(tf.nn.softmax(logits, axis=1), axis=1)  # [R, N]
     targets = tf.cast(uniforms, cumulative.dtype) * cumulative[:, -1:]  # total: 1 up to rounding
     drawn = tf.searchsorted(cumulative, targets, side="right", out_type=tf.int32)
-    drawn = tf.minimum(drawn, tf.shape(log_weights)[1] - 1)
+    weighted = tf.reverse(log_weights > -float("inf"), axis=[1])
+    last = tf.shape(log_weights)[1] - 1 - tf.argmax(weighted, axis=1, output_type=tf.int32)
+    drawn = tf.minimum(drawn, last[:, None])
     return tf.where(has_weight[:, None], drawn, 0), has_weight
 
 
-def check_unit_norm(embeddings):
-    """ValueError (eager) or an assertion (graph) unless every row has norm 1 (± 1e-3)."""
+def unit_norm_tolerance(embeddings) -> float:
+    """How far from 1 a row's norm may be, for embeddings as the caller gave them: 16-bit
+    floats round a unit vector's norm by up to ~5e-3 (bfloat16) and ~6e-4 (float16)."""
+    dtype = tf.convert_to_tensor(embeddings).dtype
+    return {tf.bfloat16: 1e-2, tf.float16: 2e-3}.get(dtype, 1e-3)
+
+
+def check_unit_norm(embeddings, tolerance=1e-3):
+    """ValueError (eager) or an assertion (graph) unless every row has norm 1 (± tolerance)."""
     norms = tf.norm(embeddings, axis=1)
     message = (
         "distance_weighted needs L2-normalised embeddings (model.l2_normalize=true): its "
         "weights are the density of distances on the unit sphere"
     )
     if tf.executing_eagerly():
-        off = tf.reduce_any(tf.abs(norms - 1) > 1e-3) & tf.reduce_all(tf.math.is_finite(norms))
+        off = tf.reduce_any(tf.abs(norms - 1) > tolerance)
+        off &= tf.reduce_all(tf.math.is_finite(norms))
         if bool(off):
             raise ValueError(message)
         return []
     finite = tf.where(tf.math.is_finite(norms), norms, tf.ones_like(norms))
-    return [tf.debugging.assert_near(finite, tf.ones_like(finite), atol=1e-3, message=message)]
+    ones = tf.ones_like(finite)
+    return [tf.debugging.assert_near(finite, ones, atol=tolerance, message=message)]
 
 
 def weighted_items(d, pos_cols, neg_cols, valid, margin, soft_margin):

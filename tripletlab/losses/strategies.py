@@ -39,6 +39,7 @@ from tripletlab.losses.sampling import (
     distance_weights,
     draw_negatives,
     negative_uniforms,
+    unit_norm_tolerance,
     weighted_items,
 )
 from tripletlab.options.mining import NEGATIVES
@@ -287,8 +288,10 @@ def _distance_weighted_dense(
 ):
     """Distance-weighted on the whole [B, N] distance matrix (under XLA)."""
     # 1-2. distances [B, N] between unit vectors
+    raw_embeddings = embeddings
     labels, column_labels, embeddings, d, checked = _columns(labels, embeddings, False, memory)
-    with tf.control_dependencies(check_unit_norm(embeddings)):
+    tolerance = unit_norm_tolerance(raw_embeddings)
+    with tf.control_dependencies(check_unit_norm(embeddings, tolerance)):
         d = tf.identity(d)
     dtype, b = d.dtype, tf.shape(labels)[0]
     n = tf.shape(column_labels)[0]
