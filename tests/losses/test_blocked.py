@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests.losses.test_engines import _all_ops, assert_close, tie_batch
 from tripletlab import losses
-from tripletlab.losses import engines, reference
+from tripletlab.losses import engines, native, reference
 
 MINED = ("batch_all", "semi_hard")
 
@@ -138,7 +138,7 @@ def test_mining_form_rule_and_the_bench_engine_column():
     form = engines.mining_form
     assert form() == form("slots") == form("native") == form("buckets") == "blocked"
     assert form(jit_compile=True) == form("sorted") == form("slots", jit_compile=True) == "dense"
-    small, large = ("native", "native") if engines.native_runs(False) else ("slots", "buckets")
+    small, large = ("native", "native") if native.runs(False) else ("slots", "buckets")
     assert engines.auto_engine("batch_all", 1024, 1024, 3) == small
     assert engines.auto_engine("batch_all", 4096, 4096, 3) == f"blocked {small}"
     assert engines.auto_engine("semi_hard", 4096, 4096, 9) == f"blocked {large}"

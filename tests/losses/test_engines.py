@@ -17,7 +17,7 @@ from tripletlab.bench import __main__ as bench_cli
 from tripletlab.bench import loss_cases, loss_report
 from tripletlab.bench import losses as bench
 from tripletlab.errors import ConfigError
-from tripletlab.losses import engines, pieces, reference
+from tripletlab.losses import engines, native, pieces, reference
 
 # The three strategies the engines, the dense references and the bench were built for.
 # easy_positive and distance_weighted (which draws its negatives and needs unit embeddings)
@@ -604,7 +604,7 @@ def test_the_engine_bench_names_is_the_one_auto_runs_at_the_slot_limit():
             )
             b = int(labels.shape[0])
             assert engines.auto_engine(strategy, b, b, positives) == ran[0]
-            if engines.native_runs(False):  # every class size
+            if native.runs(False):  # every class size
                 assert ran == ["native"], (strategy, positives)
             else:
                 assert ran == ["slots" if positives <= limit else "buckets"], (strategy, positives)
@@ -709,11 +709,11 @@ def test_benchmark_runs_and_writes_csv(tmp_path, capsys):
     engine = {(r["labels"], r["strategy"], r["impl"]): r["engine"] for r in rows}
     assert engine["pk", "batch_hard", "ours"] == engine["pk", "easy_positive", "ours"] == "dense"
     assert (
-        engine["pk", "batch_all", "ours"] == ("native" if engines.native_runs(False) else "slots")
+        engine["pk", "batch_all", "ours"] == ("native" if native.runs(False) else "slots")
         and engine["pk", "batch_all", "dense"] == "-"
     )
     # ~11 positives per anchor
-    large = "native" if engines.native_runs(False) else "buckets"
+    large = "native" if native.runs(False) else "buckets"
     assert engine["random2", "semi_hard", "ours"] == large
     assert by_labels["pk", "24"]["classes"] == "6"
     assert by_labels["random2", "24"]["images_per_class"] == ""

@@ -30,8 +30,8 @@ def test_the_kernels_build_and_load_where_a_compiler_is():
     if not (sys.platform.startswith("linux") and HAS_COMPILER):
         pytest.skip("no C++ compiler on this Linux machine")
     assert native.available(), "the native kernels did not build or load (see the warning)"
-    assert engines.native_runs(False, tf.float32) and engines.native_runs(False, tf.float64)
-    assert not engines.native_runs(True) and not engines.native_runs(False, tf.float16)
+    assert native.runs(False, tf.float32) and native.runs(False, tf.float64)
+    assert not native.runs(True) and not native.runs(False, tf.float16)
     assert engines.auto_engine("semi_hard", 64, 64, 3) == "native"
     assert engines.auto_engine("batch_all", 64, 64, 3, soft_margin=True) == "slots"
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tripletlab.losses import engines
+from tripletlab.losses import engines, native
 from tripletlab.losses.distances import (
     masked_sqrt,
     prepare,
@@ -151,7 +151,7 @@ def batch_all(labels, embeddings, margin, squared, soft_margin, memory, engine, 
             if name == "slots":
                 return engines.batch_all_slots(d, column_labels, margin, blocks)
             if name == "native":
-                return engines.batch_all_native(d, margin, blocks)
+                return native.batch_all(d, margin, blocks)
             return engines.batch_all_buckets(d, margin, blocks)
 
         w, count = engines.choose("batch_all", all_blocks, engine, jit_compile, run, dtype)
@@ -181,7 +181,7 @@ def semi_hard(labels, embeddings, margin, squared, soft_margin, memory, engine, 
             if name == "slots":
                 return engines.semi_hard_slots(d, column_labels, margin, soft_margin, blocks)
             if name == "native":
-                return engines.semi_hard_native(d, margin, soft_margin, blocks)
+                return native.semi_hard(d, margin, soft_margin, blocks)
             return engines.semi_hard_buckets(d, column_labels, margin, soft_margin, blocks)
 
         return engines.choose("semi_hard", all_blocks, engine, jit_compile, run, dtype)

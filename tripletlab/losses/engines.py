@@ -32,21 +32,16 @@ Three exact ways compute them; every one gives the same numbers and picks:
    side="right" puts a negative exactly at a threshold above it (h = 0, not counted),
    side="left" puts one at exactly d_ap below p (not "farther"). Its [B, K] shapes depend on
    the labels, which XLA cannot compile.
-3. ``native`` (large classes, on a CPU with a C++ compiler): the bucket engine's algorithm
-   in one C++ pass per anchor (losses/native_mining.cc, built on first use by
-   losses/native.py): split the row by label, sort the positives, bucket every negative among
-   them with a vectorised count, then the histogram (batch-all) or the nearest negative per
-   bucket (semi-hard). Same integers as ``buckets``; TensorFlow's per-row sort and search,
-   which dominate ``buckets``, are gone. Not under XLA, and only for float32 / float64.
+3. ``native``: the bucket engine's algorithm in one C++ pass per anchor (losses/native.py
+   and native_mining.cc, built on first use); same integers, not under XLA.
 4. ``sorted`` (for XLA, which needs static shapes and lowers ``tf.searchsorted`` to a
    [B, N, K] comparison): sort, per anchor, the positives' thresholds and the negatives'
    distances together, as int64 keys whose last bit breaks ties the way the definition
    needs. Exclusive cumulative sums of the type flags give c and r; a stable partition gives
    the negatives in order. Time O(B N log N).
 
-``engine="auto"`` runs native wherever :func:`native_runs` (its kernels load, no GPU is
-visible, not under XLA, float32 / float64): measured faster than the slot loop even at
-P x 4 (3 positives). Elsewhere it loops over slots while every anchor has at most
+``engine="auto"`` runs native wherever :func:`tripletlab.losses.native.runs` says
+(measured faster than the slot loop even at P x 4). Elsewhere it loops over slots while every anchor has at most
 :data:`SLOT_LIMIT` positives (a ``tf.cond`` at run time, crossover measured on CPU), else
 buckets, or the row sort when the caller says it compiles with XLA (``jit_compile=True``). Soft-margin
 batch-all cannot use counts (softplus is not linear), so it always loops over slots.
@@ -63,6 +58,8 @@ import tensorflow as tf
 from tripletlab.losses import native
 from tripletlab.losses.pieces import (
     Blocks,
+    flag,
+    invert_rows,
     items,
     masks,
     negatives,
@@ -72,7 +69,10 @@ from tripletlab.losses.pieces import (
     rows_take,
     scatter_index,
     segment_argmin,
+    semi_hard_items,
     slot,
+    sort_keys,
+    sort_rows,
     to_matrix,
 )
 
@@ -125,22 +125,6 @@ def check_engine(engine: str, jit_compile: bool) -> str:
     return engine
 
 
-def native_runs(jit_compile: bool, dtype=tf.float32) -> bool:
-    """Whether "auto" runs the native kernels: not under XLA (a custom op), d float32 or
-    float64, no GPU visible (the kernels run on the CPU), and they load here."""
-    if jit_compile or tf.as_dtype(dtype) not in (tf.float32, tf.float64):
-        return False
-    return not tf.config.list_logical_devices("GPU") and native.available()
-
-
-def native_ops(dtype):
-    """The kernels' op library for distances of ``dtype``; Unavailable / ValueError says why
-    engine="native" cannot run."""
-    if tf.as_dtype(dtype) not in (tf.float32, tf.float64):
-        raise ValueError(f"engine='native' takes float32 or float64 distances, not {dtype.name}")
-    return native.ops()
-
-
 def one_pick_engine(b, n, engine: str = "auto", jit_compile: bool = False) -> str | None:
     """Batch-hard / easy-positive's form for [b, n]: "dense", "blocked", or None when b or n
     is unknown (decided at run time by the same rule). "dense" / "blocked" force it; the
@@ -166,7 +150,7 @@ def auto_engine(
         return "-"
     if soft_margin and strategy == "batch_all":  # softplus is not linear: only slots
         name = "slots"
-    elif native_runs(jit_compile, dtype):
+    elif native.runs(jit_compile, dtype):
         name = "native"
     elif most_positives <= SLOT_LIMIT[strategy]:
         name = "slots"
@@ -210,48 +194,11 @@ def choose(strategy, blocks: Blocks, engine, jit_compile, run, dtype=tf.float32)
         )
     if engine != "auto":
         return run(engine)
-    if native_runs(jit_compile, dtype):
+    if native.runs(jit_compile, dtype):
         return run("native")
     large = "sorted" if jit_compile else "buckets"
     small_classes = tf.reduce_max(blocks.n_pos) <= SLOT_LIMIT[strategy]
     return tf.cond(small_classes, lambda: run("slots"), lambda: run(large))
-
-
-# --------------------------------------------------------------------------------------------
-# Sort keys
-# --------------------------------------------------------------------------------------------
-
-
-def _sort_keys(x: tf.Tensor) -> tf.Tensor:
-    """Non-negative floats [B, N] -> int64 keys in the same order, with the last bit free.
-
-    The bit patterns of non-negative IEEE floats sort like the values. They are < 2^63, so
-    (bits - 2^62) * 2 fits in int64 without overflow and leaves bit 0 for a tie-break flag.
-    """
-    if x.dtype == tf.float64:
-        bits = tf.bitcast(x, tf.int64)
-    else:
-        bits = tf.cast(tf.bitcast(x, tf.int32), tf.int64)
-    return (bits - 2**62) * 2
-
-
-def _sort_rows(keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Sort each row of int64 keys [B, N] ascending: (sorted keys, order), both [B, N]."""
-    # top_k sorts descending; bitwise NOT reverses the order without the overflow of -x.
-    top = tf.math.top_k(tf.bitwise.invert(keys), k=tf.shape(keys)[1], sorted=True)
-    return tf.bitwise.invert(top.values), top.indices
-
-
-def _invert_rows(perm: tf.Tensor) -> tf.Tensor:
-    """Row-wise inverse of permutations [B, N] int32: out[a, perm[a, k]] = k. O(B N)."""
-    b, n = tf.shape(perm)[0], tf.shape(perm)[1]
-    offset = tf.range(b)[:, None] * n  # B * N < 2^31
-    inverse = tf.math.invert_permutation(tf.reshape(perm + offset, [-1]))
-    return tf.reshape(inverse, [b, n]) - offset
-
-
-def _flag(keys: tf.Tensor) -> tf.Tensor:
-    return tf.equal(tf.bitwise.bitwise_and(keys, 1), 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,17 +242,17 @@ def batch_all_sorted(d, labels, margin) -> tuple[tf.Tensor, tf.Tensor]:
     # Flag 0 for positives: at equal keys a positive's threshold sorts before the negative,
     # so that negative is not counted (its h is exactly 0). Thresholds <= 0 (margin < 0)
     # are below every distance anyway: clamp them to +0.0, whose bits sort first.
-    pos_key = _sort_keys(tf.where(threshold > 0, threshold, tf.zeros_like(threshold)))
-    keys = tf.where(pos, pos_key, tf.where(neg, _sort_keys(d) + 1, _LAST))
-    keys, order = _sort_rows(keys)
-    is_pos = tf.logical_not(_flag(keys))
-    is_neg = tf.logical_and(_flag(keys), tf.not_equal(keys, _LAST))
+    pos_key = sort_keys(tf.where(threshold > 0, threshold, tf.zeros_like(threshold)))
+    keys = tf.where(pos, pos_key, tf.where(neg, sort_keys(d) + 1, _LAST))
+    keys, order = sort_rows(keys)
+    is_pos = tf.logical_not(flag(keys))
+    is_neg = tf.logical_and(flag(keys), tf.not_equal(keys, _LAST))
     neg_before = tf.cumsum(tf.cast(is_neg, tf.int32), axis=1, exclusive=True)  # c at a p
     pos_after = tf.cumsum(tf.cast(is_pos, tf.int32), axis=1, exclusive=True, reverse=True)
     zero = tf.zeros_like(neg_before)
     w = tf.where(is_pos, neg_before, tf.where(is_neg, -pos_after, zero))
     count = tf.reduce_sum(tf.cast(tf.where(is_pos, neg_before, zero), tf.int64))
-    w = tf.gather(w, _invert_rows(order), batch_dims=1)  # back to column order
+    w = tf.gather(w, invert_rows(order), batch_dims=1)  # back to column order
     return tf.cast(w, d.dtype), count
 
 
@@ -356,22 +303,6 @@ def batch_all_buckets(d, margin, blocks: Blocks) -> tuple[tf.Tensor, tf.Tensor]:
     correction = tf.where(own_exists, wanted - (own_bucket - n_pos), 0)
     w = bucket - n_pos + to_matrix(correction, own_cols, n)
     return tf.cast(w, d.dtype), count
-
-
-def _native_inputs(d, blocks: Blocks):
-    """The kernels' inputs besides d: (positive columns [B, K] int32, own column in the
-    padding; n_pos [B]; own [B]), K = max(largest number of positives, 1)."""
-    k = tf.maximum(tf.reduce_max(blocks.n_pos), 1)
-    cols, _ = positive_columns(blocks, k)
-    return cols, blocks.n_pos, blocks.own
-
-
-def batch_all_native(d, margin, blocks: Blocks) -> tuple[tf.Tensor, tf.Tensor]:
-    """Same contract as :func:`batch_all_slots`, as :func:`batch_all_buckets` computes it, in
-    one C++ pass per anchor (losses/native_mining.cc). O(B N (K / 16 + 4) + B K log K)."""
-    kernels = native_ops(d.dtype)
-    w, count = kernels.tripletlab_batch_all_counts(d, *_native_inputs(d, blocks), margin)
-    return w, count
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,17 +356,17 @@ def semi_hard_sorted(d, labels, margin, soft_margin):
     b, n = rows_and_columns(d)
     pos, neg = masks(labels, b)
     # Flag 0 for negatives: one at exactly d_ap sorts before p, so it is not "farther".
-    keys = _sort_keys(d)
+    keys = sort_keys(d)
     keys = tf.where(neg, keys, tf.where(pos, keys + 1, _LAST))
-    keys, order = _sort_rows(keys)
-    is_neg = tf.logical_not(_flag(keys))
+    keys, order = sort_rows(keys)
+    is_neg = tf.logical_not(flag(keys))
     neg_before = tf.cumsum(tf.cast(is_neg, tf.int32), axis=1, exclusive=True)
     n_neg = tf.reduce_sum(tf.cast(neg, tf.int32), axis=1, keepdims=True)
     # Stable partition of the sorted row, negatives first: its inverse lists the sorted
     # positions of the negatives, nearest first, i.e. the sorted negatives of each anchor.
     k = tf.range(n)[None, :]
     dest = tf.where(is_neg, neg_before, n_neg + k - neg_before)
-    neg_by_rank = tf.gather(order, _invert_rows(dest), batch_dims=1)  # columns, nearest first
+    neg_by_rank = tf.gather(order, invert_rows(dest), batch_dims=1)  # columns, nearest first
     # The negatives sorted before p are those with d_an <= d_ap; the next one is the pick
     # (equal keys keep column order: the lowest column, as argmin in the slot loop), else the
     # farthest one (argmax: the lowest column among equals too, as in the other engines).
@@ -443,7 +374,7 @@ def semi_hard_sorted(d, labels, margin, soft_margin):
     chosen = tf.gather(neg_by_rank, rank, batch_dims=1)
     farthest = tf.argmax(tf.where(neg, d, -tf.ones_like(d)), axis=1, output_type=tf.int32)
     chosen = tf.where(neg_before < n_neg, chosen, farthest[:, None])
-    chosen = tf.gather(chosen, _invert_rows(order), batch_dims=1)  # back to column order
+    chosen = tf.gather(chosen, invert_rows(order), batch_dims=1)  # back to column order
 
     valid = tf.logical_and(pos, n_neg > 0)
     values, coef, active = items(d - tf.gather(d, chosen, batch_dims=1), margin, soft_margin)
@@ -515,33 +446,7 @@ def semi_hard_buckets(d, labels, margin, soft_margin, blocks: Blocks):
     found = chosen < n
     pick = tf.where(found, chosen, farthest[:, None])
 
-    return _semi_hard_items(d, d_ap, cols, pick, exists, has_neg, margin, soft_margin)
-
-
-def _semi_hard_items(d, d_ap, cols, pick, exists, has_neg, margin, soft_margin):
-    """The semi-hard engines' output from their picks: d [B, N]; per anchor K slots of
-    positives d_ap [B, K] at columns cols [B, K], each compared with the negative in column
-    pick [B, K]; exists [B, K] and has_neg [B] say which slots count."""
-    values, coef, active = items(d_ap - tf.gather(d, pick, batch_dims=1), margin, soft_margin)
-    valid = tf.logical_and(exists, has_neg[:, None])
-    zero = tf.zeros_like(values)
-    total = tf.reduce_sum(tf.where(valid, values, zero))
-    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
-    coef = tf.where(valid, coef, zero)
-    # +coef at (a, p), -coef at (a, chosen); several positives may share a negative.
-    grad = to_matrix(tf.concat([coef, -coef], 1), tf.concat([cols, pick], 1), tf.shape(d)[1])
-    return total, n_active, grad
-
-
-def semi_hard_native(d, margin, soft_margin, blocks: Blocks):
-    """Same contract as :func:`semi_hard_slots`, as :func:`semi_hard_buckets` picks, in one
-    C++ pass per anchor (losses/native_mining.cc): each positive's column and pick, [B, K]."""
-    kernels = native_ops(d.dtype)
-    cols, pick = kernels.tripletlab_semi_hard_picks(d, *_native_inputs(d, blocks))
-    exists = tf.range(tf.shape(cols)[1])[None, :] < blocks.n_pos[:, None]
-    d_ap = tf.gather(d, cols, batch_dims=1)
-    has_neg = blocks.n_pos + 1 < tf.shape(d)[1]
-    return _semi_hard_items(d, d_ap, cols, pick, exists, has_neg, margin, soft_margin)
+    return semi_hard_items(d, d_ap, cols, pick, exists, has_neg, margin, soft_margin)
 
 
 def soft_batch_all_slots(d, labels, blocks: Blocks):

@@ -34,6 +34,10 @@ import time
 from functools import cache
 from pathlib import Path
 
+import tensorflow as tf
+
+from tripletlab.losses.pieces import positive_columns, semi_hard_items
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_mining.cc")
@@ -75,8 +79,6 @@ def _cpu() -> str:
 
 
 def build_command(compiler: str, output: Path) -> list[str]:
-    import tensorflow as tf
-
     flags = ["-O3", "-march=native", "-ffp-contract=off", "-w", "-shared", "-fPIC"]
     return [
         compiler,
@@ -90,8 +92,6 @@ def build_command(compiler: str, output: Path) -> list[str]:
 
 
 def library_path(compiler: str) -> Path:
-    import tensorflow as tf
-
     version = subprocess.run(  # bytes: hashed, never decoded
         [compiler, "--version"], capture_output=True, check=False, timeout=60
     ).stdout
@@ -166,8 +166,6 @@ def _loaded():
     """(the op library, None), or (None, the Unavailable why): one attempt per process."""
     if os.environ.get(SWITCH, "1").strip() == "0":
         return None, Unavailable(f"{SWITCH}=0 turns the native kernels off")
-    import tensorflow as tf
-
     try:
         path = build()
     except Unavailable as error:
@@ -206,6 +204,52 @@ def available() -> bool:
             error,
         )
         return False
+
+
+# --------------------------------------------------------------------------------------------
+# The engine: what engines.py's "native" runs (the same contracts as its buckets engine)
+# --------------------------------------------------------------------------------------------
+
+
+def runs(jit_compile: bool, dtype=None) -> bool:
+    """Whether "auto" runs the native kernels: not under XLA (a custom op), d float32 or
+    float64, no GPU visible (the kernels run on the CPU), and they load here."""
+    if jit_compile or tf.as_dtype(dtype or tf.float32) not in (tf.float32, tf.float64):
+        return False
+    return not tf.config.list_logical_devices("GPU") and available()
+
+
+def _kernels(dtype):
+    """The op library for distances of ``dtype``; Unavailable / ValueError says why
+    engine="native" cannot run."""
+    if tf.as_dtype(dtype) not in (tf.float32, tf.float64):
+        raise ValueError(f"engine='native' takes float32 or float64 distances, not {dtype.name}")
+    return ops()
+
+
+def _inputs(blocks):
+    """The kernels' inputs besides d: (positive columns [B, K] int32, own column in the
+    padding; n_pos [B]; own [B]), K = max(largest number of positives, 1)."""
+    k = tf.maximum(tf.reduce_max(blocks.n_pos), 1)
+    cols, _ = positive_columns(blocks, k)
+    return cols, blocks.n_pos, blocks.own
+
+
+def batch_all(d, margin, blocks):
+    """engines.batch_all_buckets' contract (w [B, N], count [] int64), in one C++ pass per
+    anchor. O(B N (K / 16 + 4) + B K log K)."""
+    w, count = _kernels(d.dtype).tripletlab_batch_all_counts(d, *_inputs(blocks), margin)
+    return w, count
+
+
+def semi_hard(d, margin, soft_margin, blocks):
+    """engines.semi_hard_buckets' contract (sum, number active, d sum / d d [B, N]); the
+    kernel gives each positive's column and pick, [B, K]."""
+    cols, pick = _kernels(d.dtype).tripletlab_semi_hard_picks(d, *_inputs(blocks))
+    exists = tf.range(tf.shape(cols)[1])[None, :] < blocks.n_pos[:, None]
+    d_ap = tf.gather(d, cols, batch_dims=1)
+    has_neg = blocks.n_pos + 1 < tf.shape(d)[1]
+    return semi_hard_items(d, d_ap, cols, pick, exists, has_neg, margin, soft_margin)
 
 
 def main() -> int:

@@ -166,6 +166,21 @@ def items(x, margin, soft_margin):
     return tf.nn.relu(shifted), tf.cast(active, x.dtype), active
 
 
+def semi_hard_items(d, d_ap, cols, pick, exists, has_neg, margin, soft_margin):
+    """The semi-hard engines' output from their picks: d [B, N]; per anchor K slots of
+    positives d_ap [B, K] at columns cols [B, K], each compared with the negative in column
+    pick [B, K]; exists [B, K] and has_neg [B] say which slots count."""
+    values, coef, active = items(d_ap - tf.gather(d, pick, batch_dims=1), margin, soft_margin)
+    valid = tf.logical_and(exists, has_neg[:, None])
+    zero = tf.zeros_like(values)
+    total = tf.reduce_sum(tf.where(valid, values, zero))
+    n_active = tf.reduce_sum(tf.cast(tf.logical_and(valid, active), tf.int64))
+    coef = tf.where(valid, coef, zero)
+    # +coef at (a, p), -coef at (a, chosen); several positives may share a negative.
+    grad = to_matrix(tf.concat([coef, -coef], 1), tf.concat([cols, pick], 1), tf.shape(d)[1])
+    return total, n_active, grad
+
+
 def with_gradient(d: tf.Tensor, value: tf.Tensor, grad_d: tf.Tensor, scale=None) -> tf.Tensor:
     """value (a scalar computed without gradient), differentiable w.r.t. d with d value/d d
     = grad_d [B, N] (times the scalar `scale`, if given: one pass over [B, N] fewer). Used
@@ -182,3 +197,39 @@ def with_gradient(d: tf.Tensor, value: tf.Tensor, grad_d: tf.Tensor, scale=None)
         return tf.identity(value), backward
 
     return attach(d)
+
+
+# Row sorts (the "sorted" engine): int64 keys whose last bit breaks ties
+
+
+def sort_keys(x: tf.Tensor) -> tf.Tensor:
+    """Non-negative floats [B, N] -> int64 keys in the same order, with the last bit free.
+
+    The bit patterns of non-negative IEEE floats sort like the values. They are < 2^63, so
+    (bits - 2^62) * 2 fits in int64 without overflow and leaves bit 0 for a tie-break flag.
+    """
+    if x.dtype == tf.float64:
+        bits = tf.bitcast(x, tf.int64)
+    else:
+        bits = tf.cast(tf.bitcast(x, tf.int32), tf.int64)
+    return (bits - 2**62) * 2
+
+
+def sort_rows(keys: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sort each row of int64 keys [B, N] ascending: (sorted keys, order), both [B, N]."""
+    # top_k sorts descending; bitwise NOT reverses the order without the overflow of -x.
+    top = tf.math.top_k(tf.bitwise.invert(keys), k=tf.shape(keys)[1], sorted=True)
+    return tf.bitwise.invert(top.values), top.indices
+
+
+def invert_rows(perm: tf.Tensor) -> tf.Tensor:
+    """Row-wise inverse of permutations [B, N] int32: out[a, perm[a, k]] = k. O(B N)."""
+    b, n = tf.shape(perm)[0], tf.shape(perm)[1]
+    offset = tf.range(b)[:, None] * n  # B * N < 2^31
+    inverse = tf.math.invert_permutation(tf.reshape(perm + offset, [-1]))
+    return tf.reshape(inverse, [b, n]) - offset
+
+
+def flag(keys: tf.Tensor) -> tf.Tensor:
+    """int64 sort keys -> their tie-break bit (bit 0) is set, bool."""
+    return tf.equal(tf.bitwise.bitwise_and(keys, 1), 1)

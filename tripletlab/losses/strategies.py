@@ -25,7 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tripletlab.errors import ConfigError
-from tripletlab.losses import blocked, engines, picks
+from tripletlab.losses import blocked, engines, native, picks
 from tripletlab.losses.distances import pairwise_distances, prepare, with_memory_labels
 from tripletlab.losses.pieces import (
     class_blocks,
@@ -120,7 +120,7 @@ def _batch_all_dense(labels, embeddings, margin, squared, soft_margin, memory, e
         if name == "sorted":
             return engines.batch_all_sorted(d_const, column_labels, margin)
         if name == "native":
-            return engines.batch_all_native(d_const, margin, blocks)
+            return native.batch_all(d_const, margin, blocks)
         return engines.batch_all_buckets(d_const, margin, blocks)
 
     w, count = engines.choose("batch_all", blocks, engine, jit_compile, run, dtype)
@@ -199,7 +199,7 @@ def _semi_hard_dense(labels, embeddings, margin, squared, soft_margin, memory, e
         if name == "sorted":
             return engines.semi_hard_sorted(d_const, column_labels, margin, soft_margin)
         if name == "native":
-            return engines.semi_hard_native(d_const, margin, soft_margin, blocks)
+            return native.semi_hard(d_const, margin, soft_margin, blocks)
         return engines.semi_hard_buckets(d_const, column_labels, margin, soft_margin, blocks)
 
     total, n_active, grad = engines.choose("semi_hard", blocks, engine, jit_compile, run, dtype)
