@@ -10,9 +10,9 @@ fraction)``, two scalars, and these keyword arguments:
 * ``memory``: None, or ``(labels [M], embeddings [M, D])`` of earlier batches (cross-batch
   memory, no gradient). Anchors are the batch; positives and negatives come from the batch
   and the memory together. The distance matrix is [B, B + M], never [B + M, B + M];
-* ``engine`` ("auto", "slots", "buckets", "sorted") and ``jit_compile`` (whether the caller
-  compiles with XLA): which exact engine of :mod:`tripletlab.losses.engines` mines (only
-  batch-all and semi-hard have several; all give the same numbers).
+* ``engine`` ("auto", "slots", "buckets", "native", "sorted") and ``jit_compile`` (whether
+  the caller compiles with XLA): which exact engine of :mod:`tripletlab.losses.engines` mines
+  (only batch-all and semi-hard have several; all give the same numbers).
 
 float16 / bfloat16 embeddings are computed in float32; float64 stays float64. When nothing
 is counted, loss and fraction are 0 (never NaN); when an embedding is NaN or inf, both are
