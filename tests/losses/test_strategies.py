@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tripletlab import losses
 from tripletlab.errors import ConfigError
-from tripletlab.losses import engines, reference, strategies
+from tripletlab.losses import engines, pieces, reference, sampling, strategies
 
 MARGIN = 0.5
 
@@ -156,8 +156,8 @@ def test_draws_follow_the_weights():
     assert len(drawable) >= 5  # several negatives carry weight: the test can tell them apart
     # 25 rows of the same weights, 400 draws each: 10,000 draws from one seed
     rows = tf.repeat(log_weights[:1], 25, axis=0)
-    drawn, has_weight = strategies.draw_negatives(
-        rows, strategies.negative_uniforms(25, 400, tf.constant([11, 3]))
+    drawn, has_weight = sampling.draw_negatives(
+        rows, sampling.negative_uniforms(25, 400, tf.constant([11, 3]))
     )
     assert bool(tf.reduce_all(has_weight))
     counts = np.bincount(tf.reshape(drawn, [-1]).numpy(), minlength=len(labels)).astype(float)
@@ -194,11 +194,11 @@ def test_distance_weighted_loss_is_the_mean_over_its_draws(form, monkeypatch):
         )
         column_labels = labels if mem is None else np.concatenate([labels, mem[0]])
         log_weights = _log_weights(labels, emb, mem)
-        blocks = strategies.class_blocks(tf.constant(column_labels), len(labels))
+        blocks = pieces.class_blocks(tf.constant(column_labels), len(labels))
         slots = max(int(tf.reduce_max(blocks.n_pos)), 1)
-        pos_cols, exists = strategies.positive_columns(blocks, slots)
-        uniforms = strategies.negative_uniforms(len(labels), slots, seed)
-        drawn, has_weight = strategies.draw_negatives(log_weights, uniforms)
+        pos_cols, exists = pieces.positive_columns(blocks, slots)
+        uniforms = sampling.negative_uniforms(len(labels), slots, seed)
+        drawn, has_weight = sampling.draw_negatives(log_weights, uniforms)
         triplets = [
             (a, int(pos_cols[a, j]), int(drawn[a, j]))
             for a in range(len(labels))

@@ -41,17 +41,15 @@ from tripletlab.losses.distances import (
 from tripletlab.losses.pieces import (
     class_blocks,
     nan_unless_finite,
-    positive_columns,
     ratio,
     with_gradient,
 )
 from tripletlab.losses.sampling import (
     check_unit_norm,
     distance_weights,
-    draw_negatives,
+    drawn_items,
     negative_uniforms,
     unit_norm_tolerance,
-    weighted_items,
 )
 
 # Blocks in flight in the loop. Two (the loop's own temporaries twice) took batch-all and
@@ -211,10 +209,8 @@ def distance_weighted(
     def mine_rows(d, blocks):  # 3. mine: the weights, the draws, the items over them
         row_labels = tf.gather(column_labels, blocks.own)
         log_weights = distance_weights(d, row_labels, column_labels, dim, cutoff, nonzero_cutoff)
-        neg_cols, has_weight = draw_negatives(log_weights, tf.gather(uniforms, blocks.own))
-        pos_cols, exists = positive_columns(blocks, slots)
-        valid = tf.logical_and(exists, has_weight[:, None])
-        return weighted_items(d, pos_cols, neg_cols, valid, margin, soft_margin)
+        row_uniforms = tf.gather(uniforms, blocks.own)
+        return drawn_items(d, log_weights, row_uniforms, blocks, slots, margin, soft_margin)
 
     tolerance = unit_norm_tolerance(embeddings)
     with tf.control_dependencies(check_unit_norm(e, tolerance)):  # eager: raises here

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tripletlab.losses.pieces import items, to_matrix
+from tripletlab.losses.pieces import items, positive_columns, to_matrix
 
 
 def distance_weights(d, anchor_labels, column_labels, dim, cutoff, nonzero_loss_cutoff):
@@ -87,10 +87,14 @@ def check_unit_norm(embeddings, tolerance=1e-3):
     return [tf.debugging.assert_near(finite, ones, atol=tolerance, message=message)]
 
 
-def weighted_items(d, pos_cols, neg_cols, valid, margin, soft_margin):
-    """Distance-weighted's items over the drawn triplets: d [R, N] (no gradient), positive
-    and negative columns [R, S], valid [R, S] -> (sum of the items [], counts [2] int64: valid
-    and active, d sum / d d [R, N])."""
+def drawn_items(d, log_weights, uniforms, blocks, slots, margin, soft_margin):
+    """Stage 3 of either form: d [R, N] (no gradient) and its log-weights [R, N] for the
+    anchors of ``blocks``, uniforms [R, slots] -> one negative drawn per (anchor, positive
+    slot), and (sum of the items [], counts [2] int64: valid and active, d sum / d d [R, N])
+    over the drawn triplets."""
+    neg_cols, has_weight = draw_negatives(log_weights, uniforms)
+    pos_cols, exists = positive_columns(blocks, slots)
+    valid = tf.logical_and(exists, has_weight[:, None])
     x = tf.gather(d, pos_cols, batch_dims=1) - tf.gather(d, neg_cols, batch_dims=1)
     values, coef, active = items(x, tf.cast(margin, d.dtype), soft_margin)
     zero = tf.zeros_like(values)

@@ -30,17 +30,15 @@ from tripletlab.losses.distances import pairwise_distances, prepare, with_memory
 from tripletlab.losses.pieces import (
     class_blocks,
     nan_unless_finite,
-    positive_columns,
     ratio,
     with_gradient,
 )
 from tripletlab.losses.sampling import (
     check_unit_norm,
     distance_weights,
-    draw_negatives,
+    drawn_items,
     negative_uniforms,
     unit_norm_tolerance,
-    weighted_items,
 )
 from tripletlab.options.mining import NEGATIVES
 from tripletlab.registry import STRATEGIES
@@ -303,17 +301,11 @@ def _distance_weighted_dense(
     )
     blocks = class_blocks(column_labels, b)
     slots = n if jit else tf.maximum(tf.reduce_max(blocks.n_pos), 1)
-    pos_cols, exists = positive_columns(blocks, slots)
-    neg_cols, has_weight = draw_negatives(log_weights, negative_uniforms(b, slots, seed))
-    # 4. reduce over the drawn (a, p, n), with the exact gradient
-    total, counts, grad = weighted_items(
-        d_const,
-        pos_cols,
-        neg_cols,
-        tf.logical_and(exists, has_weight[:, None]),
-        margin,
-        soft_margin,
+    uniforms = negative_uniforms(b, slots, seed)
+    total, counts, grad = drawn_items(
+        d_const, log_weights, uniforms, blocks, slots, margin, soft_margin
     )
+    # 4. reduce over the drawn (a, p, n), with the exact gradient
     count, n_active = counts[0], counts[1]
     scale = 1 / tf.cast(tf.maximum(count, 1), dtype)
     loss = with_gradient(d, ratio(total, count, dtype), grad, scale)
